@@ -1,0 +1,133 @@
+"""Backbone, Head, SiteModel: parameter counts, normalisation, sigma, seeds, input checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from training.nets import (
+    Backbone,
+    BackboneConfig,
+    Head,
+    HeadConfig,
+    SiteModel,
+    count_parameters,
+    normalise_power,
+)
+
+
+def _last_linear(head: Head) -> torch.nn.Linear:
+    last = head.mlp[-1]
+    assert isinstance(last, torch.nn.Linear)
+    return last
+
+
+def test_parameter_counts_match_the_paper() -> None:
+    backbone, head = Backbone(), Head()
+    assert count_parameters(backbone) == 152_640
+    assert count_parameters(head) == 33_282
+    assert count_parameters(SiteModel(backbone, head)) == 185_922
+    assert count_parameters(Head(loss="nll")) == 33_540
+    assert BackboneConfig().spatial_out() == (2, 25)
+    assert backbone.dense.in_features == 800
+
+
+def test_configurable_size() -> None:
+    cfg = BackboneConfig(block_channels=((8, 4), (8, 4)), features=32)
+    model = SiteModel(Backbone(cfg), Head(HeadConfig(in_features=32, hidden=(16,))))
+    pos, sigma = model(torch.randn(3, 8, 103, 2))
+    assert pos.shape == (3, 2) and sigma is None
+    with pytest.raises(ValueError, match="head expects 128 features"):
+        SiteModel(Backbone(cfg), Head())
+
+
+def test_outputs_and_sigma_positive() -> None:
+    torch.manual_seed(0)
+    model = SiteModel(Backbone(seed=1), Head(loss="nll", seed=2))
+    # Push the raw sigma outputs very negative: softplus + floor must stay > 0.
+    with torch.no_grad():
+        _last_linear(model.head).bias[2:].fill_(-1e4)
+    pos, sigma = model(torch.randn(5, 8, 103, 2))
+    assert pos.shape == (5, 2) and sigma is not None and sigma.shape == (5, 2)
+    assert bool((sigma > 0).all())
+    assert torch.allclose(sigma, torch.full_like(sigma, 1e-3))  # floor x unit scale
+    assert model.loss == "nll" and model.outputs == ("position", "sigma")
+    assert SiteModel(Backbone(), Head()).outputs == ("position",)
+
+
+def test_power_normalisation_invariance() -> None:
+    model = SiteModel(Backbone(seed=0), Head(loss="nll", seed=0)).eval()
+    csi = torch.randn(4, 8, 103, 2)
+    pos, sigma = model(csi)
+    assert sigma is not None
+    for c in (1e-6, 1e-3, 7.5, 1e4):
+        pos_c, sigma_c = model(csi * c)
+        assert sigma_c is not None
+        torch.testing.assert_close(pos_c, pos, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(sigma_c, sigma, atol=1e-5, rtol=1e-5)
+    # Per sample: scaling one sample leaves the others alone.
+    mixed = csi.clone()
+    mixed[1] *= 1e3
+    torch.testing.assert_close(model(mixed)[0], pos, atol=1e-5, rtol=1e-5)
+    normed = normalise_power(csi)
+    torch.testing.assert_close(normed.square().mean(dim=(1, 2, 3)), torch.ones(4))
+
+
+def test_zero_power_input_is_finite() -> None:
+    model = SiteModel(Backbone(seed=0), Head(loss="nll", seed=0))
+    pos, sigma = model(torch.zeros(2, 8, 103, 2))
+    assert sigma is not None
+    assert bool(torch.isfinite(pos).all() and torch.isfinite(sigma).all())
+
+
+def test_position_normalisation() -> None:
+    rng = np.random.default_rng(0)
+    pos = rng.normal([100.0, -50.0], [10.0, 10.0], size=(500, 2)).astype(np.float32)
+    head = Head(loss="nll", seed=0)
+    head.fit_position_normalisation(pos)
+    np.testing.assert_allclose(head.pos_mean.numpy(), pos.mean(axis=0), rtol=1e-4)
+    assert 9.0 < float(head.pos_scale) < 11.0
+    last = _last_linear(head)
+    with torch.no_grad():
+        last.weight.zero_()  # raw output = last bias: position = bias * scale + mean (metres)
+    out, sigma = head(torch.randn(3, 128))
+    assert sigma is not None
+    expected = last.bias[:2] * head.pos_scale + head.pos_mean
+    torch.testing.assert_close(out[0], expected)
+    assert set(dict(head.named_buffers())) == {"pos_mean", "pos_scale"}
+    assert "pos_scale" in head.state_dict()
+    # Degenerate positions fall back to a 1 m scale; bad shapes are refused.
+    head.fit_position_normalisation(np.ones((4, 2)))
+    assert float(head.pos_scale) == 1.0
+    with pytest.raises(ValueError, match=r"\[N >= 1, 2\]"):
+        head.fit_position_normalisation(np.ones((4, 3)))
+    with pytest.raises(ValueError, match="NaN"):
+        head.fit_position_normalisation(np.array([[0.0, np.nan]]))
+
+
+def test_seeds_make_identical_weights() -> None:
+    a, b, c = Backbone(seed=3), Backbone(seed=3), Backbone(seed=4)
+    for (_, pa), (_, pb), (_, pc) in zip(
+        a.named_parameters(), b.named_parameters(), c.named_parameters(), strict=True
+    ):
+        assert torch.equal(pa, pb)
+        assert not torch.equal(pa, pc)
+    # A seeded build does not disturb the global RNG.
+    torch.manual_seed(11)
+    expected = torch.rand(1)
+    torch.manual_seed(11)
+    Head(seed=5)
+    assert torch.equal(torch.rand(1), expected)
+
+
+def test_bad_input_shapes_and_configs() -> None:
+    backbone = Backbone()
+    with pytest.raises(ValueError, match=r"must be \[batch, 8, 103, 2\]"):
+        backbone(torch.randn(2, 2, 8, 103))
+    with pytest.raises(ValueError, match="invalid loss"):
+        HeadConfig(loss="l1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="invalid activation"):
+        BackboneConfig(activation="tanh")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="sigma_floor"):
+        HeadConfig(sigma_floor=0.0)

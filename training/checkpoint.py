@@ -1,0 +1,187 @@
+"""Save and load backbones and site models through the model repository.
+
+What a version holds:
+
+- backbone: ``backbone.pt`` (config + state dict) and ``backbone.onnx``.
+- site: ``model.onnx`` (backbone + head, what the service serves), ``head.onnx``,
+  ``head.pt`` (config + state dict, position normalisation included) and
+  ``backbone.pt``. The site keeps its own copy of the backbone weights because
+  ``gradual`` and ``finetune`` training change them; the manifest's ``parent``
+  still names the backbone version it started from.
+
+``.pt`` files hold only plain data and tensors, so they load with
+``torch.load(weights_only=True)`` (no arbitrary code from a shared volume).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.export import export_backbone, export_head, export_site_model
+from training.nets import Backbone, BackboneConfig, Head, HeadConfig, SiteModel
+from training.repository import (
+    ModelRepository,
+    RepositoryError,
+    check_name,
+    check_version,
+)
+
+FORMAT = 1
+"""Version of the ``.pt`` layout below; loaders refuse other values."""
+
+
+def _checkpoint(config: Any, module: torch.nn.Module) -> dict[str, Any]:
+    state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+    return {"format": FORMAT, "config": dataclasses.asdict(config), "state_dict": state}
+
+
+def _save_pt(obj: dict[str, Any], path: Path) -> None:
+    with path.open("wb") as fh:
+        torch.save(obj, fh)
+
+
+def _load_pt(path: Path, map_location: str | torch.device) -> dict[str, Any]:
+    if not path.is_file():
+        raise RepositoryError(f"{path} is missing: the version is incomplete or not a csipos one")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise RepositoryError(f"{path}: unreadable checkpoint: {exc}") from exc
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise RepositoryError(f"{path}: unknown checkpoint format (expected format {FORMAT})")
+    return obj
+
+
+def _restore(module: torch.nn.Module, obj: Mapping[str, Any], path: Path) -> None:
+    try:
+        module.load_state_dict(obj["state_dict"])
+    except (KeyError, RuntimeError) as exc:
+        raise RepositoryError(f"{path}: weights do not fit the stored config: {exc}") from exc
+
+
+def _parent_ref(parent: tuple[str, str] | None) -> str:
+    if parent is None:
+        return ""
+    name, version = parent
+    return f"{check_name(name, 'parent backbone name')}:{check_version(version)}"
+
+
+def save_backbone(
+    repo: ModelRepository,
+    name: str,
+    backbone: Backbone,
+    *,
+    loss: str,
+    config: Mapping[str, Any] | None = None,
+    data_fingerprint: str | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    parent: tuple[str, str] | None = None,
+    activate: bool = True,
+) -> str:
+    """Publish ``backbone`` as a new version of backbone ``name``; returns the version.
+
+    ``loss`` is the source-training loss; ``config`` the training configuration.
+    """
+    ckpt = _checkpoint(backbone.config, backbone)
+
+    def write(directory: Path, version: str) -> None:
+        _save_pt(ckpt, directory / "backbone.pt")
+        export_backbone(backbone, directory / "backbone.onnx", name=name, version=version)
+
+    return repo.publish_backbone(
+        name,
+        write,
+        loss=loss,
+        config=config,
+        data_fingerprint=data_fingerprint,
+        metrics=metrics,
+        parent=parent,
+        activate=activate,
+    )
+
+
+def load_backbone(
+    repo: ModelRepository,
+    name: str,
+    version: str | None = None,
+    *,
+    map_location: str | torch.device = "cpu",
+) -> Backbone:
+    """The backbone ``name`` at ``version`` (the active one when None)."""
+    path = repo.path("backbone", name, version) / "backbone.pt"
+    obj = _load_pt(path, map_location)
+    try:
+        backbone = Backbone(BackboneConfig(**obj["config"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RepositoryError(f"{path}: bad backbone config: {exc}") from exc
+    _restore(backbone, obj, path)
+    return backbone
+
+
+def save_site_model(
+    repo: ModelRepository,
+    site: str,
+    model: SiteModel,
+    *,
+    parent: tuple[str, str] | None,
+    config: Mapping[str, Any] | None = None,
+    data_fingerprint: str | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    activate: bool = True,
+) -> str:
+    """Publish ``model`` as a new version of ``site`` (ONNX + weights); returns the version.
+
+    ``parent`` is the (backbone name, version) the model was trained from, or None
+    for a model trained from scratch. The loss comes from the model's head.
+    """
+    backbone_ref = _parent_ref(parent)
+    head_ckpt = _checkpoint(model.head.config, model.head)
+    backbone_ckpt = _checkpoint(model.backbone.config, model.backbone)
+
+    def write(directory: Path, version: str) -> None:
+        export_site_model(
+            model, directory / "model.onnx", site=site, version=version, backbone_ref=backbone_ref
+        )
+        export_head(model.head, directory / "head.onnx", site=site, version=version)
+        _save_pt(head_ckpt, directory / "head.pt")
+        _save_pt(backbone_ckpt, directory / "backbone.pt")
+
+    return repo.publish_site(
+        site,
+        write,
+        loss=model.loss,
+        parent=parent,
+        config=config,
+        data_fingerprint=data_fingerprint,
+        metrics=metrics,
+        activate=activate,
+    )
+
+
+def load_site_model(
+    repo: ModelRepository,
+    site: str,
+    version: str | None = None,
+    *,
+    map_location: str | torch.device = "cpu",
+) -> SiteModel:
+    """The site model of ``site`` at ``version`` (the active one when None), in eval mode."""
+    vdir = repo.path("site", site, version)
+    head_obj = _load_pt(vdir / "head.pt", map_location)
+    backbone_obj = _load_pt(vdir / "backbone.pt", map_location)
+    try:
+        head = Head(HeadConfig(**head_obj["config"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RepositoryError(f"{vdir / 'head.pt'}: bad head config: {exc}") from exc
+    try:
+        backbone = Backbone(BackboneConfig(**backbone_obj["config"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RepositoryError(f"{vdir / 'backbone.pt'}: bad backbone config: {exc}") from exc
+    _restore(head, head_obj, vdir / "head.pt")
+    _restore(backbone, backbone_obj, vdir / "backbone.pt")
+    return SiteModel(backbone, head).eval()

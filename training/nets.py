@@ -1,0 +1,275 @@
+"""The two-part positioning model f = g(phi(H)): a site-independent backbone, a per-site head.
+
+Sizes (paper: backbone 152,640, head 33,282 with 2 outputs, 185,922 in all).
+The input [B, 8, 103, 2] is permuted to channels-first [B, 2, 8, 103]
+(real/imag are the channels, antenna x subcarrier the image). Every conv is
+5x5 with padding 2 ("same"), every pool 2x2 average with floor::
+
+    block 1: conv 2->40  [40, 8, 103] -> pool [40, 4, 51] -> conv 40->16 [16, 4, 51]
+    block 2: conv 16->40 [40, 4, 51]  -> pool [40, 2, 25] -> conv 40->16 [16, 2, 25]
+    flatten 16 * 2 * 25 = 800 -> Dense(128)
+
+    convs: (2*40 + 40*16 + 16*40 + 40*16) * 25 weights + (40+16+40+16) biases
+         = 50,000 + 112 = 50,112
+    dense: 800 * 128 + 128 = 102,528             backbone total 152,640
+    head:  2 * (128 * 128 + 128) + 128 * 2 + 2 = 33,282  (out = 4: 33,540)
+
+Activations are ELU: with a frozen backbone and a few hundred target samples,
+ReLU units that die during head-only training cannot recover, while ELU keeps
+a gradient everywhere; its smoothness also suits the NLL loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from training.data.schema import CSI_SHAPE
+
+log = logging.getLogger(__name__)
+
+LossName = Literal["mse", "nll"]
+Activation = Literal["elu", "relu"]
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"elu": nn.ELU, "relu": nn.ReLU}
+
+
+def _check_choice(value: str, choices: tuple[str, ...], what: str) -> None:
+    if value not in choices:
+        raise ValueError(f"invalid {what} {value!r}: expected one of {', '.join(choices)}")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Shape of the backbone; the defaults give the paper's 152,640 parameters."""
+
+    block_channels: tuple[tuple[int, int], ...] = ((40, 16), (40, 16))
+    """Per pooling block: (channels of the first conv, channels of the second conv)."""
+    kernel_size: int = 5
+    features: int = 128
+    activation: Activation = "elu"
+    input_shape: tuple[int, int, int] = CSI_SHAPE
+
+    def __post_init__(self) -> None:
+        _check_choice(self.activation, tuple(_ACTIVATIONS), "activation")
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd and >= 1, got {self.kernel_size}")
+        if self.features < 1 or not self.block_channels:
+            raise ValueError("features must be >= 1 and block_channels non-empty")
+        if any(c < 1 for block in self.block_channels for c in block):
+            raise ValueError(f"block_channels must be positive, got {self.block_channels}")
+        object.__setattr__(
+            self, "block_channels", tuple(tuple(int(c) for c in b) for b in self.block_channels)
+        )
+        object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
+        if len(self.input_shape) != 3 or self.input_shape[2] != 2:
+            raise ValueError(
+                f"input_shape must be (antennas, subcarriers, 2), got {self.input_shape}"
+            )
+
+    def spatial_out(self) -> tuple[int, int]:
+        """(height, width) after the pooling blocks: each pool halves with floor."""
+        h, w = self.input_shape[0], self.input_shape[1]
+        for _ in self.block_channels:
+            h, w = h // 2, w // 2
+        if h < 1 or w < 1:
+            raise ValueError(
+                f"input {self.input_shape} too small for {len(self.block_channels)} pools"
+            )
+        return h, w
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Shape and loss of a site head; the defaults give 33,282 parameters (mse)."""
+
+    loss: LossName = "mse"
+    in_features: int = 128
+    hidden: tuple[int, ...] = field(default=(128, 128))
+    activation: Activation = "elu"
+    sigma_floor: float = 1e-3
+    """Smallest sigma in normalised units (fraction of the site's position scale).
+
+    Relative, not absolute, so the NLL (computed in normalised units) is bounded
+    below the same way on a 10 m lab and a 500 m campus: 1 cm and 0.5 m there.
+    """
+
+    def __post_init__(self) -> None:
+        _check_choice(self.loss, ("mse", "nll"), "loss")
+        _check_choice(self.activation, tuple(_ACTIVATIONS), "activation")
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if self.in_features < 1 or any(h < 1 for h in self.hidden):
+            raise ValueError(f"layer sizes must be positive, got {self.in_features}, {self.hidden}")
+        if not (math.isfinite(self.sigma_floor) and self.sigma_floor > 0):
+            raise ValueError(f"sigma_floor must be a positive number, got {self.sigma_floor}")
+
+    @property
+    def out(self) -> int:
+        """Raw outputs: x, y (mse) or x, y, sigma_x, sigma_y (nll)."""
+        return 2 if self.loss == "mse" else 4
+
+
+def _exporting() -> bool:
+    return bool(torch.onnx.is_in_onnx_export())
+
+
+def normalise_power(csi: torch.Tensor) -> torch.Tensor:
+    """Scale each sample to unit mean power, so a site's gain or the UE's transmit power
+    does not matter. Site independent, hence inside the model (training, ONNX and the
+    service cannot disagree). Divides by the peak first so tiny or huge inputs do not
+    under/overflow in float32; an all-zero sample stays zero.
+    """
+    flat = csi.reshape(csi.shape[0], -1)
+    peak = flat.abs().amax(dim=1, keepdim=True).clamp_min(1e-30)
+    flat = flat / peak
+    rms = flat.square().mean(dim=1, keepdim=True).sqrt().clamp_min(1e-12)
+    return (flat / rms).reshape(csi.shape)
+
+
+class Backbone(nn.Module):
+    """phi: CSI [B, 8, 103, 2] (channels-last, as stored) -> features [B, 128]."""
+
+    def __init__(self, config: BackboneConfig | None = None, *, seed: int | None = None) -> None:
+        super().__init__()
+        self.config = config = config or BackboneConfig()
+        act = _ACTIVATIONS[config.activation]
+        pad = config.kernel_size // 2
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            layers: list[nn.Module] = []
+            channels = config.input_shape[2]
+            for first, second in config.block_channels:
+                layers += [
+                    nn.Conv2d(channels, first, config.kernel_size, padding=pad),
+                    act(),
+                    nn.AvgPool2d(2, ceil_mode=False),
+                    nn.Conv2d(first, second, config.kernel_size, padding=pad),
+                    act(),
+                ]
+                channels = second
+            h, w = config.spatial_out()
+            self.blocks = nn.Sequential(*layers)
+            self.dense = nn.Linear(channels * h * w, config.features)
+            self.act = act()
+
+    def forward(self, csi: torch.Tensor) -> torch.Tensor:
+        if not _exporting() and (csi.dim() != 4 or tuple(csi.shape[1:]) != self.config.input_shape):
+            raise ValueError(
+                f"backbone input must be [batch, {', '.join(map(str, self.config.input_shape))}]"
+                f" (antenna, subcarrier, real/imag), got {list(csi.shape)}"
+            )
+        x = normalise_power(csi).permute(0, 3, 1, 2)
+        x = self.blocks(x).flatten(1)
+        features: torch.Tensor = self.act(self.dense(x))
+        return features
+
+
+class Head(nn.Module):
+    """g: features [B, 128] -> position [B, 2] in metres and, for nll, sigma [B, 2] in metres.
+
+    The network works in normalised units (positions centred on ``pos_mean`` and
+    divided by ``pos_scale``, the site's training positions); the buffers are saved
+    with the head, so its outputs are always metres.
+    """
+
+    pos_mean: torch.Tensor
+    pos_scale: torch.Tensor
+
+    def __init__(
+        self,
+        config: HeadConfig | None = None,
+        *,
+        loss: LossName | None = None,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        config = config or HeadConfig()
+        if loss is not None:
+            config = dataclasses.replace(config, loss=loss)
+        self.config = config
+        act = _ACTIVATIONS[config.activation]
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            layers: list[nn.Module] = []
+            width = config.in_features
+            for hidden in config.hidden:
+                layers += [nn.Linear(width, hidden), act()]
+                width = hidden
+            layers.append(nn.Linear(width, config.out))
+            self.mlp = nn.Sequential(*layers)
+        self.register_buffer("pos_mean", torch.zeros(2))
+        self.register_buffer("pos_scale", torch.ones(1))
+
+    @property
+    def loss(self) -> LossName:
+        return self.config.loss
+
+    @torch.no_grad()
+    def fit_position_normalisation(self, pos: torch.Tensor | np.ndarray) -> None:
+        """Set ``pos_mean``/``pos_scale`` from the site's training positions [N, 2] (metres).
+
+        The scale is isotropic (RMS distance to the centroid over sqrt(2)), so the
+        normalised MSE stays proportional to the Euclidean error and the sigma
+        ellipse keeps its shape.
+        """
+        p = torch.as_tensor(np.asarray(pos), dtype=torch.float64)
+        if p.dim() != 2 or p.shape[1] != 2 or p.shape[0] < 1:
+            raise ValueError(f"positions must be [N >= 1, 2] metres, got {list(p.shape)}")
+        if not torch.isfinite(p).all():
+            raise ValueError("positions contain NaN or infinite values")
+        mean = p.mean(dim=0)
+        scale = float((p - mean).square().sum(dim=1).mean().div(2).sqrt())
+        if scale < 1e-6:
+            log.warning("training positions do not spread (scale %.3g m); using 1 m", scale)
+            scale = 1.0
+        self.pos_mean.copy_(mean.to(self.pos_mean.dtype))
+        self.pos_scale.fill_(scale)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raw = self.mlp(features)
+        position = raw[:, :2] * self.pos_scale + self.pos_mean
+        if self.config.out == 2:
+            return position, None
+        sigma = (F.softplus(raw[:, 2:4]) + self.config.sigma_floor) * self.pos_scale
+        return position, sigma
+
+
+class SiteModel(nn.Module):
+    """The full model for one site: CSI [B, 8, 103, 2] -> (position [B, 2], sigma [B, 2] | None)."""
+
+    def __init__(self, backbone: Backbone, head: Head) -> None:
+        super().__init__()
+        if head.config.in_features != backbone.config.features:
+            raise ValueError(
+                f"head expects {head.config.in_features} features, "
+                f"backbone gives {backbone.config.features}"
+            )
+        self.backbone = backbone
+        self.head = head
+
+    @property
+    def loss(self) -> LossName:
+        return self.head.loss
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """Output names, as in the ONNX model: ("position",) or ("position", "sigma")."""
+        return ("position", "sigma") if self.loss == "nll" else ("position",)
+
+    def forward(self, csi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.head(self.backbone(csi))  # type: ignore[no-any-return]
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of parameters (buffers such as the position normalisation excluded)."""
+    return sum(p.numel() for p in module.parameters())
