@@ -2,8 +2,112 @@
 
 from __future__ import annotations
 
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 
 def register_top_level(root: typer.Typer) -> None:
     """Add `experiment` to the root app."""
+    root.command("experiment")(experiment)
+
+
+def experiment(
+    data: Annotated[
+        list[Path],
+        typer.Option(
+            "--data",
+            help="Fingerprint file(s) holding the targets (lab-los, lab-nlos) and the "
+            "industrial sources; repeat for several files.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Experiment dir: results, report; rerun it to resume.")
+    ],
+    preset: Annotated[
+        str, typer.Option("--preset", help="quick (machinery check, tiny data) or paper.")
+    ] = "quick",
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, help="Parallel worker processes (one core each).")
+    ] = 1,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Experiment seed: splits, inits.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Run the MEML / DTL / scratch comparison over folds and data fractions, then report.
+
+    Results go to OUT/runs (one file per finished run), the report to
+    OUT/report.md with results.csv, summary.csv and figures/. Interrupt at any
+    time: the same command resumes and redoes nothing that finished.
+    """
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskID,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from training.experiments.claims import evaluate_claims
+    from training.experiments.grid import get_preset
+    from training.experiments.runner import ExperimentStateError, run_experiment
+    from training.experiments.runner import Progress as Update
+
+    console = Console(stderr=True, quiet=quiet)
+    try:
+        chosen = get_preset(preset)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--preset") from exc
+    if not quiet:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA {task.fields[eta]}  {task.fields[last]}"),
+        console=console,
+        disable=quiet,
+    )
+    tasks: dict[str, TaskID] = {}
+
+    def show(update: Update) -> None:
+        if update.stage not in tasks:
+            tasks[update.stage] = bar.add_task(update.stage, total=update.total, eta="?", last="")
+        eta = "?" if update.eta_s is None else f"{update.eta_s / 60:.1f} min"
+        failed = f" ({update.failed} failed)" if update.failed else ""
+        bar.update(tasks[update.stage], completed=update.done, eta=eta, last=update.last + failed)
+
+    command = shlex.join(["csipos", *sys.argv[1:]])
+    try:
+        with bar:
+            outcome = run_experiment(
+                chosen, data, out, workers=workers, seed=seed, progress=show, command=command
+            )
+    except (ExperimentStateError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}", style=None)
+        raise typer.Exit(2) from exc
+
+    from training.experiments.aggregate import summarize
+    from training.experiments.store import ResultStore
+
+    results = ResultStore(out).load(outcome.planned)
+    for i, claim in enumerate(evaluate_claims(summarize(results)), start=1):
+        console.print(f"claim {i}: {claim.title}: [bold]{claim.verdict}[/bold]")
+    console.print(
+        f"{outcome.ran} runs done now, {outcome.skipped} already done, "
+        f"{len(outcome.failed)} failed; {outcome.elapsed_s / 60:.1f} min; report: {outcome.report}"
+    )
+    if not outcome.complete:
+        for key, err in list(outcome.failed.items())[:10]:
+            console.print(f"[red]failed[/red] {key}: {err}")
+        console.print("Rerun the same command to retry the missing runs.")
+        raise typer.Exit(1)
