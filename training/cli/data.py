@@ -80,10 +80,10 @@ def info(
     except _USER_ERRORS as exc:
         raise _fail(exc) from None
     table = Table(title=f"{file} ({len(names)} environments)")
-    for column in ("environment", "samples", "LOS", "x extent (m)", "y extent (m)", "SNR (dB)"):
-        table.add_column(column, justify="left" if column == "environment" else "right")
+    table.add_column("environment", overflow="fold", min_width=10)
+    for column in ("samples", "LOS", "x (m)", "y (m)", "SNR (dB)"):
+        table.add_column(column, justify="right", no_wrap=column == "SNR (dB)")
     table.add_column("array")
-    table.add_column("source")
     for name, meta, s in rows:
         table.add_row(
             name,
@@ -93,9 +93,11 @@ def info(
             _extent(s["y"]),
             "-" if s["snr"] is None else f"{s['snr'][0]:.1f}..{s['snr'][1]:.1f}",
             meta.array,
-            s["source"],
         )
     console.print(table)
+    for name, meta, s in rows:
+        detail = f" ({meta.description})" if meta.description else ""
+        console.print(f"[bold]{name}[/]: source {s['source']}{detail}", highlight=False)
     if not names:
         console.print("no environments in this file")
 
