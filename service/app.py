@@ -1,0 +1,69 @@
+"""The FastAPI application: declares routers, middleware and the lifespan, nothing more."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from service import logs
+from service.catalog import Catalog
+from service.config import Settings
+from service.errors import install_handlers
+from service.jobs.manager import JobManager
+from service.middleware import RequestContext
+from service.positioning import Positioner
+from service.routes import health, jobs, locate, sites, v2
+from service.store import ModelStore
+from training.repository import ModelRepository, csipos_version
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; the model store loads and starts watching in the lifespan."""
+    settings = settings or Settings()
+    logs.configure(settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(app.state.store.load)
+        app.state.store.start_watching()
+        app.state.loaded = True
+        try:
+            yield
+        finally:
+            app.state.loaded = False
+            app.state.store.unload()
+            app.state.positioner.close()
+            app.state.jobs.close()
+
+    app = FastAPI(
+        title="csipos",
+        version=csipos_version(),
+        description="CSI-fingerprint positioning with per-site transfer learning.",
+        lifespan=lifespan,
+    )
+    store = ModelStore(
+        settings.model_dir,
+        max_sites=settings.max_sites,
+        intra_op_threads=settings.intra_op_threads,
+        watch_interval_s=settings.watch_interval_s,
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.loaded = False
+    app.state.positioner = Positioner(store, settings.inference_threads)
+    app.state.catalog = Catalog(ModelRepository(settings.model_dir), store)
+    app.state.jobs = JobManager(settings)
+
+    install_handlers(app)
+    app.add_middleware(RequestContext)
+    for module in (health, locate, sites, jobs, v2):
+        app.include_router(module.router)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for `uvicorn --factory` (settings from `CSIPOS_*` variables)."""
+    return create_app(Settings())

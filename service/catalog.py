@@ -1,0 +1,106 @@
+"""Site management over the model repository (list, inspect, activate, delete).
+
+`training.repository` does the atomic writes; this module maps its errors onto the
+service's and tells this replica's store at once (other replicas notice by polling).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from service.errors import BadRequest, Conflict, InvalidInput, ServiceError, SiteNotFound
+from service.store import ModelStore, check_site_id
+from training import repository as repo_mod
+from training.repository import ModelRepository
+
+T = TypeVar("T")
+
+
+@contextmanager
+def repository_errors(site: str) -> Iterator[None]:
+    """Translate repository errors into HTTP-carrying service errors."""
+    try:
+        yield
+    except repo_mod.InvalidName as exc:
+        raise InvalidInput(str(exc), {"site": site}) from None
+    except repo_mod.NotFound as exc:
+        raise SiteNotFound(str(exc), {"site": site}) from None
+    except repo_mod.Conflict as exc:
+        raise Conflict(str(exc), {"site": site}) from None
+    except repo_mod.Invalid as exc:
+        raise BadRequest(str(exc), {"site": site}) from None
+    except repo_mod.RepositoryError as exc:
+        raise ServiceError(str(exc), {"site": site}) from None
+
+
+def _version_summary(repo: ModelRepository, site: str, version: str) -> dict[str, Any]:
+    try:
+        m = repo.manifest("site", site, version)
+    except repo_mod.RepositoryError:
+        return {"version": version, "error": "unreadable manifest"}
+    return {
+        "version": version,
+        "created": m.get("created"),
+        "loss": m.get("loss"),
+        "parent": m.get("parent"),
+        "metrics": m.get("metrics", {}),
+        "data_fingerprint": m.get("data_fingerprint"),
+    }
+
+
+class Catalog:
+    """Read and change which site versions exist and which one serves."""
+
+    def __init__(self, repo: ModelRepository, store: ModelStore) -> None:
+        self.repo = repo
+        self.store = store
+
+    def _call(self, site: str, fn: Callable[[], T]) -> T:
+        with repository_errors(site):
+            return fn()
+
+    def list(self) -> list[dict[str, Any]]:
+        served = self.store.snapshot()
+        out = []
+        for site in self.repo.list_sites():
+            with repository_errors(site):
+                active = self.repo.active_version("site", site)
+            s = served.get(site)
+            out.append(
+                {
+                    "site": site,
+                    "active_version": active,
+                    "serving_version": s.version if s else None,
+                    "loss": s.loss if s else None,
+                    "versions": len(self.repo.site_versions(site)),
+                }
+            )
+        return out
+
+    def detail(self, site: str) -> dict[str, Any]:
+        check_site_id(site)
+        versions = self._call(site, lambda: self.repo.site_versions(site))
+        if not versions:
+            raise SiteNotFound(f"site {site!r} does not exist", {"site": site})
+        active = self._call(site, lambda: self.repo.active_version("site", site))
+        s = self.store.snapshot().get(site)
+        return {
+            "site": site,
+            "active_version": active,
+            "serving_version": s.version if s else None,
+            "sigma_available": s.has_sigma if s else None,
+            "versions": [_version_summary(self.repo, site, v) for v in versions],
+        }
+
+    def activate(self, site: str, version: str) -> dict[str, Any]:
+        check_site_id(site)
+        self._call(site, lambda: self.repo.activate("site", site, version))
+        self.store.refresh_site(site)
+        return self.detail(site)
+
+    def delete(self, site: str) -> None:
+        check_site_id(site)
+        self._call(site, lambda: self.repo.delete_site(site))
+        self.store.refresh_site(site)

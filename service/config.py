@@ -1,0 +1,115 @@
+"""Service settings: one pydantic-settings class, read from `CSIPOS_*` environment variables.
+
+Keys are plain strings in the environment (or a `.env` file) and are never logged:
+`Settings.__repr__` masks them. Outside dev mode the service refuses to start without
+an admin key, because an admin route that cannot be authorised is either useless or
+(worse) open; we do not generate one, since a generated key could only reach the
+operator through a log line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told; each field maps to `CSIPOS_<NAME>`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CSIPOS_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    model_dir: Path = Path("models")
+    """Root of the model repository (`models/`); shared by all replicas and workers."""
+
+    dev_mode: bool = False
+    """Development mode: allows running without any API key (every route open)."""
+
+    locate_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    """Bearer keys with the `locate` scope (inference, read-only site listing); JSON list."""
+
+    admin_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    """Bearer keys with the `admin` scope (adapt, activate, delete); they also may locate."""
+
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    """Largest accepted request body for inference and JSON adaptation (413 above it)."""
+
+    max_upload_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    """Largest accepted HDF5 upload for adaptation, streamed to disk (413 above it)."""
+
+    max_batch: int = Field(default=1024, gt=0)
+    """Most fingerprints in one /locate or V2 infer request (413 above it)."""
+
+    max_sites: int = Field(default=256, gt=0)
+    """Most sites the store loads; also bounds the `site` label of the metrics."""
+
+    min_adapt_samples: int = Field(default=20, gt=0)
+    """Fewest labelled fingerprints an adaptation request may carry (422 below it)."""
+
+    max_concurrent_jobs: int = Field(default=2, gt=0)
+    """Most adaptation jobs queued or running at once across all sites (429 above it)."""
+
+    job_dir: Path = Path("runs/jobs")
+    """Where job records (JSON) and uploaded training data live; survives restarts."""
+
+    job_stale_after_s: float = Field(default=60.0, gt=0)
+    """A running job whose heartbeat is older than this is reported failed (worker died)."""
+
+    redis_url: str | None = None
+    """If set, adaptation jobs go through RQ on this Redis to `csipos worker` processes."""
+
+    rq_queue: str = "csipos-adapt"
+    """Name of the RQ queue the API enqueues to and `csipos worker` listens on."""
+
+    inference_threads: int = Field(default=max(1, os.cpu_count() or 1), gt=0)
+    """Threads of the bounded inference pool (requests run in parallel up to this)."""
+
+    intra_op_threads: int = Field(default=1, gt=0)
+    """onnxruntime intra-op threads per session; 1 scales best with concurrent requests."""
+
+    watch_interval_s: float = Field(default=2.0, gt=0)
+    """How often each replica polls the sites' `active.json` for a new active version."""
+
+    adapt_entrypoint: str = "training.transfer:adapt_site"
+    """Import path `module:function` of the adaptation trainer (swap for plugins or tests)."""
+
+    log_level: str = "INFO"
+    """Log level of the service's loggers."""
+
+    @field_validator("locate_keys", "admin_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        # A JSON list or a comma-separated string: the latter is friendlier in compose files.
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("locate_keys", "admin_keys")
+    @classmethod
+    def _keys_long_enough(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for key in value:
+            if len(key.get_secret_value()) < 16:
+                raise ValueError("API keys must be at least 16 characters long")
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_open_admin(self) -> Settings:
+        if not self.dev_mode and not self.admin_keys:
+            raise ValueError(
+                "no admin key configured: set CSIPOS_ADMIN_KEYS (comma-separated, >= 16 chars) "
+                "or CSIPOS_DEV_MODE=true for an unauthenticated development server"
+            )
+        return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Dev mode with no keys at all means every route is open."""
+        return bool(self.admin_keys or self.locate_keys)

@@ -1,0 +1,1 @@
+"""Adaptation jobs: records on disk, the job function, and the executors that run it."""

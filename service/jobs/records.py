@@ -1,0 +1,154 @@
+"""Job records: one JSON file per job under the job directory, so they survive restarts.
+
+The API process creates a record; the process that runs the job (a process-pool worker
+or an RQ worker, possibly on another host sharing the directory) updates it. Writes are
+atomic (temp file, fsync, `os.replace`) under a per-job `flock`, so a reader never sees
+half a record and two writers never lose each other's fields.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+JobState = Literal["queued", "running", "succeeded", "failed"]
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed"})
+
+
+class AdaptOptions(BaseModel):
+    """What the adaptation should do (the request's options)."""
+
+    mode: Literal["gradual", "finetune", "head"] = "gradual"
+    loss: Literal["nll", "mse"] = "nll"
+    val_fraction: float = Field(0.2, gt=0.0, lt=0.9)
+    seed: int = 0
+    activate: bool = True
+    backbone: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class Progress(BaseModel):
+    phase: str | None = None
+    epoch: int | None = None
+    val_me: float | None = None
+    best_val_me: float | None = None
+
+
+class JobRecord(BaseModel):
+    """Everything known about one adaptation job."""
+
+    id: str
+    site: str
+    state: JobState = "queued"
+    options: AdaptOptions
+    samples: int
+    created: float
+    started: float | None = None
+    finished: float | None = None
+    heartbeat: float | None = None
+    progress: Progress = Field(default_factory=Progress)
+    metrics: dict[str, Any] | None = None
+    version: str | None = None
+    error: str | None = None
+    executor: Literal["local", "rq"] = "local"
+    owner: str = ""
+    """`host:pid` of the API process that queued it (local jobs die with it)."""
+    worker_pid: int | None = None
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+class JobStore:
+    """Job records as `<dir>/<id>/job.json`, with the job's data beside it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def job_dir(self, job_id: str) -> Path:
+        if not job_id.isalnum():
+            raise KeyError(job_id)
+        return self.root / job_id
+
+    def data_path(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "data.npz"
+
+    @contextlib.contextmanager
+    def locked(self, name: str = ".store") -> Iterator[None]:
+        """An exclusive `flock` shared by every process using this directory."""
+        with (self.root / f"{name}.lock").open("a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def write(self, record: JobRecord) -> None:
+        d = self.job_dir(record.id)
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / f".job.json.{os.getpid()}.tmp"
+        with tmp.open("w") as fh:
+            fh.write(record.model_dump_json(indent=1))
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(d / "job.json")
+
+    def get(self, job_id: str) -> JobRecord | None:
+        try:
+            text = (self.job_dir(job_id) / "job.json").read_text()
+        except (FileNotFoundError, KeyError):
+            return None
+        return JobRecord.model_validate_json(text)
+
+    def update(self, job_id: str, **fields: Any) -> JobRecord:
+        """Read-modify-write under the job's lock; returns the new record."""
+        with self.locked(f"job-{job_id}"):
+            record = self.get(job_id)
+            if record is None:
+                raise KeyError(job_id)
+            data = record.model_dump()
+            data.update(fields)
+            new = JobRecord.model_validate(data)
+            self.write(new)
+            return new
+
+    def fail_if_open(self, job_id: str, reason: str) -> None:
+        """Mark failed unless it already finished (the worker's own word wins)."""
+        with self.locked(f"job-{job_id}"):
+            record = self.get(job_id)
+            if record is None or record.state in TERMINAL:
+                return
+            now = time.time()
+            self.write(
+                record.model_copy(
+                    update={
+                        "state": "failed",
+                        "error": reason,
+                        "finished": now,
+                        "started": record.started or now,
+                    }
+                )
+            )
+
+    def all(self) -> list[JobRecord]:
+        out = []
+        for f in self.root.glob("*/job.json"):
+            with contextlib.suppress(OSError, ValueError):
+                out.append(JobRecord.model_validate_json(f.read_text()))
+        return sorted(out, key=lambda r: r.created)
+
+
+def to_json(record: JobRecord) -> dict[str, Any]:
+    """The record as plain JSON types (for responses)."""
+    out: dict[str, Any] = json.loads(record.model_dump_json())
+    return out

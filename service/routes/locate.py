@@ -1,0 +1,140 @@
+"""`POST /locate`: positions from CSI, as JSON or `application/x-npy`."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from service.deps import LocateKey, PositionerDep, SettingsDep
+from service.errors import BadRequest, InvalidInput, UnsupportedMediaType
+from service.positioning import Prediction, as_csi_batch, ellipse
+from service.uploads import read_body
+
+router = APIRouter(tags=["locate"])
+_INLINE_PARSE_BYTES = 64 * 1024
+
+NO_SIGMA_NOTE = (
+    "this site's model was trained with MSE loss and predicts no uncertainty; "
+    "sigma_x and sigma_y are null"
+)
+
+_OPENAPI_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["site", "csi"],
+                    "properties": {
+                        "site": {"type": "string"},
+                        "csi": {"description": "[8][103][2] or [B][8][103][2] floats"},
+                        "ellipse_confidence": {"type": "number", "exclusiveMinimum": 0},
+                    },
+                }
+            },
+            "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+def _confidence(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+        raise InvalidInput(
+            "ellipse_confidence must be a number strictly between 0 and 1",
+            {"got": value, "example": 0.95},
+        )
+    return float(value)
+
+
+def positions_json(pred: Prediction, confidence: float | None) -> dict[str, Any]:
+    """The /locate answer for one prediction batch."""
+    out: list[dict[str, Any]] = []
+    pos = pred.position.tolist()
+    sig = pred.sigma.tolist() if pred.sigma is not None else None
+    for i, (x, y) in enumerate(pos):
+        item: dict[str, Any] = {"x": x, "y": y, "sigma_x": None, "sigma_y": None}
+        if sig is not None:
+            item["sigma_x"], item["sigma_y"] = sig[i]
+            if confidence is not None:
+                item["ellipse"] = ellipse(sig[i][0], sig[i][1], confidence)
+        out.append(item)
+    body: dict[str, Any] = {
+        "site": pred.site,
+        "model_version": pred.version,
+        "loss": pred.loss,
+        "sigma_available": pred.sigma is not None,
+        "positions": out,
+    }
+    if pred.sigma is None:
+        body["note"] = NO_SIGMA_NOTE
+    return body
+
+
+def parse_npy(body: bytes) -> np.ndarray:
+    """An array from `.npy` bytes (no pickles)."""
+    try:
+        return np.load(io.BytesIO(body), allow_pickle=False)  # type: ignore[no-any-return]
+    except Exception as exc:
+        raise BadRequest(
+            "body is not a valid .npy array", {"reason": str(exc), "expected": "numpy.save output"}
+        ) from None
+
+
+@router.post("/locate", openapi_extra=_OPENAPI_BODY)
+async def locate(
+    request: Request,
+    _: LocateKey,
+    settings: SettingsDep,
+    positioner: PositionerDep,
+    site: str | None = Query(None, description="Site id (required for application/x-npy)."),
+    ellipse_confidence: float | None = Query(
+        None, description="Add an axis-aligned confidence ellipse with this confidence (0-1)."
+    ),
+) -> dict[str, Any]:
+    """Positions (metres) and 1-sigma uncertainties for one fingerprint or a batch."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    body = await read_body(request, settings.max_body_bytes)
+    confidence = _confidence(ellipse_confidence)
+    if ctype == "application/json":
+        try:
+            doc = (
+                await run_in_threadpool(json.loads, body)
+                if len(body) > _INLINE_PARSE_BYTES
+                else json.loads(body)
+            )
+        except ValueError as exc:
+            raise BadRequest("body is not valid JSON", {"reason": str(exc)}) from None
+        if not isinstance(doc, dict) or "csi" not in doc:
+            raise InvalidInput(
+                "JSON body must be an object with 'site' and 'csi'",
+                {"expected": {"site": "lab-los", "csi": "[8][103][2] or [B][8][103][2]"}},
+            )
+        site = doc.get("site", site)
+        if "ellipse_confidence" in doc:
+            confidence = _confidence(doc["ellipse_confidence"])
+        raw: Any = doc["csi"]
+    elif ctype in ("application/x-npy", "application/octet-stream"):
+        raw = parse_npy(body)
+    else:
+        raise UnsupportedMediaType(
+            f"unsupported content type {ctype or '(none)'!r}",
+            {"expected": ["application/json", "application/x-npy"]},
+        )
+    if not isinstance(site, str) or not site:
+        raise InvalidInput("missing site id", {"expected": "'site' in the body or ?site="})
+    # Big batches are parsed off the event loop so other requests keep flowing.
+    if len(body) > _INLINE_PARSE_BYTES:
+        csi = await run_in_threadpool(as_csi_batch, raw, settings.max_batch)
+    else:
+        csi = as_csi_batch(raw, settings.max_batch)
+    pred = await positioner.locate(site, csi)
+    return positions_json(pred, confidence)

@@ -1,0 +1,256 @@
+"""The model store: one onnxruntime session per active site model, hot-swapped on change.
+
+It reads the repository layout (docs/architecture.md) directly, read-only:
+`sites/<site>/active.json` names the version, `sites/<site>/versions/<v>/model.onnx` is
+the model. A watcher thread polls every `active.json`; when a site's active version
+changes, the new session is loaded *beside* the old one and swapped in under a lock,
+so requests never see a missing site while it is being replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from service import metrics
+from service.errors import InvalidInput, SiteNotFound, Unavailable
+
+log = logging.getLogger("csipos.service.store")
+
+SITE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+INPUT_NAME = "csi"
+
+
+def check_site_id(site: str) -> str:
+    """Refuse ids outside the repository's pattern (also rules out path traversal)."""
+    if not SITE_ID.fullmatch(site):
+        raise InvalidInput(
+            f"invalid site id {site!r}",
+            {"expected": "lowercase letters, digits, '-' or '_', 1-63 chars: " + SITE_ID.pattern},
+        )
+    return site
+
+
+def read_active_version(site_dir: Path) -> str | None:
+    """The version named by `active.json`, or None if the site has none (yet)."""
+    try:
+        doc = json.loads((site_dir / "active.json").read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("unreadable %s: %s", site_dir / "active.json", exc)
+        return None
+    version = doc.get("version") if isinstance(doc, dict) else None
+    return version if isinstance(version, str) else None
+
+
+@dataclass
+class ServedSite:
+    """One site version as the service serves it: `load()`, `predict()`, `unload()`."""
+
+    site: str
+    version: str
+    path: Path
+    intra_op_threads: int = 1
+    loss: str = "mse"
+    outputs: tuple[str, ...] = ()
+    manifest: dict[str, Any] = field(default_factory=dict)
+    _session: ort.InferenceSession | None = None
+
+    @property
+    def has_sigma(self) -> bool:
+        return "sigma" in self.outputs
+
+    @property
+    def loaded(self) -> bool:
+        return self._session is not None
+
+    def load(self) -> ServedSite:
+        """Open the ONNX session and check that it honours the site-model contract."""
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.intra_op_threads
+        opts.inter_op_num_threads = 1
+        session = ort.InferenceSession(
+            str(self.path / "model.onnx"), opts, providers=["CPUExecutionProvider"]
+        )
+        inputs = [i.name for i in session.get_inputs()]
+        outputs = tuple(o.name for o in session.get_outputs())
+        if inputs != [INPUT_NAME] or "position" not in outputs:
+            raise ValueError(
+                f"{self.path / 'model.onnx'}: expected input 'csi' and output 'position', "
+                f"found inputs {inputs} and outputs {list(outputs)}"
+            )
+        meta = session.get_modelmeta().custom_metadata_map
+        manifest_file = self.path / "manifest.json"
+        self.manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
+        self.outputs = outputs
+        self.loss = str(meta.get("csipos.loss") or self.manifest.get("loss") or "mse")
+        self._session = session
+        return self
+
+    def predict(self, csi: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Positions [B,2] and sigma [B,2] (None for MSE models) in metres, one batch."""
+        session = self._session
+        if session is None:
+            raise Unavailable(f"site {self.site!r} version {self.version} is not loaded")
+        names = ["position", "sigma"] if self.has_sigma else ["position"]
+        result = session.run(names, {INPUT_NAME: csi})
+        position = np.asarray(result[0], dtype=np.float32)
+        sigma = np.asarray(result[1], dtype=np.float32) if self.has_sigma else None
+        return position, sigma
+
+    def unload(self) -> None:
+        """Drop the session; in-flight `predict` calls keep their own reference."""
+        self._session = None
+
+
+class ModelStore:
+    """All active site models of one repository, kept in step with `active.json`."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        max_sites: int = 256,
+        intra_op_threads: int = 1,
+        watch_interval_s: float = 2.0,
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self.max_sites = max_sites
+        self.intra_op_threads = intra_op_threads
+        self.watch_interval_s = watch_interval_s
+        self._sites: dict[str, ServedSite] = {}
+        self._errors: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.on_change: Callable[[], None] | None = None
+
+    @property
+    def sites_dir(self) -> Path:
+        return self.model_dir / "sites"
+
+    def load(self) -> None:
+        """Load every site's active version (errors are logged per site, not fatal)."""
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Bring the loaded sessions in line with the repository's active versions."""
+        with self._refresh_lock:
+            names = sorted(
+                p.name
+                for p in (self.sites_dir.iterdir() if self.sites_dir.is_dir() else [])
+                if p.is_dir() and SITE_ID.fullmatch(p.name)
+            )
+            if len(names) > self.max_sites:
+                log.warning("%d sites, serving the first %d", len(names), self.max_sites)
+                names = names[: self.max_sites]
+            wanted = {n: read_active_version(self.sites_dir / n) for n in names}
+            for site in list(self._sites):
+                if wanted.get(site) is None:
+                    self._drop(site)
+            for site, version in wanted.items():
+                if version is not None:
+                    self._ensure(site, version)
+
+    def refresh_site(self, site: str) -> None:
+        """Re-read one site at once (after an activate or delete through this replica)."""
+        with self._refresh_lock:
+            version = read_active_version(self.sites_dir / site)
+            if version is None:
+                self._drop(site)
+            else:
+                self._ensure(site, version)
+
+    def _ensure(self, site: str, version: str) -> None:
+        current = self._sites.get(site)
+        if current is not None and current.version == version:
+            return
+        if self._errors.get(site) == version:
+            return  # already failed on this version; wait for another one
+        try:
+            served = ServedSite(
+                site, version, self.sites_dir / site / "versions" / version, self.intra_op_threads
+            ).load()
+        except Exception as exc:
+            # The old version (if any) keeps serving: a broken publish must not take a site down.
+            self._errors[site] = version
+            log.error("site %s: cannot load version %s: %s", site, version, exc)
+            return
+        self._errors.pop(site, None)
+        with self._lock:
+            old = self._sites.get(site)
+            self._sites[site] = served
+        if old is not None:
+            metrics.MODEL_INFO.labels(site, old.version, old.loss).set(0)
+            if not metrics.MULTIPROCESS:
+                metrics.MODEL_INFO.remove(site, old.version, old.loss)
+            old.unload()
+        metrics.MODEL_INFO.labels(site, version, served.loss).set(1)
+        metrics.MODELS_LOADED.set(len(self._sites))
+        log.info("site %s: serving version %s (%s)", site, version, served.loss)
+
+    def _drop(self, site: str) -> None:
+        with self._lock:
+            old = self._sites.pop(site, None)
+        self._errors.pop(site, None)
+        if old is not None:
+            metrics.MODEL_INFO.labels(site, old.version, old.loss).set(0)
+            if not metrics.MULTIPROCESS:
+                metrics.MODEL_INFO.remove(site, old.version, old.loss)
+            old.unload()
+            log.info("site %s: unloaded", site)
+        metrics.MODELS_LOADED.set(len(self._sites))
+
+    def get(self, site: str) -> ServedSite:
+        """The served model of a site, or SiteNotFound (404)."""
+        check_site_id(site)
+        with self._lock:
+            served = self._sites.get(site)
+        if served is None:
+            raise SiteNotFound(f"site {site!r} has no active model", {"site": site})
+        return served
+
+    def knows(self, site: str) -> bool:
+        """Whether the site is loaded (bounds the metrics' `site` label)."""
+        with self._lock:
+            return site in self._sites
+
+    def snapshot(self) -> dict[str, ServedSite]:
+        """The sites served now."""
+        with self._lock:
+            return dict(self._sites)
+
+    def start_watching(self) -> None:
+        """Poll the repository every `watch_interval_s` in a daemon thread."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._watch, name="csipos-store-watch", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.watch_interval_s):
+            try:
+                self.refresh()
+            except Exception:
+                log.exception("model store refresh failed")
+
+    def unload(self) -> None:
+        """Stop watching and drop every session."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        for site in list(self._sites):
+            self._drop(site)

@@ -1,0 +1,112 @@
+"""Tiny site models for the service tests, built directly as ONNX graphs.
+
+A linear model (position = flatten(csi) @ W + b, sigma = softplus(flatten(csi) @ V) + 0.5)
+honours the ONNX site-model contract and lets tests compute the expected answer with numpy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from training.repository import ModelRepository
+
+FEATURES = 8 * 103 * 2
+
+
+def weights(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((FEATURES, 2)) * 0.01).astype(np.float32)
+    v = (rng.standard_normal((FEATURES, 2)) * 0.01).astype(np.float32)
+    return w, v
+
+
+def expected(
+    csi: np.ndarray, seed: int, bias: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """What the linear model answers, in numpy (float64 then float32)."""
+    w, v = weights(seed)
+    flat = csi.reshape(csi.shape[0], -1).astype(np.float64)
+    pos = flat @ w + np.asarray(bias)
+    sigma = np.log1p(np.exp(flat @ v)) + 0.5
+    return pos.astype(np.float32), sigma.astype(np.float32)
+
+
+def linear_site_onnx(
+    site: str, version: str, loss: str, *, seed: int = 0, bias: tuple[float, float] = (0.0, 0.0)
+) -> bytes:
+    w, v = weights(seed)
+    nodes = [
+        helper.make_node("Reshape", ["csi", "flat_shape"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "W"], ["xw"]),
+        helper.make_node("Add", ["xw", "b"], ["position"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([-1, FEATURES], dtype=np.int64), "flat_shape"),
+        numpy_helper.from_array(w, "W"),
+        numpy_helper.from_array(np.asarray(bias, dtype=np.float32), "b"),
+    ]
+    outputs = [helper.make_tensor_value_info("position", TensorProto.FLOAT, ["batch", 2])]
+    if loss == "nll":
+        nodes += [
+            helper.make_node("MatMul", ["flat", "V"], ["xv"]),
+            helper.make_node("Softplus", ["xv"], ["sp"]),
+            helper.make_node("Add", ["sp", "floor"], ["sigma"]),
+        ]
+        inits += [
+            numpy_helper.from_array(v, "V"),
+            numpy_helper.from_array(np.array([0.5, 0.5], dtype=np.float32), "floor"),
+        ]
+        outputs.append(helper.make_tensor_value_info("sigma", TensorProto.FLOAT, ["batch", 2]))
+    graph = helper.make_graph(
+        nodes,
+        "site",
+        [helper.make_tensor_value_info("csi", TensorProto.FLOAT, ["batch", 8, 103, 2])],
+        outputs,
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    meta = {
+        "csipos.site": site,
+        "csipos.version": version,
+        "csipos.loss": loss,
+        "csipos.outputs": ",".join(o.name for o in outputs),
+        "csipos.input_shape": "8,103,2",
+        "csipos.backbone": "test:v1",
+    }
+    for key, value in meta.items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    onnx.checker.check_model(model)
+    data: bytes = model.SerializeToString()
+    return data
+
+
+def publish_linear(
+    repo: ModelRepository,
+    site: str,
+    loss: str,
+    *,
+    seed: int = 0,
+    bias: tuple[float, float] = (0.0, 0.0),
+    activate: bool = True,
+    metrics: dict[str, float] | None = None,
+) -> str:
+    """Publish a linear site model through the real repository; returns its version."""
+
+    def write(directory: Path, version: str) -> None:
+        onnx_bytes = linear_site_onnx(site, version, loss, seed=seed, bias=bias)
+        (directory / "model.onnx").write_bytes(onnx_bytes)
+
+    return repo.publish_site(
+        site,
+        write,
+        loss=loss,
+        parent=("test", "v1"),
+        config={"seed": seed, "bias": list(bias)},
+        metrics=metrics or {"val_me": 1.0},
+        activate=activate,
+    )

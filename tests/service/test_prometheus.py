@@ -1,0 +1,73 @@
+"""A real Prometheus scrapes a real multi-worker `csipos serve`; promtool checks the text."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.service.conftest import LOCATE, csi_batch, free_port
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("prometheus") is None or shutil.which("promtool") is None,
+    reason="prometheus/promtool not installed (Debian package prometheus)",
+)
+
+
+def test_scrape_two_workers(start_server: Callable[..., Any], tmp_path: Path) -> None:
+    server = start_server(workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom-mp")})
+    body = {"site": "lab-nll", "csi": csi_batch(3).tolist()}
+    with httpx.Client(base_url=server.url, headers=LOCATE) as http:
+        for _ in range(8):  # new connections spread over both workers
+            with httpx.Client(base_url=server.url, headers=LOCATE) as one:
+                assert one.post("/locate", json=body).status_code == 200
+        text = http.get("/metrics").text
+    assert 'csipos_locate_predictions_total{site="lab-nll"} 24.0' in text
+    check = subprocess.run(
+        ["promtool", "check", "metrics"], input=text.encode(), capture_output=True, timeout=30
+    )
+    assert check.returncode == 0, check.stderr.decode() + check.stdout.decode()
+
+    prom_port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s}\n"
+        "scrape_configs:\n"
+        "  - job_name: csipos\n"
+        f"    static_configs: [{{targets: ['127.0.0.1:{server.port}']}}]\n"
+    )
+    prom = subprocess.Popen(
+        [
+            "prometheus",
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        value = None
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and value != "24":
+            try:
+                r = httpx.get(
+                    f"http://127.0.0.1:{prom_port}/api/v1/query",
+                    params={"query": 'sum(csipos_locate_predictions_total{site="lab-nll"})'},
+                    timeout=2,
+                )
+                result = r.json()["data"]["result"]
+                value = result[0]["value"][1] if result else None
+            except (httpx.HTTPError, KeyError, ValueError):
+                pass
+            time.sleep(0.5)
+        assert value == "24"
+    finally:
+        prom.terminate()
+        prom.wait(timeout=10)
