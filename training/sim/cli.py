@@ -37,7 +37,7 @@ def simulate(
     """Ray-trace scenes with Sionna RT and write one fingerprint environment per base station."""
     from training.sim.builtin import resolve_scene
     from training.sim.generate import generate
-    from training.sim.raytrace import SimulatorUnavailable
+    from training.sim.raytrace import SimulatorUnavailableError
     from training.sim.scene import SceneSpecError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -64,7 +64,7 @@ def simulate(
                     str(env.dropped),
                     f"{env.wall_s:.1f}",
                 )
-    except (ValueError, FileNotFoundError, FileExistsError, SimulatorUnavailable) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError, SimulatorUnavailableError) as exc:
         kind = "scene" if isinstance(exc, SceneSpecError) else "error"
         console.print(f"[red]{kind}:[/red] {exc}")
         raise typer.Exit(code=2) from exc
@@ -78,7 +78,7 @@ def plot(
     file: Annotated[Path, typer.Argument(help="Fingerprint file written by `data simulate`.")],
     out: Annotated[Path, typer.Option("--out", help="Directory for the PNGs.")] = Path("plots"),
 ) -> None:
-    """Write one PNG per environment: the scene from above, UEs by LOS/NLOS and by received power."""
+    """One PNG per environment: the scene from above, UEs by LOS/NLOS and by received power."""
     from training.data.schema import SchemaError
     from training.sim.plot import plot_file
 

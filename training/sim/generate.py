@@ -1,0 +1,208 @@
+"""Scene -> UE positions -> ray tracing in chunks -> measurement -> fingerprint file.
+
+Positions are small and sampled up front; channels are traced, corrupted and
+appended block by block (`BLOCK` positions at a time), so a large preset never
+holds all its rays or CSI in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from training.data.fingerprints import EnvironmentMeta, EnvironmentWriter, Fingerprints
+from training.data.schema import ARRAY_LAYOUT, CARRIER_HZ, SUBCARRIER_SPACING_HZ
+from training.sim.measurement import MeasurementConfig, channel_power_db, measure
+from training.sim.positions import sample_ue_positions
+from training.sim.presets import Preset, get_preset
+from training.sim.raytrace import RayTracer, SolverConfig, simulator_versions
+from training.sim.scene import SceneSpec
+
+log = logging.getLogger(__name__)
+
+GENERATOR = "csipos.training.sim"
+BLOCK = 500
+"""Positions traced and written per block. Fixed, because the measurement noise stream
+is drawn block by block: changing it would change the numbers for a given seed."""
+
+
+@dataclass
+class EnvironmentReport:
+    """What was written for one base station."""
+
+    env: str
+    samples: int
+    los_share: float
+    dropped: int
+    wall_s: float
+
+
+@dataclass
+class GenerationReport:
+    """What `generate` wrote, and how long it took."""
+
+    path: Path
+    environments: list[EnvironmentReport] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+def _rngs(seed: int, scene: str) -> tuple[np.random.Generator, list[np.random.SeedSequence]]:
+    """Independent streams for positions and each BS's measurement, keyed by scene name.
+
+    Two scenes in one file with the same seed thus get different positions, and changing
+    the measurement settings never moves the positions.
+    """
+    key = zlib.crc32(scene.encode())
+    root = np.random.SeedSequence(entropy=seed, spawn_key=(key,))
+    pos_seq, meas_seq = root.spawn(2)
+    return np.random.Generator(np.random.PCG64(pos_seq)), meas_seq.spawn(64)
+
+
+def generate(
+    scene: SceneSpec,
+    out: str | Path,
+    *,
+    preset: str | Preset = "tiny",
+    seed: int = 0,
+    positions: int | None = None,
+    measurement: MeasurementConfig | None = None,
+    solver: SolverConfig | None = None,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> GenerationReport:
+    """Simulate every base station of `scene` and write one environment per BS to `out`.
+
+    `positions` overrides the preset's count; `solver` overrides the preset's solver
+    settings. Existing groups of other scenes in `out` are kept; an existing group of this
+    scene is an error unless `overwrite`. `quiet` hides the progress bar (library use).
+    """
+    if seed < 0:
+        raise ValueError(f"seed: expected a non-negative integer, got {seed}")
+    if positions is not None and positions < 1:
+        raise ValueError(f"positions: expected at least 1, got {positions}")
+    if len(scene.base_stations) > 64:
+        raise ValueError(f"scene {scene.name!r}: at most 64 base stations are supported")
+    chosen = get_preset(preset) if isinstance(preset, str) else preset
+    solver = solver or SolverConfig(
+        max_depth=chosen.solver.max_depth,
+        samples_per_src=chosen.solver.samples_per_src,
+        max_paths_per_src=chosen.solver.max_paths_per_src,
+        bs_pattern=chosen.solver.bs_pattern,
+        seed=seed % 2**31,
+    )
+    measurement = measurement or MeasurementConfig()
+    n = positions if positions is not None else chosen.positions_for(scene)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    started = time.perf_counter()
+    pos_rng, meas_seqs = _rngs(seed, scene.name)
+    ue = sample_ue_positions(scene, n, pos_rng, height_jitter_std_m=measurement.height_jitter_std_m)
+    tracer = RayTracer(scene, solver)
+    versions = simulator_versions()
+    report = GenerationReport(path=out)
+    envs = scene.environment_names()
+
+    with ExitStack() as stack:
+        progress: Progress | None = None
+        if not quiet:
+            progress = stack.enter_context(
+                Progress(
+                    TextColumn("{task.description}"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeRemainingColumn(),
+                )
+            )
+        for b, (bs, env) in enumerate(zip(scene.base_stations, envs, strict=True)):
+            task = progress.add_task(f"{env}", total=n) if progress is not None else None
+            source: dict[str, Any] = {
+                "generator": GENERATOR,
+                "versions": versions,
+                "scene": scene.to_dict(),
+                "base_station": bs.name,
+                "preset": chosen.name,
+                "positions": n,
+                "seed": seed,
+                "block": BLOCK,
+                "solver": solver.to_dict(),
+                "measurement": measurement.to_dict(),
+                "los": "the path solver found the direct BS-UE path",
+                "subcarriers": "103 offsets (k - 51) * subcarrier_spacing_hz around carrier_hz",
+                "csi_unit": "complex baseband path gain (unitless), tx power not applied",
+            }
+            meta = EnvironmentMeta(
+                carrier_hz=CARRIER_HZ,
+                subcarrier_spacing_hz=SUBCARRIER_SPACING_HZ,
+                array=ARRAY_LAYOUT,
+                bs_position=tuple(float(v) for v in bs.position),  # type: ignore[arg-type]
+                description=f"{scene.description} Environment: base station {bs.name} at "
+                f"{bs.position} facing {scene.look_at(bs)}.",
+                source=source,
+            )
+            meas_rng = np.random.Generator(np.random.PCG64(meas_seqs[b]))
+            t_env = time.perf_counter()
+            dropped = 0
+            n_los = 0
+            with EnvironmentWriter(out, env, meta, overwrite=overwrite) as writer:
+                for start in range(0, n, BLOCK):
+                    block = ue[start : start + BLOCK]
+
+                    def advance(k: int, task: Any = task) -> None:
+                        if progress is not None:
+                            progress.advance(task, k)
+
+                    traced = tracer.trace(b, block, on_chunk=advance)
+                    # Positions no path reaches carry no fingerprint: drop them, say how many.
+                    ok = np.isfinite(channel_power_db(traced.cfr))
+                    dropped += int((~ok).sum())
+                    if not ok.any():
+                        continue
+                    csi, snr_db = measure(traced.cfr[ok], measurement, meas_rng)
+                    n_los += int(traced.los[ok].sum())
+                    writer.append(
+                        Fingerprints(
+                            csi=csi,
+                            pos=block[ok, :2].astype(np.float32),
+                            los=traced.los[ok],
+                            snr_db=snr_db,
+                        )
+                    )
+                written = writer.count
+            if dropped:
+                log.warning("%s: dropped %d positions that no path reached", env, dropped)
+            env_report = EnvironmentReport(
+                env=env,
+                samples=written,
+                los_share=n_los / max(written, 1),
+                dropped=dropped,
+                wall_s=time.perf_counter() - t_env,
+            )
+            log.info(
+                "%s: %d samples (%.0f %% LOS) in %.1f s",
+                env,
+                written,
+                100 * env_report.los_share,
+                env_report.wall_s,
+            )
+            report.environments.append(env_report)
+    report.wall_s = time.perf_counter() - started
+    return report
+
+
+def generate_many(
+    scenes: Sequence[SceneSpec],
+    out: str | Path,
+    **kwargs: Any,
+) -> list[GenerationReport]:
+    """`generate` for several scenes into one file (same options for each)."""
+    return [generate(spec, out, **kwargs) for spec in scenes]

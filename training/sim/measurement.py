@@ -1,0 +1,109 @@
+"""Measurement realism on top of ray-traced channels: what a real channel sounder adds.
+
+Noise-free ray-traced CSI is easier to fit than measured CSI; training on it would
+flatter every method. Each effect is a parameter with a sensible default, and all
+randomness comes from the caller's seeded `numpy.random.Generator`, so the same
+seed gives bit-identical noise, offsets and SNRs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from training.data.schema import BANDWIDTH_HZ
+from training.sim.raytrace import subcarrier_offsets_hz
+
+BOLTZMANN_DBM_PER_HZ = -174.0
+"""Thermal noise density at room temperature."""
+
+
+@dataclass(frozen=True)
+class MeasurementConfig:
+    """How the sounder corrupts the channel.
+
+    SNR: with `snr_db` unset, each sample's SNR follows from its received power
+    (`tx_power_dbm` + path gain) against thermal noise over the band plus
+    `noise_figure_db`, capped at `max_snr_db` (real front ends never get cleaner
+    than their own distortion); with `snr_db` set, every sample gets that SNR.
+    """
+
+    tx_power_dbm: float = 0.0
+    noise_figure_db: float = 9.0
+    max_snr_db: float = 30.0
+    snr_db: float | None = None
+    common_phase_offset: bool = True
+    """Uniform random phase per sample: unsynchronised oscillators."""
+    timing_offset_std_s: float = 2e-9
+    """Gaussian sync error per sample, a linear phase across the subcarriers."""
+    height_jitter_std_m: float = 0.0
+    """Gaussian spread of the UE antenna height around the area height (applied before tracing)."""
+
+    def __post_init__(self) -> None:
+        for name in ("noise_figure_db", "timing_offset_std_s", "height_jitter_std_m"):
+            if getattr(self, name) < 0 or not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name}: expected a finite value >= 0, got {getattr(self, name)}")
+        for name in ("tx_power_dbm", "max_snr_db"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name}: expected a finite number, got {getattr(self, name)}")
+        if self.snr_db is not None and not math.isfinite(self.snr_db):
+            raise ValueError(f"snr_db: expected a finite number or None, got {self.snr_db}")
+
+    @property
+    def noise_dbm(self) -> float:
+        """Noise power over the 50 MHz band at the receiver input."""
+        return BOLTZMANN_DBM_PER_HZ + 10 * math.log10(BANDWIDTH_HZ) + self.noise_figure_db
+
+    def to_dict(self) -> dict[str, Any]:
+        """All settings, for the output file's `source` attribute."""
+        return asdict(self)
+
+
+def channel_power_db(cfr: npt.NDArray[np.complexfloating[Any, Any]]) -> npt.NDArray[np.float64]:
+    """Mean |H|^2 over antennas and subcarriers per sample, in dB (path gain; -inf for zero CSI)."""
+    power = np.mean(np.abs(cfr.astype(np.complex128)) ** 2, axis=(1, 2))
+    with np.errstate(divide="ignore"):
+        return np.asarray(10 * np.log10(power), dtype=np.float64)
+
+
+def measure(
+    cfr: npt.NDArray[np.complex64],
+    config: MeasurementConfig,
+    rng: np.random.Generator,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Noise, phase and timing offsets applied to channels [n, 8, 103].
+
+    Returns `csi` float32 [n, 8, 103, 2] (real, imag) and the per-sample `snr_db` float32 [n].
+    Samples with zero CSI are refused: the caller must not place UEs where no path arrives.
+    """
+    if cfr.ndim != 3:
+        raise ValueError(f"cfr: expected [n, antennas, subcarriers], got shape {cfr.shape}")
+    n = cfr.shape[0]
+    gain_db = channel_power_db(cfr)
+    if np.any(~np.isfinite(gain_db)):
+        bad = np.flatnonzero(~np.isfinite(gain_db))
+        raise ValueError(f"cfr: samples {bad[:10].tolist()} have zero CSI (no path reached the UE)")
+    if config.snr_db is None:
+        snr_db = np.minimum(config.tx_power_dbm + gain_db - config.noise_dbm, config.max_snr_db)
+    else:
+        snr_db = np.full(n, config.snr_db)
+    # Fixed draw order (phase, timing, noise) so the stream maps to the same effects every run.
+    phase: npt.NDArray[np.float64] = (
+        np.asarray(rng.uniform(0.0, 2 * np.pi, n)) if config.common_phase_offset else np.zeros(n)
+    )
+    dt: npt.NDArray[np.float64] = (
+        np.asarray(rng.normal(0.0, config.timing_offset_std_s, n))
+        if config.timing_offset_std_s > 0
+        else np.zeros(n)
+    )
+    freqs = subcarrier_offsets_hz()
+    rot = np.exp(1j * (phase[:, None] - 2 * np.pi * dt[:, None] * freqs[None, :]))  # [n, sc]
+    h = cfr.astype(np.complex128) * rot[:, None, :]
+    noise_var = 10 ** ((gain_db - snr_db) / 10)  # per complex entry
+    noise = rng.standard_normal((*h.shape, 2)) * np.sqrt(noise_var / 2)[:, None, None, None]
+    csi = np.stack([h.real, h.imag], axis=-1) + noise
+    return csi.astype(np.float32), snr_db.astype(np.float32)
