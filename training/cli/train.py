@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from training.repository import Kind
@@ -33,6 +33,9 @@ REF_HELP = (
     "Model REF: REPO/backbones/NAME[@vN] or REPO/sites/SITE[@vN] "
     "(no @vN: the active version), e.g. models/sites/lab-los@v2."
 )
+# Rich would read "[@vN]" as markup in --help and in error lines: escape it there.
+_BACKBONE_HELP = escape("Backbone REF: REPO/backbones/NAME[@vN] (default: active version).")
+_SITE_HELP = escape("Site model REF: REPO/sites/SITE[@vN] (default: active version).")
 _KIND_DIRS: dict[str, Kind] = {"backbones": "backbone", "sites": "site"}
 
 
@@ -92,13 +95,13 @@ def _cli_errors() -> Iterator[None]:
     try:
         yield
     except (ValueError, SchemaError, RepositoryError, FileNotFoundError, KeyError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from exc
 
 
 def _setup_logging(quiet: bool) -> None:
-    handler = RichHandler(console=err_console, show_time=False, show_path=False, markup=False)
-    logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s")
+    # Plain lines on stderr: epoch lines must not wrap, and stdout stays clean for --json.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("training").setLevel(logging.WARNING if quiet else logging.INFO)
 
 
@@ -108,14 +111,24 @@ def _config(**kwargs: Any) -> Any:
     return TrainConfig(**kwargs)
 
 
+_COLUMNS = {
+    "me": "ME",
+    "median": "median",
+    "p90": "p90",
+    "crps": "CRPS",
+    "nll": "NLL",
+    "within_1sigma": "in 1σ",
+    "within_2sigma": "in 2σ",
+}
+
+
 def _metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
-    keys = ["me", "median", "p90", "crps", "nll", "within_1sigma", "within_2sigma"]
-    present = [k for k in keys if any(k in m for m in rows.values())]
+    present = [k for k in _COLUMNS if any(k in m for m in rows.values())]
     table = Table(title=title)
-    table.add_column("environment")
+    table.add_column("set")
     table.add_column("n", justify="right")
     for k in present:
-        table.add_column(k, justify="right")
+        table.add_column(_COLUMNS[k], justify="right")
     for name, m in rows.items():
         cells = [f"{m[k]:.3f}" if k in m else "-" for k in present]
         table.add_row(name, str(int(m["n"])), *cells)
@@ -141,13 +154,19 @@ def _backbone_name(env: str) -> str:
 
 # --------------------------------------------------------------------------- source training
 def _publish_source(
-    result: Any, out: Path, name: str, kind: str, envs: list[str], set_default: bool
+    result: Any,
+    out: Path,
+    name: str,
+    kind: str,
+    envs: list[str],
+    set_default: bool,
+    world: int = 1,
 ) -> None:
     from training.checkpoint import save_backbone
     from training.repository import ModelRepository
 
     repo = ModelRepository(out)
-    config = {**result.config.to_dict(), "mode": kind, "envs": envs}
+    config = {**result.config.to_dict(), "mode": kind, "envs": envs, "world_size": world}
     config["epochs_run"] = result.report.epochs
     version = save_backbone(
         repo,
@@ -156,14 +175,21 @@ def _publish_source(
         loss=result.config.loss,
         config=config,
         data_fingerprint=result.data_fingerprint,
-        metrics={"val": result.metrics, "best_val_me": result.report.best_val_me},
+        metrics={
+            "val": result.metrics,
+            "best_val_me": result.report.best_val_me,
+            "val_loss_history": [row["val_loss"] for row in result.report.history],
+            "train_loss_history": [row["train_loss"] for row in result.report.history],
+        },
     )
     if set_default:
         repo.set_default_backbone(name)
     console.print(_metrics_table(f"{kind} validation (metres)", result.metrics))
     console.print(
         f"published {ModelRef(out, 'backbone', name, version)}  "
-        f"({result.report.epochs['train']} epochs, {result.report.samples_per_s:.0f} samples/s)"
+        f"({result.report.epochs['train']} epochs, "
+        f"{result.report.samples_per_s * world:.0f} samples/s over {world} process(es))",
+        soft_wrap=True,
     )
 
 
@@ -190,8 +216,7 @@ def meml(
     Runs data-parallel under `torchrun --nproc_per_node=N csipos train meml ...`.
     """
     from training import distributed
-    from training.data.fingerprints import read_environment
-    from training.meml import train_meml
+    from training.meml import train_meml_file
 
     _setup_logging(quiet)
     with _cli_errors(), distributed.session() as ses:
@@ -207,15 +232,16 @@ def meml(
             val_fraction=val_fraction,
             seed=seed,
         )
-        result = train_meml(
-            {e: read_environment(data, e) for e in names},
+        result = train_meml_file(
+            data,
+            names,
             cfg,
             quiet=quiet or not ses.is_main,
             shard=ses.shard,
             device=ses.device,
         )
         if ses.is_main:
-            _publish_source(result, out, name, "meml", names, set_default)
+            _publish_source(result, out, name, "meml", names, set_default, ses.shard.world)
 
 
 @app.command("dtl")
@@ -262,6 +288,7 @@ def _publish_site(
     val: dict[str, float],
     test: dict[str, float] | None,
     fingerprint: str,
+    report: Any,
 ) -> None:
     from training.checkpoint import save_site_model
     from training.repository import ModelRepository
@@ -278,14 +305,19 @@ def _publish_site(
         data_fingerprint=fingerprint,
         metrics=metrics,
     )
-    rows = {"validation": val} | ({"test (holdout)": test} if test is not None else {})
+    rows = {"validation": val} | ({"test": test} if test is not None else {})
     console.print(_metrics_table(f"site {site} (metres)", rows))
-    console.print(f"published {ModelRef(out, 'site', site, version)}")
+    epochs = ", ".join(f"{name} {n}" for name, n in report.epochs.items())
+    console.print(
+        f"published {ModelRef(out, 'site', site, version)}  "
+        f"(epochs: {epochs}; best val ME {report.best_val_me:.3f} m)",
+        soft_wrap=True,
+    )
 
 
 @app.command("site")
 def site_cmd(
-    backbone: Annotated[str, typer.Option(help="Backbone " + REF_HELP)],
+    backbone: Annotated[str, typer.Option(help=_BACKBONE_HELP)],
     data: Annotated[Path, _OPT_DATA],
     env: Annotated[str, typer.Option(help="Target environment in --data.")],
     out: Out,
@@ -313,6 +345,7 @@ def site_cmd(
 
     _setup_logging(quiet)
     with _cli_errors():
+        target_mode = check_mode(mode)
         ref = parse_model_ref(backbone)
         if ref.kind != "backbone":
             raise ValueError(f"--backbone {backbone!r} names a site; expected REPO/backbones/NAME")
@@ -334,7 +367,7 @@ def site_cmd(
             train,
             val,
             cfg,
-            mode=check_mode(mode),
+            mode=target_mode,
             quiet=quiet,
         )
         test_metrics = None
@@ -359,6 +392,7 @@ def site_cmd(
             result.metrics,
             test_metrics,
             data_fingerprint(pool),
+            result.report,
         )
 
 
@@ -417,12 +451,13 @@ def scratch_cmd(
             result.metrics["target"],
             test_metrics,
             data_fingerprint(pool),
+            result.report,
         )
 
 
 # --------------------------------------------------------------------------- evaluate, export
 def evaluate(
-    model: Annotated[str, typer.Option(help="Site " + REF_HELP)],
+    model: Annotated[str, typer.Option(help=_SITE_HELP)],
     data: Annotated[Path, _OPT_DATA],
     env: Annotated[str, typer.Option(help="Environment in --data to test on.")],
     holdout: Annotated[
@@ -474,7 +509,7 @@ def evaluate(
 
 
 def export(
-    model: Annotated[str, typer.Option(help=REF_HELP)],
+    model: Annotated[str, typer.Option(help=escape(REF_HELP))],
     out: Annotated[
         Path | None, typer.Option(help="ONNX file to write (default ./<name>-<version>.onnx).")
     ] = None,

@@ -1,0 +1,147 @@
+"""The training CLI end to end: train meml -> train site --mode gradual -> evaluate -> export."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tests.training.toychannel import tiny_or_toy
+from training.cli import app
+from training.cli.train import ModelRef, parse_model_ref
+from training.data.fingerprints import read_environment
+from training.data.splits import fraction_subset, train_val_test
+from training.export import read_model_metadata
+from training.metrics import evaluate
+
+runner = CliRunner()
+
+
+def invoke(*args: str) -> str:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, float]:
+    """(data file, model repository, seconds) after `train meml` and `train site`."""
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("cli")
+    data, repo = tiny_or_toy(tmp), tmp / "models"
+    t0 = time.perf_counter()
+    invoke(
+        "train", "meml", "--data", str(data), "--envs", "industrial/bs0,industrial/bs1",
+        "--loss", "mse", "--out", str(repo), "--epochs", "3", "--patience", "2", "--quiet",
+    )  # fmt: skip
+    invoke(
+        "train", "site", "--backbone", f"{repo}/backbones/meml", "--data", str(data),
+        "--env", "lab-los", "--fraction", "1.0", "--mode", "gradual", "--loss", "nll",
+        "--out", str(repo), "--site", "lab", "--epochs", "8", "--patience", "3",
+        "--lr", "3e-3", "--quiet",
+    )  # fmt: skip
+    return data, repo, time.perf_counter() - t0
+
+
+def test_meml_then_gradual_site_then_evaluate_beats_the_mean(
+    trained: tuple[Path, Path, float],
+) -> None:
+    data, repo, seconds = trained
+    out = invoke(
+        "evaluate", "--model", f"{repo}/sites/lab@v1", "--data", str(data), "--env", "lab-los",
+        "--holdout", "0.2", "--json",
+    )  # fmt: skip
+    report = json.loads(out)
+    assert report["version"] == "v1" and report["env"] == "lab-los"
+    m = report["metrics"]
+    assert {"me", "median", "p90", "crps", "nll", "within_1sigma", "within_2sigma"} <= set(m)
+
+    # Baseline: always predict the mean position of the site's training data.
+    fp = read_environment(data, "lab-los")
+    split = train_val_test(len(fp), 0.0, 0.2, 0)
+    train_pos = fp.pos[fraction_subset(split.train, 1.0, 0)]
+    test_pos = fp.pos[split.test]
+    baseline = evaluate(np.broadcast_to(train_pos.mean(0), test_pos.shape), None, test_pos)
+    assert m["n"] == len(test_pos)
+    assert m["me"] < 0.8 * baseline["me"], (m["me"], baseline["me"])
+    assert seconds < 60
+
+    manifest = json.loads((repo / "sites/lab/versions/v1/manifest.json").read_text())
+    assert manifest["parent"] == {"backbone": "meml", "version": "v1"}
+    assert list(manifest["config"]["epochs_run"]) == ["head", "unfrozen"]
+    assert manifest["metrics"]["test"]["me"] == pytest.approx(m["me"], rel=1e-6)
+
+
+def test_evaluate_prints_a_table(trained: tuple[Path, Path, float]) -> None:
+    data, repo, _ = trained
+    out = invoke(
+        "evaluate", "--model", f"{repo}/sites/lab", "--data", str(data), "--env", "lab-los"
+    )
+    for word in ("me", "p90", "crps", "within_1sigma", "39.3 %", "86.5 %"):
+        assert word in out
+
+
+def test_export_writes_onnx_with_metadata(
+    trained: tuple[Path, Path, float], tmp_path: Path
+) -> None:
+    _, repo, _ = trained
+    target = tmp_path / "lab.onnx"
+    invoke("export", "--model", f"{repo}/sites/lab@v1", "--out", str(target))
+    meta = read_model_metadata(target)
+    assert (meta["site"], meta["version"], meta["loss"]) == ("lab", "v1", "nll")
+    assert meta["backbone"] == "meml:v1" and meta["outputs"] == "position,sigma"
+    invoke("export", "--model", f"{repo}/backbones/meml", "--out", str(tmp_path / "bb.onnx"))
+    assert read_model_metadata(tmp_path / "bb.onnx")["kind"] == "backbone"
+
+
+def test_dtl_and_scratch(trained: tuple[Path, Path, float]) -> None:
+    data, repo, _ = trained
+    invoke(
+        "train", "dtl", "--data", str(data), "--env", "industrial/bs2", "--out", str(repo),
+        "--epochs", "1", "--quiet",
+    )  # fmt: skip
+    assert (repo / "backbones/dtl-industrial-bs2/versions/v1/backbone.pt").is_file()
+    invoke(
+        "train", "scratch", "--data", str(data), "--env", "lab-los", "--fraction", "0.5",
+        "--out", str(repo), "--site", "scratch-lab", "--epochs", "1", "--quiet",
+    )  # fmt: skip
+    manifest = json.loads((repo / "sites/scratch-lab/versions/v1/manifest.json").read_text())
+    assert manifest["parent"] is None and manifest["config"]["mode"] == "scratch"
+
+
+def test_model_refs() -> None:
+    assert parse_model_ref("models/sites/lab@v2") == ModelRef(Path("models"), "site", "lab", "v2")
+    ref = parse_model_ref("/r/backbones/meml/")
+    assert (ref.kind, ref.name, ref.version, str(ref)) == (
+        "backbone",
+        "meml",
+        None,
+        "/r/backbones/meml",
+    )
+    with pytest.raises(ValueError, match="REPO/backbones/NAME"):
+        parse_model_ref("models/lab")
+
+
+def test_bad_input_is_one_clear_line(tmp_path: Path, trained: tuple[Path, Path, float]) -> None:
+    data, repo, _ = trained
+    result = runner.invoke(
+        app, ["evaluate", "--model", f"{repo}/sites/nope", "--data", str(data), "--env", "lab-los"]
+    )
+    assert result.exit_code == 2 and "does not exist" in result.output
+    assert "Traceback" not in result.output
+    result = runner.invoke(
+        app,
+        ["train", "meml", "--data", str(data), "--envs", "no-such-env", "--out", str(tmp_path)],
+    )
+    assert result.exit_code == 2 and "no-such-env" in result.output
+    result = runner.invoke(
+        app,
+        ["train", "site", "--backbone", f"{repo}/backbones/meml", "--data", str(data),
+         "--env", "lab-los", "--out", str(repo), "--site", "x", "--mode", "fast"],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "expected one of finetune, gradual, head" in result.output

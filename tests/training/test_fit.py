@@ -1,0 +1,190 @@
+"""The training loop: phases, freezing, early stopping, best restore, determinism.
+
+A tiny linear model stands in for the CNN here: the loop, not the net, is under test.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from tests.training.toychannel import toy_fingerprints
+from training.fit import Phase, Task, _IndexStream, fit, predict
+from training.metrics import evaluate
+
+
+class TinyBackbone(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(8 * 103 * 2, 32), nn.Tanh())
+
+    def forward(self, csi: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.net(csi * 20.0)
+        return out
+
+
+class TinyHead(nn.Module):
+    def __init__(self, out: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(32, out)
+        self.register_buffer("pos_mean", torch.zeros(2))
+        self.register_buffer("pos_scale", torch.ones(()))
+
+    def fit_position_normalisation(self, pos: torch.Tensor) -> None:
+        self.pos_mean = pos.mean(0)
+        self.pos_scale = pos.std(0).mean()
+
+    def forward(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raw = self.lin(feat)
+        xy = raw[:, :2] * self.pos_scale + self.pos_mean
+        if raw.shape[1] == 2:
+            return xy, None
+        return xy, (nn.functional.softplus(raw[:, 2:]) + 0.01) * self.pos_scale
+
+
+def make_task(name: str, n: int, seed: int, out: int = 2) -> Task:
+    fp = toy_fingerprints(n, (0.0, 0.0), seed=seed)
+    head = TinyHead(out)
+    train, val = fp.subset(slice(0, n * 3 // 4)), fp.subset(slice(n * 3 // 4, n))
+    head.fit_position_normalisation(torch.from_numpy(train.pos))
+    return Task.from_fingerprints(name, head, train, val)
+
+
+def params(m: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in m.state_dict().items()}
+
+
+def test_training_beats_the_mean_position() -> None:
+    torch.manual_seed(0)
+    backbone, task = TinyBackbone(), make_task("a", 400, 0, out=4)
+    report = fit(backbone, [task], [Phase("train", "all", 3e-3, 30, 5)], loss="nll", quiet=True)
+    pos, sigma = predict(backbone, task.head, task.val[0])
+    trained = evaluate(pos, sigma, task.val[1])
+    mean = task.train[1].mean(0).expand_as(task.val[1])
+    baseline = evaluate(mean, None, task.val[1])
+    assert trained["me"] < 0.8 * baseline["me"]
+    assert report.best_val_me == pytest.approx(trained["me"], rel=1e-4)  # best state restored
+    losses = [r["train_loss"] for r in report.history]
+    assert losses[-1] < losses[0]
+
+
+def test_head_phase_leaves_backbone_bit_identical_then_all_phase_moves_it() -> None:
+    torch.manual_seed(0)
+    backbone, task = TinyBackbone(), make_task("a", 200, 1)
+    before = params(backbone)
+    head_before = params(task.head)
+    fit(backbone, [task], [Phase("head", "head", 1e-2, 3, 10)], loss="mse", quiet=True)
+    for k, v in params(backbone).items():
+        assert torch.equal(v, before[k]), k
+    assert any(not torch.equal(v, head_before[k]) for k, v in params(task.head).items())
+    assert all(p.requires_grad for p in backbone.parameters())  # unfrozen again afterwards
+
+    report = fit(
+        backbone,
+        [task],
+        [Phase("head", "head", 1e-2, 2, 10), Phase("unfrozen", "all", 1e-3, 2, 10)],
+        loss="mse",
+        quiet=True,
+    )
+    assert [p.name for p in report.phases] == ["head", "unfrozen"]
+    assert [r["phase"] for r in report.history] == ["head", "head", "unfrozen", "unfrozen"]
+    assert any(not torch.equal(v, before[k]) for k, v in params(backbone).items())
+
+
+def test_same_seed_same_weights() -> None:
+    def run(seed: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(seed)
+        backbone, task = TinyBackbone(), make_task("a", 150, 2)
+        fit(backbone, [task], [Phase("t", "all", 1e-3, 3, 5)], loss="mse", seed=seed, quiet=True)
+        return params(backbone) | {f"h.{k}": v for k, v in params(task.head).items()}
+
+    a, b, c = run(7), run(7), run(8)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_early_stopping_and_best_restore() -> None:
+    torch.manual_seed(0)
+    backbone, task = TinyBackbone(), make_task("a", 200, 3)
+    # Validation labels unrelated to the CSI: the val loss stops improving quickly.
+    gen = torch.Generator().manual_seed(0)
+    task.val = (task.val[0], task.val[1][torch.randperm(len(task.val[1]), generator=gen)])
+    report = fit(backbone, [task], [Phase("t", "all", 3e-2, 200, 2)], loss="mse", quiet=True)
+    ph = report.phases[0]
+    assert ph.stopped_early and ph.epochs == ph.best_epoch + 2 < 200
+    best_row = report.history[ph.best_epoch - 1]
+    assert best_row["val_loss"] == min(r["val_loss"] for r in report.history)
+    pos, _ = predict(backbone, task.head, task.val[0])
+    assert evaluate(pos, None, task.val[1])["me"] == pytest.approx(ph.best_val_me, rel=1e-4)
+
+
+def test_multi_task_progress_and_console_line(caplog: pytest.LogCaptureFixture) -> None:
+    torch.manual_seed(0)
+    tasks = [make_task("big", 200, 4), make_task("small", 40, 5)]
+    seen: list[dict[str, object]] = []
+    with caplog.at_level(logging.INFO, logger="training.fit"):
+        report = fit(
+            TinyBackbone(),
+            tasks,
+            [Phase("t", "all", 1e-3, 2, 5)],
+            loss="mse",
+            batch_size=50,
+            progress=seen.append,
+        )
+    assert [set(s) for s in seen] == [{"phase", "epoch", "val_me", "best_val_me"}] * 2
+    assert set(report.history[0]["val_me_per_task"]) == {"big", "small"}
+    # An epoch is ceil(150 / 50) = 3 steps of 50 (big) + 30 (small, capped at its size).
+    assert report.samples == 2 * 3 * (50 + 30)
+    assert "val ME" in caplog.text and "epoch    2" in caplog.text
+
+
+def test_quiet_mode_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="training.fit"):
+        fit(
+            TinyBackbone(),
+            [make_task("a", 40, 6)],
+            [Phase("t", "all", 1e-3, 1, 1)],
+            loss="mse",
+            quiet=True,
+        )
+    assert caplog.text == ""
+
+
+def test_index_stream_covers_each_permutation() -> None:
+    stream = _IndexStream(10, 4, torch.Generator().manual_seed(0))
+    drawn = torch.cat([stream.next() for _ in range(5)]).numpy()  # 20 = two permutations
+    assert sorted(drawn[:10]) == list(range(10)) and sorted(drawn[10:]) == list(range(10))
+    assert len(_IndexStream(3, 8, torch.Generator()).next()) == 3
+
+
+def test_bad_input_is_named() -> None:
+    with pytest.raises(ValueError, match="expected 'all' or 'head'"):
+        Phase("x", "backbone", 1e-3, 1, 1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="lr=0"):
+        Phase("x", "all", 0, 1, 1)
+    task = make_task("a", 40, 0)
+    task.val = (task.val[0][:0], task.val[1][:0])
+    with pytest.raises(ValueError, match="task 'a': val set is empty"):
+        fit(TinyBackbone(), [task], [Phase("t", "all", 1e-3, 1, 1)], loss="mse")
+    with pytest.raises(ValueError, match="nll loss needs a head with sigma"):
+        fit(TinyBackbone(), [make_task("a", 40, 0)], [Phase("t", "all", 1e-3, 1, 1)], loss="nll")
+
+
+def test_a_later_phase_that_never_improves_keeps_the_earlier_best() -> None:
+    torch.manual_seed(0)
+    backbone, task = TinyBackbone(), make_task("a", 200, 7)
+    # A learning rate this large wrecks the model in the second phase.
+    report = fit(
+        backbone,
+        [task],
+        [Phase("head", "head", 1e-2, 4, 4), Phase("wreck", "all", 50.0, 2, 2)],
+        loss="mse",
+        quiet=True,
+    )
+    first, second = report.phases
+    assert second.best_epoch == 0 and second.best_val_loss == first.best_val_loss
+    pos, _ = predict(backbone, task.head, task.val[0])
+    assert evaluate(pos, None, task.val[1])["me"] == pytest.approx(first.best_val_me, rel=1e-4)

@@ -1,0 +1,125 @@
+"""MEML, DTL and scratch source training on small in-memory data with the real nets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.training.toychannel import toy_fingerprints, write_toy_file
+from training.data.fingerprints import Fingerprints, read_environment
+from training.fit import Shard
+from training.meml import (
+    SourceData,
+    TrainConfig,
+    combined_fingerprint,
+    split_train_val,
+    train_dtl,
+    train_meml,
+    train_meml_file,
+    train_scratch,
+)
+from training.metrics import evaluate
+
+ENVS = {  # different sizes on purpose
+    "a": toy_fingerprints(240, (0.0, 0.0), seed=0),
+    "b": toy_fingerprints(120, (20.0, 0.0), seed=1),
+    "c": toy_fingerprints(60, (10.0, 10.0), seed=2),
+}
+FAST = TrainConfig(loss="mse", epochs=6, patience=3, batch_size=32, lr=2e-3, val_fraction=0.25)
+
+
+@pytest.fixture(scope="module")
+def meml_result():  # type: ignore[no-untyped-def]
+    torch.set_num_threads(1)
+    return train_meml(ENVS, FAST, quiet=True)
+
+
+def test_meml_has_one_head_per_env_and_learns(meml_result) -> None:  # type: ignore[no-untyped-def]
+    r = meml_result
+    assert set(r.heads) == set(ENVS) == set(r.metrics)
+    assert r.samples == {"a": 180, "b": 90, "c": 45}
+    # An epoch = ceil(180 / 32) = 6 steps, every env drawing a full batch each step.
+    epochs = r.report.epochs["train"]
+    assert r.report.samples == epochs * 6 * (32 + 32 + 32)
+    history = r.report.history
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    # Better than predicting the mean training position, on the largest env.
+    train, val = split_train_val(ENVS["a"], FAST.val_fraction, FAST.seed)
+    mean = np.broadcast_to(train.pos.mean(0), val.pos.shape)
+    assert r.metrics["a"]["me"] < evaluate(mean, None, val.pos)["me"]
+    assert set(history[0]["val_me_per_task"]) == set(ENVS)
+
+
+def test_heads_hold_their_own_position_normalisation(meml_result) -> None:  # type: ignore[no-untyped-def]
+    train_c, _ = split_train_val(ENVS["c"], FAST.val_fraction, FAST.seed)
+    head = meml_result.heads["c"]
+    np.testing.assert_allclose(head.pos_mean.numpy(), train_c.pos.mean(0), rtol=1e-5)
+    model = meml_result.site_model("c")
+    pos, sigma = model(torch.from_numpy(ENVS["c"].csi[:4]))
+    assert pos.shape == (4, 2) and sigma is None
+
+
+def test_same_seed_same_weights_other_seed_other_weights() -> None:
+    envs = {"a": ENVS["c"], "b": ENVS["c"].subset(slice(0, 40))}
+    cfg = TrainConfig(epochs=2, patience=2, batch_size=32, val_fraction=0.25, seed=3)
+    one, two = train_meml(envs, cfg, quiet=True), train_meml(envs, cfg, quiet=True)
+    other = train_meml(envs, TrainConfig(**{**cfg.to_dict(), "seed": 4}), quiet=True)
+    s1, s2, s3 = (r.backbone.state_dict() for r in (one, two, other))
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    assert any(not torch.equal(s1[k], s3[k]) for k in s1)
+    assert one.data_fingerprint == two.data_fingerprint
+
+
+def test_dtl_and_scratch_are_single_task_runs() -> None:
+    cfg = TrainConfig(loss="nll", epochs=1, patience=1, batch_size=32, val_fraction=0.25)
+    dtl = train_dtl("a", ENVS["c"], cfg, quiet=True)
+    assert list(dtl.heads) == ["a"] and "crps" in dtl.metrics["a"]
+    train, val = split_train_val(ENVS["b"], 0.25, 0)
+    scratch = train_scratch(train, val, cfg, quiet=True)
+    assert list(scratch.heads) == ["target"]
+    assert scratch.metrics["target"]["n"] == len(val)
+
+
+def test_config_and_split_errors_are_clear() -> None:
+    with pytest.raises(ValueError, match="expected one of mse, nll"):
+        TrainConfig(loss="l1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"val_fraction=1\.5"):
+        TrainConfig(val_fraction=1.5)
+    with pytest.raises(ValueError, match="no environments"):
+        train_meml({}, FAST)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        split_train_val(ENVS["a"].subset(slice(0, 1)), 0.2, 0)
+    one = Fingerprints(csi=ENVS["a"].csi[:3], pos=ENVS["a"].pos[:3])
+    train, val = split_train_val(one, 0.01, 0)  # at least one validation sample
+    assert (len(train), len(val)) == (2, 1)
+    assert combined_fingerprint({"x": "h"}) != combined_fingerprint({"y": "h"})
+
+
+def test_file_reader_gives_each_rank_its_strided_shard(tmp_path: Path) -> None:
+    path = write_toy_file(tmp_path / "toy.h5", n=50)
+    env = read_environment(path, "lab-los")
+    train, val = split_train_val(env, 0.2, 3)
+    whole = SourceData.from_file(path, "lab-los", 0.2, 3)
+    np.testing.assert_array_equal(whole.train.csi, train.csi)
+    rank1 = SourceData.from_file(path, "lab-los", 0.2, 3, Shard(1, 2))
+    np.testing.assert_array_equal(rank1.train.pos, train.pos[1::2])
+    np.testing.assert_array_equal(rank1.val.pos, val.pos[1::2])
+    np.testing.assert_array_equal(rank1.train_pos, train.pos)  # normalisation: whole split
+    assert rank1.val_full is None and rank1.train_size == len(train)
+    rank0 = SourceData.in_memory(train, val, Shard(0, 2))
+    np.testing.assert_array_equal(rank0.train.pos, train.pos[0::2])
+    assert rank0.val_full is val
+
+
+def test_training_from_file_equals_training_in_memory(tmp_path: Path) -> None:
+    path = write_toy_file(tmp_path / "toy.h5", n=60)
+    cfg = TrainConfig(epochs=1, patience=1, batch_size=32, val_fraction=0.25)
+    names = ["industrial/bs0", "lab-los"]
+    from_file = train_meml_file(path, names, cfg, quiet=True)
+    in_memory = train_meml({n: read_environment(path, n) for n in names}, cfg, quiet=True)
+    a, b = from_file.backbone.state_dict(), in_memory.backbone.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert from_file.metrics == in_memory.metrics

@@ -1,0 +1,68 @@
+"""A geometric toy channel for training tests: position is learnable from the CSI.
+
+Each base station sees a UE through a line-of-sight path: the phase ramps over
+the subcarriers with the distance (delay) and over the antennas with the angle,
+and the amplitude falls with distance. Small and fast; not physics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from training.data.fingerprints import EnvironmentMeta, Fingerprints, write_environment
+from training.data.schema import N_ANTENNAS, N_SUBCARRIERS, SUBCARRIER_SPACING_HZ
+
+C = 299_792_458.0
+
+
+def toy_fingerprints(
+    n: int, bs: tuple[float, float], seed: int, size: tuple[float, float] = (20.0, 10.0)
+) -> Fingerprints:
+    """``n`` fingerprints of UEs uniform in a ``size`` room, seen from a BS at ``bs``."""
+    rng = np.random.default_rng(seed)
+    pos = rng.uniform((0.0, 0.0), size, (n, 2)).astype(np.float32)
+    d = np.hypot(pos[:, 0] - bs[0], pos[:, 1] - bs[1]) + 1.0
+    angle = np.arctan2(pos[:, 1] - bs[1], pos[:, 0] - bs[0])
+    f = np.arange(N_SUBCARRIERS) * SUBCARRIER_SPACING_HZ
+    ant = np.arange(N_ANTENNAS)
+    phase = (
+        -2 * np.pi * f[None, None, :] * d[:, None, None] / C
+        - np.pi * ant[None, :, None] * np.sin(angle)[:, None, None]
+    )
+    h = np.exp(1j * phase) / d[:, None, None]
+    h = h + 0.01 * (rng.standard_normal(h.shape) + 1j * rng.standard_normal(h.shape)) / d.mean()
+    csi = np.stack([h.real, h.imag], axis=-1).astype(np.float32)
+    return Fingerprints(csi=csi, pos=pos)
+
+
+TOY_ENVS: dict[str, tuple[float, float]] = {
+    "industrial/bs0": (0.0, 0.0),
+    "industrial/bs1": (20.0, 0.0),
+    "industrial/bs2": (10.0, 10.0),
+    "lab-los": (5.0, -2.0),
+}
+
+
+def write_toy_file(path: Path, n: int = 240, sizes: dict[str, int] | None = None) -> Path:
+    """Write the `TOY_ENVS` environments (``n`` samples each unless ``sizes`` says) to ``path``."""
+    for k, (env, bs) in enumerate(TOY_ENVS.items()):
+        m = (sizes or {}).get(env, n)
+        meta = EnvironmentMeta(
+            bs_position=(bs[0], bs[1], 3.0), description="toy", source={"toy": 1}
+        )
+        write_environment(path, env, toy_fingerprints(m, bs, seed=k), meta)
+    return path
+
+
+TINY = Path(__file__).resolve().parents[2] / "data" / "tiny.h5"
+
+
+def tiny_or_toy(tmp: Path) -> Path:
+    """The simulated ``data/tiny.h5`` when it has been generated, else a toy file with
+    the same environment names (industrial/bs0..bs2, lab-los) so the tests run anywhere.
+    """
+    if TINY.is_file():
+        return TINY
+    return write_toy_file(tmp / "toy.h5", n=300)

@@ -1,0 +1,91 @@
+"""Training losses: MSE (paper eq. 3) and Gaussian NLL with per-axis sigma (eq. 4).
+
+Units: the losses take positions and sigmas in metres together with the site's
+position scale (the head's ``pos_scale`` buffer) and compute in *normalised*
+units, i.e. metres divided by that scale. A site 10 m across and one 100 m
+across then produce losses of the same size, so one learning rate and one
+early-stopping rule fit every site. For the NLL this only drops the constant
+``log(scale)`` term, so its gradients equal the NLL in metres; for the MSE it is
+a constant factor ``1 / scale**2``. Metrics (``training.metrics``) are always in
+metres.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+
+LossName = Literal["mse", "nll"]
+LOSSES: tuple[LossName, ...] = ("mse", "nll")
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def check_loss_name(loss: str) -> LossName:
+    """Return ``loss`` as a `LossName`, or raise a ValueError that lists the choices."""
+    if loss == "mse":
+        return "mse"
+    if loss == "nll":
+        return "nll"
+    raise ValueError(f"unknown loss {loss!r}: expected one of {', '.join(LOSSES)}")
+
+
+def mse_loss(
+    position: torch.Tensor, truth: torch.Tensor, scale: torch.Tensor | float = 1.0
+) -> torch.Tensor:
+    """Mean over the batch of the squared Euclidean error (eq. 3), in normalised units.
+
+    ``position`` and ``truth`` are [B, 2] in metres; ``scale`` broadcasts against
+    them (a scalar or per-axis [2]).
+    """
+    _check_pair(position, truth)
+    err = (position - truth) / scale
+    return err.square().sum(dim=1).mean()
+
+
+def gaussian_nll(
+    position: torch.Tensor,
+    sigma: torch.Tensor,
+    truth: torch.Tensor,
+    scale: torch.Tensor | float = 1.0,
+) -> torch.Tensor:
+    """Mean over the batch of the axis-aligned Gaussian NLL (eq. 4), in normalised units.
+
+    Per point: sum over x and y of ``log(sigma) + (err / sigma)**2 / 2 + log(2 pi) / 2``.
+    ``sigma`` [B, 2] is the 1-sigma per axis in metres and must be positive (the
+    head guarantees a floor).
+    """
+    _check_pair(position, truth)
+    if sigma.shape != position.shape:
+        raise ValueError(
+            f"sigma has shape {tuple(sigma.shape)}: expected {tuple(position.shape)} like position"
+        )
+    z = (position - truth) / sigma
+    log_sigma = torch.log(sigma / scale)
+    return (log_sigma + 0.5 * z.square() + _HALF_LOG_2PI).sum(dim=1).mean()
+
+
+def position_loss(
+    loss: LossName,
+    position: torch.Tensor,
+    sigma: torch.Tensor | None,
+    truth: torch.Tensor,
+    scale: torch.Tensor | float = 1.0,
+) -> torch.Tensor:
+    """Dispatch on the loss name; the NLL needs the head's sigma output."""
+    if loss == "mse":
+        return mse_loss(position, truth, scale)
+    if sigma is None:
+        raise ValueError("the nll loss needs a head with sigma outputs (out=4); got none")
+    return gaussian_nll(position, sigma, truth, scale)
+
+
+def _check_pair(position: torch.Tensor, truth: torch.Tensor) -> None:
+    if position.ndim != 2 or position.shape[1] != 2:
+        raise ValueError(f"position has shape {tuple(position.shape)}: expected [B, 2]")
+    if truth.shape != position.shape:
+        raise ValueError(
+            f"truth has shape {tuple(truth.shape)}: expected {tuple(position.shape)} like position"
+        )
