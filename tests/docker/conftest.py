@@ -1,0 +1,81 @@
+"""Fixtures for the deployment checks: paths, and a real /metrics scrape of the service."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
+
+from tests.docker.promql import REPO
+
+DOCKER = REPO / "docker"
+DASHBOARD = DOCKER / "grafana" / "dashboards" / "csipos.json"
+PROMETHEUS = DOCKER / "prometheus"
+COMPOSE_FILE = REPO / "docker-compose.yml"
+
+ADMIN_KEY = "docker-test-admin-key-0123456789"
+LOCATE_KEY = "docker-test-locate-key-0123456789"
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def dashboard() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return data
+
+
+def run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False, **kw)
+
+
+def need(tool: str, how: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.skip(f"{tool} not installed ({how})")
+    return path
+
+
+@pytest.fixture(scope="session")
+def scraped_series(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    """Sample names on a real /metrics of `service.app.create_app`, after real traffic.
+
+    The repository holds one tiny nll site (the service tests' linear ONNX model),
+    so that every labelled series has been observed at least once: an HTTP
+    request, an inference, predictions, sigma, and the job metrics.
+    """
+    from service.app import create_app
+    from service.config import Settings
+    from tests.service.models import publish_linear
+    from training.repository import ModelRepository
+
+    root = tmp_path_factory.mktemp("scrape")
+    repo = ModelRepository(root / "models")
+    publish_linear(repo, "lab", "nll", seed=1, bias=(1.0, 2.0))
+    settings = Settings(
+        model_dir=root / "models",
+        job_dir=root / "jobs",
+        admin_keys=[SecretStr(ADMIN_KEY)],
+        locate_keys=[SecretStr(LOCATE_KEY)],
+        log_level="WARNING",
+    )
+    csi = np.random.default_rng(0).standard_normal((3, 8, 103, 2)).astype(np.float32)
+    with TestClient(create_app(settings)) as client:
+        r = client.post(
+            "/locate",
+            json={"site": "lab", "csi": csi.tolist()},
+            headers={"Authorization": f"Bearer {LOCATE_KEY}"},
+        )
+        assert r.status_code == 200, r.text
+        text = client.get("/metrics").text
+    return {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}
