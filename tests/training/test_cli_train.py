@@ -11,7 +11,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.training.toychannel import tiny_or_toy
 from training.cli import app
 from training.cli.train import ModelRef, parse_model_ref
 from training.data.fingerprints import read_environment
@@ -29,11 +28,11 @@ def invoke(*args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, float]:
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_h5: Path) -> tuple[Path, Path, float]:
     """(data file, model repository, seconds) after `train meml` and `train site`."""
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("cli")
-    data, repo = tiny_or_toy(tmp), tmp / "models"
+    data, repo = tiny_h5, tmp / "models"
     t0 = time.perf_counter()
     invoke(
         "train", "meml", "--data", str(data), "--envs", "industrial/bs0,industrial/bs1",

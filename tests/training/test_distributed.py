@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.training.toychannel import tiny_or_toy
 from training.checkpoint import load_backbone
 from training.distributed import session, threads_per_process
 from training.repository import ModelRepository
@@ -36,11 +35,11 @@ def test_bad_torchrun_environment_is_named(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes(tmp_path: Path) -> None:
+def test_torchrun_two_processes(tmp_path: Path, tiny_h5: Path) -> None:
     csipos = shutil.which("csipos")
     if csipos is None:
         pytest.skip("the csipos console script is not installed")
-    data = tiny_or_toy(tmp_path)
+    data = tiny_h5
     out = tmp_path / "models"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

@@ -54,15 +54,3 @@ def write_toy_file(path: Path, n: int = 240, sizes: dict[str, int] | None = None
         )
         write_environment(path, env, toy_fingerprints(m, bs, seed=k), meta)
     return path
-
-
-TINY = Path(__file__).resolve().parents[2] / "data" / "tiny.h5"
-
-
-def tiny_or_toy(tmp: Path) -> Path:
-    """The simulated ``data/tiny.h5`` when it has been generated, else a toy file with
-    the same environment names (industrial/bs0..bs2, lab-los) so the tests run anywhere.
-    """
-    if TINY.is_file():
-        return TINY
-    return write_toy_file(tmp / "toy.h5", n=300)
