@@ -21,6 +21,7 @@ def experiment(
         list[Path],
         typer.Option(
             "--data",
+            metavar="FILE",
             help="Fingerprint file(s) holding the targets (lab-los, lab-nlos) and the "
             "industrial sources; repeat for several files.",
             exists=True,
@@ -28,16 +29,32 @@ def experiment(
         ),
     ],
     out: Annotated[
-        Path, typer.Option("--out", help="Experiment dir: results, report; rerun it to resume.")
+        Path,
+        typer.Option(
+            "--out", metavar="DIR", help="Experiment dir: results, report; rerun it to resume."
+        ),
     ],
     preset: Annotated[
-        str, typer.Option("--preset", help="quick (machinery check, tiny data) or paper.")
+        str,
+        typer.Option(
+            "--preset",
+            metavar="NAME",
+            help="quick (machinery check, tiny data), paper (~1.5-2 h on 2 cores) or "
+            "paper-full (the paper's sizes; for a GPU).",
+        ),
     ] = "quick",
     workers: Annotated[
         int, typer.Option("--workers", min=1, help="Parallel worker processes (one core each).")
     ] = 1,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Experiment seed: splits, inits.")] = 0,
+    device: Annotated[
+        str, typer.Option("--device", help="Torch device for training: cpu, cuda, cuda:1.")
+    ] = "cpu",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    report_only: Annotated[
+        bool,
+        typer.Option("--report-only", help="Only rewrite the report from the finished runs."),
+    ] = False,
 ) -> None:
     """Run the MEML / DTL / scratch comparison over folds and data fractions, then report.
 
@@ -55,16 +72,26 @@ def experiment(
         TimeElapsedColumn,
     )
 
+    from training.experiments.aggregate import summarize
     from training.experiments.claims import evaluate_claims
     from training.experiments.grid import get_preset
-    from training.experiments.runner import ExperimentStateError, run_experiment
+    from training.experiments.runner import STATE_FILE, ExperimentStateError, run_experiment
     from training.experiments.runner import Progress as Update
+    from training.experiments.runner import report as write_report
+    from training.experiments.store import ResultStore
 
     console = Console(stderr=True, quiet=quiet)
+    errors = Console(stderr=True)  # errors show even with --quiet
     try:
         chosen = get_preset(preset)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--preset") from exc
+    if report_only:
+        if not (out / STATE_FILE).is_file():
+            errors.print(f"[red]error:[/red] {out} holds no experiment to report on")
+            raise typer.Exit(2)
+        console.print(f"report: {write_report(chosen, out)}")
+        return
     if not quiet:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -90,14 +117,18 @@ def experiment(
     try:
         with bar:
             outcome = run_experiment(
-                chosen, data, out, workers=workers, seed=seed, progress=show, command=command
+                chosen,
+                data,
+                out,
+                workers=workers,
+                seed=seed,
+                device=device,
+                progress=show,
+                command=command,
             )
     except (ExperimentStateError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}", style=None)
+        errors.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
-
-    from training.experiments.aggregate import summarize
-    from training.experiments.store import ResultStore
 
     results = ResultStore(out).load(outcome.planned)
     for i, claim in enumerate(evaluate_claims(summarize(results)), start=1):
@@ -108,6 +139,6 @@ def experiment(
     )
     if not outcome.complete:
         for key, err in list(outcome.failed.items())[:10]:
-            console.print(f"[red]failed[/red] {key}: {err}")
-        console.print("Rerun the same command to retry the missing runs.")
+            errors.print(f"[red]failed[/red] {key}: {err}")
+        errors.print("Rerun the same command to retry the missing runs.")
         raise typer.Exit(1)

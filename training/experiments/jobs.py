@@ -1,0 +1,197 @@
+"""One target run: its data split, its starting backbone, its training, its test metrics.
+
+Splits are pure functions of (experiment seed, target, fold, fraction), so every
+worker process computes the same indices without sharing state:
+
+- a fixed test set per target (`test_fraction` of the target);
+- the rest is the labelled pool (optionally capped), split into `k` folds:
+  fold i validates on part i and trains on the others;
+- a run keeps `fraction` of its fold's training part *and* of its validation
+  part: a site with 20 % of the data has 20 % for validation too. The subsets
+  are nested across fractions (`fraction_subset`), so a larger fraction only
+  adds samples.
+
+All runs of one (target, loss, fraction, fold) share the seed of the new head,
+so strategies differ by their backbone, not by the luck of an init.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from training.data.fingerprints import Fingerprints, list_environments, open_environment
+from training.data.splits import fraction_subset, kfold, train_val_test
+from training.experiments import sources
+from training.experiments.grid import Preset, Run, derive_seed, strategy_kind
+from training.experiments.store import RunResult
+from training.meml import evaluate_model
+from training.nets import Backbone
+from training.transfer import check_mode, train_target
+
+IndexArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything a worker process needs to execute one run (picklable)."""
+
+    run: Run
+    preset: Preset
+    env_paths: dict[str, Path]
+    out_dir: Path
+    seed: int
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class TargetSplit:
+    """A target's fixed test set and its labelled pool's K folds (absolute indices)."""
+
+    test: IndexArray
+    pool: IndexArray
+    folds: list[tuple[IndexArray, IndexArray]]
+
+    def run_indices(self, run: Run, seed: int) -> tuple[IndexArray, IndexArray]:
+        """(train, val) of one run: its fold, reduced to its fraction (nested across fractions)."""
+        train, val = self.folds[run.fold]
+        key = derive_seed(seed, "fraction", run.target, run.fold)
+        return (
+            fraction_subset(train, run.fraction, key),
+            fraction_subset(val, run.fraction, derive_seed(key, "val")),
+        )
+
+
+def target_split(n: int, preset: Preset, seed: int, target: str) -> TargetSplit:
+    """Fixed test set, capped pool, and folds of one target with `n` samples."""
+    split = train_val_test(n, 0.0, preset.test_fraction, derive_seed(seed, "test", target))
+    test, pool = split.test, split.train
+    if preset.max_test is not None and len(test) > preset.max_test:
+        test = fraction_subset(test, preset.max_test / len(test), derive_seed(seed, "cap", target))
+    cap = preset.max_target_pool
+    if cap is not None and len(pool) > cap:
+        pool = fraction_subset(pool, cap / len(pool), derive_seed(seed, "pool", target))
+    if len(pool) < preset.k:
+        raise ValueError(
+            f"target {target!r}: {len(pool)} labelled samples cannot make {preset.k} folds"
+        )
+    folds = kfold(len(pool), preset.k, derive_seed(seed, "kfold", target))
+    return TargetSplit(test, pool, [(pool[tr], pool[va]) for tr, va in folds])
+
+
+def locate_data(preset: Preset, paths: Sequence[Path]) -> dict[str, Path]:
+    """Which file holds each environment the preset needs (the first that has it).
+
+    Raises with the missing environments and what the files do have, so a
+    wrong `--data` is a one-line fix.
+    """
+    present: dict[str, Path] = {}
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such fingerprint file")
+        for env in list_environments(path):
+            present.setdefault(env, Path(path))
+    needed = [*preset.targets, *preset.source_envs]
+    missing = [e for e in needed if e not in present]
+    if missing:
+        raise ValueError(
+            f"preset {preset.name!r} needs environments {missing}; "
+            f"{', '.join(map(str, paths))} hold {sorted(present)}"
+        )
+    return {env: present[env] for env in needed}
+
+
+def data_sizes(env_paths: dict[str, Path]) -> dict[str, int]:
+    """Samples per environment (from the file headers, no full read)."""
+    sizes = {}
+    for env, path in env_paths.items():
+        with open_environment(path, env) as lazy:
+            sizes[env] = len(lazy)
+    return sizes
+
+
+def data_descriptions(env_paths: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    """Per environment: file, description and how it was made (the file's `source` attr)."""
+    out: dict[str, dict[str, Any]] = {}
+    for env, path in env_paths.items():
+        with open_environment(path, env) as lazy:
+            out[env] = {
+                "file": str(path),
+                "description": lazy.meta.description,
+                "source": lazy.meta.source,
+            }
+    return out
+
+
+def cost_units(run: Run) -> float:
+    """Relative cost of a run for the ETA: its data grows with the fraction, plus a fixed part."""
+    return 0.1 + run.fraction
+
+
+@dataclass(frozen=True)
+class TargetData:
+    """The part of a target an experiment uses (test set and pool), read once per process.
+
+    `rows` are the file indices held in `data`, sorted, so `take` maps the
+    split's file indices to rows without reading the file again.
+    """
+
+    split: TargetSplit
+    rows: IndexArray
+    data: Fingerprints
+
+    def take(self, idx: IndexArray) -> Fingerprints:
+        return self.data.subset(np.searchsorted(self.rows, idx))
+
+
+_TARGETS: dict[tuple[str, str, str, int], TargetData] = {}
+
+
+def load_target(path: Path, target: str, preset: Preset, seed: int) -> TargetData:
+    """A target's split and only the samples it needs (a large file is never read whole)."""
+    key = (str(Path(path).resolve()), target, preset.fingerprint(), seed)
+    if key not in _TARGETS:
+        with open_environment(path, target) as lazy:
+            split = target_split(len(lazy), preset, seed, target)
+            rows = np.union1d(split.test, split.pool).astype(np.int64)
+            _TARGETS[key] = TargetData(split, rows, lazy.read(rows))
+    return _TARGETS[key]
+
+
+def execute_run(spec: RunSpec) -> RunResult:
+    """Train one run from its starting backbone and score it on the target's fixed test set."""
+    run, preset = spec.run, spec.preset
+    t0 = time.perf_counter()
+    target = load_target(spec.env_paths[run.target], run.target, preset, spec.seed)
+    train_idx, val_idx = target.split.run_indices(run, spec.seed)
+    train, val = target.take(train_idx), target.take(val_idx)
+    test = target.take(target.split.test)
+    seed = derive_seed(spec.seed, "run", run.target, run.loss, run.fraction, run.fold)
+
+    if strategy_kind(run.strategy) == "scratch":
+        backbone = Backbone(preset.backbone_config(), seed=derive_seed(seed, "backbone"))
+    else:
+        source = sources.source_of(run)
+        backbone = sources.load_backbone(spec.out_dir, source, preset.backbone_config())
+    config = sources.train_config(preset.target, run.loss, seed)
+    trained = train_target(
+        backbone, train, val, config, mode=check_mode(run.mode), quiet=True, device=spec.device
+    )
+    metrics = evaluate_model(trained.model.backbone, trained.model.head, test)
+    return RunResult(
+        run=run,
+        n_train=len(train),
+        n_val=len(val),
+        n_test=len(test),
+        metrics=metrics,
+        epochs=tuple(p.epochs for p in trained.report.phases),
+        best_val_me=trained.report.best_val_me,
+        wall_s=time.perf_counter() - t0,
+        seed=seed,
+    )

@@ -1,0 +1,182 @@
+"""Source models of an experiment, trained once and cached in `<out>/sources/<name>/`.
+
+Names are the strategies that start from them: `meml-mse`, `meml-nll` (one
+backbone over every source environment, eq. 5) and `dtl-<bs>` (a full model on
+one source environment). A cache entry is `backbone.pt` plus `source.json`,
+written in that order and each atomically, so `source.json` existing means the
+entry is whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.data.fingerprints import Fingerprints, open_environment
+from training.data.splits import fraction_subset
+from training.experiments.grid import (
+    DTL_PREFIX,
+    Preset,
+    Run,
+    TrainBudget,
+    derive_seed,
+    dtl_strategy,
+    strategy_kind,
+)
+from training.experiments.store import atomic_write_text
+from training.losses import check_loss_name
+from training.meml import TrainConfig, train_dtl, train_meml
+from training.nets import Backbone, BackboneConfig
+
+SOURCES_DIR = "sources"
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One source model to train (picklable, for worker processes)."""
+
+    name: str
+    preset: Preset
+    env_paths: dict[str, Path]
+    out_dir: Path
+    seed: int
+    device: str = "cpu"
+
+
+def source_of(run: Run) -> str | None:
+    """The cached source a run starts from (None for scratch)."""
+    return None if strategy_kind(run.strategy) == "scratch" else run.strategy
+
+
+def needed_sources(preset: Preset, runs: Iterable[Run]) -> list[str]:
+    """Sources the given runs start from, in the preset's strategy order (MEML first: slowest)."""
+    used = {source_of(r) for r in runs}
+    order = [s for s in preset.strategies if s.startswith("meml-")]
+    order += [s for s in preset.strategies if s.startswith(DTL_PREFIX)]
+    return [s for s in order if s in used]
+
+
+def cost_units(preset: Preset, name: str) -> float:
+    """Relative cost for the ETA: MEML trains on every source environment, DTL on one."""
+    return float(len(preset.source_envs)) if name.startswith("meml-") else 1.0
+
+
+def source_dir(out_dir: Path, name: str) -> Path:
+    return Path(out_dir) / SOURCES_DIR / name
+
+
+def is_cached(out_dir: Path, name: str) -> bool:
+    return (source_dir(out_dir, name) / "source.json").is_file()
+
+
+def wall_times(out_dir: Path) -> dict[str, float]:
+    """Training wall time per cached source, for the report."""
+    root = Path(out_dir) / SOURCES_DIR
+    out: dict[str, float] = {}
+    for meta in sorted(root.glob("*/source.json")):
+        out[meta.parent.name] = float(json.loads(meta.read_text(encoding="utf-8"))["wall_s"])
+    return out
+
+
+def read_capped(data_path: Path, env: str, cap: int | None, seed: int) -> Fingerprints:
+    """An environment, or a seeded random `cap` of its samples (read lazily: no full load)."""
+    with open_environment(data_path, env) as lazy:
+        n = len(lazy)
+        if cap is None or n <= cap:
+            return lazy.read(slice(0, n))
+        idx = fraction_subset(list(range(n)), cap / n, derive_seed(seed, "source-cap", env))
+        return lazy.read(idx)
+
+
+def train_config(budget: TrainBudget, loss: str, seed: int) -> TrainConfig:
+    """A preset's budget as the training core's config."""
+    return TrainConfig(
+        loss=check_loss_name(loss),
+        epochs=budget.max_epochs,
+        patience=budget.patience,
+        batch_size=budget.batch_size,
+        lr=budget.lr,
+        unfreeze_lr_factor=budget.unfreeze_lr_factor,
+        seed=seed,
+    )
+
+
+def _source_env(preset: Preset, name: str) -> str:
+    for env in preset.dtl_sources:
+        if dtl_strategy(env) == name:
+            return env
+    raise ValueError(f"source {name!r} is not a DTL source of preset {preset.name!r}")
+
+
+def train_source(spec: SourceSpec) -> float:
+    """Train one source model and cache its backbone; return its wall time (s)."""
+    t0 = time.perf_counter()
+    preset, seed = spec.preset, derive_seed(spec.seed, "source", spec.name)
+    cap = preset.max_source_samples
+    if spec.name.startswith("meml-"):
+        envs = {e: read_capped(spec.env_paths[e], e, cap, spec.seed) for e in preset.source_envs}
+        config = train_config(preset.source, spec.name.removeprefix("meml-"), seed)
+        result = train_meml(
+            envs, config, backbone_config=preset.backbone_config(), quiet=True, device=spec.device
+        )
+    else:
+        env = _source_env(preset, spec.name)
+        config = train_config(preset.source, preset.dtl_loss, seed)
+        data = read_capped(spec.env_paths[env], env, cap, spec.seed)
+        result = train_dtl(
+            env,
+            data,
+            config,
+            backbone_config=preset.backbone_config(),
+            quiet=True,
+            device=spec.device,
+        )
+    wall = time.perf_counter() - t0
+    folder = source_dir(spec.out_dir, spec.name)
+    _atomic_torch_save(result.backbone.cpu().state_dict(), folder / "backbone.pt")
+    meta: dict[str, Any] = {
+        "name": spec.name,
+        "config": config.to_dict(),
+        "samples": result.samples,
+        "epochs": result.report.epochs,
+        "best_val_me": result.report.best_val_me,
+        "val_metrics": result.metrics,
+        "data_fingerprint": result.data_fingerprint,
+        "wall_s": wall,
+    }
+    atomic_write_text(folder / "source.json", json.dumps(meta, indent=1))
+    return wall
+
+
+def load_backbone(out_dir: Path, name: str | None, config: BackboneConfig) -> Backbone:
+    """A fresh copy of a cached source backbone (each run fine-tunes its own)."""
+    if name is None or not is_cached(out_dir, name):
+        raise FileNotFoundError(f"source model {name!r} is not in {Path(out_dir) / SOURCES_DIR}")
+    backbone = Backbone(config)
+    state = torch.load(
+        source_dir(out_dir, name) / "backbone.pt", map_location="cpu", weights_only=True
+    )
+    backbone.load_state_dict(state)
+    return backbone
+
+
+def _atomic_torch_save(obj: object, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
