@@ -77,7 +77,17 @@ class Settings(BaseSettings):
     """How often each replica polls the sites' `active.json` for a new active version."""
 
     adapt_entrypoint: str = "training.transfer:adapt_site"
-    """Import path `module:function` of the adaptation trainer (swap for plugins or tests)."""
+    """Import path `module:function` of the adaptation trainer (swap for plugins or tests);
+    it is called like `training.transfer.adapt_site`, including `config=TrainConfig`."""
+
+    adapt_max_epochs: int = Field(default=100, gt=0)
+    """Most epochs per training phase of an adaptation job (bounds a job's run time)."""
+
+    adapt_patience: int = Field(default=10, gt=0)
+    """Epochs without a better validation loss before an adaptation phase stops early."""
+
+    adapt_batch_size: int = Field(default=64, gt=0)
+    """Mini-batch size of adaptation training."""
 
     log_level: str = "INFO"
     """Log level of the service's loggers."""

@@ -11,7 +11,14 @@ import numpy as np
 from service.config import Settings
 from service.errors import Conflict, JobNotFound, TooManyJobs
 from service.jobs.executors import LocalExecutor, RQExecutor, make_executor
-from service.jobs.records import TERMINAL, AdaptOptions, JobRecord, JobStore, new_job_id
+from service.jobs.records import (
+    TERMINAL,
+    AdaptOptions,
+    JobRecord,
+    JobStore,
+    TrainBudget,
+    new_job_id,
+)
 
 _OWNER = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -61,6 +68,11 @@ class JobManager:
                 id=new_job_id(),
                 site=site,
                 options=options,
+                train=TrainBudget(
+                    epochs=self.settings.adapt_max_epochs,
+                    patience=self.settings.adapt_patience,
+                    batch_size=self.settings.adapt_batch_size,
+                ),
                 samples=int(csi.shape[0]),
                 created=time.time(),
                 executor="rq" if isinstance(self.executor, RQExecutor) else "local",

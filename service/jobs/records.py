@@ -35,6 +35,18 @@ class AdaptOptions(BaseModel):
     backbone: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
+class TrainBudget(BaseModel):
+    """The service's training limits, fixed when the job is queued (from the settings).
+
+    Stored in the record so that a worker with other settings (RQ on another host) trains
+    the job as the API that accepted it said, and so that the job shows what it ran with.
+    """
+
+    epochs: int = Field(default=100, gt=0)
+    patience: int = Field(default=10, gt=0)
+    batch_size: int = Field(default=64, gt=0)
+
+
 class Progress(BaseModel):
     phase: str | None = None
     epoch: int | None = None
@@ -49,6 +61,7 @@ class JobRecord(BaseModel):
     site: str
     state: JobState = "queued"
     options: AdaptOptions
+    train: TrainBudget = Field(default_factory=TrainBudget)
     samples: int
     created: float
     started: float | None = None

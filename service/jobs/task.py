@@ -76,10 +76,19 @@ def run_adapt_job(job_dir: str, job_id: str, model_dir: str, entrypoint: str) ->
 
     try:
         adapt = resolve_entrypoint(entrypoint)
+        from training.meml import TrainConfig
         from training.repository import ModelRepository
 
         data = load_fingerprints(store.data_path(job_id))
         opts = record.options
+        config = TrainConfig(
+            loss=opts.loss,
+            epochs=record.train.epochs,
+            patience=record.train.patience,
+            batch_size=record.train.batch_size,
+            val_fraction=opts.val_fraction,
+            seed=opts.seed,
+        )
         result = adapt(
             ModelRepository(Path(model_dir)),
             record.site,
@@ -91,6 +100,7 @@ def run_adapt_job(job_dir: str, job_id: str, model_dir: str, entrypoint: str) ->
             seed=opts.seed,
             activate=opts.activate,
             progress=progress,
+            config=config,
         )
         summary = dict(getattr(result, "metrics", {}) or {})
         summary.update(

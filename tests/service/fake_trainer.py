@@ -4,7 +4,8 @@ Used through the `adapt_entrypoint` setting, so the job machinery (process pool,
 records, kill safety) is tested without minutes of training. Behaviour by seed:
 seed 13 fails; otherwise it reports `FAKE_EPOCHS` epochs of `FAKE_EPOCH_S` seconds
 (environment variables) and publishes a linear model whose bias is the data's mean
-position.
+position. The `TrainConfig` it was given comes back in its metrics (`config_*`), so
+tests can see what the service passed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from tests.service.models import publish_linear
+from training.meml import TrainConfig
 from training.repository import ModelRepository
 
 FAIL_SEED = 13
@@ -44,6 +46,7 @@ def adapt_site(
     seed: int,
     activate: bool,
     progress: Callable[[dict[str, Any]], None] | None,
+    config: TrainConfig | None = None,
 ) -> FakeResult:
     start = time.time()
     epochs = int(os.environ.get("FAKE_EPOCHS", "3"))
@@ -61,4 +64,7 @@ def adapt_site(
     version = publish_linear(
         repo, site, loss, seed=seed, bias=(float(centre[0]), float(centre[1])), activate=activate
     )
-    return FakeResult(version, {"val_me": best}, {"head": epochs}, len(data), time.time() - start)
+    metrics = {"val_me": best}
+    if config is not None:
+        metrics.update({f"config_{k}": v for k, v in config.to_dict().items() if k != "loss"})
+    return FakeResult(version, metrics, {"head": epochs}, len(data), time.time() - start)

@@ -14,10 +14,13 @@ import pytest
 
 from tests.service.conftest import LOCATE, csi_batch, free_port
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("prometheus") is None or shutil.which("promtool") is None,
-    reason="prometheus/promtool not installed (Debian package prometheus)",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        shutil.which("prometheus") is None or shutil.which("promtool") is None,
+        reason="prometheus/promtool not installed (Debian package prometheus)",
+    ),
+    pytest.mark.timeout(120),  # two uvicorn workers and a Prometheus server
+]
 
 
 def test_scrape_two_workers(start_server: Callable[..., Any], tmp_path: Path) -> None:

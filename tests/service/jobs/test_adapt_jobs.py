@@ -20,6 +20,9 @@ from tests.service.conftest import ADMIN, LOCATE, csi_batch
 from tests.service.fake_trainer import FAIL_SEED
 from training.data.fingerprints import EnvironmentMeta, Fingerprints, write_environment
 
+# Each app spawns a worker pool (fresh interpreters importing torch): bound a hung job.
+pytestmark = pytest.mark.timeout(120)
+
 
 def labelled(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
@@ -214,3 +217,21 @@ def test_killed_worker_leaves_previous_version_serving(
     with TestClient(create_app(settings)) as c:
         assert c.get(f"/jobs/{job_id}", headers=ADMIN).json()["state"] == "failed"
         assert c.get("/jobs/nope", headers=ADMIN).status_code == 404
+
+
+def test_training_budget_from_settings_reaches_the_trainer(
+    make_settings: Callable[..., Settings],
+) -> None:
+    csi, pos = labelled(12)
+    doc = {"csi": csi.tolist(), "pos": pos.tolist(), "options": {"seed": 5, "val_fraction": 0.3}}
+    settings = make_settings(adapt_max_epochs=7, adapt_patience=3, adapt_batch_size=16)
+    with TestClient(create_app(settings)) as c:
+        r = c.post("/sites/budget/adapt", json=doc, headers=ADMIN)
+        assert r.status_code == 202, r.text
+        assert r.json()["job"]["train"] == {"epochs": 7, "patience": 3, "batch_size": 16}
+        job = wait_job(c, r.json()["job_id"])
+    assert job["state"] == "succeeded", job
+    m = job["metrics"]
+    assert (m["config_epochs"], m["config_patience"], m["config_batch_size"]) == (7, 3, 16)
+    # the request's options still decide seed and validation fraction
+    assert m["config_seed"] == 5 and m["config_val_fraction"] == pytest.approx(0.3)

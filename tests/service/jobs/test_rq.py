@@ -20,9 +20,12 @@ from tests.service.conftest import ADMIN, LOCATE, REPO_ROOT, free_port, settings
 from tests.service.jobs.test_adapt_jobs import labelled, wait_job
 from training.repository import ModelRepository
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("redis-server") is None, reason="redis-server not installed (Debian package)"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        shutil.which("redis-server") is None, reason="redis-server not installed (Debian package)"
+    ),
+    pytest.mark.timeout(120),  # redis-server and `csipos worker` subprocesses
+]
 
 
 @pytest.fixture

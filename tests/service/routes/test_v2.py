@@ -13,6 +13,8 @@ from tritonclient.utils import InferenceServerException
 from tests.service.conftest import LOCATE, csi_batch
 from tests.service.models import expected
 
+pytestmark = pytest.mark.timeout(60)  # a real uvicorn process on loopback
+
 
 @pytest.fixture
 def server(start_server: Callable[..., Any]) -> Any:
