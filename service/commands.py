@@ -84,5 +84,10 @@ def worker(
         typer.echo("CSIPOS_REDIS_URL is not set: the worker needs a Redis to listen on", err=True)
         raise typer.Exit(2)
     logs.configure(settings.log_level)
+    if settings.worker_metrics_port is not None:
+        # Lets Prometheus see the worker is up (and its process metrics).
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.worker_metrics_port)
     conn = Redis.from_url(settings.redis_url)
     Worker([Queue(settings.rq_queue, connection=conn)], connection=conn).work(burst=burst)

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     rq_queue: str = "csipos-adapt"
     """Name of the RQ queue the API enqueues to and `csipos worker` listens on."""
 
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    """If set, `csipos worker` serves its process's Prometheus metrics on this port."""
+
     inference_threads: int = Field(default=max(1, os.cpu_count() or 1), gt=0)
     """Threads of the bounded inference pool (requests run in parallel up to this)."""
 

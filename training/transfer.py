@@ -170,7 +170,7 @@ def adapt_site(
         "backbone": f"{name}:{version}",
         "train_samples": len(train),
         "val_samples": len(val),
-        "epochs": result.report.epochs,
+        "epochs_run": result.report.epochs,
     }
     site_version = save_site_model(
         repo,

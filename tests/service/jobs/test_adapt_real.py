@@ -164,7 +164,8 @@ def test_real_adaptation_beats_unadapted_head_on_held_out_data(world: World) -> 
         assert detail["active_version"] == "v1"
         manifest = w.repo.manifest("site", TARGET, "v1")
         assert manifest["parent"] == {"backbone": BACKBONE, "version": "v1"}
-        assert manifest["config"]["epochs"] == metrics["epochs"]
+        assert manifest["config"]["epochs_run"] == metrics["epochs"]
+        assert manifest["config"]["epochs"] == 40  # the budget, as accepted
         assert manifest["config"]["patience"] == 6 and manifest["config"]["batch_size"] == 64
 
         adapted_xy, sigma = positions(locate(c, TARGET, w.test.csi, "v1"))
