@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+
+from training.repository import atomic_write_bytes
 
 JobState = Literal["queued", "running", "succeeded", "failed"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed"})
@@ -109,12 +110,7 @@ class JobStore:
     def write(self, record: JobRecord) -> None:
         d = self.job_dir(record.id)
         d.mkdir(parents=True, exist_ok=True)
-        tmp = d / f".job.json.{os.getpid()}.tmp"
-        with tmp.open("w") as fh:
-            fh.write(record.model_dump_json(indent=1))
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(d / "job.json")
+        atomic_write_bytes(d / "job.json", record.model_dump_json(indent=1).encode())
 
     def get(self, job_id: str) -> JobRecord | None:
         try:

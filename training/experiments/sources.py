@@ -9,9 +9,8 @@ entry is whole.
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from training.experiments.store import atomic_write_text
 from training.losses import check_loss_name
 from training.meml import TrainConfig, train_dtl, train_meml
 from training.nets import Backbone, BackboneConfig
+from training.repository import atomic_write_bytes
 
 SOURCES_DIR = "sources"
 
@@ -169,14 +169,7 @@ def load_backbone(out_dir: Path, name: str | None, config: BackboneConfig) -> Ba
 
 
 def _atomic_torch_save(obj: object, path: Path) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, buf.getvalue())

@@ -8,13 +8,12 @@ simply skips every run whose file exists.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from training.experiments.grid import Run
+from training.repository import atomic_write_bytes
 
 METRIC_KEYS = ("me", "median", "p90", "crps", "nll", "within_1sigma", "within_2sigma")
 """Test-set metrics a result may carry (CRPS, NLL and calibration only for NLL targets)."""
@@ -83,21 +82,7 @@ class RunResult:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` so readers see the old file or the whole new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 class ResultStore:
