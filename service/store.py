@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,10 +22,10 @@ import onnxruntime as ort
 
 from service import metrics
 from service.errors import InvalidInput, SiteNotFound, Unavailable
+from training.repository import NAME_PATTERN as SITE_ID
 
 log = logging.getLogger("csipos.service.store")
 
-SITE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 INPUT_NAME = "csi"
 
 
@@ -40,8 +39,12 @@ def check_site_id(site: str) -> str:
     return site
 
 
-def read_active_version(site_dir: Path) -> str | None:
-    """The version named by `active.json`, or None if the site has none (yet)."""
+def read_active(site_dir: Path) -> tuple[str, str] | None:
+    """(version, updated stamp) of `active.json`, or None if the site has none (yet).
+
+    The stamp tells a site that was deleted and published again (its versions restart
+    at v1) from the one already loaded.
+    """
     try:
         doc = json.loads((site_dir / "active.json").read_text())
     except FileNotFoundError:
@@ -49,8 +52,9 @@ def read_active_version(site_dir: Path) -> str | None:
     except (OSError, ValueError) as exc:
         log.warning("unreadable %s: %s", site_dir / "active.json", exc)
         return None
-    version = doc.get("version") if isinstance(doc, dict) else None
-    return version if isinstance(version, str) else None
+    if not isinstance(doc, dict) or not isinstance(doc.get("version"), str):
+        return None
+    return doc["version"], str(doc.get("updated", ""))
 
 
 @dataclass
@@ -61,6 +65,8 @@ class ServedSite:
     version: str
     path: Path
     intra_op_threads: int = 1
+    activated: str = ""
+    """`active.json`'s `updated` stamp when this version was loaded."""
     loss: str = "mse"
     outputs: tuple[str, ...] = ()
     manifest: dict[str, Any] = field(default_factory=dict)
@@ -155,32 +161,36 @@ class ModelStore:
             if len(names) > self.max_sites:
                 log.warning("%d sites, serving the first %d", len(names), self.max_sites)
                 names = names[: self.max_sites]
-            wanted = {n: read_active_version(self.sites_dir / n) for n in names}
+            wanted = {n: read_active(self.sites_dir / n) for n in names}
             for site in list(self._sites):
                 if wanted.get(site) is None:
                     self._drop(site)
-            for site, version in wanted.items():
-                if version is not None:
-                    self._ensure(site, version)
+            for site, active in wanted.items():
+                if active is not None:
+                    self._ensure(site, *active)
 
     def refresh_site(self, site: str) -> None:
         """Re-read one site at once (after an activate or delete through this replica)."""
         with self._refresh_lock:
-            version = read_active_version(self.sites_dir / site)
-            if version is None:
+            active = read_active(self.sites_dir / site)
+            if active is None:
                 self._drop(site)
             else:
-                self._ensure(site, version)
+                self._ensure(site, *active)
 
-    def _ensure(self, site: str, version: str) -> None:
+    def _ensure(self, site: str, version: str, activated: str = "") -> None:
         current = self._sites.get(site)
-        if current is not None and current.version == version:
+        if current is not None and (current.version, current.activated) == (version, activated):
             return
         if self._errors.get(site) == version:
             return  # already failed on this version; wait for another one
         try:
             served = ServedSite(
-                site, version, self.sites_dir / site / "versions" / version, self.intra_op_threads
+                site,
+                version,
+                self.sites_dir / site / "versions" / version,
+                self.intra_op_threads,
+                activated=activated,
             ).load()
         except Exception as exc:
             # The old version (if any) keeps serving: a broken publish must not take a site down.

@@ -141,8 +141,12 @@ def csipos_version() -> str:
 
 
 def utc_now() -> str:
-    """Current UTC time as ISO 8601 with seconds, e.g. ``2025-01-31T12:00:00+00:00``."""
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    """Current UTC time as ISO 8601 with microseconds, e.g. ``2025-01-31T12:00:00.123456+00:00``.
+
+    Microseconds, because readers tell activations apart by this stamp (a site deleted
+    and published again within a second restarts at the same version).
+    """
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def _fsync_dir(path: Path) -> None:

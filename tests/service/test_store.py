@@ -1,0 +1,39 @@
+"""The model store follows the repository's active versions without a restart."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from service.store import ModelStore
+from tests.service.conftest import csi_batch
+from tests.service.models import expected, publish_linear
+from training.repository import ModelRepository
+
+
+def test_refresh_swaps_versions_and_drops_deleted_sites(repo: ModelRepository) -> None:
+    store = ModelStore(repo.root)
+    store.load()
+    assert set(store.snapshot()) == {"lab-nll", "lab-mse"}
+    publish_linear(repo, "lab-mse", "mse", seed=9)
+    repo.delete_site("lab-nll")
+    store.refresh()
+    assert set(store.snapshot()) == {"lab-mse"}
+    assert store.get("lab-mse").version == "v2"
+
+
+def test_site_recreated_between_polls_is_reloaded(repo: ModelRepository) -> None:
+    """Delete + publish again restarts at v1: the store must not keep the old model."""
+    store = ModelStore(repo.root)
+    store.load()
+    csi = csi_batch(2)
+    old_pos, _ = store.get("lab-mse").predict(csi)
+    np.testing.assert_allclose(old_pos, expected(csi, 3, (-1.0, -2.0))[0], rtol=1e-4, atol=1e-4)
+
+    repo.delete_site("lab-mse")
+    assert publish_linear(repo, "lab-mse", "mse", seed=4, bias=(10.0, 20.0)) == "v1"
+    store.refresh()  # one poll sees only the new v1, never the deletion
+
+    served = store.get("lab-mse")
+    assert served.version == "v1"
+    new_pos, _ = served.predict(csi)
+    np.testing.assert_allclose(new_pos, expected(csi, 4, (10.0, 20.0))[0], rtol=1e-4, atol=1e-4)
