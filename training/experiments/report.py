@@ -16,7 +16,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from training.experiments.aggregate import DTL_BEST, DTL_MEAN, STAT_KEYS, Summary, summarize
-from training.experiments.claims import Claim, evaluate_claims
+from training.experiments.claims import Claim, evaluate_claims, finetune_variants
 from training.experiments.grid import DTL_PREFIX, SCRATCH, Preset, Run
 from training.experiments.store import RunResult, atomic_write_text
 
@@ -237,6 +237,11 @@ def write_report(
     lines += ["", "## The paper's claims on our data", ""]
     for i, claim in enumerate(evaluate_claims(summary), start=1):
         lines += [_claim_md(i, claim), ""]
+    variants = finetune_variants(summary)
+    if variants:
+        lines += ["## Claims 3 and 4 with fine-tuning instead of gradual unfreezing", ""]
+        for i, claim in enumerate(variants, start=3):
+            lines += [_claim_md(i, claim), ""]
 
     if fractions:
         frac = fractions[0]

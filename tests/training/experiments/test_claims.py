@@ -10,6 +10,7 @@ from training.experiments.aggregate import DTL_BEST, DTL_MEAN, Stat, summarize
 from training.experiments.claims import (
     data_needed,
     evaluate_claims,
+    finetune_variants,
     gradual_beats_finetune,
     meml_beats_baselines,
     meml_gradual_cuts_error,
@@ -141,3 +142,23 @@ def test_third_of_data_claim() -> None:
     claim = meml_needs_third_of_data(summarize(table(slow)))
     assert claim.verdict == "not reproduced"
     assert float(claim.rows[0][6]) == pytest.approx(0.93, abs=0.01)
+
+
+def test_finetune_variants_read_the_finetune_runs() -> None:
+    """Claims 3 and 4 checked on the fine-tuning runs, not the gradual ones."""
+    ft_good = dict(GOOD)
+    ft_good[("meml-nll", "finetune")] = [2.0, 1.5, 1.4]  # 50 % cuts at 20 %; 2.0 reached at 20 %
+    ft_good[("meml-nll", "gradual")] = [3.5, 2.5, 2.1]  # gradual: 12.5 % cut, never reaches 2.0
+    cuts, data = finetune_variants(summarize(table(ft_good)))
+    assert "MEML + finetune" in cuts.title and "MEML + finetune" in data.title
+    assert cuts.rows[0][4] == "2.000" and cuts.rows[0][5] == "50 %"
+    assert cuts.verdict == "reproduced"
+    assert data.rows[0][5] == "≤ 200" and data.verdict == "reproduced"
+    # The paper's own claims 3 and 4 (gradual) fail on the same table.
+    assert meml_gradual_cuts_error(summarize(table(ft_good))).verdict == "not reproduced"
+    assert meml_needs_third_of_data(summarize(table(ft_good))).verdict == "not reproduced"
+
+
+def test_no_finetune_variants_without_finetune_runs() -> None:
+    gradual_only = {k: v for k, v in GOOD.items() if k[1] == "gradual"}
+    assert finetune_variants(summarize(table(gradual_only))) == []
