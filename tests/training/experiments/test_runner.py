@@ -33,7 +33,8 @@ def test_quick_runs_every_cell_and_writes_the_report(quick_run: tuple[Path, Outc
     gradual = [r for r in rows if r["mode"] == "gradual"]
     assert all(int(r["epochs_phase2"]) >= 1 for r in gradual)
     report = (out / "report.md").read_text()
-    assert report.count("### Claim") == 4
+    assert report.count("### Claim") == 4 + 2  # the paper's four, then 3 and 4 with fine-tuning
+    assert "## Claims 3 and 4 with fine-tuning instead of gradual unfreezing" in report
     assert "144 of 144 finished" in report and "Incomplete" not in report
     assert len(list((out / "figures").glob("*.png"))) == 6  # 2 targets x (mse ME, nll ME, CRPS)
     assert (out / "summary.csv").read_text().count("dtl:best") == 2 * 2 * 2 * 2
