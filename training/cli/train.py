@@ -286,13 +286,22 @@ def _publish_site(
     parent: tuple[str, str] | None,
     config: dict[str, Any],
     val: dict[str, float],
-    test: dict[str, float] | None,
-    fingerprint: str,
+    pool: Any,
+    test_data: Any,
     report: Any,
 ) -> None:
+    """Test on the held-out set (if any), then publish with the training data's fingerprint.
+
+    ``config`` is the run's own part; the epochs run are added here.
+    """
     from training.checkpoint import save_site_model
+    from training.data.fingerprints import data_fingerprint
+    from training.meml import evaluate_model
     from training.repository import ModelRepository
 
+    test = None if test_data is None else evaluate_model(model.backbone, model.head, test_data)
+    config = {**config, "epochs_run": report.epochs}
+    fingerprint = data_fingerprint(pool)
     metrics: dict[str, Any] = dict(val)
     if test is not None:
         metrics["test"] = test
@@ -338,8 +347,7 @@ def site_cmd(
 ) -> None:
     """Target training: the backbone plus a fresh head on a new site (eq. 6)."""
     from training.checkpoint import load_backbone
-    from training.data.fingerprints import data_fingerprint
-    from training.meml import evaluate_model, split_train_val
+    from training.meml import split_train_val
     from training.repository import ModelRepository
     from training.transfer import check_mode, train_target
 
@@ -370,9 +378,6 @@ def site_cmd(
             mode=target_mode,
             quiet=quiet,
         )
-        test_metrics = None
-        if test is not None:
-            test_metrics = evaluate_model(result.model.backbone, result.model.head, test)
         config = {
             **cfg.to_dict(),
             "mode": mode,
@@ -381,19 +386,11 @@ def site_cmd(
             "env": env,
             "fraction": fraction,
             "holdout": holdout,
-            "epochs_run": result.report.epochs,
         }
         _publish_site(
-            out,
-            site,
-            result.model,
-            (ref.name, version),
-            config,
-            result.metrics,
-            test_metrics,
-            data_fingerprint(pool),
+            out, site, result.model, (ref.name, version), config, result.metrics, pool, test,
             result.report,
-        )
+        )  # fmt: skip
 
 
 @app.command("scratch")
@@ -414,8 +411,7 @@ def scratch_cmd(
     quiet: Quiet = False,
 ) -> None:
     """Scratch: a full model from random initialisation on the target only."""
-    from training.data.fingerprints import data_fingerprint
-    from training.meml import evaluate_model, split_train_val, train_scratch
+    from training.meml import split_train_val, train_scratch
 
     _setup_logging(quiet)
     with _cli_errors():
@@ -431,8 +427,6 @@ def scratch_cmd(
         pool, test = _target_data(data, env, fraction, holdout, seed)
         train, val = split_train_val(pool, val_fraction, seed)
         result = train_scratch(train, val, cfg, quiet=quiet)
-        model = result.site_model("target").eval()
-        test_metrics = None if test is None else evaluate_model(model.backbone, model.head, test)
         config = {
             **cfg.to_dict(),
             "mode": "scratch",
@@ -440,19 +434,11 @@ def scratch_cmd(
             "env": env,
             "fraction": fraction,
             "holdout": holdout,
-            "epochs_run": result.report.epochs,
         }
         _publish_site(
-            out,
-            site,
-            model,
-            None,
-            config,
-            result.metrics["target"],
-            test_metrics,
-            data_fingerprint(pool),
-            result.report,
-        )
+            out, site, result.site_model("target").eval(), None, config,
+            result.metrics["target"], pool, test, result.report,
+        )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- evaluate, export
