@@ -6,9 +6,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from service.config import Settings
 
 
 def register(app: typer.Typer) -> None:
@@ -17,7 +20,7 @@ def register(app: typer.Typer) -> None:
     app.command("worker")(worker)
 
 
-def _settings_or_exit() -> object:
+def _settings_or_exit() -> Settings:
     from pydantic import ValidationError
 
     from service.config import Settings
@@ -28,6 +31,25 @@ def _settings_or_exit() -> object:
         msgs = "; ".join(str(e["msg"]) for e in exc.errors())
         typer.echo(f"invalid settings: {msgs}", err=True)
         raise typer.Exit(2) from None
+
+
+def _seed_models(settings: Settings) -> None:
+    """Fill a new model repository from `CSIPOS_SEED_MODELS_FROM` before anything reads it."""
+    if settings.seed_models_from is None:
+        return
+    from training.repository import ModelRepository, RepositoryError
+
+    try:
+        copied = ModelRepository(settings.model_dir).seed(settings.seed_models_from)
+    except (RepositoryError, OSError) as exc:
+        typer.echo(
+            f"cannot seed the model repository {settings.model_dir} from "
+            f"{settings.seed_models_from}: {exc}",
+            err=True,
+        )
+        raise typer.Exit(2) from None
+    if copied:
+        typer.echo(f"seeded {settings.model_dir} with {', '.join(copied)}", err=True)
 
 
 def serve(
@@ -48,7 +70,7 @@ def serve(
         os.environ["CSIPOS_MODEL_DIR"] = str(model_dir)
     if dev:
         os.environ["CSIPOS_DEV_MODE"] = "true"
-    _settings_or_exit()
+    _seed_models(_settings_or_exit())
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Several workers need a shared sample directory for correct /metrics.
         mp_dir = Path(tempfile.mkdtemp(prefix="csipos-prom-"))
@@ -76,14 +98,13 @@ def worker(
     from rq import Queue, Worker
 
     from service import logs
-    from service.config import Settings
 
     settings = _settings_or_exit()
-    assert isinstance(settings, Settings)
     if not settings.redis_url:
         typer.echo("CSIPOS_REDIS_URL is not set: the worker needs a Redis to listen on", err=True)
         raise typer.Exit(2)
     logs.configure(settings.log_level)
+    _seed_models(settings)
     if settings.worker_metrics_port is not None:
         # Lets Prometheus see the worker is up (and its process metrics).
         from prometheus_client import start_http_server

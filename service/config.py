@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     model_dir: Path = Path("models")
     """Root of the model repository (`models/`); shared by all replicas and workers."""
 
+    seed_models_from: Path | None = None
+    """If set, `serve` and `worker` first copy in the models of this repository that
+    `model_dir` lacks, once per repository (the images point it at their default models)."""
+
     dev_mode: bool = False
     """Development mode: allows running without any API key (every route open)."""
 

@@ -54,6 +54,7 @@ _TRASH_PREFIX = ".trash-"
 MANIFEST = "manifest.json"
 ACTIVE = "active.json"
 SETTINGS = "repository.json"
+SEEDED = ".seeded.json"
 
 FileSource = Mapping[str, Path | bytes] | Callable[[Path, str], None]
 """What a publish writes: file name -> source path or bytes, or a writer
@@ -149,7 +150,8 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """fsync a file or a directory (a directory's fsync makes its renames durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -183,7 +185,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    _fsync(path.parent)
 
 
 def _atomic_write_json(path: Path, obj: Mapping[str, Any]) -> None:
@@ -425,8 +427,8 @@ class ModelRepository:
             if not versions_dir.is_dir():
                 versions_dir.mkdir(parents=True)
                 # Make the new folders themselves durable, not only their content.
-                _fsync_dir(name_dir.parent)
-                _fsync_dir(name_dir)
+                _fsync(name_dir.parent)
+                _fsync(name_dir)
             known = self._versions(kind, name)
             version = f"v{version_number(known[-1]) + 1 if known else 1}"
             tmp = name_dir / f"{_TEMP_PREFIX}{version}-{uuid.uuid4().hex}"
@@ -448,12 +450,12 @@ class ModelRepository:
                 }
                 text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
                 _write_file_synced(tmp / MANIFEST, text.encode())
-                _fsync_dir(tmp)
+                _fsync(tmp)
                 tmp.rename(versions_dir / version)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            _fsync_dir(versions_dir)
+            _fsync(versions_dir)
             if activate:
                 self._write_active(name_dir, version)
         log.info("published %s %s %s%s", kind, name, version, " (active)" if activate else "")
@@ -517,9 +519,62 @@ class ModelRepository:
                 raise NotFound(f"site {site!r} does not exist in {self.root}")
             trash = site_dir.parent / f"{_TRASH_PREFIX}{site}-{uuid.uuid4().hex}"
             site_dir.rename(trash)
-            _fsync_dir(site_dir.parent)
+            _fsync(site_dir.parent)
         shutil.rmtree(trash, ignore_errors=True)
         log.info("deleted site %s", site)
+
+    def seed(self, source: str | os.PathLike[str]) -> list[str]:
+        """Copy in the backbones and sites of the repository at ``source`` that this one lacks.
+
+        Why: a deployment's model volume starts empty, and several api replicas and
+        workers start on it at once, each seeding it with the models baked into its
+        image. Each name is copied to a hidden temp folder and made visible by one
+        ``rename``, which fails if another seeder got there first, so concurrent
+        seeders never clash and readers never see half a model. The marker
+        ``.seeded.json``, written last, makes this a one-time step: later starts keep
+        what operators deleted, and a seed that crashed part-way resumes on the next.
+        ``repository.json`` is copied when this repository has none. Returns the
+        ``kind/name`` entries this call copied.
+        """
+        src = ModelRepository(source)
+        if not src.root.is_dir():
+            raise NotFound(f"seed source {src.root} is not a directory")
+        if src.root.resolve() == self.root.resolve():
+            raise Invalid(f"seed source {src.root} is this repository")
+        marker = self.root / SEEDED
+        if marker.exists():
+            return []
+        copied: list[str] = []
+        for kind in KINDS:
+            for name in src._names(kind):
+                if self._copy_name_in(src._name_dir(kind, name), self._name_dir(kind, name)):
+                    copied.append(f"{kind}/{name}")
+        if (src.root / SETTINGS).is_file() and not (self.root / SETTINGS).exists():
+            atomic_write_bytes(self.root / SETTINGS, (src.root / SETTINGS).read_bytes())
+        _atomic_write_json(marker, {"source": str(src.root), "seeded": utc_now(), "copied": copied})
+        if copied:
+            log.info("seeded %s from %s: %s", self.root, src.root, ", ".join(copied))
+        return copied
+
+    @staticmethod
+    def _copy_name_in(source: Path, target: Path) -> bool:
+        """Copy one backbone or site folder in, atomically; False if ``target`` exists."""
+        if target.exists():
+            return False
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f"{_TEMP_PREFIX}seed-{target.name}-{uuid.uuid4().hex}"
+        try:
+            shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(".*"))
+            for path in [*tmp.rglob("*"), tmp]:
+                _fsync(path)
+            tmp.rename(target)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY) and target.exists():
+                return False  # another seeder made it visible first
+            raise
+        _fsync(target.parent)
+        return True
 
     def gc(self, max_age_s: float = 3600.0) -> list[Path]:
         """Remove leftovers of crashed writes (temp and trash entries) older than ``max_age_s``.
@@ -536,7 +591,7 @@ class ModelRepository:
             if not kind_dir.is_dir():
                 continue
             for entry in kind_dir.iterdir():
-                if entry.name.startswith(_TRASH_PREFIX):
+                if entry.name.startswith((_TRASH_PREFIX, _TEMP_PREFIX)):
                     candidates.append(entry)
                 elif entry.is_dir():
                     candidates.extend(

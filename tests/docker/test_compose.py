@@ -63,6 +63,13 @@ def test_services_and_shared_volumes() -> None:
     assert {"models", "jobs"} <= set(load_yaml(COMPOSE_FILE)["volumes"])
     dockerfile = (DOCKER / "Dockerfile").read_text()
     assert "CSIPOS_MODEL_DIR=/var/lib/csipos/models" in dockerfile
+    # Nothing baked under a volume's mount point: Docker's fill-a-new-volume-from-the-image
+    # races when replicas start together (CI saw "mkdir ...: file exists"). The default
+    # models live elsewhere and `serve`/`worker` seed the volume from there.
+    for mount in ("/var/lib/csipos/models", "/var/lib/csipos/jobs"):
+        assert not re.search(rf"^COPY .*\s{mount}", dockerfile, re.M), mount
+    seed = re.search(r"CSIPOS_SEED_MODELS_FROM=(\S+)", dockerfile)
+    assert seed and re.search(rf"^COPY models/ {seed.group(1)}/?$", dockerfile, re.M)
     assert re.search(r"^USER csipos$", dockerfile, re.M), "the service runs as non-root"
     assert re.search(r"^HEALTHCHECK .*\n.*healthz", dockerfile, re.M)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -239,3 +240,98 @@ def test_concurrent_publishers_get_distinct_versions(tmp_path: Path) -> None:
     got = sorted(v for r in results for v in r)
     assert len(set(got)) == 10
     assert ModelRepository(tmp_path).site_versions("lab") == [f"v{i}" for i in range(1, 11)]
+
+
+def _source_repo(root: Path, sites: int = 3) -> ModelRepository:
+    src = ModelRepository(root)
+    src.publish_backbone("meml", {"backbone.onnx": b"bb"}, loss="nll")
+    for i in range(sites):
+        _publish(src, f"site{i}", payload=bytes([i]) * 64)
+    _publish(src, "site0", payload=b"second")  # a site with two versions, v2 active
+    src.activate("site", "site0", "v1")
+    src.set_default_backbone("meml")
+    return src
+
+
+def test_seed_copies_every_model_once_and_keeps_existing(tmp_path: Path) -> None:
+    src = _source_repo(tmp_path / "src")
+    repo = ModelRepository(tmp_path / "dst")
+    _publish(repo, "site1", payload=b"adapted here")  # already present: left alone
+    copied = repo.seed(src.root)
+    assert copied == ["backbone/meml", "site/site0", "site/site2"]
+    assert repo.list_sites() == ["site0", "site1", "site2"]
+    assert repo.site_versions("site0") == ["v1", "v2"]
+    assert repo.active_version("site", "site0") == "v1"
+    assert (repo.path("site", "site0") / "model.onnx").read_bytes() == bytes([0]) * 64
+    assert (repo.path("site", "site1") / "model.onnx").read_bytes() == b"adapted here"
+    assert repo.default_backbone() == "meml"
+    assert repo.manifest("site", "site2") == src.manifest("site", "site2")
+    marker = json.loads((repo.root / ".seeded.json").read_text())
+    assert marker["copied"] == copied and marker["source"] == str(src.root)
+    assert not list(repo.root.rglob(".tmp-*"))
+
+
+def test_seed_happens_once_so_deletions_stay(tmp_path: Path) -> None:
+    src = _source_repo(tmp_path / "src")
+    repo = ModelRepository(tmp_path / "dst")
+    assert repo.seed(src.root)
+    repo.delete_site("site2")
+    assert repo.seed(src.root) == []  # a restart: the marker says the volume was seeded
+    assert repo.list_sites() == ["site0", "site1"]
+    (repo.root / ".seeded.json").unlink()  # the operator asks for the defaults again
+    assert repo.seed(src.root) == ["site/site2"]
+
+
+def test_seed_skips_a_model_another_seeder_made_visible_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = _source_repo(tmp_path / "src", sites=1)
+    repo = ModelRepository(tmp_path / "dst")
+    real_rename = Path.rename
+
+    def lose_the_race(self: Path, target: Path) -> Path:
+        if self.name.startswith(".tmp-seed-"):  # another seeder renames its copy in first
+            shutil.copytree(self, target)
+            (Path(target) / "won").write_text("other seeder")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", lose_the_race)
+    assert repo.seed(src.root) == []
+    assert (repo.root / "sites" / "site0" / "won").exists()  # the winner's copy untouched
+    assert repo.list_sites() == ["site0"] and repo.list_backbones() == ["meml"]
+    assert not list(repo.root.rglob(".tmp-*"))
+
+
+def _seed_in_process(args: tuple[str, str]) -> list[str]:
+    return ModelRepository(args[0]).seed(args[1])
+
+
+def test_concurrent_seeders_copy_each_model_exactly_once(tmp_path: Path) -> None:
+    src = _source_repo(tmp_path / "src", sites=12)
+    dst = tmp_path / "dst"
+    with ProcessPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(_seed_in_process, [(str(dst), str(src.root))] * 4))
+    copied = sorted(c for r in results for c in r)
+    expected = ["backbone/meml", *sorted(f"site/site{i}" for i in range(12))]
+    assert copied == expected  # every model by exactly one seeder
+    repo = ModelRepository(dst)
+    for i in range(12):
+        assert repo.manifest("site", f"site{i}") == src.manifest("site", f"site{i}")
+    assert not list(dst.rglob(".tmp-*"))
+
+
+def test_seed_refuses_a_missing_source_and_itself(tmp_path: Path) -> None:
+    repo = ModelRepository(tmp_path)
+    with pytest.raises(NotFound, match="not a directory"):
+        repo.seed(tmp_path / "nope")
+    with pytest.raises(Invalid, match="is this repository"):
+        repo.seed(tmp_path)
+    assert not (tmp_path / ".seeded.json").exists()
+
+
+def test_gc_removes_a_crashed_seeds_temp_folder(tmp_path: Path) -> None:
+    repo = ModelRepository(tmp_path)
+    stale = tmp_path / "sites" / ".tmp-seed-lab-0123"
+    (stale / "versions").mkdir(parents=True)
+    os.utime(stale, (0, 0))
+    assert repo.gc(max_age_s=60) == [stale] and not stale.exists()
