@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from training.calibration import calibrate_sigma
 from training.data.fingerprints import Fingerprints, data_fingerprint, open_environment
 from training.data.splits import IndexArray, train_val_test
 from training.fit import FitReport, Phase, ProgressFn, Shard, Task, fit, predict
@@ -49,6 +50,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     unfreeze_lr_factor: float = 0.1
     """Gradual unfreezing: the all-parameter phase runs at ``lr * unfreeze_lr_factor``."""
+    calibrate_sigma: bool = True
+    """NLL heads: after training, scale sigma per axis to fit the validation errors
+    (`training.calibration`); the metrics then report ``sigma_scale_x``/``_y``."""
 
     def __post_init__(self) -> None:
         check_loss_name(self.loss)
@@ -240,8 +244,8 @@ def train_source_data(
     for head in heads.values():
         head.cpu()
     metrics = {
-        name: evaluate_model(
-            backbone, heads[name], src.val if src.val_full is None else src.val_full
+        name: finish_head(
+            backbone, heads[name], src.val if src.val_full is None else src.val_full, config
         )
         for name, src in sources.items()
     }
@@ -296,6 +300,18 @@ def train_scratch(
 ) -> SourceResult:
     """Scratch: random initialisation, trained on the target's own train/validation split."""
     return train_sources({"target": (train, val)}, config, **kwargs)
+
+
+def finish_head(
+    backbone: Backbone, head: Head, val: Fingerprints, config: TrainConfig
+) -> dict[str, float]:
+    """After training: calibrate the head's sigma on ``val`` (if configured), then its
+    validation metrics, with the calibration factors when they were fitted."""
+    scale = calibrate_sigma(backbone, head, val) if config.calibrate_sigma else None
+    metrics = evaluate_model(backbone, head, val)
+    if scale is not None:
+        metrics["sigma_scale_x"], metrics["sigma_scale_y"] = scale
+    return metrics
 
 
 def evaluate_model(backbone: Backbone, head: Head, data: Fingerprints) -> dict[str, float]:

@@ -25,7 +25,7 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -183,6 +183,7 @@ class Head(nn.Module):
 
     pos_mean: torch.Tensor
     pos_scale: torch.Tensor
+    sigma_scale: torch.Tensor
 
     def __init__(
         self,
@@ -209,6 +210,14 @@ class Head(nn.Module):
             self.mlp = nn.Sequential(*layers)
         self.register_buffer("pos_mean", torch.zeros(2))
         self.register_buffer("pos_scale", torch.ones(1))
+        # Per-axis factor on sigma, fitted on validation data after training
+        # (`training.calibration`); ones = sigma as trained.
+        self.register_buffer("sigma_scale", torch.ones(2))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # Heads saved before sigma calibration existed have no sigma_scale: uncalibrated.
+        state_dict.setdefault(prefix + "sigma_scale", torch.ones(2))
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     @property
     def loss(self) -> LossName:
@@ -241,6 +250,7 @@ class Head(nn.Module):
         if self.config.out == 2:
             return position, None
         sigma = (F.softplus(raw[:, 2:4]) + self.config.sigma_floor) * self.pos_scale
+        sigma = sigma * self.sigma_scale
         return position, sigma
 
 

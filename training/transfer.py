@@ -26,7 +26,7 @@ from training.checkpoint import load_backbone, save_site_model
 from training.data.fingerprints import Fingerprints, data_fingerprint
 from training.fit import FitReport, Phase, ProgressFn, Task, fit
 from training.losses import LossName, check_loss_name
-from training.meml import TrainConfig, evaluate_model, split_train_val
+from training.meml import TrainConfig, finish_head, split_train_val
 from training.nets import Backbone, Head, HeadConfig, SiteModel
 from training.repository import ModelRepository, check_name, parse_ref
 
@@ -104,7 +104,7 @@ def train_target(
     )
     backbone.cpu()
     head.cpu()
-    metrics = evaluate_model(backbone, head, val)
+    metrics = finish_head(backbone, head, val, config)
     return TargetResult(SiteModel(backbone, head).eval(), report, metrics, mode, config)
 
 

@@ -77,6 +77,10 @@ Lr = Annotated[float, typer.Option(help="Learning rate (Adam).")]
 Seed = Annotated[int, typer.Option(help="Seed for splits, initialisation and batches.")]
 ValFraction = Annotated[float, typer.Option(help="Share held out for validation.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No per-epoch lines.")]
+CalibrateSigma = Annotated[
+    bool,
+    typer.Option(help="nll: scale sigma per axis to fit the validation errors after training."),
+]
 Holdout = Annotated[
     float,
     typer.Option(
@@ -343,6 +347,7 @@ def site_cmd(
     lr: Lr = 1e-3,
     val_fraction: ValFraction = 0.2,
     seed: Seed = 0,
+    calibrate_sigma: CalibrateSigma = True,
     quiet: Quiet = False,
 ) -> None:
     """Target training: the backbone plus a fresh head on a new site (eq. 6)."""
@@ -367,6 +372,7 @@ def site_cmd(
             lr=lr,
             val_fraction=val_fraction,
             seed=seed,
+            calibrate_sigma=calibrate_sigma,
         )
         pool, test = _target_data(data, env, fraction, holdout, seed)
         train, val = split_train_val(pool, val_fraction, seed)
@@ -408,6 +414,7 @@ def scratch_cmd(
     lr: Lr = 1e-3,
     val_fraction: ValFraction = 0.2,
     seed: Seed = 0,
+    calibrate_sigma: CalibrateSigma = True,
     quiet: Quiet = False,
 ) -> None:
     """Scratch: a full model from random initialisation on the target only."""
@@ -423,6 +430,7 @@ def scratch_cmd(
             lr=lr,
             val_fraction=val_fraction,
             seed=seed,
+            calibrate_sigma=calibrate_sigma,
         )
         pool, test = _target_data(data, env, fraction, holdout, seed)
         train, val = split_train_val(pool, val_fraction, seed)

@@ -106,6 +106,7 @@ def train_config(budget: TrainBudget, loss: str, seed: int) -> TrainConfig:
         lr=budget.lr,
         unfreeze_lr_factor=budget.unfreeze_lr_factor,
         seed=seed,
+        calibrate_sigma=False,  # the paper's protocol: sigma as trained
     )
 
 
