@@ -34,6 +34,8 @@ class AdaptOptions(BaseModel):
     seed: int = 0
     activate: bool = True
     backbone: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    calibrate_sigma: bool = True
+    """nll: scale sigma to fit the validation errors after training (`training.calibration`)."""
 
 
 class TrainBudget(BaseModel):

@@ -88,6 +88,7 @@ def run_adapt_job(job_dir: str, job_id: str, model_dir: str, entrypoint: str) ->
             batch_size=record.train.batch_size,
             val_fraction=opts.val_fraction,
             seed=opts.seed,
+            calibrate_sigma=opts.calibrate_sigma,
         )
         result = adapt(
             ModelRepository(Path(model_dir)),

@@ -55,3 +55,20 @@ def test_default_sites_locate_fresh_simulated_fingerprints(
     mean_guess = float(np.linalg.norm(fp.pos[:100] - fp.pos.mean(0), axis=1).mean())
     assert me < 0.5 * mean_guess, (me, mean_guess)
     assert np.all(sigma > 0) and np.all(sigma < 5.0)
+
+
+@pytest.mark.parametrize("site", ["lab-los", "lab-nlos"])
+def test_default_sites_sigma_is_calibrated(client: TestClient, tiny_h5: Path, site: str) -> None:
+    """About 39.3 % of new points fall inside the served 1-sigma ellipse, 86.5 % inside 2-sigma
+    (uncalibrated heads put ~26 % inside 1 sigma)."""
+    from training.metrics import evaluate
+
+    fp = read_environment(tiny_h5, site)
+    resp = client.post("/locate", json={"site": site, "csi": fp.csi.tolist()})
+    assert resp.status_code == 200, resp.text
+    positions = resp.json()["positions"]
+    pred = np.array([[p["x"], p["y"]] for p in positions])
+    sigma = np.array([[p["sigma_x"], p["sigma_y"]] for p in positions])
+    m = evaluate(pred, sigma, fp.pos)
+    assert 0.30 <= m["within_1sigma"] <= 0.50, m
+    assert 0.75 <= m["within_2sigma"] <= 0.95, m

@@ -223,7 +223,8 @@ def test_training_budget_from_settings_reaches_the_trainer(
     make_settings: Callable[..., Settings],
 ) -> None:
     csi, pos = labelled(12)
-    doc = {"csi": csi.tolist(), "pos": pos.tolist(), "options": {"seed": 5, "val_fraction": 0.3}}
+    options = {"seed": 5, "val_fraction": 0.3, "calibrate_sigma": False}
+    doc = {"csi": csi.tolist(), "pos": pos.tolist(), "options": options}
     settings = make_settings(adapt_max_epochs=7, adapt_patience=3, adapt_batch_size=16)
     with TestClient(create_app(settings)) as c:
         r = c.post("/sites/budget/adapt", json=doc, headers=ADMIN)
@@ -235,3 +236,4 @@ def test_training_budget_from_settings_reaches_the_trainer(
     assert (m["config_epochs"], m["config_patience"], m["config_batch_size"]) == (7, 3, 16)
     # the request's options still decide seed and validation fraction
     assert m["config_seed"] == 5 and m["config_val_fraction"] == pytest.approx(0.3)
+    assert m["config_calibrate_sigma"] is False
