@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 from typing import Any
 
 import numpy as np
@@ -13,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from service.deps import LocateKey, PositionerDep, SettingsDep
 from service.errors import BadRequest, InvalidInput, UnsupportedMediaType
 from service.positioning import Prediction, as_csi_batch, ellipse
-from service.uploads import read_body
+from service.uploads import parse_json, read_body
 
 router = APIRouter(tags=["locate"])
 _INLINE_PARSE_BYTES = 64 * 1024
@@ -105,14 +104,11 @@ async def locate(
     body = await read_body(request, settings.max_body_bytes)
     confidence = _confidence(ellipse_confidence)
     if ctype == "application/json":
-        try:
-            doc = (
-                await run_in_threadpool(json.loads, body)
-                if len(body) > _INLINE_PARSE_BYTES
-                else json.loads(body)
-            )
-        except ValueError as exc:
-            raise BadRequest("body is not valid JSON", {"reason": str(exc)}) from None
+        doc = (
+            await run_in_threadpool(parse_json, body)
+            if len(body) > _INLINE_PARSE_BYTES
+            else parse_json(body)
+        )
         if not isinstance(doc, dict) or "csi" not in doc:
             raise InvalidInput(
                 "JSON body must be an object with 'site' and 'csi'",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +11,10 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from service.deps import AdminKey, Jobs, LocateKey, SettingsDep
-from service.errors import BadRequest, Conflict, InvalidInput, UnsupportedMediaType
+from service.errors import Conflict, InvalidInput, UnsupportedMediaType
 from service.jobs.records import TERMINAL, AdaptOptions, to_json
 from service.store import check_site_id
-from service.uploads import read_body, stream_body_to_file, stream_multipart
+from service.uploads import parse_json, read_body, stream_body_to_file, stream_multipart
 from training.data.fingerprints import Fingerprints, list_environments, read_environment
 from training.data.schema import SchemaError
 
@@ -160,10 +159,7 @@ async def adapt_site(
             data = await run_in_threadpool(_read_h5, path, env, settings.min_adapt_samples)
         elif ctype == "application/json":
             body = await read_body(request, settings.max_body_bytes)
-            try:
-                doc = await run_in_threadpool(json.loads, body)
-            except ValueError as exc:
-                raise BadRequest("body is not valid JSON", {"reason": str(exc)}) from None
+            doc = await run_in_threadpool(parse_json, body)
             data, raw_options = await run_in_threadpool(_from_json, doc, settings.min_adapt_samples)
             options = _options(raw_options)
         else:

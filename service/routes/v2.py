@@ -21,7 +21,7 @@ from service.deps import LocateKey, PositionerDep, SettingsDep, Store
 from service.errors import BadRequest, InvalidInput, SiteNotFound, Unavailable
 from service.positioning import CSI_SHAPE, as_csi_batch
 from service.store import ServedSite
-from service.uploads import read_body
+from service.uploads import parse_json, read_body
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
 
@@ -120,12 +120,7 @@ def _input_tensor(request: Request, body: bytes) -> tuple[dict[str, Any], np.nda
         head, binary = body[: int(header_len)], body[int(header_len) :]
     else:
         head, binary = body, b""
-    try:
-        doc = json.loads(head)
-    except ValueError as exc:
-        raise BadRequest(
-            "inference request header is not valid JSON", {"reason": str(exc)}
-        ) from None
+    doc = parse_json(head, "inference request header")
     inputs = doc.get("inputs") if isinstance(doc, dict) else None
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise InvalidInput("expected exactly one input tensor named 'csi'", {"got": inputs})

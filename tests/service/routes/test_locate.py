@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 from fastapi.testclient import TestClient
@@ -85,6 +86,16 @@ def test_errors(client: TestClient) -> None:
             "/locate?site=lab-nll",
             content=npy.getvalue(),
             headers={**LOCATE, "Content-Type": "application/x-npy"},
+        ),
+        422,
+    )
+    assert "NaN" in str(err["message"]) and err["detail"]["fingerprints"] == [1]  # type: ignore[index]
+    # The same NaN as JSON (Python's json.dumps writes a bare NaN): the same precise 422.
+    body = json.dumps({"site": "lab-nll", "csi": bad.tolist()}).encode()
+    assert b"NaN" in body
+    err = _error(
+        client.post(
+            "/locate", content=body, headers={**LOCATE, "Content-Type": "application/json"}
         ),
         422,
     )
