@@ -566,6 +566,8 @@ class ModelRepository:
         try:
             shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(".*"))
             for path in [*tmp.rglob("*"), tmp]:
+                # The copy is ours to publish into, even from a read-only source.
+                path.chmod(path.stat().st_mode | (0o700 if path.is_dir() else 0o600))
                 _fsync(path)
             tmp.rename(target)
         except OSError as exc:

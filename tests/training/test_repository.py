@@ -271,6 +271,23 @@ def test_seed_copies_every_model_once_and_keeps_existing(tmp_path: Path) -> None
     assert not list(repo.root.rglob(".tmp-*"))
 
 
+def test_seeded_models_are_writable_even_from_a_read_only_source(tmp_path: Path) -> None:
+    src = _source_repo(tmp_path / "src", sites=1)
+    for path in src.root.rglob("*"):
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    try:
+        repo = ModelRepository(tmp_path / "dst")
+        repo.seed(src.root)
+        for path in (repo.root / "sites").rglob("*"):
+            assert path.stat().st_mode & (0o700 if path.is_dir() else 0o600) == (
+                0o700 if path.is_dir() else 0o600
+            ), path
+        assert _publish(repo, "site0", payload=b"adapted") == "v3"
+    finally:
+        for path in src.root.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+
+
 def test_seed_happens_once_so_deletions_stay(tmp_path: Path) -> None:
     src = _source_repo(tmp_path / "src")
     repo = ModelRepository(tmp_path / "dst")
