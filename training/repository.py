@@ -544,6 +544,7 @@ class ModelRepository:
         marker = self.root / SEEDED
         if marker.exists():
             return []
+        self.root.mkdir(parents=True, exist_ok=True)
         copied: list[str] = []
         for kind in KINDS:
             for name in src._names(kind):
@@ -551,7 +552,10 @@ class ModelRepository:
                     copied.append(f"{kind}/{name}")
         if (src.root / SETTINGS).is_file() and not (self.root / SETTINGS).exists():
             atomic_write_bytes(self.root / SETTINGS, (src.root / SETTINGS).read_bytes())
-        _atomic_write_json(marker, {"source": str(src.root), "seeded": utc_now(), "copied": copied})
+        if copied or not marker.exists():  # a seeder that found all in place keeps the record
+            _atomic_write_json(
+                marker, {"source": str(src.root), "seeded": utc_now(), "copied": copied}
+            )
         if copied:
             log.info("seeded %s from %s: %s", self.root, src.root, ", ".join(copied))
         return copied

@@ -337,6 +337,14 @@ def test_concurrent_seeders_copy_each_model_exactly_once(tmp_path: Path) -> None
     assert not list(dst.rglob(".tmp-*"))
 
 
+def test_seed_creates_a_missing_repository_root(tmp_path: Path) -> None:
+    src = ModelRepository(tmp_path / "src")
+    src.publish_backbone("meml", {"backbone.onnx": b"bb"}, loss="nll")
+    repo = ModelRepository(tmp_path / "new" / "models")
+    assert repo.seed(src.root) == ["backbone/meml"]
+    assert repo.list_backbones() == ["meml"] and (repo.root / ".seeded.json").exists()
+
+
 def test_seed_refuses_a_missing_source_and_itself(tmp_path: Path) -> None:
     repo = ModelRepository(tmp_path)
     with pytest.raises(NotFound, match="not a directory"):
