@@ -40,6 +40,7 @@ def _version_summary(repo: ModelRepository, site: str, version: str) -> dict[str
         m = repo.manifest("site", site, version)
     except repo_mod.RepositoryError:
         return {"version": version, "error": "unreadable manifest"}
+    config = m.get("config") or {}
     return {
         "version": version,
         "created": m.get("created"),
@@ -47,7 +48,24 @@ def _version_summary(repo: ModelRepository, site: str, version: str) -> dict[str
         "parent": m.get("parent"),
         "metrics": m.get("metrics", {}),
         "data_fingerprint": m.get("data_fingerprint"),
+        # How the version was trained: the asked mode, what `auto` chose and why, every
+        # candidate's validation score, and whether the run was degenerate.
+        "training": {k: config.get(k) for k in _TRAINING_KEYS if k in config},
     }
+
+
+_TRAINING_KEYS = (
+    "mode",
+    "chosen_mode",
+    "choice_reason",
+    "candidates",
+    "degenerate",
+    "retried",
+    "steps_run",
+    "train_samples",
+    "val_samples",
+    "torch_threads",
+)
 
 
 class Catalog:

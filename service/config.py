@@ -17,6 +17,11 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from training.config import TrainConfig
+
+_TRAIN = TrainConfig()
+"""The training core's defaults: the adaptation settings start from them."""
+
 
 class Settings(BaseSettings):
     """Everything the service can be told; each field maps to `CSIPOS_<NAME>`."""
@@ -87,17 +92,35 @@ class Settings(BaseSettings):
     """Import path `module:function` of the adaptation trainer (swap for plugins or tests);
     it is called like `training.transfer.adapt_site`, including `config=TrainConfig`."""
 
-    adapt_max_epochs: int = Field(default=100, gt=0)
-    """Most epochs per training phase of an adaptation job (bounds a job's run time)."""
+    adapt_max_epochs: int = Field(default=_TRAIN.epochs, gt=0)
+    """Most passes over the data per training phase of an adaptation job (with
+    `adapt_max_steps`, bounds a job's run time)."""
 
-    adapt_patience: int = Field(default=10, gt=0)
-    """Epochs without a better validation loss before an adaptation phase stops early."""
+    adapt_min_steps: int = Field(default=_TRAIN.min_steps, ge=0)
+    """Fewest optimizer steps per phase before it may stop early (small uploads still train)."""
 
-    adapt_batch_size: int = Field(default=64, gt=0)
+    adapt_max_steps: int | None = Field(default=_TRAIN.max_steps, gt=0)
+    """Hard cap on optimizer steps per phase (unset: only `adapt_max_epochs` caps)."""
+
+    adapt_patience: int = Field(default=_TRAIN.patience, gt=0)
+    """Validations without a better validation score before an adaptation phase stops."""
+
+    adapt_batch_size: int = Field(default=_TRAIN.batch_size, gt=0)
     """Mini-batch size of adaptation training."""
+
+    adapt_threads: int = Field(default=0, ge=0)
+    """Torch threads per adaptation job; 0: the machine's cores / `max_concurrent_jobs`, so
+    concurrent jobs do not oversubscribe the CPU (recorded in the site's manifest)."""
 
     log_level: str = "INFO"
     """Log level of the service's loggers."""
+
+    @property
+    def adapt_thread_count(self) -> int:
+        """The torch threads an adaptation job gets (`adapt_threads`, resolved)."""
+        if self.adapt_threads:
+            return self.adapt_threads
+        return max(1, (os.cpu_count() or 1) // self.max_concurrent_jobs)
 
     @field_validator("locate_keys", "admin_keys", mode="before")
     @classmethod

@@ -13,23 +13,14 @@ metres.
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 
-LossName = Literal["mse", "nll"]
-LOSSES: tuple[LossName, ...] = ("mse", "nll")
+from training.config import LOSSES, LossName, check_loss_name
+
+__all__ = ["LOSSES", "LossName", "check_loss_name", "gaussian_nll", "mse_loss", "position_loss"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
-
-
-def check_loss_name(loss: str) -> LossName:
-    """Return ``loss`` as a `LossName`, or raise a ValueError that lists the choices."""
-    if loss == "mse":
-        return "mse"
-    if loss == "nll":
-        return "nll"
-    raise ValueError(f"unknown loss {loss!r}: expected one of {', '.join(LOSSES)}")
 
 
 def mse_loss(
@@ -50,21 +41,33 @@ def gaussian_nll(
     sigma: torch.Tensor,
     truth: torch.Tensor,
     scale: torch.Tensor | float = 1.0,
+    beta: float = 0.0,
 ) -> torch.Tensor:
     """Mean over the batch of the axis-aligned Gaussian NLL (eq. 4), in normalised units.
 
     Per point: sum over x and y of ``log(sigma) + (err / sigma)**2 / 2 + log(2 pi) / 2``.
     ``sigma`` [B, 2] is the 1-sigma per axis in metres and must be positive (the
     head guarantees a floor).
+
+    ``beta`` > 0 gives the beta-NLL of Seitzer et al. (ICLR 2022): each axis term
+    is weighted by ``sigma**(2 beta)`` (normalised units) with the gradient stopped
+    through the weight. The plain NLL lets a network give up on hard points by
+    growing their sigma, which on small data ends at the centroid; the weight
+    keeps those points' position gradient alive. ``beta=0`` is the plain NLL.
     """
     _check_pair(position, truth)
     if sigma.shape != position.shape:
         raise ValueError(
             f"sigma has shape {tuple(sigma.shape)}: expected {tuple(position.shape)} like position"
         )
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta={beta}, expected in [0, 1]")
     z = (position - truth) / sigma
-    log_sigma = torch.log(sigma / scale)
-    return (log_sigma + 0.5 * z.square() + _HALF_LOG_2PI).sum(dim=1).mean()
+    norm_sigma = sigma / scale
+    per_axis = torch.log(norm_sigma) + 0.5 * z.square() + _HALF_LOG_2PI
+    if beta > 0:
+        per_axis = per_axis * norm_sigma.detach().pow(2.0 * beta)
+    return per_axis.sum(dim=1).mean()
 
 
 def position_loss(
@@ -73,13 +76,14 @@ def position_loss(
     sigma: torch.Tensor | None,
     truth: torch.Tensor,
     scale: torch.Tensor | float = 1.0,
+    beta: float = 0.0,
 ) -> torch.Tensor:
-    """Dispatch on the loss name; the NLL needs the head's sigma output."""
+    """Dispatch on the loss name; the NLL needs the head's sigma output (``beta``: beta-NLL)."""
     if loss == "mse":
         return mse_loss(position, truth, scale)
     if sigma is None:
         raise ValueError("the nll loss needs a head with sigma outputs (out=4); got none")
-    return gaussian_nll(position, sigma, truth, scale)
+    return gaussian_nll(position, sigma, truth, scale, beta)
 
 
 def _check_pair(position: torch.Tensor, truth: torch.Tensor) -> None:

@@ -2,77 +2,49 @@
 
 - **MEML**: one backbone shared by one head per source environment. Every
   step takes a batch from every environment and minimises the sum of their
-  losses; an epoch is ``ceil(N_max / B)`` steps and smaller environments are
-  cycled with their own reshuffled permutations (see `training.fit`), so each
-  environment weighs the same in every step however many samples it has.
-  Early stopping watches the sum of the per-environment validation losses.
+  losses; smaller environments are cycled with their own reshuffled
+  permutations (see `training.fit`), so each environment weighs the same in
+  every step however many samples it has. Early stopping watches the sum of
+  the per-environment validation losses.
 - **DTL**: the same with one source environment (a full model on it).
 - **Scratch**: the same with the *target's* own train/validation split,
   from random initialisation.
+
+All three call `train_sources` with a `SourceData` per environment (built in
+memory, from a file, or as a seeded split); it is the one entry point.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-from training.calibration import calibrate_sigma
+from training.config import TrainConfig
 from training.data.fingerprints import Fingerprints, data_fingerprint, open_environment
-from training.data.splits import IndexArray, train_val_test
-from training.fit import FitReport, Phase, ProgressFn, Shard, Task, fit, predict
-from training.losses import LossName, check_loss_name
-from training.metrics import evaluate
+from training.data.splits import split_train_val, train_val_indices
+from training.fit import FitReport, Phase, ProgressFn, Shard, Task, fit
+from training.metrics import finish_head
 from training.nets import Backbone, BackboneConfig, Head, HeadConfig, SiteModel
 
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters of one training run; stored in manifests as ``to_dict()``."""
-
-    loss: LossName = "mse"
-    epochs: int = 100
-    """Most epochs per phase."""
-    patience: int = 10
-    """Epochs without a better validation loss before a phase stops."""
-    batch_size: int = 64
-    lr: float = 1e-3
-    val_fraction: float = 0.1
-    """Share of each environment held out for validation when no split is given."""
-    seed: int = 0
-    weight_decay: float = 0.0
-    unfreeze_lr_factor: float = 0.1
-    """Gradual unfreezing: the all-parameter phase runs at ``lr * unfreeze_lr_factor``."""
-    calibrate_sigma: bool = True
-    """NLL heads: after training, scale sigma per axis to fit the validation errors
-    (`training.calibration`); the metrics then report ``sigma_scale_x``/``_y``."""
-
-    def __post_init__(self) -> None:
-        check_loss_name(self.loss)
-        for name in ("epochs", "patience", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)}, expected >= 1")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction={self.val_fraction}, expected in (0, 1)")
-        if not 0.0 < self.unfreeze_lr_factor <= 1.0:
-            raise ValueError(f"unfreeze_lr_factor={self.unfreeze_lr_factor}, expected in (0, 1]")
-        if self.seed < 0:
-            raise ValueError(f"seed={self.seed}, expected >= 0")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+RETRY_SEED_OFFSET = 7919
+"""Seed offset of the second initialisation a degenerate run gets (a prime: no collisions
+with the seeds of neighbouring heads, ``seed + 1 + k``)."""
 
 
 @dataclass
 class SourceResult:
-    """A trained backbone with its heads, the fit report and validation metrics per env."""
+    """A trained backbone with its heads, the fit report and validation metrics per env.
+
+    ``degenerate`` lists the environments whose validation ME stayed within 5 % of
+    the centroid predictor's (see `training.config.DEGENERATE_RATIO`); their metrics
+    carry ``degenerate: 1.0`` too. ``retried`` says a second initialisation was tried.
+    """
 
     backbone: Backbone
     heads: dict[str, Head]
@@ -81,27 +53,12 @@ class SourceResult:
     config: TrainConfig
     data_fingerprint: str
     samples: dict[str, int] = field(default_factory=dict)
+    degenerate: list[str] = field(default_factory=list)
+    retried: bool = False
 
     def site_model(self, env: str) -> SiteModel:
         """The full model of one environment (backbone + its head)."""
         return SiteModel(self.backbone, self.heads[env])
-
-
-def train_val_indices(n: int, val_fraction: float, seed: int) -> tuple[IndexArray, IndexArray]:
-    """Sorted (train, validation) rows of a seeded random split, at least one row each."""
-    if n < 2:
-        raise ValueError(f"need at least 2 samples to split off validation, got {n}")
-    val = min(max(val_fraction, 1.0 / n), (n - 1) / n)
-    split = train_val_test(n, val, 0.0, seed)
-    return split.train, split.val
-
-
-def split_train_val(
-    data: Fingerprints, val_fraction: float, seed: int
-) -> tuple[Fingerprints, Fingerprints]:
-    """A seeded random train/validation split (at least one sample each)."""
-    train, val = train_val_indices(len(data), val_fraction, seed)
-    return data.subset(train), data.subset(val)
 
 
 @dataclass
@@ -136,6 +93,14 @@ class SourceData:
             fingerprint=data_fingerprint(train),
             val_full=val,
         )
+
+    @classmethod
+    def split(
+        cls, data: Fingerprints, val_fraction: float, seed: int, shard: Shard | None = None
+    ) -> SourceData:
+        """A seeded random train/validation split of in-memory fingerprints."""
+        train, val = split_train_val(data, val_fraction, seed)
+        return cls.in_memory(train, val, shard)
 
     @classmethod
     def from_file(
@@ -174,37 +139,21 @@ def combined_fingerprint(parts: Mapping[str, str]) -> str:
     return h.hexdigest()
 
 
+def source_phases(config: TrainConfig, n_train: int) -> list[Phase]:
+    """Source training is one all-parameter phase (with the optional NLL's MSE warm-up)."""
+    return [
+        Phase(
+            "train",
+            "all",
+            config.lr,
+            config.budget(n_train),
+            lr_patience=config.lr_patience,
+            mse_warmup_steps=config.mse_warmup_steps if config.loss == "nll" else 0,
+        )
+    ]
+
+
 def train_sources(
-    splits: Mapping[str, tuple[Fingerprints, Fingerprints]],
-    config: TrainConfig,
-    *,
-    backbone_config: BackboneConfig | None = None,
-    head_config: HeadConfig | None = None,
-    quiet: bool = False,
-    progress: ProgressFn | None = None,
-    shard: Shard | None = None,
-    device: torch.device | str = "cpu",
-) -> SourceResult:
-    """Train a fresh backbone and one fresh head per entry of ``splits`` (name -> train, val).
-
-    The common core of MEML (several entries), DTL (one source entry) and
-    scratch (the target's entry). Under torchrun (``shard``) each rank trains
-    on its strided shard of every split.
-    """
-    sources = {name: SourceData.in_memory(tr, va, shard) for name, (tr, va) in splits.items()}
-    return train_source_data(
-        sources,
-        config,
-        backbone_config=backbone_config,
-        head_config=head_config,
-        quiet=quiet,
-        progress=progress,
-        shard=shard,
-        device=device,
-    )
-
-
-def train_source_data(
     sources: Mapping[str, SourceData],
     config: TrainConfig,
     *,
@@ -215,23 +164,67 @@ def train_source_data(
     shard: Shard | None = None,
     device: torch.device | str = "cpu",
 ) -> SourceResult:
-    """`train_sources` on data already prepared per process (see `SourceData`)."""
+    """Train a fresh backbone and one fresh head per environment of ``sources``.
+
+    MEML (several environments), DTL (one source) and scratch (the target's own
+    split) all come here. Under torchrun (``shard``) each `SourceData` holds this
+    rank's rows. A single-environment run that ends degenerate is trained once
+    more from another initialisation (``config.retry_degenerate``; MEML's
+    environments are only flagged: one hard environment says nothing about the
+    initialisation), and the better run by validation score is kept.
+    """
     if not sources:
         raise ValueError("no environments to train on: expected at least one")
-    backbone = Backbone(backbone_config, seed=config.seed)
+
+    def once(init_seed: int) -> SourceResult:
+        return _train_once(
+            sources,
+            config,
+            init_seed,
+            backbone_config=backbone_config,
+            head_config=head_config,
+            quiet=quiet,
+            progress=progress,
+            shard=shard,
+            device=device,
+        )
+
+    result = once(config.seed)
+    if result.degenerate and config.retry_degenerate and len(sources) == 1:
+        again = once(config.seed + RETRY_SEED_OFFSET)
+        if again.report.best_val_loss < result.report.best_val_loss:
+            result = again
+        result.retried = True
+    return result
+
+
+def _train_once(
+    sources: Mapping[str, SourceData],
+    config: TrainConfig,
+    init_seed: int,
+    *,
+    backbone_config: BackboneConfig | None,
+    head_config: HeadConfig | None,
+    quiet: bool,
+    progress: ProgressFn | None,
+    shard: Shard | None,
+    device: torch.device | str,
+) -> SourceResult:
+    backbone = Backbone(backbone_config, seed=init_seed)
     heads: dict[str, Head] = {}
     tasks: list[Task] = []
     for k, (name, src) in enumerate(sorted(sources.items())):
-        head = Head(head_config, loss=config.loss, seed=config.seed + 1 + k)
+        head = Head(head_config, loss=config.loss, seed=init_seed + 1 + k)
         head.fit_position_normalisation(src.train_pos)
         heads[name] = head
         tasks.append(Task.from_fingerprints(name, head, src.train, src.val))
-    phase = Phase("train", "all", config.lr, config.epochs, config.patience)
+    n_train = max(src.train_size for src in sources.values())
     report = fit(
         backbone,
         tasks,
-        [phase],
+        source_phases(config, n_train),
         loss=config.loss,
+        beta=config.beta,
         batch_size=config.batch_size,
         seed=config.seed,
         weight_decay=config.weight_decay,
@@ -243,12 +236,15 @@ def train_source_data(
     backbone.cpu()
     for head in heads.values():
         head.cpu()
+    degenerate = report.degenerate_tasks
     metrics = {
         name: finish_head(
             backbone, heads[name], src.val if src.val_full is None else src.val_full, config
         )
         for name, src in sources.items()
     }
+    for name in degenerate:
+        metrics[name]["degenerate"] = 1.0
     return SourceResult(
         backbone=backbone,
         heads=heads,
@@ -257,64 +253,5 @@ def train_source_data(
         config=config,
         data_fingerprint=combined_fingerprint({n: s.fingerprint for n, s in sources.items()}),
         samples={name: src.train_size for name, src in sources.items()},
+        degenerate=degenerate,
     )
-
-
-def train_meml(
-    envs: Mapping[str, Fingerprints], config: TrainConfig, **kwargs: Any
-) -> SourceResult:
-    """MEML: one backbone, one head per source environment, summed losses (eq. 5).
-
-    Each environment is split into train/validation by ``config.val_fraction``
-    and ``config.seed``; ``kwargs`` go to `train_sources`.
-    """
-    splits = {
-        name: split_train_val(data, config.val_fraction, config.seed) for name, data in envs.items()
-    }
-    return train_sources(splits, config, **kwargs)
-
-
-def train_meml_file(
-    path: str | Path, envs: Sequence[str], config: TrainConfig, **kwargs: Any
-) -> SourceResult:
-    """`train_meml` reading ``envs`` from a fingerprint file; under torchrun (``shard=``)
-    each rank reads only its own rows of every environment.
-    """
-    if not envs:
-        raise ValueError("no environments to train on: expected at least one")
-    shard = kwargs.get("shard")
-    sources = {
-        env: SourceData.from_file(path, env, config.val_fraction, config.seed, shard)
-        for env in envs
-    }
-    return train_source_data(sources, config, **kwargs)
-
-
-def train_dtl(name: str, data: Fingerprints, config: TrainConfig, **kwargs: Any) -> SourceResult:
-    """DTL: a full model on one source environment (its backbone is then transferred)."""
-    return train_meml({name: data}, config, **kwargs)
-
-
-def train_scratch(
-    train: Fingerprints, val: Fingerprints, config: TrainConfig, **kwargs: Any
-) -> SourceResult:
-    """Scratch: random initialisation, trained on the target's own train/validation split."""
-    return train_sources({"target": (train, val)}, config, **kwargs)
-
-
-def finish_head(
-    backbone: Backbone, head: Head, val: Fingerprints, config: TrainConfig
-) -> dict[str, float]:
-    """After training: calibrate the head's sigma on ``val`` (if configured), then its
-    validation metrics, with the calibration factors when they were fitted."""
-    scale = calibrate_sigma(backbone, head, val) if config.calibrate_sigma else None
-    metrics = evaluate_model(backbone, head, val)
-    if scale is not None:
-        metrics["sigma_scale_x"], metrics["sigma_scale_y"] = scale
-    return metrics
-
-
-def evaluate_model(backbone: Backbone, head: Head, data: Fingerprints) -> dict[str, float]:
-    """`training.metrics.evaluate` of one model on labelled fingerprints (metres)."""
-    pos, sigma = predict(backbone, head, torch.from_numpy(np.ascontiguousarray(data.csi)))
-    return evaluate(pos, sigma, data.pos)

@@ -8,11 +8,16 @@ computed the same way. Everything is done in float64 numpy.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
+
+if TYPE_CHECKING:
+    from training.config import TrainConfig
+    from training.data.fingerprints import Fingerprints
+    from training.nets import Backbone, Head
 
 Array = npt.NDArray[np.float64]
 
@@ -92,6 +97,28 @@ def evaluate(position: Any, sigma: Any | None, truth: Any) -> dict[str, float]:
     out["within_1sigma"] = float((r2 <= 1.0).mean())
     out["within_2sigma"] = float((r2 <= 4.0).mean())
     return out
+
+
+def evaluate_model(backbone: Backbone, head: Head, data: Fingerprints) -> dict[str, float]:
+    """`evaluate` of one model (backbone + head) on labelled fingerprints (metres)."""
+    from training.fit import predict
+
+    pos, sigma = predict(backbone, head, torch.from_numpy(np.ascontiguousarray(data.csi)))
+    return evaluate(pos, sigma, data.pos)
+
+
+def finish_head(
+    backbone: Backbone, head: Head, val: Fingerprints, config: TrainConfig
+) -> dict[str, float]:
+    """After training: calibrate the head's sigma on ``val`` (if configured), then its
+    validation metrics, with the calibration factors when they were fitted."""
+    from training.calibration import calibrate_sigma
+
+    scale = calibrate_sigma(backbone, head, val) if config.calibrate_sigma else None
+    metrics = evaluate_model(backbone, head, val)
+    if scale is not None:
+        metrics["sigma_scale_x"], metrics["sigma_scale_y"] = scale
+    return metrics
 
 
 def _pair(position: Any, truth: Any) -> tuple[Array, Array]:

@@ -1,111 +1,436 @@
 """Target training: a pre-trained backbone plus a fresh head on a new site (paper eq. 6).
 
-The three modes are three phase lists for the one loop in `training.fit`:
+The modes are phase lists for the one loop in `training.fit`:
 
 - ``finetune``: every parameter from the start, at ``lr``;
-- ``gradual``: head only (backbone frozen) until the validation loss stops
-  improving, then everything at ``lr * unfreeze_lr_factor`` until it stops again;
-- ``head``: head only throughout.
+- ``gradual``: a short head-only warm-up (``head_warmup_steps``), then every
+  parameter at ``lr * unfreeze_lr_factor`` with its own patience; the final
+  model is the better of the two phases on validation (nothing gates the
+  unfrozen phase away);
+- ``gradual-paper``: the paper's literal recipe, kept for the reproduction:
+  head only until the validation loss stops improving, then everything at
+  ``lr * 0.1``;
+- ``head``: head only throughout (backbone bit-identical);
+- ``auto`` (the default): trains ``finetune``, ``gradual`` and ``head`` and keeps
+  the one with the best validation score (NLL, or MSE for MSE sites). The
+  candidates share work: one head warm-up starts both ``gradual`` and ``head``,
+  and head-only steps run on cached backbone features. With fewer than
+  ``auto_min_val`` validation samples the score is pooled over ``auto_folds``
+  disjoint validation splits so the choice is not noise; ``finetune`` (the mode
+  that measured best on held-out sites) is kept unless another mode beats it
+  by more than one standard error of the paired per-sample difference.
 
-`adapt_site` is what the service runs in a worker process: split, train,
-evaluate, publish to the model repository, activate.
+`adapt_site` is the one site pipeline: what the service runs in a worker
+process and what `csipos train site|scratch` call: split (optional test
+holdout and data fraction), train, evaluate, publish, activate.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
+import math
 import time
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import torch
 
 from training.checkpoint import load_backbone, save_site_model
+from training.config import (
+    DEFAULT_TARGET_MODE,
+    LossName,
+    StepBudget,
+    TargetMode,
+    TrainConfig,
+    check_loss_name,
+    check_mode,
+)
 from training.data.fingerprints import Fingerprints, data_fingerprint
-from training.fit import FitReport, Phase, ProgressFn, Task, fit
-from training.losses import LossName, check_loss_name
-from training.meml import TrainConfig, finish_head, split_train_val
-from training.nets import Backbone, Head, HeadConfig, SiteModel
+from training.data.splits import fraction_subset, split_train_val, train_val_test
+from training.fit import FitReport, Phase, PhaseReport, ProgressFn, Task, fit, predict
+from training.meml import RETRY_SEED_OFFSET, SourceData, train_sources
+from training.metrics import evaluate_model, finish_head
+from training.nets import Backbone, BackboneConfig, Head, HeadConfig, SiteModel
 from training.repository import ModelRepository, check_name, parse_ref
+
+__all__ = [
+    "AUTO_CANDIDATES",
+    "PAPER_UNFREEZE_LR_FACTOR",
+    "AdaptResult",
+    "TargetResult",
+    "adapt_site",
+    "check_mode",
+    "holdout_split",
+    "target_phases",
+    "train_target",
+]
 
 log = logging.getLogger(__name__)
 
-TargetMode = Literal["finetune", "gradual", "head"]
-MODES: tuple[TargetMode, ...] = ("finetune", "gradual", "head")
+PAPER_UNFREEZE_LR_FACTOR = 0.1
+"""``gradual-paper``: the paper lowers the rate tenfold when the backbone unfreezes."""
+AUTO_CANDIDATES: tuple[TargetMode, ...] = ("finetune", "gradual", "head")
+"""What ``auto`` trains, at every data size: ``head`` costs almost nothing on cached
+features, and which of the three wins depends on the site, not only on its size."""
 
 
-def check_mode(mode: str) -> TargetMode:
-    """Return ``mode`` as a `TargetMode`, or raise a ValueError listing the choices."""
-    for m in MODES:
-        if mode == m:
-            return m
-    raise ValueError(f"unknown target training mode {mode!r}: expected one of {', '.join(MODES)}")
-
-
-def target_phases(mode: TargetMode, config: TrainConfig) -> list[Phase]:
-    """The phase list of a target-training mode (see the module docstring)."""
+def target_phases(mode: TargetMode, config: TrainConfig, n_train: int) -> list[Phase]:
+    """The phase list of a single target-training mode (see the module docstring)."""
     mode = check_mode(mode)
-    e, p = config.epochs, config.patience
+    if mode == "auto":
+        raise ValueError("auto is a choice between modes, not a phase list; use train_target")
+    budget = config.budget(n_train)
+
+    def phase(name: str, train: str, lr: float, b: StepBudget = budget) -> Phase:
+        return Phase(name, "all" if train == "all" else "head", lr, b, 0.5, config.lr_patience)
+
     if mode == "finetune":
-        return [Phase("finetune", "all", config.lr, e, p)]
+        return [phase("finetune", "all", config.lr)]
     if mode == "head":
-        return [Phase("head", "head", config.lr, e, p)]
+        return [phase("head", "head", config.lr)]
+    if mode == "gradual-paper":
+        return [
+            phase("head", "head", config.lr),
+            phase("unfrozen", "all", config.lr * PAPER_UNFREEZE_LR_FACTOR),
+        ]
     return [
-        Phase("head", "head", config.lr, e, p),
-        Phase("unfrozen", "all", config.lr * config.unfreeze_lr_factor, e, p),
+        phase("warmup", "head", config.lr, _warmup_budget(config, budget)),
+        phase("unfrozen", "all", config.lr * config.unfreeze_lr_factor),
     ]
+
+
+def _warmup_budget(config: TrainConfig, budget: StepBudget) -> StepBudget:
+    steps = min(config.head_warmup_steps, budget.max_steps)
+    return StepBudget(steps, steps, min(budget.eval_every, max(1, steps)), budget.patience)
 
 
 @dataclass
 class TargetResult:
-    """A trained site model with its fit report and validation metrics (metres)."""
+    """A trained site model with its fit report and validation metrics (metres).
+
+    ``mode`` is what was asked for, ``chosen`` the mode the model was trained with
+    (they differ for ``auto``); ``candidates`` holds every candidate's validation
+    score for ``auto``, and ``reason`` says why the choice fell as it did.
+    """
 
     model: SiteModel
     report: FitReport
     metrics: dict[str, float]
     mode: TargetMode
     config: TrainConfig
+    chosen: TargetMode
+    candidates: dict[str, dict[str, float]] = field(default_factory=dict)
+    reason: str = ""
+    retried: bool = False
+
+    @property
+    def degenerate(self) -> bool:
+        return bool(self.report.degenerate_tasks)
+
+    def summary(self) -> dict[str, Any]:
+        """What manifests and reports record about the choice and the run's health."""
+        return {
+            "mode": self.mode,
+            "chosen_mode": self.chosen,
+            "candidates": self.candidates,
+            "choice_reason": self.reason,
+            "degenerate": self.degenerate,
+            "retried": self.retried,
+            "epochs_run": self.report.epochs,
+            "steps_run": self.report.steps,
+            "final_phase": self.report.final_phase,
+        }
 
 
 def train_target(
-    backbone: Backbone,
+    backbone: Backbone | None,
     train: Fingerprints,
     val: Fingerprints,
     config: TrainConfig,
     *,
-    mode: TargetMode = "gradual",
+    mode: TargetMode = DEFAULT_TARGET_MODE,
     head_config: HeadConfig | None = None,
+    backbone_config: BackboneConfig | None = None,
     quiet: bool = False,
     progress: ProgressFn | None = None,
     device: torch.device | str = "cpu",
 ) -> TargetResult:
     """Train a fresh head (and, by mode, the backbone) on the target's train split.
 
-    ``backbone`` is copied, never changed, so one loaded backbone can serve many runs.
+    ``backbone`` is copied, never changed, so one loaded backbone can serve many
+    runs. ``backbone=None`` trains from scratch: a random ``backbone_config``
+    backbone, all layers (``mode`` must be ``finetune`` or ``auto``). A run that
+    ends degenerate is retried once from another head initialisation
+    (``config.retry_degenerate``).
     """
     mode = check_mode(mode)
-    backbone = copy.deepcopy(backbone)
-    head = Head(head_config, loss=config.loss, seed=config.seed + 1)
-    head.fit_position_normalisation(train.pos)
-    task = Task.from_fingerprints("target", head, train, val)
-    report = fit(
-        backbone,
-        [task],
-        target_phases(mode, config),
-        loss=config.loss,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        weight_decay=config.weight_decay,
+    if backbone is None:
+        if mode not in ("finetune", "auto"):
+            raise ValueError(f"mode {mode!r} needs a pre-trained backbone; scratch trains all")
+        return _scratch(train, val, config, backbone_config, head_config, quiet, progress, device)
+    if mode == "auto":
+        return _auto(backbone, train, val, config, head_config, quiet, progress, device)
+    run = _Trainer(backbone, train, val, config, head_config, quiet, progress, device)
+    model, report = run.mode(mode, config.seed)
+    retried = False
+    if report.degenerate_tasks and config.retry_degenerate:
+        again = run.mode(mode, config.seed + RETRY_SEED_OFFSET)
+        if again[1].best_val_loss < report.best_val_loss:
+            model, report = again
+        retried = True
+    metrics = _finish(model, report, val, config)
+    return TargetResult(model, report, metrics, mode, config, mode, retried=retried)
+
+
+def _finish(
+    model: SiteModel, report: FitReport, val: Fingerprints, config: TrainConfig
+) -> dict[str, float]:
+    metrics = finish_head(model.backbone, model.head, val, config)
+    if report.degenerate_tasks:
+        metrics["degenerate"] = 1.0
+    return metrics
+
+
+def _scratch(
+    train: Fingerprints,
+    val: Fingerprints,
+    config: TrainConfig,
+    backbone_config: BackboneConfig | None,
+    head_config: HeadConfig | None,
+    quiet: bool,
+    progress: ProgressFn | None,
+    device: torch.device | str,
+) -> TargetResult:
+    result = train_sources(
+        {"target": SourceData.in_memory(train, val)},
+        config,
+        backbone_config=backbone_config,
+        head_config=head_config,
         quiet=quiet,
         progress=progress,
         device=device,
     )
-    backbone.cpu()
-    head.cpu()
-    metrics = finish_head(backbone, head, val, config)
-    return TargetResult(SiteModel(backbone, head).eval(), report, metrics, mode, config)
+    model = result.site_model("target").eval()
+    return TargetResult(
+        model,
+        result.report,
+        result.metrics["target"],
+        "finetune",
+        config,
+        "finetune",
+        reason="no backbone: every layer from random initialisation",
+        retried=result.retried,
+    )
+
+
+class _Trainer:
+    """Trains candidate modes on one (train, val) split from one backbone, sharing the
+    head warm-up between ``gradual`` and ``head``."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        train: Fingerprints,
+        val: Fingerprints,
+        config: TrainConfig,
+        head_config: HeadConfig | None,
+        quiet: bool,
+        progress: ProgressFn | None,
+        device: torch.device | str,
+    ) -> None:
+        self.backbone, self.train, self.val, self.config = backbone, train, val, config
+        self.head_config, self.quiet, self.device = head_config, quiet, device
+        self.progress = progress
+        self._warm: dict[int, tuple[SiteModel, FitReport]] = {}
+
+    def _fit(
+        self,
+        model: SiteModel,
+        phases: list[Phase],
+        start: PhaseReport | None = None,
+        label: str = "",
+    ) -> FitReport:
+        cfg = self.config
+        progress = self.progress
+        if progress is not None and label:
+            outer = progress
+
+            def progress(info: dict[str, Any]) -> None:
+                outer({**info, "candidate": label})
+
+        report = fit(
+            model.backbone,
+            [Task.from_fingerprints("target", model.head, self.train, self.val)],
+            phases,
+            loss=cfg.loss,
+            beta=cfg.beta,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            weight_decay=cfg.weight_decay,
+            quiet=self.quiet,
+            progress=progress,
+            device=self.device,
+            start=start,
+        )
+        model.cpu()
+        return report
+
+    def fresh(self, init_seed: int) -> SiteModel:
+        head = Head(self.head_config, loss=self.config.loss, seed=init_seed + 1)
+        head.fit_position_normalisation(self.train.pos)
+        return SiteModel(copy.deepcopy(self.backbone), head)
+
+    def mode(
+        self, mode: TargetMode, init_seed: int, label: str = ""
+    ) -> tuple[SiteModel, FitReport]:
+        """Train one mode from a fresh head; ``gradual`` and ``head`` reuse the warm-up."""
+        phases = target_phases(mode, self.config, len(self.train))
+        if mode not in ("gradual", "head"):
+            model = self.fresh(init_seed)
+            return model, self._fit(model, phases, label=label or mode)
+        warm_model, warm_report = self.warm_up(init_seed)
+        model = copy.deepcopy(warm_model)
+        rest = phases[1:] if mode == "gradual" else phases
+        report = self._fit(model, rest, start=warm_report.phases[0], label=label or mode)
+        report.samples += warm_report.samples
+        report.wall_s += warm_report.wall_s
+        return model, report
+
+    def warm_up(self, init_seed: int) -> tuple[SiteModel, FitReport]:
+        """The head-only warm-up of ``gradual`` (also where ``head`` continues from), once."""
+        if init_seed not in self._warm:
+            model = self.fresh(init_seed)
+            warmup = target_phases("gradual", self.config, len(self.train))[0]
+            report = self._fit(model, [warmup], label="warmup")
+            self._warm[init_seed] = (model, report)
+        return self._warm[init_seed]
+
+
+def _auto_splits(
+    train: Fingerprints, val: Fingerprints, config: TrainConfig
+) -> list[tuple[Fingerprints, Fingerprints]]:
+    """Fold 0 is the given split; with a small validation set, up to ``auto_folds - 1`` more
+    disjoint validation sets of the same size are carved from the training part."""
+    splits = [(train, val)]
+    if len(val) >= config.auto_min_val:
+        return splits
+    n_val = len(val)
+    extra = min(config.auto_folds - 1, len(train) // max(1, n_val) - 1)
+    if extra < 1:
+        return splits
+    pool = Fingerprints.concat([train, val])
+    order = np.random.default_rng(config.seed).permutation(len(train))
+    for j in range(extra):
+        held = np.sort(order[j * n_val : (j + 1) * n_val])
+        rest = np.setdiff1d(np.arange(len(pool)), held)
+        splits.append((pool.subset(rest), pool.subset(held)))
+    return splits
+
+
+def _per_sample_loss(
+    model: SiteModel, data: Fingerprints, loss: LossName
+) -> npt.NDArray[np.float64]:
+    """The plain validation loss per sample, in metres (NLL summed over x and y, or squared
+    error): what ``auto`` compares candidates by."""
+    pos_t, sigma_t = predict(model.backbone, model.head, torch.from_numpy(data.csi))
+    err = pos_t.double().numpy() - data.pos.astype(np.float64)
+    if loss == "mse" or sigma_t is None:
+        return np.asarray(np.square(err).sum(axis=1))
+    sigma = sigma_t.double().numpy()
+    z = err / sigma
+    return np.asarray((np.log(sigma) + 0.5 * z * z + 0.5 * math.log(2 * math.pi)).sum(axis=1))
+
+
+def _auto(
+    backbone: Backbone,
+    train: Fingerprints,
+    val: Fingerprints,
+    config: TrainConfig,
+    head_config: HeadConfig | None,
+    quiet: bool,
+    progress: ProgressFn | None,
+    device: torch.device | str,
+) -> TargetResult:
+    splits = _auto_splits(train, val, config)
+    losses: dict[TargetMode, list[npt.NDArray[np.float64]]] = {m: [] for m in AUTO_CANDIDATES}
+    val_me: dict[TargetMode, list[float]] = {m: [] for m in AUTO_CANDIDATES}
+    first: dict[TargetMode, tuple[SiteModel, FitReport]] = {}
+    for k, (tr, va) in enumerate(splits):
+        trainer = _Trainer(backbone, tr, va, config, head_config, quiet, progress, device)
+        for mode in AUTO_CANDIDATES:
+            label = mode if len(splits) == 1 else f"{mode}[{k + 1}/{len(splits)}]"
+            model, report = trainer.mode(mode, config.seed, label)
+            losses[mode].append(_per_sample_loss(model, va, config.loss))
+            val_me[mode].append(report.best_val_me)
+            if k == 0:
+                first[mode] = (model, report)
+    pooled = {m: np.concatenate(v) for m, v in losses.items()}
+    chosen, reason, candidates = _choose(pooled, val_me, len(splits))
+    model, report = first[chosen]
+    metrics = _finish(model, report, val, config)
+    return TargetResult(model, report, metrics, "auto", config, chosen, candidates, reason)
+
+
+def _choose(
+    pooled: dict[TargetMode, npt.NDArray[np.float64]],
+    val_me: dict[TargetMode, list[float]],
+    folds: int,
+) -> tuple[TargetMode, str, dict[str, dict[str, float]]]:
+    """Lowest mean validation loss wins, but ``finetune`` stays unless beaten by more than
+    one standard error of the paired per-sample difference."""
+    base = pooled["finetune"]
+    candidates: dict[str, dict[str, float]] = {}
+    for mode, values in pooled.items():
+        diff = values - base
+        se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else math.inf
+        candidates[mode] = {
+            "val_loss": float(values.mean()),
+            "val_me": float(np.mean(val_me[mode])),
+            "diff_vs_finetune": float(diff.mean()),
+            "se_vs_finetune": se if mode != "finetune" else 0.0,
+            "folds": float(folds),
+            "n_val": float(len(values)),
+        }
+    best = min(pooled, key=lambda m: (candidates[m]["val_loss"], m != "finetune"))
+    if best == "finetune":
+        return (
+            "finetune",
+            f"finetune has the lowest validation loss over {folds} split(s)",
+            candidates,
+        )
+    c = candidates[best]
+    if -c["diff_vs_finetune"] > c["se_vs_finetune"]:
+        why = (
+            f"{best} beats finetune by {-c['diff_vs_finetune']:.3f} per sample "
+            f"(> 1 SE = {c['se_vs_finetune']:.3f}) over {folds} split(s)"
+        )
+        return best, why, candidates
+    why = (
+        f"{best} was lowest but within 1 SE ({c['se_vs_finetune']:.3f}) of finetune over "
+        f"{folds} split(s): finetune kept"
+    )
+    return "finetune", why, candidates
+
+
+def holdout_split(
+    data: Fingerprints, holdout: float, fraction: float, seed: int
+) -> tuple[Fingerprints, Fingerprints | None]:
+    """(the labelled pool to train on, the held-out test set or None).
+
+    ``holdout`` of the data (split by ``seed``) is set aside for testing; ``fraction`` of
+    the rest is kept (nested across fractions). `csipos evaluate --holdout H --seed S`
+    tests on exactly the same points.
+    """
+    if not 0.0 <= holdout < 1.0:
+        raise ValueError(f"holdout={holdout}, expected in [0, 1)")
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction={fraction}, expected in (0, 1]")
+    split = train_val_test(len(data), 0.0, holdout, seed)
+    chosen = fraction_subset(split.train, fraction, seed)
+    return data.subset(chosen), data.subset(split.test) if len(split.test) else None
 
 
 @dataclass
@@ -114,11 +439,14 @@ class AdaptResult:
 
     site: str
     version: str
-    parent: tuple[str, str]
-    metrics: dict[str, float]
+    parent: tuple[str, str] | None
+    metrics: dict[str, Any]
     epochs: dict[str, int]
     samples: int
     wall_s: float
+    steps: dict[str, int] = field(default_factory=dict)
+    chosen_mode: str = ""
+    test: dict[str, float] | None = None
 
 
 def adapt_site(
@@ -127,7 +455,7 @@ def adapt_site(
     data: Fingerprints,
     *,
     backbone: str | None = None,
-    mode: TargetMode = "gradual",
+    mode: TargetMode = DEFAULT_TARGET_MODE,
     loss: LossName = "nll",
     val_fraction: float = 0.2,
     seed: int = 0,
@@ -135,61 +463,89 @@ def adapt_site(
     progress: ProgressFn | None = None,
     config: TrainConfig | None = None,
     quiet: bool = True,
+    scratch: bool = False,
+    holdout: float = 0.0,
+    fraction: float = 1.0,
+    source_repo: ModelRepository | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> AdaptResult:
     """Train, publish and (unless ``activate=False``) activate a new version of ``site``.
 
-    ``backbone`` is ``"name"`` (its active version) or ``"name:vN"``; None takes
-    the repository's default backbone. ``val_fraction`` of ``data`` (split by
-    ``seed``) is held out for early stopping and the reported metrics.
-    ``config`` sets the other hyper-parameters; its loss, seed and
-    val_fraction are replaced by the arguments here.
+    ``backbone`` is ``"name"`` (its active version) or ``"name:vN"`` in
+    ``source_repo`` (default ``repo``); None takes the repository's default
+    backbone; ``scratch=True`` uses none (random initialisation). ``holdout``
+    of ``data`` is first set aside as a test set and ``fraction`` of the rest
+    kept (`holdout_split`); ``val_fraction`` of that (split by ``seed``) is held
+    out for early stopping, the mode choice and the reported metrics.
+    ``config`` sets the other hyper-parameters; its loss, seed and val_fraction
+    are replaced by the arguments here. ``extra`` goes into the manifest's
+    training config (e.g. where the data came from).
     """
     t0 = time.perf_counter()
     check_name(site, "site id")
     mode = check_mode(mode)
     loss = check_loss_name(loss)
     data.validate(group=site)
-    name, version = parse_ref(backbone) if backbone is not None else (repo.default_backbone(), None)
-    version = repo.resolve("backbone", name, version)
-    base = config or TrainConfig()
-    cfg = dataclasses.replace(base, loss=loss, seed=seed, val_fraction=val_fraction)
-    train, val = split_train_val(data, cfg.val_fraction, cfg.seed)
+    cfg = (config or TrainConfig()).replace(loss=loss, seed=seed, val_fraction=val_fraction)
+    pool, test_data = holdout_split(data, holdout, fraction, seed)
+    train, val = split_train_val(pool, cfg.val_fraction, cfg.seed)
 
-    result = train_target(
-        load_backbone(repo, name, version),
-        train,
-        val,
-        cfg,
-        mode=mode,
-        quiet=quiet,
-        progress=progress,
-    )
+    parent: tuple[str, str] | None = None
+    start: Backbone | None = None
+    if not scratch:
+        source = source_repo or repo
+        name, version = (
+            parse_ref(backbone) if backbone is not None else (source.default_backbone(), None)
+        )
+        version = source.resolve("backbone", name, version)
+        parent = (name, version)
+        start = load_backbone(source, name, version)
+    result = train_target(start, train, val, cfg, mode=mode, quiet=quiet, progress=progress)
+    metrics: dict[str, Any] = dict(result.metrics)
+    test = None
+    if test_data is not None:
+        test = evaluate_model(result.model.backbone, result.model.head, test_data)
+        metrics["test"] = test
     training: dict[str, Any] = {
         **cfg.to_dict(),
-        "mode": mode,
-        "backbone": f"{name}:{version}",
+        **result.summary(),
+        "mode": "scratch" if scratch else mode,
+        "backbone": None if parent is None else f"{parent[0]}:{parent[1]}",
         "train_samples": len(train),
         "val_samples": len(val),
-        "epochs_run": result.report.epochs,
+        "holdout": holdout,
+        "fraction": fraction,
+        "torch_threads": torch.get_num_threads(),
+        **(extra or {}),
     }
     site_version = save_site_model(
         repo,
         site,
         result.model,
-        parent=(name, version),
+        parent=parent,
         config=training,
-        data_fingerprint=data_fingerprint(data),
-        metrics=result.metrics,
+        data_fingerprint=data_fingerprint(pool),
+        metrics=metrics,
         activate=activate,
     )
     wall = time.perf_counter() - t0
-    log.info("site %s %s: val ME %.3f m in %.1f s", site, site_version, result.metrics["me"], wall)
+    log.info(
+        "site %s %s: %s, val ME %.3f m in %.1f s",
+        site,
+        site_version,
+        result.chosen,
+        result.metrics["me"],
+        wall,
+    )
     return AdaptResult(
         site=site,
         version=site_version,
-        parent=(name, version),
-        metrics=result.metrics,
+        parent=parent,
+        metrics=metrics,
         epochs=result.report.epochs,
-        samples=len(data),
+        samples=len(pool),
         wall_s=wall,
+        steps=result.report.steps,
+        chosen_mode=result.chosen,
+        test=test,
     )

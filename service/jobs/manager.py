@@ -70,8 +70,11 @@ class JobManager:
                 options=options,
                 train=TrainBudget(
                     epochs=self.settings.adapt_max_epochs,
+                    min_steps=self.settings.adapt_min_steps,
+                    max_steps=self.settings.adapt_max_steps,
                     patience=self.settings.adapt_patience,
                     batch_size=self.settings.adapt_batch_size,
+                    threads=self.settings.adapt_thread_count,
                 ),
                 samples=int(csi.shape[0]),
                 created=time.time(),

@@ -19,7 +19,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from training.config import REF_PATTERN, TargetMode, TrainConfig
 from training.repository import atomic_write_bytes
+
+_TRAIN = TrainConfig()
 
 JobState = Literal["queued", "running", "succeeded", "failed"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed"})
@@ -28,12 +31,15 @@ TERMINAL: frozenset[str] = frozenset({"succeeded", "failed"})
 class AdaptOptions(BaseModel):
     """What the adaptation should do (the request's options)."""
 
-    mode: Literal["gradual", "finetune", "head"] = "gradual"
+    mode: TargetMode = "auto"
+    """auto (trains finetune, gradual and head; keeps the best on validation), finetune,
+    gradual, gradual-paper or head (see `training.transfer`)."""
     loss: Literal["nll", "mse"] = "nll"
     val_fraction: float = Field(0.2, gt=0.0, lt=0.9)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     activate: bool = True
-    backbone: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    backbone: str | None = Field(None, pattern=REF_PATTERN.pattern)
+    """A backbone `name` (its active version) or `name:vN`; unset: the default backbone."""
     calibrate_sigma: bool = True
     """nll: scale sigma to fit the validation errors after training (`training.calibration`)."""
 
@@ -43,15 +49,37 @@ class TrainBudget(BaseModel):
 
     Stored in the record so that a worker with other settings (RQ on another host) trains
     the job as the API that accepted it said, and so that the job shows what it ran with.
+    Defaults are the training core's (`training.config.TrainConfig`).
     """
 
-    epochs: int = Field(default=100, gt=0)
-    patience: int = Field(default=10, gt=0)
-    batch_size: int = Field(default=64, gt=0)
+    epochs: int = Field(default=_TRAIN.epochs, gt=0)
+    min_steps: int = Field(default=_TRAIN.min_steps, ge=0)
+    max_steps: int | None = Field(default=_TRAIN.max_steps, gt=0)
+    patience: int = Field(default=_TRAIN.patience, gt=0)
+    batch_size: int = Field(default=_TRAIN.batch_size, gt=0)
+    threads: int = Field(default=1, gt=0)
+    """Torch threads the job trains with."""
+
+    def config(self, options: AdaptOptions) -> TrainConfig:
+        """The training configuration of a job with these limits and ``options``."""
+        return TrainConfig(
+            loss=options.loss,
+            epochs=self.epochs,
+            min_steps=self.min_steps,
+            max_steps=self.max_steps,
+            patience=self.patience,
+            batch_size=self.batch_size,
+            val_fraction=options.val_fraction,
+            seed=options.seed,
+            calibrate_sigma=options.calibrate_sigma,
+        )
 
 
 class Progress(BaseModel):
     phase: str | None = None
+    candidate: str | None = None
+    """``auto``: which candidate mode is training."""
+    step: int | None = None
     epoch: int | None = None
     val_me: float | None = None
     best_val_me: float | None = None

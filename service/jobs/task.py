@@ -71,25 +71,22 @@ def run_adapt_job(job_dir: str, job_id: str, model_dir: str, entrypoint: str) ->
     beat.start()
 
     def progress(info: dict[str, Any]) -> None:
-        fields = {k: info.get(k) for k in ("phase", "epoch", "val_me", "best_val_me")}
+        keys = ("phase", "candidate", "step", "epoch", "val_me", "best_val_me")
+        fields = {k: info.get(k) for k in keys}
         store.update(job_id, progress=fields, heartbeat=time.time())
 
     try:
         adapt = resolve_entrypoint(entrypoint)
-        from training.meml import TrainConfig
+        import torch
+
         from training.repository import ModelRepository
 
+        # Explicit threads: torch's default (all cores) per job oversubscribes the CPU
+        # when jobs run side by side, and was ~3x slower even alone on 2 busy cores.
+        torch.set_num_threads(record.train.threads)
         data = load_fingerprints(store.data_path(job_id))
         opts = record.options
-        config = TrainConfig(
-            loss=opts.loss,
-            epochs=record.train.epochs,
-            patience=record.train.patience,
-            batch_size=record.train.batch_size,
-            val_fraction=opts.val_fraction,
-            seed=opts.seed,
-            calibrate_sigma=opts.calibrate_sigma,
-        )
+        config = record.train.config(opts)
         result = adapt(
             ModelRepository(Path(model_dir)),
             record.site,
@@ -106,6 +103,9 @@ def run_adapt_job(job_dir: str, job_id: str, model_dir: str, entrypoint: str) ->
         summary = dict(getattr(result, "metrics", {}) or {})
         summary.update(
             epochs=getattr(result, "epochs", None),
+            steps=getattr(result, "steps", None),
+            chosen_mode=getattr(result, "chosen_mode", None),
+            threads=record.train.threads,
             samples=getattr(result, "samples", len(data)),
             wall_s=getattr(result, "wall_s", time.time() - now),
         )

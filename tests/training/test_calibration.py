@@ -13,9 +13,10 @@ import torch
 from tests.training.toychannel import toy_fingerprints
 from training.calibration import calibrate_sigma, fit_sigma_scale
 from training.checkpoint import load_site_model, save_site_model
+from training.config import TrainConfig
 from training.data.fingerprints import Fingerprints
-from training.meml import TrainConfig, evaluate_model, split_train_val
-from training.metrics import evaluate
+from training.data.splits import split_train_val
+from training.metrics import evaluate, evaluate_model
 from training.nets import Backbone, Head, SiteModel
 from training.repository import ModelRepository
 from training.transfer import train_target
@@ -93,7 +94,7 @@ def test_calibration_skips_mse_heads_and_small_validation_sets() -> None:
 
 
 def test_train_target_calibrates_by_default_and_reports_the_factors() -> None:
-    cfg = TrainConfig(loss="nll", epochs=3, patience=2, batch_size=32, lr=2e-3)
+    cfg = TrainConfig(loss="nll", epochs=3, min_steps=0, patience=2, batch_size=32, lr=2e-3)
     train, val = split_train_val(TARGET, 0.25, 0)
     backbone = Backbone(seed=0)
     on = train_target(backbone, train, val, cfg, mode="head", quiet=True)

@@ -1,4 +1,4 @@
-"""The training loop: phases, freezing, early stopping, best restore, determinism.
+"""The training loop: phases, step budgets, freezing, early stopping, best restore, determinism.
 
 A tiny linear model stands in for the CNN here: the loop, not the net, is under test.
 """
@@ -12,8 +12,17 @@ import torch
 from torch import nn
 
 from tests.training.toychannel import toy_fingerprints
+from training.config import StepBudget, TrainConfig
 from training.fit import Phase, Task, _IndexStream, fit, predict
 from training.metrics import evaluate
+
+
+def budget(steps: int, patience: int = 100, every: int = 5, min_steps: int = 0) -> StepBudget:
+    return StepBudget(min(min_steps, steps), steps, every, patience)
+
+
+def phase(name: str, train: str, lr: float, steps: int, **kw: int) -> Phase:
+    return Phase(name, "all" if train == "all" else "head", lr, budget(steps, **kw))
 
 
 class TinyBackbone(nn.Module):
@@ -60,7 +69,9 @@ def params(m: nn.Module) -> dict[str, torch.Tensor]:
 def test_training_beats_the_mean_position() -> None:
     torch.manual_seed(0)
     backbone, task = TinyBackbone(), make_task("a", 400, 0, out=4)
-    report = fit(backbone, [task], [Phase("train", "all", 3e-3, 30, 5)], loss="nll", quiet=True)
+    report = fit(
+        backbone, [task], [phase("train", "all", 3e-3, 240, patience=5)], loss="nll", quiet=True
+    )
     pos, sigma = predict(backbone, task.head, task.val[0])
     trained = evaluate(pos, sigma, task.val[1])
     mean = task.train[1].mean(0).expand_as(task.val[1])
@@ -76,7 +87,7 @@ def test_head_phase_leaves_backbone_bit_identical_then_all_phase_moves_it() -> N
     backbone, task = TinyBackbone(), make_task("a", 200, 1)
     before = params(backbone)
     head_before = params(task.head)
-    fit(backbone, [task], [Phase("head", "head", 1e-2, 3, 10)], loss="mse", quiet=True)
+    fit(backbone, [task], [phase("head", "head", 1e-2, 15)], loss="mse", quiet=True)
     for k, v in params(backbone).items():
         assert torch.equal(v, before[k]), k
     assert any(not torch.equal(v, head_before[k]) for k, v in params(task.head).items())
@@ -85,12 +96,13 @@ def test_head_phase_leaves_backbone_bit_identical_then_all_phase_moves_it() -> N
     report = fit(
         backbone,
         [task],
-        [Phase("head", "head", 1e-2, 2, 10), Phase("unfrozen", "all", 1e-3, 2, 10)],
+        [phase("head", "head", 1e-2, 10), phase("unfrozen", "all", 1e-3, 10)],
         loss="mse",
         quiet=True,
     )
     assert [p.name for p in report.phases] == ["head", "unfrozen"]
-    assert [r["phase"] for r in report.history] == ["head", "head", "unfrozen", "unfrozen"]
+    assert [r["phase"] for r in report.history] == ["head"] * 2 + ["unfrozen"] * 2
+    assert report.steps == {"head": 10, "unfrozen": 10}
     assert any(not torch.equal(v, before[k]) for k, v in params(backbone).items())
 
 
@@ -98,7 +110,7 @@ def test_same_seed_same_weights() -> None:
     def run(seed: int) -> dict[str, torch.Tensor]:
         torch.manual_seed(seed)
         backbone, task = TinyBackbone(), make_task("a", 150, 2)
-        fit(backbone, [task], [Phase("t", "all", 1e-3, 3, 5)], loss="mse", seed=seed, quiet=True)
+        fit(backbone, [task], [phase("t", "all", 1e-3, 15)], loss="mse", seed=seed, quiet=True)
         return params(backbone) | {f"h.{k}": v for k, v in params(task.head).items()}
 
     a, b, c = run(7), run(7), run(8)
@@ -112,10 +124,10 @@ def test_early_stopping_and_best_restore() -> None:
     # Validation labels unrelated to the CSI: the val loss stops improving quickly.
     gen = torch.Generator().manual_seed(0)
     task.val = (task.val[0], task.val[1][torch.randperm(len(task.val[1]), generator=gen)])
-    report = fit(backbone, [task], [Phase("t", "all", 3e-2, 200, 2)], loss="mse", quiet=True)
+    report = fit(backbone, [task], [phase("t", "all", 3e-2, 2000, patience=2, every=5)], loss="mse")
     ph = report.phases[0]
-    assert ph.stopped_early and ph.epochs == ph.best_epoch + 2 < 200
-    best_row = report.history[ph.best_epoch - 1]
+    assert ph.stopped_early and ph.steps == ph.best_step + 2 * 5 < 2000
+    best_row = report.history[ph.best_step // 5 - 1]
     assert best_row["val_loss"] == min(r["val_loss"] for r in report.history)
     pos, _ = predict(backbone, task.head, task.val[0])
     assert evaluate(pos, None, task.val[1])["me"] == pytest.approx(ph.best_val_me, rel=1e-4)
@@ -129,16 +141,19 @@ def test_multi_task_progress_and_console_line(caplog: pytest.LogCaptureFixture) 
         report = fit(
             TinyBackbone(),
             tasks,
-            [Phase("t", "all", 1e-3, 2, 5)],
+            [phase("t", "all", 1e-3, 6, every=3)],
             loss="mse",
             batch_size=50,
             progress=seen.append,
         )
-    assert [set(s) for s in seen] == [{"phase", "epoch", "val_me", "best_val_me"}] * 2
+    keys = {"phase", "epoch", "step", "val_me", "best_val_me"}
+    assert [set(s) for s in seen] == [keys] * 2
+    assert [s["epoch"] for s in seen] == [1, 2]  # an epoch is ceil(150 / 50) = 3 steps
     assert set(report.history[0]["val_me_per_task"]) == {"big", "small"}
-    # An epoch is ceil(150 / 50) = 3 steps of 50 (big) + 30 (small, capped at its size).
-    assert report.samples == 2 * 3 * (50 + 30)
-    assert "val ME" in caplog.text and "epoch    2" in caplog.text
+    # 6 steps of 50 (big) + 30 (small, capped at its size).
+    assert report.samples == 6 * (50 + 30)
+    assert report.epochs == {"t": 2} and report.steps == {"t": 6}
+    assert "val ME" in caplog.text and "step      6" in caplog.text
 
 
 def test_quiet_mode_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
@@ -146,7 +161,7 @@ def test_quiet_mode_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
         fit(
             TinyBackbone(),
             [make_task("a", 40, 6)],
-            [Phase("t", "all", 1e-3, 1, 1)],
+            [phase("t", "all", 1e-3, 2)],
             loss="mse",
             quiet=True,
         )
@@ -162,15 +177,17 @@ def test_index_stream_covers_each_permutation() -> None:
 
 def test_bad_input_is_named() -> None:
     with pytest.raises(ValueError, match="expected 'all' or 'head'"):
-        Phase("x", "backbone", 1e-3, 1, 1)  # type: ignore[arg-type]
+        Phase("x", "backbone", 1e-3, budget(1))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="lr=0"):
-        Phase("x", "all", 0, 1, 1)
+        Phase("x", "all", 0, budget(1))
+    with pytest.raises(ValueError, match="eval_every and patience must be >= 1"):
+        StepBudget(0, 10, 0, 1)
     task = make_task("a", 40, 0)
     task.val = (task.val[0][:0], task.val[1][:0])
     with pytest.raises(ValueError, match="task 'a': val set is empty"):
-        fit(TinyBackbone(), [task], [Phase("t", "all", 1e-3, 1, 1)], loss="mse")
+        fit(TinyBackbone(), [task], [phase("t", "all", 1e-3, 2)], loss="mse")
     with pytest.raises(ValueError, match="nll loss needs a head with sigma"):
-        fit(TinyBackbone(), [make_task("a", 40, 0)], [Phase("t", "all", 1e-3, 1, 1)], loss="nll")
+        fit(TinyBackbone(), [make_task("a", 40, 0)], [phase("t", "all", 1e-3, 2)], loss="nll")
 
 
 def test_a_later_phase_that_never_improves_keeps_the_earlier_best() -> None:
@@ -180,11 +197,90 @@ def test_a_later_phase_that_never_improves_keeps_the_earlier_best() -> None:
     report = fit(
         backbone,
         [task],
-        [Phase("head", "head", 1e-2, 4, 4), Phase("wreck", "all", 50.0, 2, 2)],
+        [phase("head", "head", 1e-2, 20), phase("wreck", "all", 50.0, 10)],
         loss="mse",
         quiet=True,
     )
     first, second = report.phases
-    assert second.best_epoch == 0 and second.best_val_loss == first.best_val_loss
+    assert second.best_val_loss > first.best_val_loss  # judged on its own...
+    assert report.final_phase == "head"  # ...and not kept
     pos, _ = predict(backbone, task.head, task.val[0])
     assert evaluate(pos, None, task.val[1])["me"] == pytest.approx(first.best_val_me, rel=1e-4)
+
+
+def test_a_later_phase_that_improves_slowly_is_kept() -> None:
+    """The unfrozen phase is judged on its own: no gate drops it for starting worse."""
+    torch.manual_seed(0)
+    backbone, task = TinyBackbone(), make_task("a", 300, 8)
+    report = fit(
+        backbone,
+        [task],
+        [phase("head", "head", 1e-2, 10), phase("all", "all", 3e-3, 200, patience=10)],
+        loss="mse",
+        quiet=True,
+    )
+    first, second = report.phases
+    assert second.best_val_loss < first.best_val_loss
+    assert report.final_phase == "all" and report.best_val_me == second.best_val_me
+    pos, _ = predict(backbone, task.head, task.val[0])
+    assert evaluate(pos, None, task.val[1])["me"] == pytest.approx(second.best_val_me, rel=1e-4)
+
+
+def test_min_steps_hold_off_early_stopping() -> None:
+    torch.manual_seed(0)
+    backbone, task = TinyBackbone(), make_task("a", 100, 9)
+    gen = torch.Generator().manual_seed(0)
+    task.val = (task.val[0], task.val[1][torch.randperm(len(task.val[1]), generator=gen)])
+    report = fit(
+        backbone,
+        [task],
+        [phase("t", "all", 3e-2, 1000, patience=1, every=5, min_steps=300)],
+        loss="mse",
+        quiet=True,
+    )
+    assert 300 <= report.phases[0].steps < 1000
+
+
+def test_a_100_sample_run_gets_the_documented_minimum_of_steps() -> None:
+    """The default budget: a ~100-sample site trains for at least `min_steps` steps."""
+    cfg = TrainConfig()
+    b = cfg.budget(80)  # 100 samples, 20 % validation
+    assert b.min_steps == cfg.min_steps >= 300 and b.max_steps >= b.min_steps
+    assert b.eval_every == 10  # an epoch would be 2 steps: validate every 10 instead
+    large = cfg.budget(64_000)  # 1,000 steps an epoch: validate once an epoch, 100 epochs
+    assert large.eval_every == 500 and large.max_steps == 100 * 1000
+    torch.manual_seed(0)
+    backbone, task = TinyBackbone(), make_task("a", 100, 10)
+    # Validation labels unrelated to the CSI would stop an epoch-counted run at once.
+    gen = torch.Generator().manual_seed(1)
+    task.val = (task.val[0], task.val[1][torch.randperm(len(task.val[1]), generator=gen)])
+    report = fit(
+        backbone, [task], [Phase("t", "all", 1e-3, cfg.budget(75))], loss="mse", quiet=True
+    )
+    assert report.phases[0].steps >= cfg.min_steps
+
+
+def test_centroid_error_and_degenerate_flag() -> None:
+    torch.manual_seed(0)
+    backbone, task = TinyBackbone(), make_task("a", 200, 11)
+    report = fit(backbone, [task], [phase("t", "all", 3e-3, 200)], loss="mse", quiet=True)
+    train_mean = task.train[1].mean(0)
+    centroid = float((task.val[1] - train_mean).norm(dim=1).mean())
+    assert report.centroid_me_per_task["a"] == pytest.approx(centroid, rel=1e-5)
+    assert report.degenerate_tasks == []
+    # Labels unrelated to the CSI: nothing beats the centroid by 5 %.
+    backbone, task = TinyBackbone(), make_task("b", 200, 12)
+    gen = torch.Generator().manual_seed(0)
+    shuffle = torch.randperm(len(task.val[1]), generator=gen)
+    task.val = (task.val[0], task.val[1][shuffle])
+    report = fit(backbone, [task], [phase("t", "all", 3e-3, 20)], loss="mse", quiet=True)
+    assert report.degenerate_tasks == ["b"]
+
+
+def test_head_phase_on_cached_features_matches_the_uncached_forward() -> None:
+    torch.manual_seed(0)
+    backbone, task = TinyBackbone(), make_task("a", 120, 13)
+    report = fit(backbone, [task], [phase("head", "head", 1e-2, 10)], loss="mse", quiet=True)
+    pos, _ = predict(backbone, task.head, task.val[0])
+    me = float((pos - task.val[1]).norm(dim=1).mean())
+    assert report.best_val_me == pytest.approx(me, rel=1e-5)

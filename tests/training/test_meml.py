@@ -9,18 +9,11 @@ import pytest
 import torch
 
 from tests.training.toychannel import toy_fingerprints, write_toy_file
+from training.config import TrainConfig
 from training.data.fingerprints import Fingerprints, read_environment
+from training.data.splits import split_train_val
 from training.fit import Shard
-from training.meml import (
-    SourceData,
-    TrainConfig,
-    combined_fingerprint,
-    split_train_val,
-    train_dtl,
-    train_meml,
-    train_meml_file,
-    train_scratch,
-)
+from training.meml import SourceData, SourceResult, combined_fingerprint, train_sources
 from training.metrics import evaluate
 
 ENVS = {  # different sizes on purpose
@@ -28,13 +21,23 @@ ENVS = {  # different sizes on purpose
     "b": toy_fingerprints(120, (20.0, 0.0), seed=1),
     "c": toy_fingerprints(60, (10.0, 10.0), seed=2),
 }
-FAST = TrainConfig(loss="mse", epochs=6, patience=3, batch_size=32, lr=2e-3, val_fraction=0.25)
+FAST = TrainConfig(
+    loss="mse", epochs=6, min_steps=0, patience=3, batch_size=32, lr=2e-3, val_fraction=0.25
+)
+
+
+def split(envs: dict[str, Fingerprints], cfg: TrainConfig) -> dict[str, SourceData]:
+    return {n: SourceData.split(d, cfg.val_fraction, cfg.seed) for n, d in envs.items()}
+
+
+def train_meml(envs: dict[str, Fingerprints], cfg: TrainConfig) -> SourceResult:
+    return train_sources(split(envs, cfg), cfg, quiet=True)
 
 
 @pytest.fixture(scope="module")
 def meml_result():  # type: ignore[no-untyped-def]
     torch.set_num_threads(1)
-    return train_meml(ENVS, FAST, quiet=True)
+    return train_meml(ENVS, FAST)
 
 
 def test_meml_has_one_head_per_env_and_learns(meml_result) -> None:  # type: ignore[no-untyped-def]
@@ -42,8 +45,8 @@ def test_meml_has_one_head_per_env_and_learns(meml_result) -> None:  # type: ign
     assert set(r.heads) == set(ENVS) == set(r.metrics)
     assert r.samples == {"a": 180, "b": 90, "c": 45}
     # An epoch = ceil(180 / 32) = 6 steps, every env drawing a full batch each step.
-    epochs = r.report.epochs["train"]
-    assert r.report.samples == epochs * 6 * (32 + 32 + 32)
+    steps = r.report.steps["train"]
+    assert steps <= 6 * 6 and r.report.samples == steps * (32 + 32 + 32)
     history = r.report.history
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     # Better than predicting the mean training position, on the largest env.
@@ -64,9 +67,9 @@ def test_heads_hold_their_own_position_normalisation(meml_result) -> None:  # ty
 
 def test_same_seed_same_weights_other_seed_other_weights() -> None:
     envs = {"a": ENVS["c"], "b": ENVS["c"].subset(slice(0, 40))}
-    cfg = TrainConfig(epochs=2, patience=2, batch_size=32, val_fraction=0.25, seed=3)
-    one, two = train_meml(envs, cfg, quiet=True), train_meml(envs, cfg, quiet=True)
-    other = train_meml(envs, TrainConfig(**{**cfg.to_dict(), "seed": 4}), quiet=True)
+    cfg = TrainConfig(epochs=2, min_steps=0, patience=2, batch_size=32, val_fraction=0.25, seed=3)
+    one, two = train_meml(envs, cfg), train_meml(envs, cfg)
+    other = train_meml(envs, cfg.replace(seed=4))
     s1, s2, s3 = (r.backbone.state_dict() for r in (one, two, other))
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
     assert any(not torch.equal(s1[k], s3[k]) for k in s1)
@@ -74,13 +77,33 @@ def test_same_seed_same_weights_other_seed_other_weights() -> None:
 
 
 def test_dtl_and_scratch_are_single_task_runs() -> None:
-    cfg = TrainConfig(loss="nll", epochs=1, patience=1, batch_size=32, val_fraction=0.25)
-    dtl = train_dtl("a", ENVS["c"], cfg, quiet=True)
+    cfg = TrainConfig(loss="nll", epochs=1, min_steps=0, patience=1, batch_size=32)
+    dtl = train_meml({"a": ENVS["c"]}, cfg.replace(val_fraction=0.25))
     assert list(dtl.heads) == ["a"] and "crps" in dtl.metrics["a"]
     train, val = split_train_val(ENVS["b"], 0.25, 0)
-    scratch = train_scratch(train, val, cfg, quiet=True)
+    scratch = train_sources({"target": SourceData.in_memory(train, val)}, cfg, quiet=True)
     assert list(scratch.heads) == ["target"]
     assert scratch.metrics["target"]["n"] == len(val)
+
+
+def test_a_degenerate_single_source_run_is_retried_and_flagged() -> None:
+    """Labels unrelated to the CSI: no initialisation beats the centroid, so the trainer
+    tries a second one, keeps the better, and flags the run."""
+    data = ENVS["b"]
+    rng = np.random.default_rng(0)
+    shuffled = Fingerprints(csi=data.csi, pos=data.pos[rng.permutation(len(data))])
+    cfg = TrainConfig(epochs=2, min_steps=0, patience=1, batch_size=32, val_fraction=0.25)
+    result = train_meml({"x": shuffled}, cfg)
+    assert result.degenerate == ["x"] and result.retried
+    assert result.metrics["x"]["degenerate"] == 1.0
+    plain = train_meml({"x": shuffled}, cfg.replace(retry_degenerate=False))
+    assert plain.degenerate == ["x"] and not plain.retried
+    healthy = train_meml({"x": data}, cfg.replace(epochs=20))
+    assert (
+        healthy.degenerate == []
+        and not healthy.retried
+        and "degenerate" not in healthy.metrics["x"]
+    )
 
 
 def test_config_and_split_errors_are_clear() -> None:
@@ -89,7 +112,9 @@ def test_config_and_split_errors_are_clear() -> None:
     with pytest.raises(ValueError, match=r"val_fraction=1\.5"):
         TrainConfig(val_fraction=1.5)
     with pytest.raises(ValueError, match="no environments"):
-        train_meml({}, FAST)
+        train_sources({}, FAST)
+    with pytest.raises(ValueError, match=r"lr_patience=2, expected >= 3"):
+        TrainConfig(lr_patience=2)
     with pytest.raises(ValueError, match="at least 2 samples"):
         split_train_val(ENVS["a"].subset(slice(0, 1)), 0.2, 0)
     one = Fingerprints(csi=ENVS["a"].csi[:3], pos=ENVS["a"].pos[:3])
@@ -116,10 +141,11 @@ def test_file_reader_gives_each_rank_its_strided_shard(tmp_path: Path) -> None:
 
 def test_training_from_file_equals_training_in_memory(tmp_path: Path) -> None:
     path = write_toy_file(tmp_path / "toy.h5", n=60)
-    cfg = TrainConfig(epochs=1, patience=1, batch_size=32, val_fraction=0.25)
+    cfg = TrainConfig(epochs=1, min_steps=0, patience=1, batch_size=32, val_fraction=0.25)
     names = ["industrial/bs0", "lab-los"]
-    from_file = train_meml_file(path, names, cfg, quiet=True)
-    in_memory = train_meml({n: read_environment(path, n) for n in names}, cfg, quiet=True)
+    sources = {n: SourceData.from_file(path, n, cfg.val_fraction, cfg.seed) for n in names}
+    from_file = train_sources(sources, cfg, quiet=True)
+    in_memory = train_meml({n: read_environment(path, n) for n in names}, cfg)
     a, b = from_file.backbone.state_dict(), in_memory.backbone.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert from_file.metrics == in_memory.metrics

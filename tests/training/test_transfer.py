@@ -11,14 +11,24 @@ import torch
 
 from tests.training.toychannel import toy_fingerprints
 from training.checkpoint import load_site_model, save_backbone
+from training.config import TrainConfig, check_mode
+from training.data.splits import split_train_val
 from training.fit import Task, fit
-from training.meml import TrainConfig, split_train_val
 from training.nets import Backbone, Head
 from training.repository import InvalidName, ModelRepository, NotFound
-from training.transfer import adapt_site, check_mode, target_phases, train_target
+from training.transfer import _choose, adapt_site, holdout_split, target_phases, train_target
 
 TARGET = toy_fingerprints(160, (5.0, -2.0), seed=7, size=(8.0, 6.0))
-CFG = TrainConfig(loss="nll", epochs=3, patience=2, batch_size=32, lr=2e-3, val_fraction=0.25)
+CFG = TrainConfig(
+    loss="nll",
+    epochs=3,
+    min_steps=0,
+    patience=2,
+    batch_size=32,
+    lr=2e-3,
+    val_fraction=0.25,
+    head_warmup_steps=4,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -31,17 +41,24 @@ def state(m: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def test_modes_are_phase_lists() -> None:
-    cfg = TrainConfig(lr=1e-3, unfreeze_lr_factor=0.1)
-    gradual = target_phases("gradual", cfg)
-    assert [(p.name, p.train) for p in gradual] == [("head", "head"), ("unfrozen", "all")]
-    assert gradual[1].lr == pytest.approx(1e-4)
-    assert [p.train for p in target_phases("finetune", cfg)] == ["all"]
-    assert [p.train for p in target_phases("head", cfg)] == ["head"]
-    with pytest.raises(ValueError, match="expected one of finetune, gradual, head"):
+    cfg = TrainConfig(lr=1e-3, unfreeze_lr_factor=0.5, head_warmup_steps=150)
+    gradual = target_phases("gradual", cfg, 480)
+    assert [(p.name, p.train) for p in gradual] == [("warmup", "head"), ("unfrozen", "all")]
+    assert gradual[0].budget.max_steps == gradual[0].budget.min_steps == 150  # bounded warm-up
+    assert gradual[1].lr == pytest.approx(5e-4)
+    assert gradual[1].budget == cfg.budget(480)  # its own, full budget and patience
+    paper = target_phases("gradual-paper", cfg, 480)
+    assert [(p.name, p.train) for p in paper] == [("head", "head"), ("unfrozen", "all")]
+    assert paper[1].lr == pytest.approx(1e-4)  # the paper's x0.1
+    assert [p.train for p in target_phases("finetune", cfg, 480)] == ["all"]
+    assert [p.train for p in target_phases("head", cfg, 480)] == ["head"]
+    with pytest.raises(ValueError, match="expected one of auto, finetune, gradual"):
         check_mode("freeze")
+    with pytest.raises(ValueError, match="auto is a choice between modes"):
+        target_phases("auto", cfg, 480)
 
 
-def test_gradual_head_steps_leave_backbone_bit_identical_then_unfreeze() -> None:
+def test_gradual_warmup_leaves_backbone_bit_identical_then_unfreezes() -> None:
     backbone = Backbone(seed=0)
     original = state(backbone)
     train, val = split_train_val(TARGET, 0.25, 0)
@@ -53,16 +70,21 @@ def test_gradual_head_steps_leave_backbone_bit_identical_then_unfreeze() -> None
         now = state(backbone)
         seen.append((p["phase"], all(torch.equal(now[k], original[k]) for k in now)))
 
+    cfg = TrainConfig(epochs=3, min_steps=0, patience=3, lr=2e-3, head_warmup_steps=8)
+    phases = target_phases("gradual", cfg, len(train))
     fit(
         backbone,
         [Task.from_fingerprints("t", head, train, val)],
-        target_phases("gradual", TrainConfig(epochs=3, patience=3, lr=2e-3)),
+        phases,
         loss="nll",
         batch_size=32,
         progress=check,
         quiet=True,
     )
-    assert seen == [("head", True)] * 3 + [("unfrozen", False)] * 3
+    assert [s for s in seen if s[0] == "warmup"] == [("warmup", True)]
+    assert [s for s in seen if s[0] == "unfrozen"] and all(
+        not same for name, same in seen if name == "unfrozen"
+    )
 
 
 def test_head_mode_keeps_the_backbone_and_does_not_touch_the_callers() -> None:
@@ -73,12 +95,76 @@ def test_head_mode_keeps_the_backbone_and_does_not_touch_the_callers() -> None:
     assert all(
         torch.equal(v, original[k]) for k, v in head_only.model.backbone.state_dict().items()
     )
+    assert set(head_only.report.steps) == {"warmup", "head"}
     finetuned = train_target(backbone, train, val, CFG, mode="finetune", quiet=True)
     tuned = finetuned.model.backbone.state_dict()
     assert any(not torch.equal(v, original[k]) for k, v in tuned.items())
     assert all(torch.equal(v, original[k]) for k, v in backbone.state_dict().items())
     assert set(finetuned.report.epochs) == {"finetune"}
     assert {"me", "crps", "within_1sigma"} <= set(finetuned.metrics)
+
+
+def test_auto_trains_every_candidate_and_reports_the_choice() -> None:
+    """A random backbone: head-only training on its features is far worse than training
+    every layer, so auto must not pick it; every candidate's score is recorded."""
+    train, val = split_train_val(TARGET, 0.25, 0)
+    cfg = CFG.replace(epochs=8, auto_min_val=1)
+    result = train_target(Backbone(seed=0), train, val, cfg, mode="auto", quiet=True)
+    assert result.mode == "auto" and result.chosen in ("finetune", "gradual")
+    assert set(result.candidates) == {"finetune", "gradual", "head"}
+    c = result.candidates
+    assert c["head"]["val_loss"] > c[result.chosen]["val_loss"]
+    assert c["head"]["val_me"] > 1.2 * c[result.chosen]["val_me"]
+    assert result.reason and result.summary()["chosen_mode"] == result.chosen
+    assert c["finetune"]["folds"] == 1.0
+
+
+def test_auto_uses_several_validation_splits_when_validation_is_small() -> None:
+    train, val = split_train_val(TARGET, 0.25, 0)
+    seen: set[str] = set()
+    cfg = CFG.replace(auto_folds=3, auto_min_val=100)  # 40 validation samples < 100
+    result = train_target(
+        Backbone(seed=0), train, val, cfg, mode="auto", quiet=True,
+        progress=lambda p: seen.add(str(p.get("candidate"))),
+    )  # fmt: skip
+    assert result.candidates["finetune"]["folds"] == 3.0
+    assert result.candidates["finetune"]["n_val"] == 3 * len(val)
+    assert {"finetune[1/3]", "gradual[3/3]", "head[2/3]"} <= seen
+
+
+def test_auto_picks_the_clearly_better_mode_and_keeps_finetune_on_a_tie() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.normal(1.0, 0.5, 200)
+    me = {"finetune": [1.0], "gradual": [1.0], "head": [0.5]}
+    clear = {"finetune": base, "gradual": base + 0.01, "head": base - 0.8}
+    chosen, reason, cand = _choose(clear, me, 1)  # type: ignore[arg-type]
+    assert chosen == "head" and "beats finetune" in reason
+    assert cand["head"]["diff_vs_finetune"] == pytest.approx(-0.8)
+    # gradual is lower on average by 0.01, but the paired differences spread by 0.5.
+    noisy = {"finetune": base, "gradual": base + np.tile([0.49, -0.51], 100), "head": base + 1}
+    chosen, reason, _ = _choose(noisy, me, 1)  # type: ignore[arg-type]
+    assert chosen == "finetune"
+
+
+def test_scratch_is_a_target_run_without_a_backbone() -> None:
+    train, val = split_train_val(TARGET, 0.25, 0)
+    result = train_target(None, train, val, CFG, mode="auto", quiet=True)
+    assert result.chosen == "finetune" and "no backbone" in result.reason
+    assert set(result.report.steps) == {"train"}
+    with pytest.raises(ValueError, match="needs a pre-trained backbone"):
+        train_target(None, train, val, CFG, mode="head", quiet=True)
+
+
+def test_holdout_split_matches_evaluate_and_nests_fractions() -> None:
+    pool, test = holdout_split(TARGET, 0.2, 1.0, seed=3)
+    assert test is not None and len(pool) + len(test) == len(TARGET)
+    half, test2 = holdout_split(TARGET, 0.2, 0.5, seed=3)
+    assert test2 is not None and np.array_equal(test2.pos, test.pos)
+    assert set(map(tuple, half.pos.tolist())) <= set(map(tuple, pool.pos.tolist()))
+    everything, none = holdout_split(TARGET, 0.0, 1.0, seed=3)
+    assert none is None and len(everything) == len(TARGET)
+    with pytest.raises(ValueError, match=r"holdout=1\.0"):
+        holdout_split(TARGET, 1.0, 1.0, seed=3)
 
 
 @pytest.fixture()
@@ -103,14 +189,16 @@ def test_adapt_site_publishes_activates_and_reports(repo: ModelRepository) -> No
     )
     assert result.version == "v1" and repo.active_version("site", "lab") == "v1"
     assert result.parent == ("meml", "v1")
-    assert list(result.epochs) == ["head", "unfrozen"]
+    assert list(result.epochs) == ["warmup", "unfrozen"]
     assert result.samples == len(TARGET) and result.wall_s > 0
     assert {"me", "median", "p90", "crps", "within_1sigma", "within_2sigma"} <= set(result.metrics)
-    assert {p["phase"] for p in progress} == {"head", "unfrozen"}
-    assert set(progress[0]) == {"phase", "epoch", "val_me", "best_val_me"}
+    assert {p["phase"] for p in progress} == {"warmup", "unfrozen"}
+    assert {"phase", "epoch", "step", "val_me", "best_val_me"} <= set(progress[0])
     manifest = repo.manifest("site", "lab", "v1")
     assert manifest["parent"] == {"backbone": "meml", "version": "v1"}
     assert manifest["config"]["mode"] == "gradual" and manifest["loss"] == "nll"
+    assert manifest["config"]["chosen_mode"] == "gradual"
+    assert manifest["config"]["torch_threads"] == 1
     assert manifest["metrics"]["me"] == pytest.approx(result.metrics["me"])
     model = load_site_model(repo, "lab")
     _, sigma = model(torch.from_numpy(TARGET.csi[:2]))
@@ -118,6 +206,28 @@ def test_adapt_site_publishes_activates_and_reports(repo: ModelRepository) -> No
 
     again = adapt_site(repo, "lab", TARGET, mode="head", loss="mse", activate=False, config=CFG)
     assert again.version == "v2" and repo.active_version("site", "lab") == "v1"
+
+
+def test_adapt_site_defaults_to_auto_and_records_every_candidate(repo: ModelRepository) -> None:
+    result = adapt_site(repo, "lab", TARGET, config=CFG, holdout=0.25)
+    config = repo.manifest("site", "lab", "v1")["config"]
+    assert config["mode"] == "auto" and config["chosen_mode"] == result.chosen_mode
+    assert set(config["candidates"]) == {"finetune", "gradual", "head"}
+    assert config["choice_reason"] and config["degenerate"] in (True, False)
+    assert result.test is not None and result.test["n"] == 40
+    assert result.samples == 120  # the pool after the test holdout
+
+
+def test_adapt_site_scratch_and_backbone_refs(repo: ModelRepository, tmp_path: Path) -> None:
+    scratch = adapt_site(repo, "s", TARGET, scratch=True, config=CFG)
+    assert scratch.parent is None and repo.manifest("site", "s", "v1")["parent"] is None
+    save_backbone(repo, "meml", Backbone(seed=3), loss="mse")  # v2, the active one
+    pinned = adapt_site(repo, "p", TARGET, backbone="meml:v1", mode="head", config=CFG)
+    assert pinned.parent == ("meml", "v1")
+    other = ModelRepository(tmp_path / "elsewhere")
+    save_backbone(other, "far", Backbone(seed=4), loss="mse")
+    remote = adapt_site(repo, "r", TARGET, backbone="far", source_repo=other, config=CFG)
+    assert remote.parent == ("far", "v1") and repo.list_sites() == ["p", "r", "s"]
 
 
 def test_adapt_site_is_deterministic(repo: ModelRepository) -> None:

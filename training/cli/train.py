@@ -21,6 +21,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from training.cli.options import train_options
+from training.config import TrainConfig
 from training.repository import Kind
 
 app = typer.Typer(
@@ -68,19 +70,11 @@ def parse_model_ref(ref: str) -> ModelRef:
 
 # --------------------------------------------------------------------------- helpers
 _OPT_DATA = typer.Option("--data", help="HDF5 fingerprint file.", exists=True, dir_okay=False)
-Loss = Annotated[str, typer.Option(help="Loss: mse (eq. 3) or nll (Gaussian NLL, eq. 4).")]
 Out = Annotated[Path, typer.Option("--out", help="Model repository to publish into.")]
-Epochs = Annotated[int, typer.Option(help="Most epochs per phase.")]
-Patience = Annotated[int, typer.Option(help="Early-stopping patience (epochs).")]
-BatchSize = Annotated[int, typer.Option(help="Batch size per environment and step.")]
-Lr = Annotated[float, typer.Option(help="Learning rate (Adam).")]
+SiteOut = Annotated[Path, typer.Option("--out", help="Model repository to publish into.")]
 Seed = Annotated[int, typer.Option(help="Seed for splits, initialisation and batches.")]
-ValFraction = Annotated[float, typer.Option(help="Share held out for validation.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No per-epoch lines.")]
-CalibrateSigma = Annotated[
-    bool,
-    typer.Option(help="nll: scale sigma per axis to fit the validation errors after training."),
-]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No per-validation lines.")]
+Fraction = Annotated[float, typer.Option(help="Share of the training pool to use.")]
 Holdout = Annotated[
     float,
     typer.Option(
@@ -104,15 +98,9 @@ def _cli_errors() -> Iterator[None]:
 
 
 def _setup_logging(quiet: bool) -> None:
-    # Plain lines on stderr: epoch lines must not wrap, and stdout stays clean for --json.
+    # Plain lines on stderr: validation lines must not wrap, and stdout stays clean for --json.
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("training").setLevel(logging.WARNING if quiet else logging.INFO)
-
-
-def _config(**kwargs: Any) -> Any:
-    from training.meml import TrainConfig
-
-    return TrainConfig(**kwargs)
 
 
 _COLUMNS = {
@@ -139,19 +127,6 @@ def _metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
     return table
 
 
-def _target_data(
-    data: Path, env: str, fraction: float, holdout: float, seed: int
-) -> tuple[Any, Any]:
-    """(chosen fraction of the training pool, held-out test set or None) of a target env."""
-    from training.data.fingerprints import read_environment
-    from training.data.splits import fraction_subset, train_val_test
-
-    fp = read_environment(data, env)
-    split = train_val_test(len(fp), 0.0, holdout, seed)
-    chosen = fraction_subset(split.train, fraction, seed)
-    return fp.subset(chosen), fp.subset(split.test) if len(split.test) else None
-
-
 def _backbone_name(env: str) -> str:
     return "dtl-" + re.sub(r"[^a-z0-9_-]+", "-", env.lower()).strip("-")[:58]
 
@@ -166,12 +141,17 @@ def _publish_source(
     set_default: bool,
     world: int = 1,
 ) -> None:
+    import torch
+
     from training.checkpoint import save_backbone
     from training.repository import ModelRepository
 
     repo = ModelRepository(out)
     config = {**result.config.to_dict(), "mode": kind, "envs": envs, "world_size": world}
     config["epochs_run"] = result.report.epochs
+    config["steps_run"] = result.report.steps
+    config["degenerate"] = result.degenerate
+    config["torch_threads"] = torch.get_num_threads()
     version = save_backbone(
         repo,
         name,
@@ -189,27 +169,28 @@ def _publish_source(
     if set_default:
         repo.set_default_backbone(name)
     console.print(_metrics_table(f"{kind} validation (metres)", result.metrics))
+    if result.degenerate:
+        err_console.print(
+            f"[yellow]warning:[/yellow] degenerate (validation ME near the centroid's): "
+            f"{', '.join(result.degenerate)}",
+            soft_wrap=True,
+        )
     console.print(
         f"published {ModelRef(out, 'backbone', name, version)}  "
-        f"({result.report.epochs['train']} epochs, "
+        f"({result.report.steps['train']} steps, {result.report.epochs['train']} epochs, "
         f"{result.report.samples_per_s * world:.0f} samples/s over {world} process(es))",
         soft_wrap=True,
     )
 
 
 @app.command("meml")
+@train_options(loss="mse", val_fraction=0.1)
 def meml(
     data: Annotated[Path, _OPT_DATA],
     envs: Annotated[str, typer.Option(help="Comma-separated source environments.")],
     out: Out,
-    loss: Loss = "mse",
+    config: TrainConfig,
     name: Annotated[str, typer.Option(help="Backbone name in the repository.")] = "meml",
-    epochs: Epochs = 100,
-    patience: Patience = 10,
-    batch_size: BatchSize = 64,
-    lr: Lr = 1e-3,
-    val_fraction: ValFraction = 0.1,
-    seed: Seed = 0,
     set_default: Annotated[
         bool, typer.Option(help="Make this the repository's default backbone.")
     ] = False,
@@ -220,232 +201,172 @@ def meml(
     Runs data-parallel under `torchrun --nproc_per_node=N csipos train meml ...`.
     """
     from training import distributed
-    from training.meml import train_meml_file
+    from training.meml import SourceData, train_sources
 
     _setup_logging(quiet)
     with _cli_errors(), distributed.session() as ses:
         names = [e.strip() for e in envs.split(",") if e.strip()]
         if not names:
             raise ValueError("--envs is empty: expected e.g. industrial/bs0,industrial/bs1")
-        cfg = _config(
-            loss=loss,
-            epochs=epochs,
-            patience=patience,
-            batch_size=batch_size,
-            lr=lr,
-            val_fraction=val_fraction,
-            seed=seed,
-        )
-        result = train_meml_file(
-            data,
-            names,
-            cfg,
-            quiet=quiet or not ses.is_main,
-            shard=ses.shard,
-            device=ses.device,
+        sources = {
+            env: SourceData.from_file(data, env, config.val_fraction, config.seed, ses.shard)
+            for env in names
+        }
+        result = train_sources(
+            sources, config, quiet=quiet or not ses.is_main, shard=ses.shard, device=ses.device
         )
         if ses.is_main:
             _publish_source(result, out, name, "meml", names, set_default, ses.shard.world)
 
 
 @app.command("dtl")
+@train_options(loss="mse", val_fraction=0.1)
 def dtl(
     data: Annotated[Path, _OPT_DATA],
     env: Annotated[str, typer.Option(help="The one source environment.")],
     out: Out,
-    loss: Loss = "mse",
+    config: TrainConfig,
     name: Annotated[str | None, typer.Option(help="Backbone name (default dtl-<env>).")] = None,
-    epochs: Epochs = 100,
-    patience: Patience = 10,
-    batch_size: BatchSize = 64,
-    lr: Lr = 1e-3,
-    val_fraction: ValFraction = 0.1,
-    seed: Seed = 0,
     quiet: Quiet = False,
 ) -> None:
     """DTL: a full model on one source environment; its backbone is published for transfer."""
     from training.data.fingerprints import read_environment
-    from training.meml import train_dtl
+    from training.meml import SourceData, train_sources
 
     _setup_logging(quiet)
     with _cli_errors():
-        cfg = _config(
-            loss=loss,
-            epochs=epochs,
-            patience=patience,
-            batch_size=batch_size,
-            lr=lr,
-            val_fraction=val_fraction,
-            seed=seed,
-        )
-        result = train_dtl(env, read_environment(data, env), cfg, quiet=quiet)
+        source = SourceData.split(read_environment(data, env), config.val_fraction, config.seed)
+        result = train_sources({env: source}, config, quiet=quiet)
         _publish_source(result, out, name or _backbone_name(env), "dtl", [env], False)
 
 
 # --------------------------------------------------------------------------- target training
-def _publish_site(
+def _adapt_cli(
+    data: Path,
+    env: str,
     out: Path,
     site: str,
-    model: Any,
-    parent: tuple[str, str] | None,
-    config: dict[str, Any],
-    val: dict[str, float],
-    pool: Any,
-    test_data: Any,
-    report: Any,
+    config: TrainConfig,
+    *,
+    backbone: str | None,
+    mode: str,
+    fraction: float,
+    holdout: float,
+    quiet: bool,
 ) -> None:
-    """Test on the held-out set (if any), then publish with the training data's fingerprint.
-
-    ``config`` is the run's own part; the epochs run are added here.
-    """
-    from training.checkpoint import save_site_model
-    from training.data.fingerprints import data_fingerprint
-    from training.meml import evaluate_model
+    """`csipos train site|scratch`: the one site pipeline (`training.transfer.adapt_site`),
+    then the validation and test tables."""
+    from training.data.fingerprints import read_environment
     from training.repository import ModelRepository
+    from training.transfer import adapt_site, check_mode
 
-    test = None if test_data is None else evaluate_model(model.backbone, model.head, test_data)
-    config = {**config, "epochs_run": report.epochs}
-    fingerprint = data_fingerprint(pool)
-    metrics: dict[str, Any] = dict(val)
-    if test is not None:
-        metrics["test"] = test
-    version = save_site_model(
-        ModelRepository(out),
-        site,
-        model,
-        parent=parent,
-        config=config,
-        data_fingerprint=fingerprint,
-        metrics=metrics,
-    )
-    rows = {"validation": val} | ({"test": test} if test is not None else {})
-    console.print(_metrics_table(f"site {site} (metres)", rows))
-    epochs = ", ".join(f"{name} {n}" for name, n in report.epochs.items())
-    console.print(
-        f"published {ModelRef(out, 'site', site, version)}  "
-        f"(epochs: {epochs}; best val ME {report.best_val_me:.3f} m)",
-        soft_wrap=True,
-    )
-
-
-@app.command("site")
-def site_cmd(
-    backbone: Annotated[str, typer.Option(help=_BACKBONE_HELP)],
-    data: Annotated[Path, _OPT_DATA],
-    env: Annotated[str, typer.Option(help="Target environment in --data.")],
-    out: Out,
-    site: Annotated[str, typer.Option(help="Site id to publish as.")],
-    fraction: Annotated[float, typer.Option(help="Share of the training pool to use.")] = 1.0,
-    mode: Annotated[
-        str, typer.Option(help="gradual (head, then all at lower lr) | finetune | head.")
-    ] = "gradual",
-    loss: Loss = "nll",
-    holdout: Holdout = 0.2,
-    epochs: Epochs = 100,
-    patience: Patience = 10,
-    batch_size: BatchSize = 64,
-    lr: Lr = 1e-3,
-    val_fraction: ValFraction = 0.2,
-    seed: Seed = 0,
-    calibrate_sigma: CalibrateSigma = True,
-    quiet: Quiet = False,
-) -> None:
-    """Target training: the backbone plus a fresh head on a new site (eq. 6)."""
-    from training.checkpoint import load_backbone
-    from training.meml import split_train_val
-    from training.repository import ModelRepository
-    from training.transfer import check_mode, train_target
-
-    _setup_logging(quiet)
-    with _cli_errors():
-        target_mode = check_mode(mode)
+    scratch = mode == "scratch"
+    target_mode = check_mode("finetune" if scratch else mode)
+    repo = ModelRepository(out)
+    source_repo, ref_text = None, None
+    if backbone is not None:
         ref = parse_model_ref(backbone)
         if ref.kind != "backbone":
             raise ValueError(f"--backbone {backbone!r} names a site; expected REPO/backbones/NAME")
-        repo = ModelRepository(ref.root)
-        version = repo.resolve("backbone", ref.name, ref.version)
-        cfg = _config(
-            loss=loss,
-            epochs=epochs,
-            patience=patience,
-            batch_size=batch_size,
-            lr=lr,
-            val_fraction=val_fraction,
-            seed=seed,
-            calibrate_sigma=calibrate_sigma,
+        source_repo = ModelRepository(ref.root)
+        ref_text = ref.name + (f":{ref.version}" if ref.version else "")
+
+    def show(info: dict[str, Any]) -> None:
+        if not quiet:
+            err_console.print(
+                f"{info.get('candidate', info['phase'])}: step {info.get('step')}, "
+                f"val ME {info['val_me']:.3f} m (best {info['best_val_me']:.3f})",
+                highlight=False,
+            )
+
+    result = adapt_site(
+        repo,
+        site,
+        read_environment(data, env),
+        backbone=ref_text,
+        mode=target_mode,
+        loss=config.loss,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+        config=config,
+        quiet=True,
+        progress=None if quiet else show,
+        scratch=scratch,
+        holdout=holdout,
+        fraction=fraction,
+        source_repo=source_repo,
+        extra={"data": str(data), "env": env},
+    )
+    val = {k: v for k, v in result.metrics.items() if isinstance(v, float)}
+    rows = {"validation": val} | ({"test": result.test} if result.test is not None else {})
+    console.print(_metrics_table(f"site {site} (metres)", rows))
+    steps = ", ".join(f"{name} {n}" for name, n in result.steps.items())
+    console.print(
+        f"published {ModelRef(out, 'site', site, result.version)}  "
+        f"(mode {result.chosen_mode}; steps: {steps}; val ME {val['me']:.3f} m)",
+        soft_wrap=True,
+    )
+    if val.get("degenerate"):
+        err_console.print(
+            "[yellow]warning:[/yellow] degenerate run: validation ME within 5 % of the "
+            "centroid predictor's (after a second initialisation)",
+            soft_wrap=True,
         )
-        pool, test = _target_data(data, env, fraction, holdout, seed)
-        train, val = split_train_val(pool, val_fraction, seed)
-        result = train_target(
-            load_backbone(repo, ref.name, version),
-            train,
-            val,
-            cfg,
-            mode=target_mode,
-            quiet=quiet,
-        )
-        config = {
-            **cfg.to_dict(),
-            "mode": mode,
-            "backbone": f"{ref.name}:{version}",
-            "data": str(data),
-            "env": env,
-            "fraction": fraction,
-            "holdout": holdout,
-        }
-        _publish_site(
-            out, site, result.model, (ref.name, version), config, result.metrics, pool, test,
-            result.report,
+
+
+@app.command("site")
+@train_options(loss="nll", val_fraction=0.2, calibrate_sigma=True)
+def site_cmd(
+    data: Annotated[Path, _OPT_DATA],
+    env: Annotated[str, typer.Option(help="Target environment in --data.")],
+    site: Annotated[str, typer.Option(help="Site id to publish as.")],
+    config: TrainConfig,
+    out: SiteOut = Path("models"),
+    backbone: Annotated[str | None, typer.Option(help=_BACKBONE_HELP)] = None,
+    fraction: Fraction = 1.0,
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="auto (default: trains finetune, gradual and head, keeps the best on "
+            "validation) | finetune | gradual (short head warm-up, then all layers) | "
+            "gradual-paper (head until plateau, then all at lr x 0.1) | head."
+        ),
+    ] = "auto",
+    holdout: Holdout = 0.2,
+    quiet: Quiet = False,
+) -> None:
+    """Target training: a backbone plus a fresh head on a new site (eq. 6).
+
+    Without --backbone, the default backbone of the --out repository.
+    """
+    _setup_logging(quiet)
+    with _cli_errors():
+        if mode == "scratch":
+            raise ValueError("mode 'scratch' is `csipos train scratch`")
+        _adapt_cli(
+            data, env, out, site, config, backbone=backbone, mode=mode, fraction=fraction,
+            holdout=holdout, quiet=quiet,
         )  # fmt: skip
 
 
 @app.command("scratch")
+@train_options(loss="nll", val_fraction=0.2, calibrate_sigma=True)
 def scratch_cmd(
     data: Annotated[Path, _OPT_DATA],
     env: Annotated[str, typer.Option(help="Target environment in --data.")],
-    out: Out,
     site: Annotated[str, typer.Option(help="Site id to publish as.")],
-    fraction: Annotated[float, typer.Option(help="Share of the training pool to use.")] = 1.0,
-    loss: Loss = "nll",
+    config: TrainConfig,
+    out: SiteOut = Path("models"),
+    fraction: Fraction = 1.0,
     holdout: Holdout = 0.2,
-    epochs: Epochs = 100,
-    patience: Patience = 10,
-    batch_size: BatchSize = 64,
-    lr: Lr = 1e-3,
-    val_fraction: ValFraction = 0.2,
-    seed: Seed = 0,
-    calibrate_sigma: CalibrateSigma = True,
     quiet: Quiet = False,
 ) -> None:
     """Scratch: a full model from random initialisation on the target only."""
-    from training.meml import split_train_val, train_scratch
-
     _setup_logging(quiet)
     with _cli_errors():
-        cfg = _config(
-            loss=loss,
-            epochs=epochs,
-            patience=patience,
-            batch_size=batch_size,
-            lr=lr,
-            val_fraction=val_fraction,
-            seed=seed,
-            calibrate_sigma=calibrate_sigma,
-        )
-        pool, test = _target_data(data, env, fraction, holdout, seed)
-        train, val = split_train_val(pool, val_fraction, seed)
-        result = train_scratch(train, val, cfg, quiet=quiet)
-        config = {
-            **cfg.to_dict(),
-            "mode": "scratch",
-            "data": str(data),
-            "env": env,
-            "fraction": fraction,
-            "holdout": holdout,
-        }
-        _publish_site(
-            out, site, result.site_model("target").eval(), None, config,
-            result.metrics["target"], pool, test, result.report,
+        _adapt_cli(
+            data, env, out, site, config, backbone=None, mode="scratch", fraction=fraction,
+            holdout=holdout, quiet=quiet,
         )  # fmt: skip
 
 
@@ -468,8 +389,7 @@ def evaluate(
     from training.checkpoint import load_site_model
     from training.data.fingerprints import read_environment
     from training.data.splits import train_val_test
-    from training.meml import evaluate_model
-    from training.metrics import CALIBRATION_EXPECTED
+    from training.metrics import CALIBRATION_EXPECTED, evaluate_model
     from training.repository import ModelRepository
 
     _setup_logging(True)

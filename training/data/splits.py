@@ -8,12 +8,22 @@ lazy HDF5 reads sequential.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Split", "fraction_subset", "kfold", "train_val_test"]
+if TYPE_CHECKING:
+    from training.data.fingerprints import Fingerprints
+
+__all__ = [
+    "Split",
+    "fraction_subset",
+    "kfold",
+    "split_train_val",
+    "train_val_indices",
+    "train_val_test",
+]
 
 IndexArray = npt.NDArray[np.int64]
 
@@ -103,3 +113,20 @@ def fraction_subset(idx: npt.ArrayLike, fraction: float, seed: int) -> IndexArra
     base = np.sort(values.astype(np.int64))
     perm = _rng(seed).permutation(base.size)
     return np.sort(base[perm[:count]])
+
+
+def train_val_indices(n: int, val_fraction: float, seed: int) -> tuple[IndexArray, IndexArray]:
+    """Sorted (train, validation) rows of a seeded random split, at least one row each."""
+    if n < 2:
+        raise ValueError(f"need at least 2 samples to split off validation, got {n}")
+    val = min(max(val_fraction, 1.0 / n), (n - 1) / n)
+    split = train_val_test(n, val, 0.0, seed)
+    return split.train, split.val
+
+
+def split_train_val(
+    data: Fingerprints, val_fraction: float, seed: int
+) -> tuple[Fingerprints, Fingerprints]:
+    """A seeded random train/validation split of fingerprints (at least one sample each)."""
+    train, val = train_val_indices(len(data), val_fraction, seed)
+    return data.subset(train), data.subset(val)

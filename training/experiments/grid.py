@@ -13,10 +13,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from training.config import TARGET_MODES, TrainConfig
 from training.nets import BackboneConfig
 
-Mode = Literal["finetune", "gradual"]
-MODES: tuple[Mode, ...] = ("finetune", "gradual")
+MODES: tuple[str, ...] = TARGET_MODES
 
 SCRATCH = "scratch"
 MEML_STRATEGIES = ("meml-mse", "meml-nll")
@@ -69,23 +69,6 @@ class Run:
 
 
 @dataclass(frozen=True)
-class TrainBudget:
-    """How long one training may run: the knobs that trade accuracy for wall time.
-
-    `max_epochs` bounds each phase (gradual unfreezing has two); early stopping
-    ends a phase after `patience` epochs without a better validation loss.
-    `unfreeze_lr_factor` scales the learning rate of the backbone phase of
-    gradual unfreezing (the paper lowers it).
-    """
-
-    max_epochs: int
-    patience: int
-    batch_size: int = 64
-    lr: float = 1e-3
-    unfreeze_lr_factor: float = 0.1
-
-
-@dataclass(frozen=True)
 class Preset:
     """A complete experiment definition: data selection, grid and budgets.
 
@@ -122,8 +105,10 @@ class Preset:
     backbone_channels: tuple[tuple[int, int], ...] = ((40, 16), (40, 16))
     """Conv channels per pooling block (`BackboneConfig.block_channels`); the default is the
     paper's 152,640-parameter backbone."""
-    source: TrainBudget = field(default_factory=lambda: TrainBudget(max_epochs=60, patience=8))
-    target: TrainBudget = field(default_factory=lambda: TrainBudget(max_epochs=100, patience=10))
+    source: TrainConfig = field(default_factory=TrainConfig)
+    """Source training's budget and recipe (loss and seed are set per source)."""
+    target: TrainConfig = field(default_factory=TrainConfig)
+    """Target training's budget and recipe (loss and seed are set per run)."""
     notes: str = ""
     """Shown in the report: how the preset departs from the paper and why."""
 
@@ -200,16 +185,18 @@ QUICK = Preset(
     max_target_pool=100,
     max_source_samples=150,
     backbone_channels=((4, 4), (4, 4)),
-    source=TrainBudget(max_epochs=2, patience=1, batch_size=32),
-    target=TrainBudget(max_epochs=2, patience=1, batch_size=32),
-    notes="Machinery check only: tiny data, a slim backbone, 2 epochs. The numbers mean nothing.",
+    source=TrainConfig(batch_size=32, min_steps=60, epochs=2, patience=3, lr=3e-3),
+    target=TrainConfig(
+        batch_size=32, min_steps=60, epochs=2, patience=3, lr=3e-3, head_warmup_steps=20
+    ),
+    notes="Machinery check only: tiny data, a slim backbone, ~60 steps. The numbers mean nothing.",
 )
 """Machinery check on tiny data (CI): every strategy and mode, 2 fractions x 2 folds.
 
-144 runs of at most 2 epochs per phase on a slim backbone (4 channels per
-conv) and capped data, so the whole grid takes well under a minute. The
-numbers it produces mean nothing; it proves the grid, the resume and the
-report work.
+Runs of about 60 steps per phase on a slim backbone (4 channels per conv)
+and capped data, so the whole grid takes about a minute. The numbers it
+produces mean little; it proves the grid, the resume and the report work,
+and that no scratch run ends at the centroid.
 """
 
 PAPER = Preset(
@@ -218,14 +205,14 @@ PAPER = Preset(
     max_test=1000,
     max_target_pool=800,
     max_source_samples=3000,
-    source=TrainBudget(max_epochs=40, patience=6, batch_size=64),
-    target=TrainBudget(max_epochs=30, patience=4, batch_size=64),
+    source=TrainConfig(batch_size=64, epochs=40, patience=8),
+    target=TrainConfig(batch_size=64, min_steps=400, epochs=60, patience=15),
     notes=(
-        "Sized for ~1.5-2 h on 2 CPU cores (see `training/experiments/grid.py`). Differs from "
-        "the paper to fit: an 800-sample labelled pool per target (20 % = 128 training "
-        "samples, not thousands), test set capped at 1,000, 3,000 samples per source "
-        "environment, DTL from two of the four industrial base stations (opposite corners), "
-        "at most 30 epochs per phase with early-stopping patience 4."
+        "Differs from the paper to fit 2 CPU cores: an 800-sample labelled pool per target "
+        "(20 % = 128 training samples, not thousands), test set capped at 1,000, 3,000 "
+        "samples per source environment, DTL from two of the four industrial base stations "
+        "(opposite corners). Target budgets in optimizer steps: at least 400 per phase, at "
+        "most 60 epochs, patience 15 validations."
     ),
 )
 """The paper's grid, sized to finish in about 1.5-2 h on 2 CPU cores (`--workers 2`), resumably.

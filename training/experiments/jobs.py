@@ -26,14 +26,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from training.config import check_mode
 from training.data.fingerprints import Fingerprints, list_environments, open_environment
 from training.data.splits import fraction_subset, kfold, train_val_test
 from training.experiments import sources
 from training.experiments.grid import Preset, Run, derive_seed, strategy_kind
 from training.experiments.store import RunResult
-from training.meml import evaluate_model
-from training.nets import Backbone
-from training.transfer import check_mode, train_target
+from training.metrics import evaluate_model
+from training.transfer import train_target
 
 IndexArray = npt.NDArray[np.int64]
 
@@ -174,16 +174,26 @@ def execute_run(spec: RunSpec) -> RunResult:
     test = target.take(target.split.test)
     seed = derive_seed(spec.seed, "run", run.target, run.loss, run.fraction, run.fold)
 
+    config = sources.train_config(preset.target, run.loss, seed)
     if strategy_kind(run.strategy) == "scratch":
-        backbone = Backbone(preset.backbone_config(), seed=derive_seed(seed, "backbone"))
+        trained = train_target(
+            None,
+            train,
+            val,
+            config,
+            mode="finetune",
+            quiet=True,
+            device=spec.device,
+            backbone_config=preset.backbone_config(),
+        )
     else:
         source = sources.source_of(run)
         backbone = sources.load_backbone(spec.out_dir, source, preset.backbone_config())
-    config = sources.train_config(preset.target, run.loss, seed)
-    trained = train_target(
-        backbone, train, val, config, mode=check_mode(run.mode), quiet=True, device=spec.device
-    )
+        trained = train_target(
+            backbone, train, val, config, mode=check_mode(run.mode), quiet=True, device=spec.device
+        )
     metrics = evaluate_model(trained.model.backbone, trained.model.head, test)
+    metrics["degenerate"] = 1.0 if trained.degenerate else 0.0
     return RunResult(
         run=run,
         n_train=len(train),
@@ -191,6 +201,13 @@ def execute_run(spec: RunSpec) -> RunResult:
         n_test=len(test),
         metrics=metrics,
         epochs=tuple(p.epochs for p in trained.report.phases),
+        extra={
+            "steps": list(trained.report.steps.values()),
+            "chosen_mode": trained.chosen,
+            "final_phase": trained.report.final_phase,
+            "retried": trained.retried,
+            "candidates": trained.candidates,
+        },
         best_val_me=trained.report.best_val_me,
         wall_s=time.perf_counter() - t0,
         seed=seed,

@@ -212,10 +212,14 @@ def write_report(
         f"test set {p.test_fraction:.0%} of each target, fixed.",
         f"- Caps: target pool {p.max_target_pool or 'all'}, source samples per environment "
         f"{p.max_source_samples or 'all'}; DTL sources trained with {p.dtl_loss}.",
-        f"- Budgets: sources max {p.source.max_epochs} epochs, patience {p.source.patience}, "
-        f"batch {p.source.batch_size}, lr {p.source.lr:g}; targets max {p.target.max_epochs} "
-        f"epochs per phase, patience {p.target.patience}, batch {p.target.batch_size}, "
-        f"lr {p.target.lr:g} (x{p.target.unfreeze_lr_factor:g} after unfreezing).",
+        f"- Budgets (optimizer steps): sources at least {p.source.min_steps} steps, at most "
+        f"{p.source.epochs} epochs, patience {p.source.patience} validations, "
+        f"batch {p.source.batch_size}, lr {p.source.lr:g}; targets at least "
+        f"{p.target.min_steps} steps per phase, at most {p.target.epochs} epochs, patience "
+        f"{p.target.patience} validations, batch {p.target.batch_size}, lr {p.target.lr:g}; "
+        f"gradual: {p.target.head_warmup_steps}-step head warm-up, then x"
+        f"{p.target.unfreeze_lr_factor:g}; gradual-paper: head to plateau, then x0.1; "
+        f"NLL trained as beta-NLL, beta {p.target.beta:g}.",
         f"- Runs: {len(results)} of {len(planned)} finished; wall time of this invocation "
         f"{ctx.elapsed_s / 60:.1f} min; summed run time {run_wall / 60:.1f} min; source "
         "training " + ", ".join(f"{k} {v:.0f} s" for k, v in ctx.source_wall_s.items()) + ".",

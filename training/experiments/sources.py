@@ -19,20 +19,19 @@ from typing import Any
 
 import torch
 
+from training.config import TrainConfig, check_loss_name
 from training.data.fingerprints import Fingerprints, open_environment
 from training.data.splits import fraction_subset
 from training.experiments.grid import (
     DTL_PREFIX,
     Preset,
     Run,
-    TrainBudget,
     derive_seed,
     dtl_strategy,
     strategy_kind,
 )
 from training.experiments.store import atomic_write_text
-from training.losses import check_loss_name
-from training.meml import TrainConfig, train_dtl, train_meml
+from training.meml import SourceData, train_sources
 from training.nets import Backbone, BackboneConfig
 from training.repository import atomic_write_bytes
 
@@ -96,15 +95,10 @@ def read_capped(data_path: Path, env: str, cap: int | None, seed: int) -> Finger
         return lazy.read(idx)
 
 
-def train_config(budget: TrainBudget, loss: str, seed: int) -> TrainConfig:
-    """A preset's budget as the training core's config."""
-    return TrainConfig(
+def train_config(budget: TrainConfig, loss: str, seed: int) -> TrainConfig:
+    """A preset's budget with one run's loss and seed."""
+    return budget.replace(
         loss=check_loss_name(loss),
-        epochs=budget.max_epochs,
-        patience=budget.patience,
-        batch_size=budget.batch_size,
-        lr=budget.lr,
-        unfreeze_lr_factor=budget.unfreeze_lr_factor,
         seed=seed,
         calibrate_sigma=False,  # the paper's protocol: sigma as trained
     )
@@ -123,23 +117,20 @@ def train_source(spec: SourceSpec) -> float:
     preset, seed = spec.preset, derive_seed(spec.seed, "source", spec.name)
     cap = preset.max_source_samples
     if spec.name.startswith("meml-"):
-        envs = {e: read_capped(spec.env_paths[e], e, cap, spec.seed) for e in preset.source_envs}
+        envs = list(preset.source_envs)
         config = train_config(preset.source, spec.name.removeprefix("meml-"), seed)
-        result = train_meml(
-            envs, config, backbone_config=preset.backbone_config(), quiet=True, device=spec.device
-        )
     else:
-        env = _source_env(preset, spec.name)
+        envs = [_source_env(preset, spec.name)]
         config = train_config(preset.source, preset.dtl_loss, seed)
-        data = read_capped(spec.env_paths[env], env, cap, spec.seed)
-        result = train_dtl(
-            env,
-            data,
-            config,
-            backbone_config=preset.backbone_config(),
-            quiet=True,
-            device=spec.device,
+    data = {
+        e: SourceData.split(
+            read_capped(spec.env_paths[e], e, cap, spec.seed), config.val_fraction, config.seed
         )
+        for e in envs
+    }
+    result = train_sources(
+        data, config, backbone_config=preset.backbone_config(), quiet=True, device=spec.device
+    )
     wall = time.perf_counter() - t0
     folder = source_dir(spec.out_dir, spec.name)
     _atomic_torch_save(result.backbone.cpu().state_dict(), folder / "backbone.pt")
@@ -148,6 +139,8 @@ def train_source(spec: SourceSpec) -> float:
         "config": config.to_dict(),
         "samples": result.samples,
         "epochs": result.report.epochs,
+        "steps": result.report.steps,
+        "degenerate": result.degenerate,
         "best_val_me": result.report.best_val_me,
         "val_metrics": result.metrics,
         "data_fingerprint": result.data_fingerprint,

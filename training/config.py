@@ -1,0 +1,185 @@
+"""The one training configuration and the names that training, experiments and the
+service share.
+
+`TrainConfig` is what `training.fit` and everything above it take: the loss,
+the optimiser, the budget *in optimizer steps*, the gradual-unfreezing recipe,
+beta-NLL and the `auto` target mode. The experiment presets, the service's
+adaptation settings and the CLI options all derive from it, so a default
+changes in one place.
+
+Why steps, not epochs: at 20 % of an 800-sample pool an epoch is two steps,
+so an epoch-counted patience stopped runs after a handful of noisy updates at
+the room-centroid error. A phase now runs at least ``min_steps`` steps,
+evaluates every ``eval_every`` steps (about an epoch on large data, never
+less than `MIN_EVAL_EVERY` steps on small data) and stops after ``patience``
+evaluations without a better validation score.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+LossName = Literal["mse", "nll"]
+LOSSES: tuple[LossName, ...] = ("mse", "nll")
+
+TargetMode = Literal["auto", "finetune", "gradual", "gradual-paper", "head"]
+TARGET_MODES: tuple[TargetMode, ...] = ("auto", "finetune", "gradual", "gradual-paper", "head")
+"""Target training modes; ``auto`` (the default) trains several and keeps the best."""
+DEFAULT_TARGET_MODE: TargetMode = "auto"
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+"""Site ids and backbone names: no path traversal, safe as folder names and metric labels."""
+REF_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}(:v[1-9][0-9]{0,8})?$")
+"""A backbone reference: ``name`` (its active version) or ``name:vN``."""
+
+MIN_EVAL_EVERY = 10
+"""Fewest steps between two validations when ``eval_every`` is automatic."""
+MAX_EVAL_EVERY = 500
+"""Most steps between two validations when ``eval_every`` is automatic (huge corpora)."""
+DEGENERATE_RATIO = 0.95
+"""A run whose validation ME is at least this share of the centroid predictor's is degenerate."""
+
+
+def check_loss_name(loss: str) -> LossName:
+    """Return ``loss`` as a `LossName`, or raise a ValueError that lists the choices."""
+    for name in LOSSES:
+        if loss == name:
+            return name
+    raise ValueError(f"unknown loss {loss!r}: expected one of {', '.join(LOSSES)}")
+
+
+def check_mode(mode: str) -> TargetMode:
+    """Return ``mode`` as a `TargetMode`, or raise a ValueError listing the choices."""
+    for m in TARGET_MODES:
+        if mode == m:
+            return m
+    raise ValueError(
+        f"unknown target training mode {mode!r}: expected one of {', '.join(TARGET_MODES)}"
+    )
+
+
+@dataclass(frozen=True)
+class StepBudget:
+    """How long one phase may train, resolved for its data size (all counts in steps)."""
+
+    min_steps: int
+    """No early stop before this many steps."""
+    max_steps: int
+    eval_every: int
+    patience: int
+    """Evaluations without a better validation score before the phase stops."""
+
+    def __post_init__(self) -> None:
+        if self.min_steps < 0 or self.max_steps < 0:
+            raise ValueError(f"budget {self}: step counts must be >= 0")
+        if self.eval_every < 1 or self.patience < 1:
+            raise ValueError(f"budget {self}: eval_every and patience must be >= 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one training run; stored in manifests as ``to_dict()``."""
+
+    loss: LossName = "mse"
+    batch_size: int = 64
+    """Samples per environment and step."""
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    val_fraction: float = 0.1
+    """Share of each environment held out for validation when no split is given."""
+    seed: int = 0
+
+    # --- budget, in optimizer steps (see the module docstring) ---
+    min_steps: int = 500
+    """Fewest steps of a phase before it may stop early: a 100-sample site still trains."""
+    epochs: int = 100
+    """Most passes over the largest environment per phase (but at least ``min_steps`` steps)."""
+    max_steps: int | None = None
+    """Hard cap on steps per phase (None: only ``epochs`` caps)."""
+    eval_every: int | None = None
+    """Steps between validations; None: one epoch, within [10, 500] steps."""
+    patience: int = 15
+    """Validations without a better validation score before a phase stops."""
+    lr_patience: int = 4
+    """Validations without improvement before the plateau schedule halves the rate (>= 3, so
+    noise on a small validation set cannot collapse it)."""
+
+    # --- target training recipes ---
+    head_warmup_steps: int = 150
+    """``gradual``: steps of the head-only warm-up before every layer trains."""
+    unfreeze_lr_factor: float = 1.0
+    """``gradual``: the all-layer phase runs at ``lr * unfreeze_lr_factor`` (the ablation in
+    docs/results chose 1.0; ``gradual-paper`` always uses 0.1)."""
+    auto_folds: int = 3
+    """``auto``: validation splits the choice is judged on when the validation set is small."""
+    auto_min_val: int = 100
+    """``auto``: below this many validation samples the choice uses ``auto_folds`` splits."""
+
+    # --- the NLL ---
+    beta: float = 0.5
+    """beta-NLL (Seitzer et al., 2022): weights each point's NLL by sigma^(2 beta)
+    (no gradient), so hard points cannot be given up by inflating sigma; 0 is the plain NLL."""
+    mse_warmup_steps: int = 0
+    """NLL: train the positions with the MSE for this many steps first (sigma untrained)."""
+    calibrate_sigma: bool = True
+    """NLL heads: after training, scale sigma per axis to fit the validation errors
+    (`training.calibration`); the metrics then report ``sigma_scale_x``/``_y``."""
+    retry_degenerate: bool = True
+    """A run that ends degenerate (validation ME near the centroid predictor's) is trained
+    once more from another initialisation; the better of the two is kept and still flagged."""
+
+    def __post_init__(self) -> None:
+        check_loss_name(self.loss)
+        for name in ("epochs", "patience", "batch_size", "auto_folds", "auto_min_val"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}, expected >= 1")
+        for name in ("min_steps", "head_warmup_steps", "mse_warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)}, expected >= 0")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps={self.max_steps}, expected >= 1 or None")
+        if self.eval_every is not None and self.eval_every < 1:
+            raise ValueError(f"eval_every={self.eval_every}, expected >= 1 or None")
+        if self.lr_patience < 3:
+            raise ValueError(f"lr_patience={self.lr_patience}, expected >= 3 validations")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr={self.lr}, expected > 0")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction={self.val_fraction}, expected in (0, 1)")
+        if not 0.0 < self.unfreeze_lr_factor <= 1.0:
+            raise ValueError(f"unfreeze_lr_factor={self.unfreeze_lr_factor}, expected in (0, 1]")
+        if not 0.0 <= self.beta <= 1.0:
+            raise ValueError(f"beta={self.beta}, expected in [0, 1]")
+        if self.seed < 0:
+            raise ValueError(f"seed={self.seed}, expected >= 0")
+
+    def budget(self, n_train: int, *, patience: int | None = None) -> StepBudget:
+        """The step budget of a phase whose largest environment has ``n_train`` samples."""
+        per_epoch = max(1, math.ceil(n_train / self.batch_size))
+        max_steps = max(self.min_steps, self.epochs * per_epoch)
+        if self.max_steps is not None:
+            max_steps = min(max_steps, self.max_steps)
+        every = self.eval_every or min(max(per_epoch, MIN_EVAL_EVERY), MAX_EVAL_EVERY)
+        return StepBudget(
+            min_steps=min(self.min_steps, max_steps),
+            max_steps=max_steps,
+            eval_every=every,
+            patience=patience or self.patience,
+        )
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes`` (validated like a new config)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """The config stored by ``to_dict`` (unknown keys, e.g. from older manifests, ignored)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
