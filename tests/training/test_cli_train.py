@@ -36,13 +36,14 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_h5: Path) -> tuple[Pa
     t0 = time.perf_counter()
     invoke(
         "train", "meml", "--data", str(data), "--envs", "industrial/bs0,industrial/bs1",
-        "--loss", "mse", "--out", str(repo), "--epochs", "3", "--patience", "2", "--quiet",
+        "--loss", "mse", "--out", str(repo), "--epochs", "3", "--patience", "2",
+        "--min-steps", "20", "--set-default", "--quiet",
     )  # fmt: skip
     invoke(
         "train", "site", "--backbone", f"{repo}/backbones/meml", "--data", str(data),
         "--env", "lab-los", "--fraction", "1.0", "--mode", "gradual", "--loss", "nll",
         "--out", str(repo), "--site", "lab", "--epochs", "8", "--patience", "3",
-        "--lr", "3e-3", "--quiet",
+        "--lr", "3e-3", "--min-steps", "40", "--head-warmup-steps", "10", "--quiet",
     )  # fmt: skip
     return data, repo, time.perf_counter() - t0
 
@@ -72,7 +73,8 @@ def test_meml_then_gradual_site_then_evaluate_beats_the_mean(
 
     manifest = json.loads((repo / "sites/lab/versions/v1/manifest.json").read_text())
     assert manifest["parent"] == {"backbone": "meml", "version": "v1"}
-    assert list(manifest["config"]["epochs_run"]) == ["head", "unfrozen"]
+    assert set(manifest["config"]["epochs_run"]) == {"warmup", "unfrozen"}
+    assert manifest["config"]["min_steps"] == 40 and manifest["config"]["beta"] == 0.5
     assert manifest["metrics"]["test"]["me"] == pytest.approx(m["me"], rel=1e-6)
 
 
@@ -102,15 +104,33 @@ def test_dtl_and_scratch(trained: tuple[Path, Path, float]) -> None:
     data, repo, _ = trained
     invoke(
         "train", "dtl", "--data", str(data), "--env", "industrial/bs2", "--out", str(repo),
-        "--epochs", "1", "--quiet",
+        "--epochs", "1", "--min-steps", "0", "--quiet",
     )  # fmt: skip
     assert (repo / "backbones/dtl-industrial-bs2/versions/v1/backbone.pt").is_file()
     invoke(
         "train", "scratch", "--data", str(data), "--env", "lab-los", "--fraction", "0.5",
-        "--out", str(repo), "--site", "scratch-lab", "--epochs", "1", "--quiet",
+        "--out", str(repo), "--site", "scratch-lab", "--epochs", "1", "--min-steps", "0",
+        "--quiet",
     )  # fmt: skip
     manifest = json.loads((repo / "sites/scratch-lab/versions/v1/manifest.json").read_text())
     assert manifest["parent"] is None and manifest["config"]["mode"] == "scratch"
+    assert manifest["metrics"]["test"]["n"] > 0
+
+
+def test_site_defaults_to_auto_on_the_repository_default_backbone(
+    trained: tuple[Path, Path, float],
+) -> None:
+    data, repo, _ = trained
+    out = invoke(
+        "train", "site", "--data", str(data), "--env", "lab-nlos", "--out", str(repo),
+        "--site", "auto-lab", "--epochs", "2", "--min-steps", "10", "--head-warmup-steps", "5",
+        "--no-calibrate-sigma", "--quiet",
+    )  # fmt: skip
+    assert "published" in out and "mode " in out
+    config = json.loads((repo / "sites/auto-lab/versions/v1/manifest.json").read_text())["config"]
+    assert config["mode"] == "auto" and config["backbone"] == "meml:v1"
+    assert set(config["candidates"]) == {"finetune", "gradual", "head"}
+    assert config["calibrate_sigma"] is False
 
 
 def test_model_refs() -> None:
@@ -143,4 +163,16 @@ def test_bad_input_is_one_clear_line(tmp_path: Path, trained: tuple[Path, Path, 
         ["train", "site", "--backbone", f"{repo}/backbones/meml", "--data", str(data),
          "--env", "lab-los", "--out", str(repo), "--site", "x", "--mode", "fast"],
     )  # fmt: skip
-    assert result.exit_code == 2 and "expected one of finetune, gradual, head" in result.output
+    assert result.exit_code == 2 and "expected one of auto, finetune, gradual" in result.output
+    result = runner.invoke(
+        app,
+        ["train", "site", "--data", str(data), "--env", "lab-los", "--out", str(repo),
+         "--site", "x", "--lr-patience", "1"],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "No such option" in result.output
+    result = runner.invoke(
+        app,
+        ["train", "site", "--data", str(data), "--env", "lab-los", "--out", str(repo),
+         "--site", "x", "--beta", "2"],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "beta=2.0, expected in [0, 1]" in result.output
