@@ -17,7 +17,7 @@ from training.experiments.store import METRIC_KEYS, RunResult
 DTL_MEAN = "dtl:mean"
 DTL_BEST = "dtl:best"
 # Not `dtl-...`: that prefix names one source (`dtl-bs0`), and a BS could be called "mean".
-STAT_KEYS = (*METRIC_KEYS, "n_train", "wall_s")
+STAT_KEYS = (*METRIC_KEYS, "degenerate", "n_train", "wall_s")
 
 CellKey = tuple[str, str, str, str, float]
 """(target, loss, strategy, mode, fraction)."""
@@ -25,20 +25,25 @@ CellKey = tuple[str, str, str, str, float]
 
 @dataclass(frozen=True)
 class Stat:
-    """Mean and sample standard deviation (ddof=1; 0 for a single fold) over `n` folds."""
+    """Mean, sample standard deviation (ddof=1; 0 for a single fold) and median over `n`
+    folds; ``total`` is the sum (the count of flagged runs for 0/1 metrics)."""
 
     mean: float
     std: float
     n: int
+    median: float = math.nan
+    total: float = math.nan
 
     @classmethod
     def of(cls, values: Iterable[float]) -> Stat:
-        xs = [v for v in values if not math.isnan(v)]
+        xs = sorted(v for v in values if not math.isnan(v))
         if not xs:
             return cls(math.nan, math.nan, 0)
         mean = sum(xs) / len(xs)
         var = sum((x - mean) ** 2 for x in xs) / (len(xs) - 1) if len(xs) > 1 else 0.0
-        return cls(mean, math.sqrt(var), len(xs))
+        mid = len(xs) // 2
+        median = xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+        return cls(mean, math.sqrt(var), len(xs), median, sum(xs))
 
     def fmt(self, digits: int = 2) -> str:
         if self.n == 0:

@@ -177,7 +177,8 @@ def derive_seed(base: int, *parts: object) -> int:
 
 QUICK = Preset(
     name="quick",
-    dtl_sources=("industrial/bs0", "industrial/bs1"),
+    dtl_sources=("industrial/bs0",),
+    losses=("nll",),
     fractions=(0.5, 1.0),
     k=5,
     folds=(0, 1),
@@ -187,11 +188,18 @@ QUICK = Preset(
     backbone_channels=((4, 4), (4, 4)),
     source=TrainConfig(batch_size=32, min_steps=60, epochs=2, patience=3, lr=3e-3),
     target=TrainConfig(
-        batch_size=32, min_steps=60, epochs=2, patience=3, lr=3e-3, head_warmup_steps=20
+        batch_size=32,
+        min_steps=40,
+        epochs=2,
+        patience=3,
+        lr=3e-3,
+        head_warmup_steps=10,
+        auto_min_val=1,
     ),
     notes="Machinery check only: tiny data, a slim backbone, ~60 steps. The numbers mean nothing.",
 )
-"""Machinery check on tiny data (CI): every strategy and mode, 2 fractions x 2 folds.
+"""Machinery check on tiny data (CI): every strategy and mode, 2 fractions x 2 folds, NLL
+targets (128 runs).
 
 Runs of about 60 steps per phase on a slim backbone (4 channels per conv)
 and capped data, so the whole grid takes about a minute. The numbers it

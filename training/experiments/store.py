@@ -74,6 +74,13 @@ class RunResult:
         row["best_val_me"] = self.best_val_me
         row["epochs_phase1"] = self.epochs[0] if self.epochs else 0
         row["epochs_phase2"] = self.epochs[1] if len(self.epochs) > 1 else 0
+        steps = self.extra.get("steps") or []
+        row["steps_phase1"] = steps[0] if steps else ""
+        row["steps_phase2"] = steps[1] if len(steps) > 1 else ""
+        row["chosen_mode"] = self.extra.get("chosen_mode", r.mode)
+        row["final_phase"] = self.extra.get("final_phase", "")
+        row["degenerate"] = int(self.metrics.get("degenerate", 0.0))
+        row["retried"] = int(bool(self.extra.get("retried", False)))
         row["wall_s"] = round(self.wall_s, 3)
         row["seed"] = self.seed
         return row

@@ -11,17 +11,18 @@ from training.experiments.jobs import target_split
 
 def test_quick_grid_has_every_strategy_mode_and_unique_ids() -> None:
     runs = QUICK.runs()
-    # per (target, loss, fraction, fold): scratch + 2 DTL x 2 modes + 2 MEML x 2 modes = 9
-    assert len(runs) == 2 * 2 * 2 * 2 * 9
+    # per (target, fraction, fold): scratch + (1 DTL + 2 MEML) x 5 modes = 16
+    assert len(runs) == 2 * 2 * 2 * 16
     assert len({r.id for r in runs}) == len(runs)
-    assert {r.strategy for r in runs} == {"scratch", "dtl-bs0", "dtl-bs1", "meml-mse", "meml-nll"}
+    assert {r.strategy for r in runs} == {"scratch", "dtl-bs0", "meml-mse", "meml-nll"}
     assert {r.mode for r in runs if r.strategy == "scratch"} == {"finetune"}
+    assert {r.mode for r in runs} == {"auto", "finetune", "gradual", "gradual-paper", "head"}
 
 
 def test_paper_grid_is_the_full_comparison() -> None:
     assert PAPER.k == 5 and PAPER.folds == (0, 1, 2, 3, 4)
     assert PAPER.fractions == (0.2, 0.4, 0.6, 0.8, 1.0)
-    per_cell = 1 + 2 * len(PAPER.dtl_sources) + 2 * 2
+    per_cell = 1 + 5 * len(PAPER.dtl_sources) + 2 * 5
     assert len(PAPER.runs()) == 2 * 2 * 5 * 5 * per_cell
 
 

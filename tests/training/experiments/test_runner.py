@@ -21,13 +21,21 @@ from training.experiments.store import ResultStore, RunResult
 def test_quick_runs_every_cell_and_writes_the_report(quick_run: tuple[Path, Outcome]) -> None:
     out, outcome = quick_run
     planned = QUICK.runs()
-    assert outcome.complete and outcome.ran == len(planned) == 144
+    assert outcome.complete and outcome.ran == len(planned) == 128
     assert all(ResultStore(out).done(r) for r in planned)
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(planned)
     assert {"me", "median", "p90", "crps", "within_1sigma", "within_2sigma", "epochs_phase1",
-            "epochs_phase2", "wall_s"} <= set(rows[0])  # fmt: skip
+            "epochs_phase2", "steps_phase1", "chosen_mode", "degenerate", "wall_s"} <= set(rows[0])  # fmt: skip
+    # The fixed budgets: no scratch run ends at the centroid (degenerate), and auto's
+    # choice is one of its three candidates.
+    assert [r for r in rows if r["strategy"] == "scratch" and r["degenerate"] == "1"] == []
+    assert {r["chosen_mode"] for r in rows if r["mode"] == "auto"} <= {
+        "finetune",
+        "gradual",
+        "head",
+    }
     nll_rows = [r for r in rows if r["loss"] == "nll"]
     assert all(float(r["crps"]) > 0 for r in nll_rows)
     gradual = [r for r in rows if r["mode"] == "gradual"]
@@ -35,9 +43,11 @@ def test_quick_runs_every_cell_and_writes_the_report(quick_run: tuple[Path, Outc
     report = (out / "report.md").read_text()
     assert report.count("### Claim") == 4 + 2  # the paper's four, then 3 and 4 with fine-tuning
     assert "## Claims 3 and 4 with fine-tuning instead of gradual unfreezing" in report
-    assert "144 of 144 finished" in report and "Incomplete" not in report
-    assert len(list((out / "figures").glob("*.png"))) == 6  # 2 targets x (mse ME, nll ME, CRPS)
-    assert (out / "summary.csv").read_text().count("dtl:best") == 2 * 2 * 2 * 2
+    assert "128 of 128 finished" in report and "Incomplete" not in report
+    assert "## Target training modes" in report and "auto / best single" in report
+    assert len(list((out / "figures").glob("*.png"))) == 4  # 2 targets x (nll ME, CRPS)
+    # per target x fraction: one dtl:best row per mode
+    assert (out / "summary.csv").read_text().count("dtl:best") == 2 * 2 * 5
 
 
 def test_second_run_redoes_nothing(quick_run: tuple[Path, Outcome], fingerprint_file: Path) -> None:
