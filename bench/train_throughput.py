@@ -1,7 +1,7 @@
 """MEML training throughput against its ceiling: a bare forward+backward loop of the same model.
 
-MEML here is the real `training.meml.train_meml` (per-epoch validation, early
-stopping bookkeeping, best-state snapshots included). The ceiling runs the same
+MEML here is the real `training.meml.train_sources` (validation every ``eval_every``
+steps, early-stopping bookkeeping, best-state snapshots included). The ceiling runs the same
 backbone and heads on random tensors of the same batch shape with the same
 optimizer and no data handling at all. Both count training samples per second
 (all environments together).
@@ -20,9 +20,10 @@ import time
 import numpy as np
 import torch
 
+from training.config import TrainConfig
 from training.data.fingerprints import Fingerprints
 from training.losses import mse_loss
-from training.meml import TrainConfig, train_meml
+from training.meml import SourceData, train_sources
 from training.nets import Backbone, Head
 
 
@@ -78,8 +79,13 @@ def main() -> None:
     device = torch.device(args.device)
     logging.basicConfig(level=logging.WARNING)
 
-    envs = {f"env{k}": synthetic_env(args.samples, k) for k in range(args.envs)}
-    cfg = TrainConfig(epochs=1, patience=1, batch_size=args.batch_size, val_fraction=0.1)
+    cfg = TrainConfig(
+        epochs=1, min_steps=0, patience=1, batch_size=args.batch_size, val_fraction=0.1
+    )
+    envs = {
+        f"env{k}": SourceData.split(synthetic_env(args.samples, k), cfg.val_fraction, 0)
+        for k in range(args.envs)
+    }
     steps = math.ceil(args.samples * 0.9 / args.batch_size)
     # Rounds alternate one MEML epoch and one ceiling burst of the same number of
     # steps, so load from other processes hits both alike; the best round of each
@@ -87,7 +93,7 @@ def main() -> None:
     meml: list[float] = []
     top: list[float] = []
     for _ in range(args.rounds):
-        meml.append(train_meml(envs, cfg, quiet=True, device=device).report.samples_per_s)
+        meml.append(train_sources(envs, cfg, quiet=True, device=device).report.samples_per_s)
         top.append(ceiling(args.envs, args.batch_size, steps, device))
     print(
         f"device {device}, threads {torch.get_num_threads()}, {args.envs} envs x "

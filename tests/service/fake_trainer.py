@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from tests.service.models import publish_linear
-from training.meml import TrainConfig
+from training.config import TrainConfig
 from training.repository import ModelRepository
 
 FAIL_SEED = 13
@@ -28,7 +28,7 @@ FAIL_SEED = 13
 @dataclass
 class FakeResult:
     version: str
-    metrics: dict[str, float]
+    metrics: dict[str, Any]
     epochs: dict[str, int] = field(default_factory=dict)
     samples: int = 0
     wall_s: float = 0.0
@@ -64,7 +64,7 @@ def adapt_site(
     version = publish_linear(
         repo, site, loss, seed=seed, bias=(float(centre[0]), float(centre[1])), activate=activate
     )
-    metrics = {"val_me": best}
+    metrics: dict[str, Any] = {"val_me": best, "backbone_ref": backbone, "mode": mode}
     if config is not None:
         metrics.update({f"config_{k}": v for k, v in config.to_dict().items() if k != "loss"})
     return FakeResult(version, metrics, {"head": epochs}, len(data), time.time() - start)

@@ -8,6 +8,7 @@ the training budget, so a result directory always says what made it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -255,7 +256,25 @@ PAPER_FULL = Preset(
 )
 """The full grid at full data size and the core's default budget, for a GPU machine."""
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (QUICK, PAPER, PAPER_FULL)}
+PAPER_MODES = dataclasses.replace(
+    PAPER,
+    name="paper-modes",
+    losses=("nll",),
+    dtl_sources=(),
+    meml_losses=("nll",),
+    fractions=(0.2, 0.6, 1.0),
+    folds=(0, 1, 2),
+    notes=(
+        "The paper preset's data, caps and budgets, cut to what one session on 2 shared CPU "
+        "cores affords for the target-mode question: NLL targets, scratch and MEML-nll, "
+        "every target mode (finetune, gradual, gradual-paper, head, auto), 3 of the 5 "
+        "fractions and 3 of the 5 folds."
+    ),
+)
+"""The target-mode comparison on the paper preset's data (`docs/results/modes/`): which mode
+wins where, and whether `auto` keeps up with the best single mode."""
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (QUICK, PAPER, PAPER_MODES, PAPER_FULL)}
 
 
 def get_preset(name: str) -> Preset:

@@ -225,15 +225,51 @@ def test_training_budget_from_settings_reaches_the_trainer(
     csi, pos = labelled(12)
     options = {"seed": 5, "val_fraction": 0.3, "calibrate_sigma": False}
     doc = {"csi": csi.tolist(), "pos": pos.tolist(), "options": options}
-    settings = make_settings(adapt_max_epochs=7, adapt_patience=3, adapt_batch_size=16)
+    settings = make_settings(
+        adapt_max_epochs=7,
+        adapt_patience=3,
+        adapt_batch_size=16,
+        adapt_min_steps=40,
+        adapt_max_steps=90,
+        adapt_threads=1,
+    )
     with TestClient(create_app(settings)) as c:
         r = c.post("/sites/budget/adapt", json=doc, headers=ADMIN)
         assert r.status_code == 202, r.text
-        assert r.json()["job"]["train"] == {"epochs": 7, "patience": 3, "batch_size": 16}
+        assert r.json()["job"]["train"] == {
+            "epochs": 7,
+            "min_steps": 40,
+            "max_steps": 90,
+            "patience": 3,
+            "batch_size": 16,
+            "threads": 1,
+        }
+        assert r.json()["job"]["options"]["mode"] == "auto"  # the default target mode
         job = wait_job(c, r.json()["job_id"])
     assert job["state"] == "succeeded", job
     m = job["metrics"]
     assert (m["config_epochs"], m["config_patience"], m["config_batch_size"]) == (7, 3, 16)
+    assert (m["config_min_steps"], m["config_max_steps"]) == (40, 90)
+    assert m["threads"] == 1
     # the request's options still decide seed and validation fraction
     assert m["config_seed"] == 5 and m["config_val_fraction"] == pytest.approx(0.3)
     assert m["config_calibrate_sigma"] is False
+
+
+def test_backbone_option_takes_name_and_version_refs(
+    make_settings: Callable[..., Settings],
+) -> None:
+    csi, pos = labelled(12)
+    with TestClient(create_app(make_settings())) as c:
+        for ref, status in (("meml:v2", 202), ("meml", 202), ("meml:v0", 422), ("../x", 422)):
+            options = {"backbone": ref, "mode": "gradual-paper"}
+            doc = {"csi": csi.tolist(), "pos": pos.tolist(), "options": options}
+            site = f"ref-{status}-{len(ref)}"
+            r = c.post(f"/sites/{site}/adapt", json=doc, headers=ADMIN)
+            assert r.status_code == status, r.text
+            if status == 202:
+                job = wait_job(c, r.json()["job_id"])
+                assert job["metrics"]["backbone_ref"] == ref
+                assert job["metrics"]["mode"] == "gradual-paper"
+            else:
+                assert r.json()["error"]["detail"][0]["loc"] == ["backbone"]

@@ -23,6 +23,7 @@ from service.config import Settings
 from tests.service.conftest import ADMIN, ADMIN_KEY, LOCATE, LOCATE_KEY
 from tests.service.jobs.test_adapt_jobs import wait_job
 from training.checkpoint import save_backbone, save_site_model
+from training.config import TrainConfig
 from training.data.fingerprints import (
     EnvironmentMeta,
     Fingerprints,
@@ -31,7 +32,7 @@ from training.data.fingerprints import (
 )
 from training.data.splits import train_val_test
 from training.fit import predict
-from training.meml import TrainConfig, train_meml
+from training.meml import SourceData, train_sources
 from training.nets import Backbone, Head, SiteModel
 from training.repository import ModelRepository
 
@@ -58,11 +59,16 @@ def world(tiny_h5: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[W
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        envs = {env: read_environment(tiny_h5, env) for env in SOURCES}
-        # MSE source training: on this little data an NLL backbone settles on the mean
-        # position (large sigma) and transfers nothing, which would make the test moot.
-        cfg = TrainConfig(loss="mse", epochs=15, patience=5, seed=0)
-        source = train_meml(envs, cfg, quiet=True)
+        # NLL source training on ~150 samples per environment: with epoch-counted budgets
+        # and the plain NLL this settled on the mean position (large sigma) and transferred
+        # nothing; step budgets and the beta-NLL must keep it off the centroid.
+        cfg = TrainConfig(loss="nll", epochs=15, min_steps=60, patience=5, seed=0)
+        envs = {
+            env: SourceData.split(read_environment(tiny_h5, env), cfg.val_fraction, cfg.seed)
+            for env in SOURCES
+        }
+        source = train_sources(envs, cfg, quiet=True)
+        assert source.degenerate == [], source.metrics
     finally:
         torch.set_num_threads(threads)
     tmp = tmp_path_factory.mktemp("adapt-real")
@@ -93,7 +99,9 @@ def make_settings(w: World, name: str, **extra: Any) -> Settings:
         "min_adapt_samples": 10,
         "log_level": "WARNING",
         "adapt_max_epochs": 40,
+        "adapt_min_steps": 60,
         "adapt_patience": 6,
+        "adapt_threads": 2,
         **extra,
     }
     return Settings(**values)
@@ -151,13 +159,21 @@ def test_real_adaptation_beats_unadapted_head_on_held_out_data(world: World) -> 
         job = wait_job(c, job_id, timeout=180)
         assert job["state"] == "succeeded", job
         assert job["version"] == "v1" and job["samples"] == len(w.train)
-        assert job["train"] == {"epochs": 40, "patience": 6, "batch_size": 64}
+        assert job["train"] == {
+            "epochs": 40,
+            "min_steps": 60,
+            "max_steps": None,
+            "patience": 6,
+            "batch_size": 64,
+            "threads": 2,
+        }
         progress, metrics = job["progress"], job["metrics"]
-        assert progress["phase"] in ("head", "unfrozen") and progress["epoch"] >= 1
+        assert progress["phase"] in ("warmup", "unfrozen") and progress["step"] >= 1
         assert 0 < progress["best_val_me"] < 50
         assert metrics["me"] == pytest.approx(progress["best_val_me"], rel=0.5)
         assert metrics["crps"] > 0 and 0 <= metrics["within_2sigma"] <= 1
-        assert 1 <= metrics["epochs"]["head"] <= 40 and metrics["wall_s"] > 0
+        assert 1 <= metrics["epochs"]["warmup"] <= 40 and metrics["wall_s"] > 0
+        assert metrics["steps"]["unfrozen"] >= 60 and metrics["chosen_mode"] == "gradual"
         assert metrics["samples"] == len(w.train)
 
         detail = c.get(f"/sites/{TARGET}", headers=LOCATE).json()
@@ -167,6 +183,7 @@ def test_real_adaptation_beats_unadapted_head_on_held_out_data(world: World) -> 
         assert manifest["config"]["epochs_run"] == metrics["epochs"]
         assert manifest["config"]["epochs"] == 40  # the budget, as accepted
         assert manifest["config"]["patience"] == 6 and manifest["config"]["batch_size"] == 64
+        assert manifest["config"]["torch_threads"] == 2
 
         adapted_xy, sigma = positions(locate(c, TARGET, w.test.csi, "v1"))
     truth = w.test.pos.astype(np.float64)

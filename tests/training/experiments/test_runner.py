@@ -27,7 +27,8 @@ def test_quick_runs_every_cell_and_writes_the_report(quick_run: tuple[Path, Outc
         rows = list(csv.DictReader(f))
     assert len(rows) == len(planned)
     assert {"me", "median", "p90", "crps", "within_1sigma", "within_2sigma", "epochs_phase1",
-            "epochs_phase2", "steps_phase1", "chosen_mode", "degenerate", "wall_s"} <= set(rows[0])  # fmt: skip
+            "epochs_phase2", "steps_phase1", "chosen_mode", "degenerate",
+            "wall_s"} <= set(rows[0])  # fmt: skip
     # The fixed budgets: no scratch run ends at the centroid (degenerate), and auto's
     # choice is one of its three candidates.
     assert [r for r in rows if r["strategy"] == "scratch" and r["degenerate"] == "1"] == []

@@ -1,0 +1,67 @@
+"""Wall time of one site adaptation in the default mode (`auto`), against plain fine-tuning.
+
+The training issue's target: `auto` adaptation of 600 labelled samples in under 60 s on
+2 idle cores. `auto` trains three candidates (finetune, gradual, head) and keeps the best,
+so its cost is printed as a ratio to one `finetune` run on the same data in the same
+process (the baseline), alongside the absolute seconds. Data: a ray-traced-like toy
+channel (the training tests' `toychannel`), so the run needs no simulator.
+
+    python3 bench/adapt_time.py [--samples 600] [--threads 2] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from tests.training.toychannel import toy_fingerprints
+from training.checkpoint import save_backbone
+from training.config import TrainConfig
+from training.nets import Backbone
+from training.repository import ModelRepository
+from training.transfer import adapt_site
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=600)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING)
+    data = toy_fingerprints(args.samples, (5.0, -2.0), seed=7, size=(12.0, 9.0))
+    times: dict[str, list[float]] = {"finetune": [], "auto": []}
+    chosen: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = ModelRepository(Path(tmp) / "models")
+        save_backbone(repo, "meml", Backbone(seed=0), loss="nll")
+        for r in range(args.rounds):
+            # Alternate the two so load from other processes hits both alike.
+            for mode in ("finetune", "auto"):
+                t0 = time.perf_counter()
+                result = adapt_site(
+                    repo, f"{mode}-{r}", data, mode=mode, loss="nll", config=TrainConfig()
+                )
+                times[mode].append(time.perf_counter() - t0)
+                if mode == "auto":
+                    chosen.append(result.chosen_mode)
+    ft, auto = statistics.median(times["finetune"]), statistics.median(times["auto"])
+    print(
+        f"{args.samples} samples, {args.threads} threads, {args.rounds} rounds "
+        f"(default TrainConfig: min {TrainConfig().min_steps} steps, patience "
+        f"{TrainConfig().patience} validations)"
+    )
+    print(f"finetune adaptation  median {ft:6.1f} s  (runs {times['finetune']})")
+    print(f"auto adaptation      median {auto:6.1f} s  (chose {chosen})")
+    print(f"ratio auto / finetune       {auto / ft:6.2f}")
+
+
+if __name__ == "__main__":
+    main()
