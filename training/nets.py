@@ -32,11 +32,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from training.config import LossName
 from training.data.schema import CSI_SHAPE
+from training.inputs import INPUTS, InputName, apply_inputs
 
 log = logging.getLogger(__name__)
 
-LossName = Literal["mse", "nll"]
 Activation = Literal["elu", "relu"]
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"elu": nn.ELU, "relu": nn.ReLU}
@@ -57,9 +58,13 @@ class BackboneConfig:
     features: int = 128
     activation: Activation = "elu"
     input_shape: tuple[int, int, int] = CSI_SHAPE
+    inputs: InputName = "raw"
+    """Input representation applied in the model (`training.inputs`): raw (the paper's),
+    phase (common phase removed) or phase-delay (timing ramp and common phase removed)."""
 
     def __post_init__(self) -> None:
         _check_choice(self.activation, tuple(_ACTIVATIONS), "activation")
+        _check_choice(self.inputs, INPUTS, "inputs")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd and >= 1, got {self.kernel_size}")
         if self.features < 1 or not self.block_channels:
@@ -167,7 +172,7 @@ class Backbone(nn.Module):
                 f"backbone input must be [batch, {', '.join(map(str, self.config.input_shape))}]"
                 f" (antenna, subcarrier, real/imag), got {list(csi.shape)}"
             )
-        x = normalise_power(csi).permute(0, 3, 1, 2)
+        x = apply_inputs(normalise_power(csi), self.config.inputs).permute(0, 3, 1, 2)
         x = self.blocks(x).flatten(1)
         features: torch.Tensor = self.act(self.dense(x))
         return features

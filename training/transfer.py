@@ -467,13 +467,14 @@ def adapt_site(
     holdout: float = 0.0,
     fraction: float = 1.0,
     source_repo: ModelRepository | None = None,
+    backbone_config: BackboneConfig | None = None,
     extra: dict[str, Any] | None = None,
 ) -> AdaptResult:
     """Train, publish and (unless ``activate=False``) activate a new version of ``site``.
 
     ``backbone`` is ``"name"`` (its active version) or ``"name:vN"`` in
     ``source_repo`` (default ``repo``); None takes the repository's default
-    backbone; ``scratch=True`` uses none (random initialisation). ``holdout``
+    backbone; ``scratch=True`` uses none (a random ``backbone_config`` backbone). ``holdout``
     of ``data`` is first set aside as a test set and ``fraction`` of the rest
     kept (`holdout_split`); ``val_fraction`` of that (split by ``seed``) is held
     out for early stopping, the mode choice and the reported metrics.
@@ -500,7 +501,16 @@ def adapt_site(
         version = source.resolve("backbone", name, version)
         parent = (name, version)
         start = load_backbone(source, name, version)
-    result = train_target(start, train, val, cfg, mode=mode, quiet=quiet, progress=progress)
+    result = train_target(
+        start,
+        train,
+        val,
+        cfg,
+        mode=mode,
+        backbone_config=backbone_config,
+        quiet=quiet,
+        progress=progress,
+    )
     metrics: dict[str, Any] = dict(result.metrics)
     test = None
     if test_data is not None:
@@ -516,6 +526,7 @@ def adapt_site(
         "holdout": holdout,
         "fraction": fraction,
         "torch_threads": torch.get_num_threads(),
+        "inputs": result.model.backbone.config.inputs,
         **(extra or {}),
     }
     site_version = save_site_model(

@@ -110,10 +110,11 @@ def test_dtl_and_scratch(trained: tuple[Path, Path, float]) -> None:
     invoke(
         "train", "scratch", "--data", str(data), "--env", "lab-los", "--fraction", "0.5",
         "--out", str(repo), "--site", "scratch-lab", "--epochs", "1", "--min-steps", "0",
-        "--quiet",
+        "--inputs", "phase-delay", "--quiet",
     )  # fmt: skip
     manifest = json.loads((repo / "sites/scratch-lab/versions/v1/manifest.json").read_text())
     assert manifest["parent"] is None and manifest["config"]["mode"] == "scratch"
+    assert manifest["config"]["inputs"] == "phase-delay"
     assert manifest["metrics"]["test"]["n"] > 0
 
 

@@ -75,6 +75,13 @@ SiteOut = Annotated[Path, typer.Option("--out", help="Model repository to publis
 Seed = Annotated[int, typer.Option(help="Seed for splits, initialisation and batches.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No per-validation lines.")]
 Fraction = Annotated[float, typer.Option(help="Share of the training pool to use.")]
+Inputs = Annotated[
+    str,
+    typer.Option(
+        help="Input representation inside the backbone: raw (the paper's) | phase (common "
+        "phase removed) | phase-delay (timing ramp and common phase removed)."
+    ),
+]
 Holdout = Annotated[
     float,
     typer.Option(
@@ -125,6 +132,12 @@ def _metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
         cells = [f"{m[k]:.3f}" if k in m else "-" for k in present]
         table.add_row(name, str(int(m["n"])), *cells)
     return table
+
+
+def _backbone_config(inputs: str) -> Any:
+    from training.nets import BackboneConfig
+
+    return BackboneConfig(inputs=inputs)  # type: ignore[arg-type]  # checked in the config
 
 
 def _backbone_name(env: str) -> str:
@@ -194,6 +207,7 @@ def meml(
     set_default: Annotated[
         bool, typer.Option(help="Make this the repository's default backbone.")
     ] = False,
+    inputs: Inputs = "raw",
     quiet: Quiet = False,
 ) -> None:
     """MEML: one backbone, one head per source environment, summed losses (eq. 5).
@@ -213,7 +227,12 @@ def meml(
             for env in names
         }
         result = train_sources(
-            sources, config, quiet=quiet or not ses.is_main, shard=ses.shard, device=ses.device
+            sources,
+            config,
+            backbone_config=_backbone_config(inputs),
+            quiet=quiet or not ses.is_main,
+            shard=ses.shard,
+            device=ses.device,
         )
         if ses.is_main:
             _publish_source(result, out, name, "meml", names, set_default, ses.shard.world)
@@ -227,6 +246,7 @@ def dtl(
     out: Out,
     config: TrainConfig,
     name: Annotated[str | None, typer.Option(help="Backbone name (default dtl-<env>).")] = None,
+    inputs: Inputs = "raw",
     quiet: Quiet = False,
 ) -> None:
     """DTL: a full model on one source environment; its backbone is published for transfer."""
@@ -236,7 +256,9 @@ def dtl(
     _setup_logging(quiet)
     with _cli_errors():
         source = SourceData.split(read_environment(data, env), config.val_fraction, config.seed)
-        result = train_sources({env: source}, config, quiet=quiet)
+        result = train_sources(
+            {env: source}, config, backbone_config=_backbone_config(inputs), quiet=quiet
+        )
         _publish_source(result, out, name or _backbone_name(env), "dtl", [env], False)
 
 
@@ -253,6 +275,7 @@ def _adapt_cli(
     fraction: float,
     holdout: float,
     quiet: bool,
+    backbone_config: Any = None,
 ) -> None:
     """`csipos train site|scratch`: the one site pipeline (`training.transfer.adapt_site`),
     then the validation and test tables."""
@@ -295,6 +318,7 @@ def _adapt_cli(
         holdout=holdout,
         fraction=fraction,
         source_repo=source_repo,
+        backbone_config=backbone_config,
         extra={"data": str(data), "env": env},
     )
     val = {k: v for k, v in result.metrics.items() if isinstance(v, float)}
@@ -359,6 +383,7 @@ def scratch_cmd(
     out: SiteOut = Path("models"),
     fraction: Fraction = 1.0,
     holdout: Holdout = 0.2,
+    inputs: Inputs = "raw",
     quiet: Quiet = False,
 ) -> None:
     """Scratch: a full model from random initialisation on the target only."""
@@ -366,7 +391,7 @@ def scratch_cmd(
     with _cli_errors():
         _adapt_cli(
             data, env, out, site, config, backbone=None, mode="scratch", fraction=fraction,
-            holdout=holdout, quiet=quiet,
+            holdout=holdout, quiet=quiet, backbone_config=_backbone_config(inputs),
         )  # fmt: skip
 
 

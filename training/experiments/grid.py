@@ -106,6 +106,8 @@ class Preset:
     backbone_channels: tuple[tuple[int, int], ...] = ((40, 16), (40, 16))
     """Conv channels per pooling block (`BackboneConfig.block_channels`); the default is the
     paper's 152,640-parameter backbone."""
+    inputs: str = "raw"
+    """Input representation of every backbone, scratch included (`training.inputs`)."""
     source: TrainConfig = field(default_factory=TrainConfig)
     """Source training's budget and recipe (loss and seed are set per source)."""
     target: TrainConfig = field(default_factory=TrainConfig)
@@ -161,7 +163,10 @@ class Preset:
         return asdict(self)
 
     def backbone_config(self) -> BackboneConfig:
-        return BackboneConfig(block_channels=self.backbone_channels)
+        return BackboneConfig(
+            block_channels=self.backbone_channels,
+            inputs=self.inputs,  # type: ignore[arg-type]  # checked by BackboneConfig
+        )
 
     def fingerprint(self) -> str:
         """Hash of everything that changes results; a result dir refuses another preset."""
