@@ -134,6 +134,15 @@ def test_site_defaults_to_auto_on_the_repository_default_backbone(
     assert config["calibrate_sigma"] is False
 
 
+def test_env_patterns_expand_against_the_file(tiny_h5: Path) -> None:
+    from training.cli.train import _expand_envs
+
+    assert _expand_envs(tiny_h5, "industrial/bs[02],lab-*") == [
+        "industrial/bs0", "industrial/bs2", "lab-los", "lab-nlos"
+    ]  # fmt: skip
+    assert _expand_envs(tiny_h5, "lab-los,lab-*") == ["lab-los", "lab-nlos"]
+
+
 def test_model_refs() -> None:
     assert parse_model_ref("models/sites/lab@v2") == ModelRef(Path("models"), "site", "lab", "v2")
     ref = parse_model_ref("/r/backbones/meml/")
@@ -159,6 +168,11 @@ def test_bad_input_is_one_clear_line(tmp_path: Path, trained: tuple[Path, Path, 
         ["train", "meml", "--data", str(data), "--envs", "no-such-env", "--out", str(tmp_path)],
     )
     assert result.exit_code == 2 and "no-such-env" in result.output
+    result = runner.invoke(
+        app,
+        ["train", "meml", "--data", str(data), "--envs", "campus/*", "--out", str(tmp_path)],
+    )
+    assert result.exit_code == 2 and "'campus/*' matches no environment" in result.output
     result = runner.invoke(
         app,
         ["train", "site", "--backbone", f"{repo}/backbones/meml", "--data", str(data),

@@ -134,6 +134,29 @@ def _metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
     return table
 
 
+def _expand_envs(data: Path, envs: str) -> list[str]:
+    """The environments ``--envs`` names, patterns expanded against the file, in order."""
+    import fnmatch
+
+    from training.data.fingerprints import list_environments
+
+    parts = [e.strip() for e in envs.split(",") if e.strip()]
+    if not parts:
+        raise ValueError("--envs is empty: expected e.g. industrial/bs0,industrial/bs1")
+    present = list_environments(data) if any(set(p) & set("*?[") for p in parts) else []
+    names: list[str] = []
+    for part in parts:
+        matched = (
+            [e for e in present if fnmatch.fnmatchcase(e, part)]
+            if set(part) & set("*?[")
+            else [part]
+        )
+        if not matched:
+            raise ValueError(f"--envs pattern {part!r} matches no environment of {data}")
+        names += [m for m in matched if m not in names]
+    return names
+
+
 def _backbone_config(inputs: str) -> Any:
     from training.nets import BackboneConfig
 
@@ -200,7 +223,13 @@ def _publish_source(
 @train_options(loss="mse", val_fraction=0.1)
 def meml(
     data: Annotated[Path, _OPT_DATA],
-    envs: Annotated[str, typer.Option(help="Comma-separated source environments.")],
+    envs: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated source environments; shell-style patterns match the "
+            "file's environments (e.g. 'proc/*' for a procedural corpus)."
+        ),
+    ],
     out: Out,
     config: TrainConfig,
     name: Annotated[str, typer.Option(help="Backbone name in the repository.")] = "meml",
@@ -219,9 +248,7 @@ def meml(
 
     _setup_logging(quiet)
     with _cli_errors(), distributed.session() as ses:
-        names = [e.strip() for e in envs.split(",") if e.strip()]
-        if not names:
-            raise ValueError("--envs is empty: expected e.g. industrial/bs0,industrial/bs1")
+        names = _expand_envs(data, envs)
         sources = {
             env: SourceData.from_file(data, env, config.val_fraction, config.seed, ses.shard)
             for env in names
