@@ -10,7 +10,7 @@ quirks (the simulator's absolute time of arrival is one: see docs/data.md). A
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,8 +27,8 @@ TIMINGS = ("absolute", "first-path", "random")
 class RadioChain:
     """The radio of one BS: what is traced (`radio`) and how it is measured (`measurement`)."""
 
-    radio: BSRadio = BSRadio()
-    measurement: MeasurementConfig = MeasurementConfig()
+    radio: BSRadio = field(default_factory=BSRadio)
+    measurement: MeasurementConfig = field(default_factory=MeasurementConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

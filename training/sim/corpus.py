@@ -87,9 +87,8 @@ def _trace_scene(
         quiet=True,
         on_positions=tick,
     )
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
+    _fsync(tmp)
+    tmp.replace(final)
     return index, report.environments
 
 
@@ -151,9 +150,8 @@ def _merge(out: Path, parts: Path, specs: list[SceneSpec], overwrite: bool) -> N
                         del dst[env]
                     parent, _, leaf = env.rpartition("/")
                     src.copy(src[env], dst.require_group(parent) if parent else dst, name=leaf)
-    with open(merging, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(merging, out)
+    _fsync(merging)
+    merging.replace(out)
 
 
 def simulate_procedural(
@@ -206,7 +204,9 @@ def simulate_procedural(
     todo = [k for k in indices if not (parts / f"{scene_name(k)}.h5").exists()]
     report.skipped = [k for k in indices if k not in todo]
     total = sum(n * len(spec.base_stations) for spec in specs)
-    done = sum(n * len(spec.base_stations) for k, spec in zip(indices, specs) if k not in todo)
+    done = sum(
+        n * len(spec.base_stations) for k, spec in zip(indices, specs, strict=True) if k not in todo
+    )
     if on_progress is not None:
         on_progress(done, total)
 
@@ -224,9 +224,10 @@ def simulate_procedural(
             log.info("scene %s done", scene_name(k))
     elif todo:
         ctx = multiprocessing.get_context("spawn")  # Dr.Jit's threads do not survive fork
-        with ctx.Manager() as manager, ProcessPoolExecutor(
-            max_workers=min(workers, len(todo)), mp_context=ctx
-        ) as pool:
+        with (
+            ctx.Manager() as manager,
+            ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool,
+        ):
             ticks = manager.Queue()
             pending: set[Future[tuple[int, list[EnvironmentReport]]]] = {
                 pool.submit(_trace_scene, k, chosen, randomise_chain, n, str(parts), ticks)
@@ -245,6 +246,11 @@ def simulate_procedural(
     shutil.rmtree(parts)
     report.wall_s = time.perf_counter() - started
     return report
+
+
+def _fsync(path: Path) -> None:
+    with path.open("rb") as f:
+        os.fsync(f.fileno())
 
 
 class _Direct:

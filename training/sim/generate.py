@@ -109,8 +109,7 @@ def generate(
     measurement = measurement or MeasurementConfig()
     if chains is not None and len(chains) != len(scene.base_stations):
         raise ValueError(
-            f"chains: expected one per base station ({len(scene.base_stations)}), "
-            f"got {len(chains)}"
+            f"chains: expected one per base station ({len(scene.base_stations)}), got {len(chains)}"
         )
     n = positions if positions is not None else chosen.positions_for(scene)
     out = Path(out)

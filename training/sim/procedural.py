@@ -177,12 +177,24 @@ def _grown(ob: Cuboid, gap: float) -> list[Vec2]:
 
 # obstacle kinds: (size ranges w, d, h in metres (h None: full height), materials, yaw mode)
 _KINDS: dict[str, tuple[Vec2, Vec2, Vec2 | None, tuple[str, ...], str]] = {
-    "desk": ((1.2, 1.8), (0.6, 0.9), (0.72, 0.78), ("wood", "chipboard", "plywood", "metal"), "any"),
+    "desk": (
+        (1.2, 1.8),
+        (0.6, 0.9),
+        (0.72, 0.78),
+        ("wood", "chipboard", "plywood", "metal"),
+        "any",
+    ),
     "cabinet": ((0.4, 1.2), (0.4, 0.6), (1.0, 2.2), ("metal", "wood", "chipboard"), "wall"),
     "shelf": ((2.0, 8.0), (0.6, 1.2), (2.0, 8.0), ("metal", "wood"), "aligned"),
     "machine": ((1.0, 4.0), (1.0, 3.0), (1.0, 3.5), ("metal",), "any"),
     "pillar": ((0.3, 0.8), (0.3, 0.8), None, ("concrete", "metal", "brick"), "aligned"),
-    "partition": ((1.0, 4.0), (0.05, 0.1), (1.2, 2.2), ("glass", "plasterboard", "metal", "wood"), "any"),
+    "partition": (
+        (1.0, 4.0),
+        (0.05, 0.1),
+        (1.2, 2.2),
+        ("glass", "plasterboard", "metal", "wood"),
+        "any",
+    ),
     # No ITU material models tissue; marble (eps_r ~7) stands in for a lossy, reflective body.
     "person": ((0.4, 0.55), (0.25, 0.35), (1.6, 1.9), ("marble",), "any"),
 }
@@ -262,6 +274,8 @@ class _Builder:
         self.cfg = _FAMILY[family]
         self.obstacles: list[Cuboid] = []
         self.ue_polygons: list[tuple[Vec2, ...]] = []
+        self.size: Vec3 = (0.0, 0.0, 0.0)
+        self.wall = ""
 
     # small draws
     def u(self, lo: float, hi: float) -> float:
@@ -278,7 +292,7 @@ class _Builder:
         if self.rng.uniform() < 0.5:
             sx, sy = sy, sx
         sz = _r(self.u(*zr), 2)
-        self.size: Vec3 = (sx, sy, sz)
+        self.size = (sx, sy, sz)
         wall = self.wall = self.pick(self.cfg["wall"])
         structure: Callable[[], None] = {
             "l-shaped": self._l_shape,
@@ -432,7 +446,7 @@ class _Builder:
     # --- furniture, machines, people ---------------------------------------------------------
 
     def _furnish(self) -> None:
-        sx, sy, sz = self.size
+        sx, sy, _ = self.size
         weights: dict[str, float] = self.cfg["kinds"]
         kinds, w = list(weights), np.asarray(list(weights.values()), dtype=np.float64)
         most = min(self.preset.max_obstacles, int(self.cfg["density"] * sx * sy / 10) + 1)
@@ -535,7 +549,12 @@ class _Builder:
         xs = self.rng.uniform(area.x[0], area.x[1], 400)
         ys = self.rng.uniform(area.y[0], area.y[1], 400)
         return float(
-            np.mean([spec.ue_allowed(float(x), float(y), area.height) for x, y in zip(xs, ys)])
+            np.mean(
+                [
+                    spec.ue_allowed(float(x), float(y), area.height)
+                    for x, y in zip(xs, ys, strict=True)
+                ]
+            )
         )
 
 
