@@ -3,6 +3,7 @@
 Scene ``k`` of a preset is a pure function of ``(k, preset)``: the same number always
 gives the same room, so a corpus is a range of numbers and held-out targets are
 another range (e.g. sources 0..127, targets 100000..100007) that no source shares.
+Families take turns (``k mod len(families)``), so every range is balanced.
 Geometry and the measurement chain come from independent streams, so switching the
 chain randomisation off leaves every room, obstacle and BS where it was.
 
@@ -125,7 +126,8 @@ def procedural_scene(index: int, preset: str | ProceduralPreset = "corpus") -> S
     """Scene number `index` of `preset` (a pure function of both)."""
     chosen = get_procedural_preset(preset) if isinstance(preset, str) else preset
     rng, _ = _streams(index)
-    family = str(chosen.families[int(rng.integers(len(chosen.families)))])
+    # Families take turns, so any run of len(families) consecutive scenes has each once.
+    family = chosen.families[index % len(chosen.families)]
     for _attempt in range(50):
         spec = _Builder(rng, chosen, family, index).build()
         if spec is not None:
@@ -450,7 +452,9 @@ class _Builder:
         weights: dict[str, float] = self.cfg["kinds"]
         kinds, w = list(weights), np.asarray(list(weights.values()), dtype=np.float64)
         most = min(self.preset.max_obstacles, int(self.cfg["density"] * sx * sy / 10) + 1)
-        n = int(self.rng.integers(0, most + 1))
+        # Rooms may be empty; halls are never bare (a third of their maximum at least).
+        least = most // 3 if self.family in ("warehouse", "factory") else 0
+        n = int(self.rng.integers(least, most + 1))
         for i in range(n):
             kind = kinds[int(self.rng.choice(len(kinds), p=w / w.sum()))]
             ob = self._place(kind, f"{kind}{i}")
