@@ -64,6 +64,9 @@ class ChainRandomisation:
     """Share of BSs with an uncalibrated array: fixed per-antenna phase errors ..."""
     antenna_phase_std_deg: tuple[float, float] = (0.0, 20.0)
     """... Gaussian with a standard deviation drawn from this range."""
+    min_snr_db: float = -10.0
+    """Detection limit: weaker samples are dropped (~29 dB of processing gain over the
+    824 pilots lets a receiver synchronise down to about this SNR per pilot)."""
 
 
 def nominal_chain() -> RadioChain:
@@ -101,5 +104,6 @@ def sample_chain(rng: np.random.Generator, spec: ChainRandomisation) -> RadioCha
             timing=timing,
             timing_window_s=window,
             antenna_phase_deg=tuple(round(float(v), 3) for v in errors) if uncalibrated else (),
+            min_snr_db=spec.min_snr_db,
         ),
     )

@@ -171,9 +171,11 @@ def _simulate_procedural(
         console.print(f"resumed: {len(report.skipped)} scenes were already finished")
     samples = sum(env.samples for env in report.environments)
     dropped = sum(env.dropped for env in report.environments)
+    undetected = sum(env.undetected for env in report.environments)
     console.print(
         f"traced scenes {_ranges(report.traced) or 'none'}: {len(report.environments)} "
-        f"environments, {samples} samples ({dropped} positions dropped, no path)"
+        f"environments, {samples} samples (dropped: {dropped} positions no path reached, "
+        f"{undetected} below the detection SNR)"
     )
     size_mb = out.stat().st_size / 2**20
     console.print(f"wrote {out} ({size_mb:.1f} MiB) in {report.wall_s:.1f} s")

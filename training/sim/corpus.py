@@ -26,7 +26,7 @@ from typing import Any
 
 import h5py
 
-from training.data.fingerprints import list_environments, open_for_write
+from training.data.fingerprints import list_environments, open_for_write, read_environment_meta
 from training.sim.generate import EnvironmentReport, generate
 from training.sim.procedural import (
     ProceduralPreset,
@@ -131,6 +131,22 @@ def _check_parts(parts: Path, options: dict[str, Any]) -> None:
         stale.unlink()
 
 
+def _check_same_run(out: Path, specs: list[SceneSpec], randomise: bool, positions: int) -> None:
+    """Refuse to call a file finished when its environments came from other options."""
+    chain = "randomised" if randomise else "nominal"
+    for spec in specs:
+        source = read_environment_meta(out, spec.environment_names()[0]).source
+        if (
+            source.get("scene") != spec.to_dict()
+            or source.get("chain") != chain
+            or source.get("positions") != positions
+        ):
+            raise FileExistsError(
+                f"{out}: holds {spec.environment_names()[0]} from a run with other options "
+                "(scene, chain or positions); pass overwrite=True to replace it"
+            )
+
+
 def _merge(out: Path, parts: Path, specs: list[SceneSpec], overwrite: bool) -> None:
     merging = out.with_name(out.name + ".merging")
     if out.exists():
@@ -188,14 +204,17 @@ def simulate_procedural(
     report = CorpusReport(path=out)
     parts = parts_dir(out)
     expected = [env for spec in specs for env in spec.environment_names()]
-    if not parts.exists() and out.exists() and not overwrite:
+    if out.exists() and not overwrite:
         present = set(list_environments(out))
-        if set(expected) <= present:  # a finished run: nothing to redo
+        if set(expected) <= present:  # a finished run (maybe killed before cleaning up)
+            _check_same_run(out, specs, randomise_chain, n)
+            if parts.exists():
+                shutil.rmtree(parts)
             report.skipped = indices
             report.wall_s = time.perf_counter() - started
             return report
         clash = sorted(present & set(expected))
-        if clash:
+        if clash and not parts.exists():
             raise FileExistsError(
                 f"{out}: environments {clash[:3]} already exist; pass overwrite=True to replace"
             )

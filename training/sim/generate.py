@@ -44,7 +44,10 @@ class EnvironmentReport:
     samples: int
     los_share: float
     dropped: int
+    """Positions no path reached."""
     wall_s: float
+    undetected: int = 0
+    """Positions below the chain's detection SNR (`MeasurementConfig.min_snr_db`)."""
 
 
 @dataclass
@@ -172,6 +175,7 @@ def generate(
             meas_rng = np.random.Generator(np.random.PCG64(meas_seqs[b]))
             t_env = time.perf_counter()
             dropped = 0
+            undetected = 0
             n_los = 0
             with EnvironmentWriter(out, env, meta, overwrite=overwrite) as writer:
                 for start in range(0, n, BLOCK):
@@ -196,23 +200,34 @@ def generate(
                         meas_rng,
                         first_delay_s=None if first is None else first[ok],
                     )
-                    n_los += int(traced.los[ok].sum())
+                    keep = np.ones(len(csi), dtype=bool)
+                    if chain.measurement.min_snr_db is not None:
+                        # too weak to be detected: a real receiver reports nothing here
+                        keep = snr_db >= chain.measurement.min_snr_db
+                        undetected += int((~keep).sum())
+                    ok_idx = np.flatnonzero(ok)[keep]
+                    n_los += int(traced.los[ok_idx].sum())
+                    if not keep.any():
+                        continue
                     writer.append(
                         Fingerprints(
-                            csi=csi,
-                            pos=block[ok, :2].astype(np.float32),
-                            los=traced.los[ok],
-                            snr_db=snr_db,
+                            csi=csi[keep],
+                            pos=block[ok_idx, :2].astype(np.float32),
+                            los=traced.los[ok_idx],
+                            snr_db=snr_db[keep],
                         )
                     )
                 written = writer.count
             if dropped:
                 log.warning("%s: dropped %d positions that no path reached", env, dropped)
+            if undetected:
+                log.info("%s: dropped %d positions below the detection SNR", env, undetected)
             env_report = EnvironmentReport(
                 env=env,
                 samples=written,
                 los_share=n_los / max(written, 1),
                 dropped=dropped,
+                undetected=undetected,
                 wall_s=time.perf_counter() - t_env,
             )
             log.info(

@@ -60,6 +60,9 @@ class MeasurementConfig:
     """`timing="random"`: the uniform offset's range [0, window) after the first path."""
     antenna_phase_deg: tuple[float, ...] = ()
     """Fixed per-antenna phase errors (an uncalibrated array), 8 values or none."""
+    min_snr_db: float | None = None
+    """Samples below this SNR are not detected (a receiver cannot synchronise to them)
+    and are dropped by the generator; None keeps every sample."""
 
     def __post_init__(self) -> None:
         if self.timing not in TIMING_CONVENTIONS:
@@ -84,8 +87,10 @@ class MeasurementConfig:
         for name in ("tx_power_dbm", "max_snr_db"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name}: expected a finite number, got {getattr(self, name)}")
-        if self.snr_db is not None and not math.isfinite(self.snr_db):
-            raise ValueError(f"snr_db: expected a finite number or None, got {self.snr_db}")
+        for name in ("snr_db", "min_snr_db"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name}: expected a finite number or None, got {value}")
 
     @property
     def noise_dbm(self) -> float:

@@ -278,6 +278,7 @@ class _Builder:
         self.ue_polygons: list[tuple[Vec2, ...]] = []
         self.size: Vec3 = (0.0, 0.0, 0.0)
         self.wall = ""
+        self.mounts: dict[str, str] = {}
 
     # small draws
     def u(self, lo: float, hi: float) -> float:
@@ -342,6 +343,7 @@ class _Builder:
                 "family": self.family,
                 "index": self.index,
                 "preset": self.preset.name,
+                "mounts": [self.mounts[bs.name] for bs in stations],
             },
         )
         return spec if self._free_share(spec) >= 0.3 else None
@@ -545,6 +547,7 @@ class _Builder:
             _r(pos[1] + math.sin(a) * math.cos(t)),
             _r(pos[2] - math.sin(t)),
         )
+        self.mounts[name] = mount
         return BaseStation(name, pos, look_at=look)
 
     def _free_share(self, spec: SceneSpec) -> float:

@@ -1,4 +1,4 @@
-"""A tiny procedural corpus: valid, described, plottable, and a killed run resumes to the same file."""
+"""A tiny procedural corpus: valid, described, plottable; a killed run resumes to the same file."""
 
 from __future__ import annotations
 
@@ -54,6 +54,8 @@ def test_one_environment_per_scene_and_bs_with_its_description(corpus: Path) -> 
         assert source["radio"]["pattern"] in {"tr38901", "iso", "dipole"}
         meta = read_environment_meta(corpus, env)
         assert meta.carrier_hz == source["radio"]["carrier_hz"]
+        assert data.snr_db is not None
+        assert data.snr_db.min() >= source["measurement"]["min_snr_db"]  # detection limit
 
 
 def test_killed_run_resumes_without_redoing_finished_scenes(corpus: Path, tmp_path: Path) -> None:
@@ -94,9 +96,7 @@ def test_killed_run_resumes_without_redoing_finished_scenes(corpus: Path, tmp_pa
     finished = sorted(int(p.name[1:5]) for p in parts.glob("s*.h5"))
     assert finished and len(finished) < COUNT and not out.exists()
 
-    report = simulate_procedural(
-        out, count=COUNT, seed=0, preset="tiny", positions=POSITIONS
-    )
+    report = simulate_procedural(out, count=COUNT, seed=0, preset="tiny", positions=POSITIONS)
     assert report.skipped == finished  # nothing finished is traced again
     assert report.traced == [k for k in range(COUNT) if k not in finished]
     assert list_environments(out) == list_environments(corpus)
@@ -109,6 +109,11 @@ def test_killed_run_resumes_without_redoing_finished_scenes(corpus: Path, tmp_pa
     # once merged, a third start has nothing to do
     again = simulate_procedural(out, count=COUNT, seed=0, preset="tiny", positions=POSITIONS)
     assert again.traced == [] and again.skipped == list(range(COUNT))
+    # ... unless it asks for something else than what the file holds
+    with pytest.raises(FileExistsError, match="other options"):
+        simulate_procedural(
+            out, count=COUNT, seed=0, preset="tiny", positions=POSITIONS, randomise_chain=False
+        )
 
 
 def test_other_options_never_mix_with_old_parts(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Procedural scenes and randomised chains: seeded, plain data, valid, and UEs never in obstacles."""
+"""Procedural scenes and chains: seeded, plain data, valid; UEs never stand in obstacles."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def test_every_family_with_sizes_materials_and_stations_in_range() -> None:
     families = Counter(spec.extra["family"] for spec in CORPUS)
     assert set(families) == set(FAMILIES)
     for spec in CORPUS:
-        assert 1.8 <= min(spec.size[:2]) and max(spec.size[:2]) <= 50.0
+        assert min(spec.size[:2]) >= 1.8 and max(spec.size[:2]) <= 50.0
         assert {spec.wall_material, spec.floor_material, spec.ceiling_material} <= set(
             ITU_MATERIALS
         )
@@ -56,6 +56,21 @@ def test_every_family_with_sizes_materials_and_stations_in_range() -> None:
         kinds
     )
     assert any(ob.yaw_deg % 90 for spec in CORPUS for ob in spec.obstacles)  # rotated cuboids
+    mounts = Counter(m for spec in CORPUS for m in spec.extra["mounts"])
+    assert set(mounts) == {"wall", "corner", "ceiling"}
+    for spec in CORPUS:
+        for bs, mount in zip(spec.base_stations, spec.extra["mounts"], strict=True):
+            look = spec.look_at(bs)
+            tilt = np.degrees(
+                np.arctan2(
+                    bs.position[2] - look[2], np.hypot(*np.subtract(look[:2], bs.position[:2]))
+                )
+            )
+            assert (60 <= tilt <= 89.5) if mount == "ceiling" else (-0.5 <= tilt <= 45.5), (
+                spec.name,
+                mount,
+                tilt,
+            )
     assert any(len(spec.ue_area.polygons) > 1 for spec in CORPUS)  # several UE areas
     assert any(len(poly) == 6 for spec in CORPUS for poly in spec.ue_area.polygons)  # an L
 
