@@ -28,6 +28,7 @@ import h5py
 
 from training.data.fingerprints import list_environments, open_for_write, read_environment_meta
 from training.sim.generate import EnvironmentReport, generate
+from training.sim.presets import Preset
 from training.sim.procedural import (
     ProceduralPreset,
     get_procedural_preset,
@@ -80,7 +81,7 @@ def _trace_scene(
     report = generate(
         spec,
         tmp,
-        preset=_as_preset(preset),
+        preset=_as_preset(preset, spec),
         seed=index,
         positions=positions,
         chains=chains,
@@ -92,14 +93,13 @@ def _trace_scene(
     return index, report.environments
 
 
-def _as_preset(preset: ProceduralPreset) -> Any:
-    from training.sim.presets import Preset
-
+def _as_preset(preset: ProceduralPreset, spec: SceneSpec) -> Preset:
+    """The fixed-scene `Preset` that `generate` takes, with this scene's solver settings."""
     return Preset(
         name=f"procedural-{preset.name}",
         source_positions=preset.positions,
         target_positions=preset.positions,
-        solver=preset.solver,
+        solver=preset.solver_for(spec),
     )
 
 

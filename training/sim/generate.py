@@ -108,6 +108,7 @@ def generate(
         max_paths_per_src=chosen.solver.max_paths_per_src,
         bs_pattern=chosen.solver.bs_pattern,
         seed=seed % 2**31,
+        refraction=chosen.solver.refraction,
     )
     measurement = measurement or MeasurementConfig()
     if chains is not None and len(chains) != len(scene.base_stations):

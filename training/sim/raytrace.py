@@ -187,6 +187,9 @@ class SolverConfig:
     bs_pattern: str = "tr38901"
     """Directional patch-like element pattern, so an array's facing matters."""
     seed: int = 42
+    refraction: bool = False
+    """Transmission through surfaces (thin slabs). Off: in a closed hall it costs ~3x the
+    rays for nothing; inner walls are then opaque (docs/data.md: multi-room floors)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_depth <= 8:
@@ -361,7 +364,7 @@ class RayTracer:
             los=True,
             specular_reflection=True,
             diffuse_reflection=False,
-            refraction=False,  # closed rooms: 3x the rays for nothing gained
+            refraction=self.config.refraction,  # off in closed rooms: 3x the rays for nothing
             diffraction=False,
             edge_diffraction=False,  # leaks energy into closed boxes with built-in shapes
             seed=self.config.seed,

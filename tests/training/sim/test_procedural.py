@@ -154,3 +154,11 @@ def test_chains_are_seeded_recorded_and_cover_the_levers() -> None:
     assert any(not c.measurement.common_phase_offset for c in draws)
     powers = [c.measurement.tx_power_dbm for c in draws]
     assert ranges.tx_power_dbm[0] <= min(powers) < max(powers) <= ranges.tx_power_dbm[1]
+
+
+def test_multi_room_floors_are_traced_with_refraction() -> None:
+    preset = get_procedural_preset("corpus")
+    for spec in CORPUS[:14]:
+        inner_walls = spec.extra["family"] == "multi-room"
+        assert preset.solver_for(spec).refraction == inner_walls, spec.name
+    assert not preset.solver.refraction  # closed halls keep it off
