@@ -133,3 +133,24 @@ def test_plot_gives_a_contact_sheet(corpus: Path, tmp_path: Path) -> None:
     sheet = tmp_path / "contact-sheet.png"
     assert sheet.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and sheet.stat().st_size > 20_000
     assert not list(tmp_path.glob("proc_*.png"))
+
+
+def test_parallel_workers_write_the_same_file(corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "parallel.h5"
+    seen: list[tuple[int, int]] = []
+    report = simulate_procedural(
+        out,
+        count=2,
+        seed=0,
+        preset="tiny",
+        positions=POSITIONS,
+        workers=2,
+        on_progress=lambda done, total: seen.append((done, total)),
+    )
+    assert report.traced == [0, 1]
+    assert seen[-1][0] == seen[-1][1] > 0  # progress reached the total
+    for env in list_environments(out):
+        a, b = read_environment(corpus, env), read_environment(out, env)
+        np.testing.assert_array_equal(a.pos, b.pos)
+        scale = float(np.abs(a.csi).max())
+        np.testing.assert_allclose(a.csi, b.csi, rtol=1e-5, atol=1e-5 * scale)
