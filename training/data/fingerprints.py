@@ -43,6 +43,7 @@ __all__ = [
     "data_fingerprint",
     "list_environments",
     "open_environment",
+    "open_for_write",
     "read_environment",
     "write_environment",
 ]
@@ -171,7 +172,9 @@ class EnvironmentMeta:
     """Group attributes of one environment: radio parameters, BS pose and provenance.
 
     `source` says where the data came from (generator + version + parameters, or
-    the measurement set); it is stored as JSON text and read back as a dict.
+    the measurement set); it is stored as JSON text and read back as a dict. A
+    `source` that is not a JSON object (other tools write plain text) is read back
+    as ``{"text": <the attribute>}``.
     """
 
     carrier_hz: float = CARRIER_HZ
@@ -236,12 +239,7 @@ class EnvironmentMeta:
         bs = np.asarray(attrs["bs_position"])
         if bs.shape != (3,) or bs.dtype.kind not in "iuf":
             raise SchemaError(path, group, "bs_position", f"{bs!r}, expected 3 floats")
-        try:
-            source = json.loads(text("source"))
-        except json.JSONDecodeError as exc:
-            raise SchemaError(path, group, "source", f"not valid JSON: {exc}") from exc
-        if not isinstance(source, dict):
-            raise SchemaError(path, group, "source", "expected a JSON object")
+        source = _parse_source(text("source"))
         meta = cls(
             carrier_hz=number("carrier_hz"),
             subcarrier_spacing_hz=number("subcarrier_spacing_hz"),
@@ -252,6 +250,19 @@ class EnvironmentMeta:
         )
         meta.validate(path, group)
         return meta
+
+
+def _parse_source(raw: str) -> dict[str, Any]:
+    """The `source` attribute as a dict: a JSON object as is, anything else as ``{"text": raw}``.
+
+    csipos writes a JSON object; other tools write a plain string ("recorded at ...").
+    Both are provenance worth keeping, so plain text is wrapped instead of refused.
+    """
+    try:
+        parsed = json.loads(raw)
+    except json.JSONDecodeError:
+        return {"text": raw}
+    return parsed if isinstance(parsed, dict) else {"text": raw}
 
 
 def _check_env_name(env: str) -> None:
@@ -278,7 +289,7 @@ def _check_root(f: h5py.File, path: str) -> None:
         )
 
 
-def _open_for_write(path: str | Path) -> h5py.File:
+def open_for_write(path: str | Path) -> h5py.File:
     """Open (or create) a file for writing and make sure its schema version is ours."""
     p = Path(path)
     is_new = not p.exists()
@@ -356,7 +367,7 @@ def write_environment(
     meta.validate(spath, env)
     if len(data) == 0:
         raise SchemaError(spath, env, "csi", "no samples; expected at least one")
-    with _open_for_write(path) as f:
+    with open_for_write(path) as f:
         if env in f:
             if not overwrite:
                 raise FileExistsError(
@@ -391,7 +402,7 @@ class EnvironmentWriter:
         self._count = 0
 
     def __enter__(self) -> Self:
-        f = _open_for_write(self.path)
+        f = open_for_write(self.path)
         try:
             if self.env in f:
                 if not self.overwrite:

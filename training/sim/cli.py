@@ -19,28 +19,66 @@ def simulate(
         list[str],
         typer.Option(
             "--scene",
-            help="Built-in scene (industrial, lab-los, lab-nlos) or a .json/.yaml scene file. "
-            "Repeat to put several scenes in one file.",
+            help="Built-in scene (industrial, lab-los, lab-nlos), a .json/.yaml scene file, or "
+            "'procedural' (with --count). Repeat to put several scenes in one file.",
         ),
     ],
-    preset: Annotated[str, typer.Option(help="Dataset size: tiny or paper.")] = "tiny",
-    seed: Annotated[int, typer.Option(help="Seed for positions, noise and offsets.")] = 0,
+    preset: Annotated[
+        str,
+        typer.Option(
+            help="Dataset size: tiny or paper; with procedural scenes tiny, pilot or corpus."
+        ),
+    ] = "tiny",
+    seed: Annotated[
+        int,
+        typer.Option(
+            help="Seed for positions, noise and offsets; with procedural scenes the first scene "
+            "number (scenes seed .. seed+count-1)."
+        ),
+    ] = 0,
     positions: Annotated[
         int | None,
         typer.Option(help="UE positions per scene (overrides the preset's count)."),
     ] = None,
+    count: Annotated[
+        int | None, typer.Option(help="Procedural scenes: how many (needs --scene procedural).")
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(help="Procedural scenes: scenes traced in parallel processes.")
+    ] = 1,
+    chain: Annotated[
+        str,
+        typer.Option(
+            help="Procedural scenes: 'random' draws each BS's measurement chain (pattern, SNR, "
+            "timing, phases, orientation); 'nominal' keeps the fixed scenes' chain."
+        ),
+    ] = "random",
     overwrite: Annotated[
         bool, typer.Option(help="Replace environments of these scenes already in the file.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Ray-trace scenes with Sionna RT and write one fingerprint environment per base station."""
+    """Ray-trace scenes with Sionna RT and write one fingerprint environment per base station.
+
+    `--scene procedural --count N --seed S` traces procedural scenes S..S+N-1 (one
+    environment per scene and BS, `proc/sNNNN/bsK`); a killed run resumes where it
+    stopped when started again with the same options.
+    """
     from training.sim.builtin import resolve_scene
     from training.sim.generate import generate
     from training.sim.raytrace import SimulatorUnavailableError
     from training.sim.scene import SceneSpecError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if "procedural" in scene:
+        if len(scene) != 1:
+            console.print("[red]error:[/red] --scene procedural cannot be mixed with other scenes")
+            raise typer.Exit(code=2)
+        _simulate_procedural(out, preset, seed, positions, count, workers, chain, overwrite, quiet)
+        return
+    if count is not None:
+        console.print("[red]error:[/red] --count needs --scene procedural")
+        raise typer.Exit(code=2)
     try:
         specs = [resolve_scene(s) for s in scene]
         table = Table("environment", "samples", "LOS %", "dropped", "wall s")
@@ -74,16 +112,113 @@ def simulate(
     console.print(f"wrote {out} ({size_mb:.1f} MiB) in {total:.1f} s")
 
 
+def _simulate_procedural(
+    out: Path,
+    preset: str,
+    seed: int,
+    positions: int | None,
+    count: int | None,
+    workers: int,
+    chain: str,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from training.sim.corpus import simulate_procedural
+    from training.sim.raytrace import SimulatorUnavailableError
+
+    if count is None:
+        console.print("[red]error:[/red] --scene procedural needs --count N")
+        raise typer.Exit(code=2)
+    if chain not in ("random", "nominal"):
+        console.print(f"[red]error:[/red] --chain: expected random or nominal, got {chain!r}")
+        raise typer.Exit(code=2)
+    progress = Progress(
+        TextColumn("positions x BS"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=quiet,
+    )
+    try:
+        with progress:
+            task = progress.add_task("trace", total=None)
+            report = simulate_procedural(
+                out,
+                count=count,
+                seed=seed,
+                preset=preset,
+                workers=workers,
+                randomise_chain=chain == "random",
+                positions=positions,
+                overwrite=overwrite,
+                on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+    except (ValueError, FileNotFoundError, FileExistsError, SimulatorUnavailableError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=2) from exc
+    if report.skipped:
+        console.print(f"resumed: {len(report.skipped)} scenes were already finished")
+    samples = sum(env.samples for env in report.environments)
+    dropped = sum(env.dropped for env in report.environments)
+    undetected = sum(env.undetected for env in report.environments)
+    console.print(
+        f"traced scenes {_ranges(report.traced) or 'none'}: {len(report.environments)} "
+        f"environments, {samples} samples (dropped: {dropped} positions no path reached, "
+        f"{undetected} below the detection SNR)"
+    )
+    size_mb = out.stat().st_size / 2**20
+    console.print(f"wrote {out} ({size_mb:.1f} MiB) in {report.wall_s:.1f} s")
+
+
+def _ranges(indices: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    parts: list[str] = []
+    for k in sorted(indices):
+        if parts and parts[-1].endswith(f"-{k - 1}"):
+            parts[-1] = parts[-1].rsplit("-", 1)[0] + f"-{k}"
+        elif parts and parts[-1] == str(k - 1):
+            parts[-1] = f"{k - 1}-{k}"
+        else:
+            parts.append(str(k))
+    return ", ".join(parts)
+
+
 def plot(
     file: Annotated[Path, typer.Argument(help="Fingerprint file written by `data simulate`.")],
     out: Annotated[Path, typer.Option("--out", help="Directory for the PNGs.")] = Path("plots"),
+    sheet_only: Annotated[
+        bool,
+        typer.Option(
+            "--sheet-only", help="Only the contact sheet of scene thumbnails (large corpora)."
+        ),
+    ] = False,
 ) -> None:
-    """One PNG per environment: the scene from above, UEs by LOS/NLOS and by received power."""
+    """One PNG per environment (UEs by LOS/NLOS and received power) and a contact sheet.
+
+    The contact sheet (`contact-sheet.png`) shows every scene in the file from above:
+    walls, obstacles, base stations and UE areas.
+    """
     from training.data.schema import SchemaError
-    from training.sim.plot import plot_file
+    from training.sim.plot import contact_sheet, plot_file, scenes_in_file
 
     try:
-        written = plot_file(file, out)
+        written = [] if sheet_only else plot_file(file, out)
+        specs = scenes_in_file(file)
+        if specs:
+            written.append(contact_sheet(specs, out / "contact-sheet.png"))
+        elif sheet_only:
+            raise ValueError(f"{file}: records no scene descriptions to draw")
     except (SchemaError, FileNotFoundError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(code=2) from exc
@@ -91,7 +226,38 @@ def plot(
         console.print(f"wrote {path}")
 
 
+def scenes(
+    out: Annotated[Path, typer.Option("--out", help="Directory for the YAML files and the sheet.")],
+    count: Annotated[int, typer.Option(help="How many procedural scenes.")] = 12,
+    seed: Annotated[int, typer.Option(help="First scene number.")] = 0,
+    preset: Annotated[
+        str, typer.Option(help="Procedural preset: tiny, pilot or corpus.")
+    ] = "corpus",
+) -> None:
+    """Write procedural scenes seed..seed+count-1 as YAML plus a contact sheet (no ray tracing).
+
+    Each YAML file is a scene a user can edit and trace with `data simulate --scene FILE`.
+    """
+    from training.sim.plot import contact_sheet
+    from training.sim.procedural import procedural_scene
+
+    if count < 1 or seed < 0:
+        console.print("[red]error:[/red] expected --count >= 1 and --seed >= 0")
+        raise typer.Exit(code=2)
+    try:
+        specs = [procedural_scene(k, preset) for k in range(seed, seed + count)]
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=2) from exc
+    out.mkdir(parents=True, exist_ok=True)
+    for spec in specs:
+        spec.dump(out / f"{spec.name}.yaml")
+    sheet = contact_sheet(specs, out / "contact-sheet.png")
+    console.print(f"wrote {len(specs)} scenes to {out} and {sheet}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the simulator commands to the `data` sub-app."""
     app.command("simulate")(simulate)
     app.command("plot")(plot)
+    app.command("scenes")(scenes)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from training.data.fingerprints import EnvironmentMeta, EnvironmentWriter, Fingerprints
 from training.data.schema import ARRAY_LAYOUT, CARRIER_HZ, SUBCARRIER_SPACING_HZ
+from training.sim.chain import RadioChain
 from training.sim.measurement import MeasurementConfig, channel_power_db, measure
 from training.sim.positions import sample_ue_positions
 from training.sim.presets import Preset, get_preset
@@ -43,7 +44,10 @@ class EnvironmentReport:
     samples: int
     los_share: float
     dropped: int
+    """Positions no path reached."""
     wall_s: float
+    undetected: int = 0
+    """Positions below the chain's detection SNR (`MeasurementConfig.min_snr_db`)."""
 
 
 @dataclass
@@ -76,14 +80,20 @@ def generate(
     positions: int | None = None,
     measurement: MeasurementConfig | None = None,
     solver: SolverConfig | None = None,
+    chains: Sequence[RadioChain] | None = None,
     overwrite: bool = False,
     quiet: bool = False,
+    on_positions: Callable[[int], None] | None = None,
 ) -> GenerationReport:
     """Simulate every base station of `scene` and write one environment per BS to `out`.
 
     `positions` overrides the preset's count; `solver` overrides the preset's solver
-    settings. Existing groups of other scenes in `out` are kept; an existing group of this
-    scene is an error unless `overwrite`. `quiet` hides the progress bar (library use).
+    settings. `chains` gives each BS its own radio and measurement (domain
+    randomisation; default: the nominal radio and `measurement` for all, which keeps
+    the fixed presets' data unchanged); UE heights always follow `measurement`.
+    Existing groups of other scenes in `out` are kept; an existing group of this
+    scene is an error unless `overwrite`. `quiet` hides the progress bar (library use);
+    `on_positions(k)` is called as k more positions are traced.
     """
     if seed < 0:
         raise ValueError(f"seed: expected a non-negative integer, got {seed}")
@@ -98,8 +108,13 @@ def generate(
         max_paths_per_src=chosen.solver.max_paths_per_src,
         bs_pattern=chosen.solver.bs_pattern,
         seed=seed % 2**31,
+        refraction=chosen.solver.refraction,
     )
     measurement = measurement or MeasurementConfig()
+    if chains is not None and len(chains) != len(scene.base_stations):
+        raise ValueError(
+            f"chains: expected one per base station ({len(scene.base_stations)}), got {len(chains)}"
+        )
     n = positions if positions is not None else chosen.positions_for(scene)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -125,6 +140,8 @@ def generate(
             )
         for b, (bs, env) in enumerate(zip(scene.base_stations, envs, strict=True)):
             task = progress.add_task(f"{env}", total=n) if progress is not None else None
+            chain = chains[b] if chains is not None else RadioChain(measurement=measurement)
+            carrier = chain.radio.carrier_hz or CARRIER_HZ
             source: dict[str, Any] = {
                 "generator": GENERATOR,
                 "versions": versions,
@@ -135,13 +152,20 @@ def generate(
                 "seed": seed,
                 "block": BLOCK,
                 "solver": solver.to_dict(),
-                "measurement": measurement.to_dict(),
+                "measurement": chain.measurement.to_dict(),
+                "radio": {
+                    "pattern": chain.radio.pattern or solver.bs_pattern,
+                    "carrier_hz": carrier,
+                    "orientation_jitter_deg": list(chain.radio.orientation_jitter_deg),
+                },
+                "chain": "randomised" if chains is not None else "nominal",
+                "timing": chain.measurement.timing,
                 "los": "the path solver found the direct BS-UE path",
                 "subcarriers": "103 offsets (k - 51) * subcarrier_spacing_hz around carrier_hz",
                 "csi_unit": "complex baseband path gain (unitless), tx power not applied",
             }
             meta = EnvironmentMeta(
-                carrier_hz=CARRIER_HZ,
+                carrier_hz=carrier,
                 subcarrier_spacing_hz=SUBCARRIER_SPACING_HZ,
                 array=ARRAY_LAYOUT,
                 bs_position=tuple(float(v) for v in bs.position),  # type: ignore[arg-type]
@@ -152,6 +176,7 @@ def generate(
             meas_rng = np.random.Generator(np.random.PCG64(meas_seqs[b]))
             t_env = time.perf_counter()
             dropped = 0
+            undetected = 0
             n_los = 0
             with EnvironmentWriter(out, env, meta, overwrite=overwrite) as writer:
                 for start in range(0, n, BLOCK):
@@ -160,31 +185,50 @@ def generate(
                     def advance(k: int, task: Any = task) -> None:
                         if progress is not None:
                             progress.advance(task, k)
+                        if on_positions is not None:
+                            on_positions(k)
 
-                    traced = tracer.trace(b, block, on_chunk=advance)
+                    traced = tracer.trace(b, block, on_chunk=advance, radio=chain.radio)
                     # Positions no path reaches carry no fingerprint: drop them, say how many.
                     ok = np.isfinite(channel_power_db(traced.cfr))
                     dropped += int((~ok).sum())
                     if not ok.any():
                         continue
-                    csi, snr_db = measure(traced.cfr[ok], measurement, meas_rng)
-                    n_los += int(traced.los[ok].sum())
+                    first = traced.first_delay_s
+                    csi, snr_db = measure(
+                        traced.cfr[ok],
+                        chain.measurement,
+                        meas_rng,
+                        first_delay_s=None if first is None else first[ok],
+                    )
+                    keep = np.ones(len(csi), dtype=bool)
+                    if chain.measurement.min_snr_db is not None:
+                        # too weak to be detected: a real receiver reports nothing here
+                        keep = snr_db >= chain.measurement.min_snr_db
+                        undetected += int((~keep).sum())
+                    ok_idx = np.flatnonzero(ok)[keep]
+                    n_los += int(traced.los[ok_idx].sum())
+                    if not keep.any():
+                        continue
                     writer.append(
                         Fingerprints(
-                            csi=csi,
-                            pos=block[ok, :2].astype(np.float32),
-                            los=traced.los[ok],
-                            snr_db=snr_db,
+                            csi=csi[keep],
+                            pos=block[ok_idx, :2].astype(np.float32),
+                            los=traced.los[ok_idx],
+                            snr_db=snr_db[keep],
                         )
                     )
                 written = writer.count
             if dropped:
                 log.warning("%s: dropped %d positions that no path reached", env, dropped)
+            if undetected:
+                log.info("%s: dropped %d positions below the detection SNR", env, undetected)
             env_report = EnvironmentReport(
                 env=env,
                 samples=written,
                 los_share=n_los / max(written, 1),
                 dropped=dropped,
+                undetected=undetected,
                 wall_s=time.perf_counter() - t_env,
             )
             log.info(

@@ -15,11 +15,22 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from training.data.schema import BANDWIDTH_HZ
+from training.data.schema import BANDWIDTH_HZ, N_ANTENNAS
 from training.sim.raytrace import subcarrier_offsets_hz
 
 BOLTZMANN_DBM_PER_HZ = -174.0
 """Thermal noise density at room temperature."""
+
+TIMING_CONVENTIONS = {
+    "absolute": "the propagation delay stays in the CSI: a receiver locked to the "
+    "transmitter's clock (the simulator's default; the phase ramp over subcarriers "
+    "carries the time of arrival)",
+    "first-path": "the delay of the first detectable path is removed: a receiver that "
+    "synchronises to the first arriving path (no absolute time of arrival in the CSI)",
+    "random": "first path removed, then a uniform offset in [0, timing_window_s) per "
+    "sample: a receiver whose FFT window starts anywhere before the first path",
+}
+"""Receiver timing conventions: what delay the linear phase over subcarriers encodes."""
 
 
 @dataclass(frozen=True)
@@ -42,16 +53,44 @@ class MeasurementConfig:
     """Gaussian sync error per sample, a linear phase across the subcarriers."""
     height_jitter_std_m: float = 0.0
     """Gaussian spread of the UE antenna height around the area height (applied before tracing)."""
+    timing: str = "absolute"
+    """Timing convention of the receiver (see TIMING_CONVENTIONS); the Gaussian
+    `timing_offset_std_s` error comes on top of each."""
+    timing_window_s: float = 200e-9
+    """`timing="random"`: the uniform offset's range [0, window) after the first path."""
+    antenna_phase_deg: tuple[float, ...] = ()
+    """Fixed per-antenna phase errors (an uncalibrated array), 8 values or none."""
+    min_snr_db: float | None = None
+    """Samples below this SNR are not detected (a receiver cannot synchronise to them)
+    and are dropped by the generator; None keeps every sample."""
 
     def __post_init__(self) -> None:
+        if self.timing not in TIMING_CONVENTIONS:
+            raise ValueError(
+                f"timing: expected one of {sorted(TIMING_CONVENTIONS)}, got {self.timing!r}"
+            )
+        if not 0 <= self.timing_window_s < 2e-6 or not math.isfinite(self.timing_window_s):
+            raise ValueError(
+                f"timing_window_s: expected in [0, 2e-6) s (the subcarrier spacing's "
+                f"unambiguous range), got {self.timing_window_s}"
+            )
+        if len(self.antenna_phase_deg) not in (0, N_ANTENNAS) or not all(
+            math.isfinite(v) for v in self.antenna_phase_deg
+        ):
+            raise ValueError(
+                f"antenna_phase_deg: expected {N_ANTENNAS} finite degrees or none, "
+                f"got {self.antenna_phase_deg}"
+            )
         for name in ("noise_figure_db", "timing_offset_std_s", "height_jitter_std_m"):
             if getattr(self, name) < 0 or not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name}: expected a finite value >= 0, got {getattr(self, name)}")
         for name in ("tx_power_dbm", "max_snr_db"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name}: expected a finite number, got {getattr(self, name)}")
-        if self.snr_db is not None and not math.isfinite(self.snr_db):
-            raise ValueError(f"snr_db: expected a finite number or None, got {self.snr_db}")
+        for name in ("snr_db", "min_snr_db"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name}: expected a finite number or None, got {value}")
 
     @property
     def noise_dbm(self) -> float:
@@ -74,15 +113,20 @@ def measure(
     cfr: npt.NDArray[np.complex64],
     config: MeasurementConfig,
     rng: np.random.Generator,
+    first_delay_s: npt.NDArray[np.float64] | None = None,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """Noise, phase and timing offsets applied to channels [n, 8, 103].
 
     Returns `csi` float32 [n, 8, 103, 2] (real, imag) and the per-sample `snr_db` float32 [n].
     Samples with zero CSI are refused: the caller must not place UEs where no path arrives.
+    `first_delay_s` [n] (the first detectable path's delay) is needed unless
+    `config.timing` is ``absolute``.
     """
     if cfr.ndim != 3:
         raise ValueError(f"cfr: expected [n, antennas, subcarriers], got shape {cfr.shape}")
     n = cfr.shape[0]
+    if config.timing != "absolute" and (first_delay_s is None or len(first_delay_s) != n):
+        raise ValueError(f"timing {config.timing!r}: needs the first path's delay of each sample")
     gain_db = channel_power_db(cfr)
     if np.any(~np.isfinite(gain_db)):
         bad = np.flatnonzero(~np.isfinite(gain_db))
@@ -100,9 +144,16 @@ def measure(
         if config.timing_offset_std_s > 0
         else np.zeros(n)
     )
+    if config.timing != "absolute":
+        assert first_delay_s is not None
+        dt = dt - np.asarray(first_delay_s, dtype=np.float64)
+    if config.timing == "random":  # drawn only here, so the other conventions' streams stay
+        dt = dt + rng.uniform(0.0, config.timing_window_s, n)
     freqs = subcarrier_offsets_hz()
     rot = np.exp(1j * (phase[:, None] - 2 * np.pi * dt[:, None] * freqs[None, :]))  # [n, sc]
     h = cfr.astype(np.complex128) * rot[:, None, :]
+    if config.antenna_phase_deg:
+        h = h * np.exp(1j * np.radians(np.asarray(config.antenna_phase_deg)))[None, :, None]
     noise_var = 10 ** ((gain_db - snr_db) / 10)  # per complex entry
     noise = rng.standard_normal((*h.shape, 2)) * np.sqrt(noise_var / 2)[:, None, None, None]
     csi = np.stack([h.real, h.imag], axis=-1) + noise

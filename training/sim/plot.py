@@ -17,7 +17,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.patches import Rectangle
+from matplotlib.patches import Polygon, Rectangle
 
 from training.data.fingerprints import list_environments, open_environment, read_environment_meta
 from training.sim.scene import SceneSpec, SceneSpecError
@@ -42,11 +42,10 @@ def _draw_site(ax: Axes, spec: SceneSpec | None, bs_name: str | None, bs_xyz: An
         ax.add_patch(Rectangle((0, 0), sx, sy, fill=False, lw=2.5, ec="0.2"))
         for ob in spec.obstacles:
             ax.add_patch(
-                Rectangle(
-                    (ob.min[0], ob.min[1]),
-                    ob.max[0] - ob.min[0],
-                    ob.max[1] - ob.min[1],
-                    fc="0.55" if ob.material == "metal" else "tan",
+                Polygon(
+                    ob.footprint(),
+                    closed=True,
+                    fc=_obstacle_colour(ob.material, ob.kind),
                     ec="0.2",
                     alpha=0.9,
                     zorder=3,
@@ -76,6 +75,79 @@ def _draw_site(ax: Axes, spec: SceneSpec | None, bs_name: str | None, bs_xyz: An
     ax.set_aspect("equal")
     ax.set_xlabel("x [m]")
     ax.set_ylabel("y [m]")
+
+
+def _obstacle_colour(material: str, kind: str) -> str:
+    if kind == "wall":
+        return "0.25"
+    if kind == "person":
+        return "salmon"
+    return {"metal": "0.6", "glass": "lightblue"}.get(material, "tan")
+
+
+def draw_scene(ax: Axes, spec: SceneSpec, *, title: str | None = None) -> None:
+    """Top view of a scene: walls, obstacles, UE areas (green), BSs (red) and their facing."""
+    for poly in spec.ue_area.polygons or (
+        (
+            (spec.ue_area.x[0], spec.ue_area.y[0]),
+            (spec.ue_area.x[1], spec.ue_area.y[0]),
+            (spec.ue_area.x[1], spec.ue_area.y[1]),
+            (spec.ue_area.x[0], spec.ue_area.y[1]),
+        ),
+    ):
+        ax.add_patch(Polygon(poly, closed=True, fc="palegreen", ec="green", alpha=0.5, zorder=1))
+    _draw_site(ax, spec, spec.base_stations[0].name, spec.base_stations[0].position)
+    for bs in spec.base_stations[1:]:  # `_draw_site` highlights one; a sheet shows all alike
+        x, y, _ = bs.position
+        ax.plot(x, y, marker="^", ms=7, c="red", zorder=5)
+    for bs in spec.base_stations:
+        x, y, _ = bs.position
+        tx, ty, _ = spec.look_at(bs)
+        length = 0.1 * max(spec.size[0], spec.size[1])
+        norm = math.hypot(tx - x, ty - y) or 1.0
+        ax.plot([x, x + length * (tx - x) / norm], [y, y + length * (ty - y) / norm], c="red")
+    ax.set_xlabel("")
+    ax.set_ylabel("")
+    ax.tick_params(labelsize=6)
+    if title is not None:
+        ax.set_title(title, fontsize=7)
+
+
+def contact_sheet(specs: list[SceneSpec], out_png: str | Path, *, columns: int = 6) -> Path:
+    """One PNG with a top-view thumbnail per scene (a glance over a whole corpus)."""
+    if not specs:
+        raise ValueError("contact sheet: no scenes to draw")
+    cols = min(columns, len(specs))
+    rows = math.ceil(len(specs) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows), squeeze=False)
+    for ax in axes.flat[len(specs) :]:
+        ax.axis("off")
+    for ax, spec in zip(axes.flat, specs, strict=False):
+        family = spec.extra.get("family", "")
+        sx, sy, sz = spec.size
+        draw_scene(
+            ax,
+            spec,
+            title=f"{spec.name} {family}\n{sx:g}x{sy:g}x{sz:g} m, {len(spec.obstacles)} obst, "
+            f"{len(spec.base_stations)} BS",
+        )
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+def scenes_in_file(path: str | Path) -> list[SceneSpec]:
+    """The distinct scenes recorded in a file's `source` attributes, in group order."""
+    seen: dict[str, SceneSpec] = {}
+    for env in list_environments(path):
+        meta = read_environment_meta(path, env)
+        spec = _scene_of(meta.source)
+        if spec is not None:
+            seen.setdefault(spec.group or spec.name, spec)
+    return list(seen.values())
 
 
 def plot_environment(path: str | Path, env: str, out_png: str | Path) -> Path:

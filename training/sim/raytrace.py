@@ -10,6 +10,7 @@ reciprocity), refraction stays off in closed rooms, and the solver takes at most
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -154,9 +155,11 @@ def scene_xml(spec: SceneSpec) -> str:
         half = [(hi - lo) / 2 for lo, hi in zip(ob.min, ob.max, strict=True)]
         centre = [(hi + lo) / 2 for lo, hi in zip(ob.min, ob.max, strict=True)]
         m = mat(ob.material, min(0.05, 2 * min(half)))
+        # Mitsuba applies the transforms in order: scale the unit cube, turn it about z, move it.
+        yaw = f'<rotate z="1" angle="{_f(ob.yaw_deg)}"/>' if ob.yaw_deg else ""
         shapes.append(
             f'<shape type="cube" id="obstacle-{ob.name}"><transform name="to_world">'
-            f'<scale x="{_f(half[0])}" y="{_f(half[1])}" z="{_f(half[2])}"/>'
+            f'<scale x="{_f(half[0])}" y="{_f(half[1])}" z="{_f(half[2])}"/>{yaw}'
             f'<translate x="{_f(centre[0])}" y="{_f(centre[1])}" z="{_f(centre[2])}"/></transform>'
             f'<ref id="{m}" name="bsdf"/></shape>'
         )
@@ -184,6 +187,9 @@ class SolverConfig:
     bs_pattern: str = "tr38901"
     """Directional patch-like element pattern, so an array's facing matters."""
     seed: int = 42
+    refraction: bool = False
+    """Transmission through surfaces (thin slabs). Off: in a closed hall it costs ~3x the
+    rays for nothing; inner walls are then opaque (docs/data.md: multi-room floors)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_depth <= 8:
@@ -205,6 +211,27 @@ class SolverConfig:
         return asdict(self)
 
 
+FIRST_PATH_THRESHOLD_DB = 20.0
+"""A receiver that synchronises to the first arriving path detects the earliest path
+within this many dB of the strongest one (weaker early paths drown in the noise)."""
+
+
+@dataclass(frozen=True)
+class BSRadio:
+    """How one BS's radio differs from the nominal one (domain randomisation of the chain).
+
+    The defaults are the nominal radio: the solver's `bs_pattern`, the schema's carrier
+    and the array facing exactly its `look_at`.
+    """
+
+    pattern: str | None = None
+    """Element pattern of the 4x2 array (tr38901, iso, dipole, hw_dipole); None: the solver's."""
+    carrier_hz: float | None = None
+    """Carrier the channel is traced at; None: the schema's 1.272 GHz."""
+    orientation_jitter_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """(yaw, pitch, roll) added to the array's look-at orientation: a mount that is a bit off."""
+
+
 @dataclass
 class TraceResult:
     """Noise-free channels of one batch of UE positions to one base station."""
@@ -213,6 +240,8 @@ class TraceResult:
     """[n, 8, 103]: antenna x subcarrier, baseband around the carrier."""
     los: npt.NDArray[np.bool_]
     """[n]: the solver found the direct path."""
+    first_delay_s: npt.NDArray[np.float64] | None = None
+    """[n]: delay of the first detectable path (FIRST_PATH_THRESHOLD_DB); 0 where none."""
 
 
 def _chunks(n: int, size: int) -> Iterator[slice]:
@@ -244,27 +273,41 @@ class RayTracer:
         )
         self._solver = rt.PathSolver()
         self._n_rx = 0
-        self._bs_index: int | None = None
+        self._bs_key: tuple[int, BSRadio] | None = None
+        self._pattern = self.config.bs_pattern
         self._freqs = subcarrier_offsets_hz()
 
     def _point(self, p: npt.ArrayLike) -> Any:
         x, y, z = (float(v) for v in np.asarray(p, dtype=np.float64))
         return self._mi.Point3f(x, y, z)
 
-    def _use_bs(self, index: int) -> None:
-        if self._bs_index == index:
+    def _use_bs(self, index: int, radio: BSRadio) -> None:
+        if self._bs_key == (index, radio):
             return
-        if self._bs_index is not None:
+        from training.data.schema import CARRIER_HZ
+
+        if self._bs_key is not None:
             self._scene.remove("bs")
-        bs = self.spec.base_stations[index]
-        self._scene.add(
-            self._rt.Transmitter(
-                name="bs",
-                position=self._point(bs.position),
-                look_at=self._point(self.spec.look_at(bs)),
+        pattern = radio.pattern or self.config.bs_pattern
+        if pattern != self._pattern:
+            self._scene.tx_array = self._rt.PlanarArray(
+                num_rows=4, num_cols=2, pattern=pattern, polarization="V"
             )
+            self._pattern = pattern
+        carrier = radio.carrier_hz or CARRIER_HZ
+        if float(self._scene.frequency[0]) != carrier:
+            self._scene.frequency = carrier
+        bs = self.spec.base_stations[index]
+        tx = self._rt.Transmitter(
+            name="bs",
+            position=self._point(bs.position),
+            look_at=self._point(self.spec.look_at(bs)),
         )
-        self._bs_index = index
+        if any(radio.orientation_jitter_deg):
+            yaw, pitch, roll = (math.radians(v) for v in radio.orientation_jitter_deg)
+            tx.orientation = tx.orientation + self._mi.Point3f(yaw, pitch, roll)
+        self._scene.add(tx)
+        self._bs_key = (index, radio)
 
     def _place_receivers(self, positions: npt.NDArray[np.float64]) -> None:
         n = len(positions)
@@ -283,11 +326,13 @@ class RayTracer:
         bs_index: int,
         positions: npt.ArrayLike,
         on_chunk: Callable[[int], None] | None = None,
+        radio: BSRadio | None = None,
     ) -> TraceResult:
         """Channels from base station `bs_index` to each UE position [n, 3] (metres).
 
         Receivers go to the solver MAX_RECEIVERS_PER_CALL at a time (more silently drop paths);
-        `on_chunk(k)` is called after each chunk of k positions.
+        `on_chunk(k)` is called after each chunk of k positions. `radio` perturbs the BS's
+        pattern, carrier and orientation (default: the nominal radio).
         """
         pos = np.asarray(positions, dtype=np.float64)
         if pos.ndim != 2 or pos.shape[1] != 3:
@@ -296,18 +341,19 @@ class RayTracer:
             raise ValueError(
                 f"bs_index: expected 0..{len(self.spec.base_stations) - 1}, got {bs_index}"
             )
-        self._use_bs(bs_index)
+        self._use_bs(bs_index, radio or BSRadio())
         cfr = np.zeros((len(pos), N_ANTENNAS, N_SUBCARRIERS), dtype=np.complex64)
         los = np.zeros(len(pos), dtype=bool)
+        first = np.zeros(len(pos), dtype=np.float64)
         for chunk in _chunks(len(pos), MAX_RECEIVERS_PER_CALL):
-            cfr[chunk], los[chunk] = self._solve(pos[chunk])
+            cfr[chunk], los[chunk], first[chunk] = self._solve(pos[chunk])
             if on_chunk is not None:
                 on_chunk(chunk.stop - chunk.start)
-        return TraceResult(cfr=cfr, los=los)
+        return TraceResult(cfr=cfr, los=los, first_delay_s=first)
 
     def _solve(
         self, positions: npt.NDArray[np.float64]
-    ) -> tuple[npt.NDArray[np.complex64], npt.NDArray[np.bool_]]:
+    ) -> tuple[npt.NDArray[np.complex64], npt.NDArray[np.bool_], npt.NDArray[np.float64]]:
         self._place_receivers(positions)
         paths = self._solver(
             self._scene,
@@ -318,7 +364,7 @@ class RayTracer:
             los=True,
             specular_reflection=True,
             diffuse_reflection=False,
-            refraction=False,  # closed rooms: 3x the rays for nothing gained
+            refraction=self.config.refraction,  # off in closed rooms: 3x the rays for nothing
             diffraction=False,
             edge_diffraction=False,  # leaks energy into closed boxes with built-in shapes
             seed=self.config.seed,
@@ -339,4 +385,18 @@ class RayTracer:
         a = np.take_along_axis(a, order[:, None, :], axis=2)
         phase = np.exp(-2j * np.pi * tau[:, None, :] * self._freqs[:, None])  # [rx, sc, paths]
         cfr = np.einsum("rap,rsp->ras", a, phase)
-        return cfr.astype(np.complex64), los
+        return cfr.astype(np.complex64), los, _first_detectable_delay(a, tau)
+
+
+def _first_detectable_delay(
+    a: npt.NDArray[np.complex128], tau: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    """Per receiver, the smallest delay of a path within FIRST_PATH_THRESHOLD_DB of the strongest.
+
+    `a` [rx, antennas, paths] (zero for invalid paths), `tau` [rx, paths]; 0 where no path.
+    """
+    power = np.mean(np.abs(a) ** 2, axis=1)  # [rx, paths]
+    peak = power.max(axis=1, keepdims=True)
+    strong = (power > 0) & (power >= peak * 10 ** (-FIRST_PATH_THRESHOLD_DB / 10))
+    first = np.where(strong, tau, np.inf).min(axis=1)
+    return np.where(np.isfinite(first), first, 0.0)

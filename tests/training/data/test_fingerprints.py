@@ -17,6 +17,7 @@ from training.data.fingerprints import (
     list_environments,
     open_environment,
     read_environment,
+    read_environment_meta,
     write_environment,
 )
 from training.data.schema import SCHEMA_VERSION, SchemaError
@@ -193,12 +194,25 @@ def test_missing_group_attr(good_file: Path, attr: str) -> None:
     _expect(exc, good_file, "site/bs0", attr)
 
 
-def test_source_that_is_not_json(good_file: Path) -> None:
+@pytest.mark.parametrize(
+    "text", ["recorded by sounder X, run 7", "{not json", "42", '"quoted"', "", "[1, 2]"]
+)
+def test_plain_text_source_is_kept_as_text(good_file: Path, text: str, tmp_path: Path) -> None:
+    # Other tools write a plain string there: keep it as {"text": ...} instead of refusing.
     with h5py.File(good_file, "a") as f:
-        f["site/bs0"].attrs["source"] = "{not json"
-    with pytest.raises(SchemaError, match="not valid JSON") as exc:
-        read_environment(good_file, "site/bs0")
-    _expect(exc, good_file, "site/bs0", "source")
+        f["site/bs0"].attrs["source"] = text
+    read_environment(good_file, "site/bs0")  # no error
+    meta = read_environment_meta(good_file, "site/bs0")
+    assert meta.source == {"text": text}
+    # ... and it survives a rewrite as a JSON object
+    again = tmp_path / "again.h5"
+    write_environment(again, "x", make_fingerprints(3), meta)
+    assert read_environment_meta(again, "x").source == {"text": text}
+    with h5py.File(good_file, "a") as f:
+        f["site/bs0"].attrs["source"] = np.bytes_("bytes from another tool")
+    assert read_environment_meta(good_file, "site/bs0").source == {
+        "text": "bytes from another tool"
+    }
 
 
 def test_missing_and_unknown_schema_version(good_file: Path) -> None:

@@ -46,3 +46,30 @@ def test_plot_missing_file(tmp_path: Path) -> None:
     result = runner.invoke(app, ["data", "plot", str(tmp_path / "none.h5"), "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert "no such" in result.output
+
+
+def test_procedural_options_are_checked(tmp_path: Path) -> None:
+    out = str(tmp_path / "x.h5")
+    cases = [
+        (["--scene", "procedural"], "needs --count"),
+        (["--scene", "procedural", "--scene", "lab-los", "--count", "2"], "cannot be mixed"),
+        (["--scene", "lab-los", "--count", "2"], "--count needs --scene procedural"),
+        (["--scene", "procedural", "--count", "2", "--chain", "odd"], "random or nominal"),
+        (["--scene", "procedural", "--count", "2", "--preset", "paper"], "procedural preset"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, ["data", "simulate", *args, "--out", out])
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output, (args, result.output)
+
+
+def test_scenes_writes_yaml_and_a_contact_sheet(tmp_path: Path) -> None:
+    from training.sim.procedural import procedural_scene
+    from training.sim.scene import SceneSpec
+
+    result = runner.invoke(
+        app, ["data", "scenes", "--count", "3", "--seed", "10", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert SceneSpec.load(tmp_path / "s0011.yaml") == procedural_scene(11, "corpus")
+    assert (tmp_path / "contact-sheet.png").stat().st_size > 10_000

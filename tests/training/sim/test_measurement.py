@@ -61,3 +61,75 @@ def test_zero_csi_and_bad_settings_are_refused() -> None:
         measure(h, MeasurementConfig(), np.random.default_rng(0))
     with pytest.raises(ValueError, match="timing_offset_std_s"):
         MeasurementConfig(timing_offset_std_s=-1.0)
+
+
+def _delayed(delays_s: np.ndarray) -> np.ndarray:
+    """Single-path channels with the given delays: a pure phase ramp over the subcarriers."""
+    from training.sim.raytrace import subcarrier_offsets_hz
+
+    f = subcarrier_offsets_hz()
+    ramp = np.exp(-2j * np.pi * delays_s[:, None] * f[None, :])
+    return np.broadcast_to(ramp[:, None, :], (len(delays_s), 8, 103)).astype(np.complex64) * 1e-3
+
+
+def _delay_estimate(csi: np.ndarray) -> np.ndarray:
+    from training.data.schema import SUBCARRIER_SPACING_HZ
+
+    h = csi[..., 0] + 1j * csi[..., 1]
+    slope = np.angle(np.sum(h[:, :, 1:] * np.conj(h[:, :, :-1]), axis=(1, 2)))
+    return -slope / (2 * np.pi * SUBCARRIER_SPACING_HZ)
+
+
+def test_timing_conventions() -> None:
+    delays = np.linspace(20e-9, 300e-9, 50)
+    h = _delayed(delays)
+    quiet = {"snr_db": 200.0, "timing_offset_std_s": 0.0}
+    absolute, _ = measure(h, MeasurementConfig(**quiet), np.random.default_rng(0))
+    np.testing.assert_allclose(_delay_estimate(absolute), delays, atol=1e-11)
+    first, _ = measure(
+        h,
+        MeasurementConfig(timing="first-path", **quiet),
+        np.random.default_rng(0),
+        first_delay_s=delays,
+    )
+    np.testing.assert_allclose(_delay_estimate(first), 0.0, atol=1e-11)  # no time of arrival
+    cfg = MeasurementConfig(timing="random", timing_window_s=100e-9, **quiet)
+    rand, _ = measure(h, cfg, np.random.default_rng(0), first_delay_s=delays)
+    offsets = _delay_estimate(rand)
+    assert offsets.min() >= 0.0 and offsets.max() < 100e-9 and offsets.std() > 20e-9
+    assert abs(np.corrcoef(offsets, delays)[0, 1]) < 0.5
+    with pytest.raises(ValueError, match="first path"):
+        measure(h, MeasurementConfig(timing="first-path"), np.random.default_rng(0))
+    with pytest.raises(ValueError, match="timing"):
+        MeasurementConfig(timing="gps")
+
+
+def test_antenna_phase_errors_are_fixed_per_antenna() -> None:
+    h = _channels(30)
+    errors = (0.0, 10.0, -20.0, 30.0, 0.0, 5.0, 90.0, -90.0)
+    base = {"snr_db": 200.0, "common_phase_offset": False, "timing_offset_std_s": 0.0}
+    plain, _ = measure(h, MeasurementConfig(**base), np.random.default_rng(0))
+    skewed, _ = measure(
+        h, MeasurementConfig(antenna_phase_deg=errors, **base), np.random.default_rng(0)
+    )
+    a = plain[..., 0] + 1j * plain[..., 1]
+    b = skewed[..., 0] + 1j * skewed[..., 1]
+    got = np.degrees(np.angle(np.mean(b * np.conj(a), axis=(0, 2))))
+    np.testing.assert_allclose(got, errors, atol=1e-3)
+    with pytest.raises(ValueError, match="antenna_phase_deg"):
+        MeasurementConfig(antenna_phase_deg=(1.0, 2.0))
+
+
+def test_default_config_keeps_the_historic_draws() -> None:
+    # The fixed presets' data must not change: the default draws phase, timing, noise only.
+    h = _channels(5)
+    csi, _ = measure(h, MeasurementConfig(), np.random.default_rng(9))
+    rng = np.random.default_rng(9)
+    phase = rng.uniform(0.0, 2 * np.pi, 5)
+    dt = rng.normal(0.0, 2e-9, 5)
+    from training.sim.raytrace import subcarrier_offsets_hz
+
+    rot = np.exp(1j * (phase[:, None] - 2 * np.pi * dt[:, None] * subcarrier_offsets_hz()))
+    expect = h.astype(np.complex128) * rot[:, None, :]
+    noise = csi[..., 0] + 1j * csi[..., 1] - expect
+    assert np.sqrt(np.mean(np.abs(noise) ** 2)) < 0.1 * np.sqrt(np.mean(np.abs(h) ** 2))
