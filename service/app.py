@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             app.state.loaded = False
             app.state.store.unload()
-            app.state.positioner.close()
+            await app.state.positioner.aclose()
             app.state.jobs.close()
 
     app = FastAPI(
@@ -53,7 +53,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.store = store
     app.state.loaded = False
-    app.state.positioner = Positioner(store, settings.inference_threads)
+    app.state.positioner = Positioner(
+        store,
+        settings.inference_threads,
+        max_batch=settings.batching_max_batch,
+        max_delay_us=settings.batching_max_queue_delay_us,
+    )
     app.state.catalog = Catalog(ModelRepository(settings.model_dir), store)
     app.state.jobs = JobManager(settings)
 

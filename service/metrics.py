@@ -57,6 +57,18 @@ INFERENCE_BATCH = Histogram(
     ["site"],
     buckets=_BATCH_BUCKETS,
 )
+BATCH_QUEUE_DURATION = Histogram(
+    "csipos_batch_queue_duration_seconds",
+    "Time a request waited in the dynamic batcher before its model call started.",
+    ["site"],
+    buckets=(0.0001, 0.00025, 0.0005, *_LATENCY_BUCKETS),
+)
+BATCH_REQUESTS = Histogram(
+    "csipos_batch_requests",
+    "Requests coalesced into one model call by the dynamic batcher.",
+    ["site"],
+    buckets=_BATCH_BUCKETS[:8],
+)
 PREDICTIONS = Counter(
     "csipos_locate_predictions",
     "Positions predicted (one per fingerprint).",
