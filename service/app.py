@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
@@ -29,11 +30,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(app.state.store.load)
         app.state.store.start_watching()
+        grpc_server = await _start_grpc(app) if settings.grpc_port is not None else None
         app.state.loaded = True
         try:
             yield
         finally:
             app.state.loaded = False
+            if grpc_server is not None:
+                await grpc_server.stop(grace=2)
             app.state.store.unload()
             await app.state.positioner.aclose()
             app.state.jobs.close()
@@ -67,6 +71,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (health, locate, sites, jobs, v2):
         app.include_router(module.router)
     return app
+
+
+async def _start_grpc(app: FastAPI) -> Any:
+    """KServe V2 over gRPC on the app's event loop, sharing its store and positioner."""
+    from service.grpc.server import InferenceService, start
+
+    settings: Settings = app.state.settings
+    service = InferenceService(
+        settings, app.state.store, app.state.positioner, lambda: bool(app.state.loaded)
+    )
+    server, app.state.grpc_port = await start(service, settings.grpc_host, settings.grpc_port or 0)
+    return server
 
 
 def app_from_env() -> FastAPI:

@@ -47,9 +47,13 @@ def _matches(token: str, keys: list[SecretStr]) -> bool:
 
 def authorize(request: Request, settings: Settings, scope: Scope) -> Scope | None:
     """Check the bearer key for a scope; returns the key's scope (None when auth is off)."""
+    return check_bearer(request.headers.get("authorization", ""), settings, scope)
+
+
+def check_bearer(header: str, settings: Settings, scope: Scope) -> Scope | None:
+    """The scope of an `Authorization: Bearer <key>` value (HTTP header or gRPC metadata)."""
     if not settings.auth_enabled:
         return None  # dev mode with no keys: the settings validator allows only this
-    header = request.headers.get("authorization", "")
     kind, _, token = header.partition(" ")
     if kind.lower() != "bearer" or not token.strip():
         raise Unauthorized("missing API key", {"expected": "Authorization: Bearer <key>"})

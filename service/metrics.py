@@ -41,8 +41,9 @@ JOB_DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
 
 HTTP_DURATION = Histogram(
     "csipos_http_request_duration_seconds",
-    "HTTP request duration by route template, method and status.",
-    ["route", "method", "status"],
+    "Request duration by protocol (http, grpc), route template (gRPC: the method path), "
+    "method and status (gRPC: the HTTP status of the same error).",
+    ["protocol", "route", "method", "status"],
     buckets=_LATENCY_BUCKETS,
 )
 INFERENCE_DURATION = Histogram(

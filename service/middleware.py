@@ -49,7 +49,7 @@ class RequestContext:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-            metrics.HTTP_DURATION.labels(template, method, str(status)).observe(elapsed)
+            metrics.HTTP_DURATION.labels("http", template, method, str(status)).observe(elapsed)
             log.info(
                 "%s %s %d",
                 method,
