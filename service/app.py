@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.jobs = JobManager(settings)
 
     install_handlers(app)
-    app.add_middleware(RequestContext)
+    app.add_middleware(RequestContext, direct={("POST", "/locate"): locate.locate})
     for module in (health, locate, sites, jobs, v2):
         app.include_router(module.router)
     return app

@@ -97,7 +97,12 @@ class Positioner:
 
     With `max_batch` > 0, requests smaller than `max_batch` fingerprints go through a
     `Batcher` (up to `threads` model calls in flight per site); larger ones run alone.
+    Without batching, a request of at most `INLINE_ROWS` fingerprints runs on the event
+    loop itself: the model takes ~0.2 ms for one, and the hop to a pool thread and back
+    costs a third of that again (bench/protocols.md).
     """
+
+    INLINE_ROWS = 2
 
     def __init__(
         self, store: ModelStore, threads: int, *, max_batch: int = 0, max_delay_us: int = 0
@@ -118,16 +123,21 @@ class Positioner:
         """Predict positions for a validated [B,8,103,2] batch."""
         self.store.get(site)  # unknown site: 404 now, not after queueing
         batcher = self._batcher
-        if batcher is None or csi.shape[0] >= batcher.max_batch:
+        if batcher is None:
+            return await self._infer(site, csi, inline=csi.shape[0] <= self.INLINE_ROWS)
+        if csi.shape[0] >= batcher.max_batch:
             return await self._infer(site, csi)
         return await batcher.submit(site, csi)
 
-    async def _infer(self, site: str, csi: np.ndarray) -> Prediction:
+    async def _infer(self, site: str, csi: np.ndarray, *, inline: bool = False) -> Prediction:
         """One model call on the site's served version, with its metrics."""
         served = self.store.get(site)
-        loop = asyncio.get_running_loop()
         start = time.perf_counter()
-        position, sigma = await loop.run_in_executor(self._pool, served.predict, csi)
+        if inline:
+            position, sigma = served.predict(csi)
+        else:
+            loop = asyncio.get_running_loop()
+            position, sigma = await loop.run_in_executor(self._pool, served.predict, csi)
         elapsed = time.perf_counter() - start
         label = metrics.site_label(site, self.store.knows)
         metrics.INFERENCE_DURATION.labels(label).observe(elapsed)

@@ -1,0 +1,463 @@
+"""Benchmark every way to ask for a position, against ceilings measured in the same run.
+
+Over loopback, on one full-size untrained site model (MEML backbone + nll head,
+`training.export`), in one run:
+
+- (a) raw onnxruntime, B=1 and B=64 (one session, 1 intra-op thread, called from as
+  many threads as the server's inference pool);
+- (b) the HTTP ceiling: bench/ceiling_app.py, a bare ASGI app on the same uvicorn stack
+  doing /locate's unavoidable work inline (orjson parse, array, one model call, orjson
+  answer);
+- (c) `csipos serve --grpc-port` (dev mode, one worker): /locate JSON B=1, /locate npy
+  B=1, KServe V2 HTTP with binary tensors, gRPC ModelInfer (unary) and ModelStreamInfer
+  (one stream), each at concurrency 1 and 64, with dynamic batching off and on; and the
+  B=64 binary paths against raw onnxruntime B=64.
+
+The load generator is one asyncio process (uvloop): HTTP/1.1 keep-alive connections with
+prebuilt request bytes, and grpc.aio on one channel; it runs on the same cores as the
+server, as a gateway on the same host would. fp/s = fingerprints answered per second.
+
+    nice -n 10 python3 bench/protocols.py [--requests 2000] [--requests-c1 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import grpc
+import httpx
+import numpy as np
+import onnxruntime as ort
+import uvloop
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from service.grpc import inference_pb2 as pb  # noqa: E402
+
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
+
+
+@dataclass
+class Result:
+    case: str
+    batching: str
+    conc: int
+    batch: int
+    fps: float
+    p50: float
+    p99: float
+
+
+def build_repo(root: Path) -> Path:
+    from training.export import site_model_onnx
+    from training.nets import Backbone, Head, SiteModel
+    from training.repository import ModelRepository
+
+    model = SiteModel(Backbone(seed=0), Head(loss="nll", seed=0)).eval()
+
+    def write(directory: Path, version: str) -> None:
+        data = site_model_onnx(model, site="bench", version=version, backbone_ref="bench:v1")
+        (directory / "model.onnx").write_bytes(data)
+
+    repo = ModelRepository(root)
+    repo.publish_site("bench", write, loss="nll", parent=None)
+    return repo.path("site", "bench") / "model.onnx"
+
+
+def summary(
+    case: str, batching: str, conc: int, batch: int, wall: float, lat: list[float]
+) -> Result:
+    a = np.asarray(lat) * 1e3
+    return Result(
+        case,
+        batching,
+        conc,
+        batch,
+        len(lat) * batch / wall,
+        float(np.percentile(a, 50)),
+        float(np.percentile(a, 99)),
+    )
+
+
+def raw_ort(model: Path, batch: int, n: int, threads: int) -> Result:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    csi = np.random.default_rng(1).standard_normal((batch, 8, 103, 2)).astype(np.float32)
+    for _ in range(20):
+        sess.run(None, {"csi": csi})
+
+    def one(_: int) -> float:
+        t = time.perf_counter()
+        sess.run(None, {"csi": csi})
+        return time.perf_counter() - t
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        lat = list(pool.map(one, range(n)))
+    return summary("onnxruntime", "-", threads, batch, time.perf_counter() - t0, lat)
+
+
+# ---------------------------------------------------------------- request bodies
+
+
+def csi_of(batch: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((batch, 8, 103, 2)).astype(np.float32)
+
+
+def http_request(path: str, ctype: str, body: bytes, extra: str = "") -> bytes:
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}\r\n"
+    )
+    return head.encode() + body
+
+
+def json_locate(batch: int) -> bytes:
+    csi = csi_of(batch)
+    doc = {"site": "bench", "csi": (csi[0] if batch == 1 else csi).tolist()}
+    return http_request("/locate", "application/json", json.dumps(doc).encode())
+
+
+def npy_locate(batch: int) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, csi_of(batch))
+    return http_request("/locate?site=bench", "application/x-npy", buf.getvalue())
+
+
+def v2_binary(batch: int) -> bytes:
+    raw = csi_of(batch).tobytes()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "csi",
+                    "datatype": "FP32",
+                    "shape": [batch, 8, 103, 2],
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ],
+            "outputs": [
+                {"name": n, "parameters": {"binary_data": True}} for n in ("position", "sigma")
+            ],
+        }
+    ).encode()
+    return http_request(
+        "/v2/models/bench/infer",
+        "application/octet-stream",
+        header + raw,
+        f"Inference-Header-Content-Length: {len(header)}\r\n",
+    )
+
+
+def grpc_request(batch: int) -> bytes:
+    req = pb.ModelInferRequest(model_name="bench")
+    req.inputs.add(name="csi", datatype="FP32", shape=[batch, 8, 103, 2])
+    req.raw_input_contents.append(csi_of(batch).tobytes())
+    return req.SerializeToString()
+
+
+# ---------------------------------------------------------------- load generators
+
+
+async def _run_workers(
+    conc: int, n: int, one: Callable[[int], Awaitable[None]]
+) -> tuple[float, list[float]]:
+    lat: list[float] = []
+    left = n
+
+    async def worker(i: int) -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            t = time.perf_counter()
+            await one(i)
+            lat.append(time.perf_counter() - t)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(conc)))
+    return time.perf_counter() - t0, lat
+
+
+async def http_load(port: int, request: bytes, n: int, *, conc: int) -> tuple[float, list[float]]:
+    conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(conc)]
+
+    async def one(i: int) -> None:
+        reader, writer = conns[i]
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(head.decode(errors="replace"))
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        await reader.readexactly(length)
+
+    for i in range(conc):  # warm every connection
+        await one(i)
+    try:
+        return await _run_workers(conc, n, one)
+    finally:
+        for _, writer in conns:
+            writer.close()
+
+
+async def grpc_unary(port: int, request: bytes, n: int, *, conc: int) -> tuple[float, list[float]]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(INFER)
+
+        async def one(_: int) -> None:
+            await call(request)
+
+        for _ in range(20):
+            await one(0)
+        return await _run_workers(conc, n, one)
+
+
+async def grpc_stream(port: int, request: bytes, n: int, *, conc: int) -> tuple[float, list[float]]:
+    """One stream with up to `conc` requests in flight; answers come back in order."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stream = channel.stream_stream(STREAM)()
+        for _ in range(20):
+            await stream.write(request)
+            await stream.read()
+        slots = asyncio.Semaphore(conc)
+        sent: list[float] = []
+        lat: list[float] = []
+
+        async def write() -> None:
+            for _ in range(n):
+                await slots.acquire()
+                sent.append(time.perf_counter())
+                await stream.write(request)
+
+        t0 = time.perf_counter()
+        writer = asyncio.ensure_future(write())
+        for i in range(n):
+            answer = await stream.read()
+            lat.append(time.perf_counter() - sent[i])
+            slots.release()
+            if pb.ModelStreamInferResponse.FromString(answer).error_message:
+                raise RuntimeError(pb.ModelStreamInferResponse.FromString(answer).error_message)
+        wall = time.perf_counter() - t0
+        await writer
+        await stream.done_writing()
+        return wall, lat
+
+
+# ---------------------------------------------------------------- servers
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
+    for _ in range(300):
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready")
+
+
+def start_csipos(
+    tmp: Path, port: int, grpc_port: int, batching: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "CSIPOS_DEV_MODE": "true",
+        "CSIPOS_MODEL_DIR": str(tmp / "models"),
+        "CSIPOS_JOB_DIR": str(tmp / "jobs"),
+        "CSIPOS_LOG_LEVEL": "WARNING",
+        **batching,
+    }
+    cmd = [sys.executable, "-c", "from service.cli import main; main()", "serve"]
+    cmd += ["--port", str(port), "--grpc-port", str(grpc_port), "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT)
+    wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
+    return proc
+
+
+def start_ceiling(model: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "CEILING_MODEL": str(model)}
+    cmd = [sys.executable, "-m", "uvicorn", "ceiling_app:app", "--app-dir", str(ROOT / "bench")]
+    cmd += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT)
+    time.sleep(0.5)
+    for _ in range(100):
+        try:
+            with httpx.Client() as c:
+                c.get(f"http://127.0.0.1:{port}/", timeout=1)
+        except httpx.RemoteProtocolError:
+            break  # up (a GET has no body to parse)
+        except httpx.HTTPError:
+            time.sleep(0.2)
+            continue
+        break
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ---------------------------------------------------------------- report
+
+
+def fmt_table(
+    rows: list[Result],
+    ceilings: dict[int, float],
+    ort64: float,
+    off: dict[tuple[str, int, int], Result],
+) -> str:
+    lines = [
+        "| case | batching | clients | B | fp/s | p50 ms | p99 ms "
+        "| ÷ HTTP ceiling | ÷ ort B=64 | on ÷ off |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        ceil = f"{r.fps / ceilings[r.conc]:.2f}" if r.batch == 1 and r.conc in ceilings else ""
+        vs_off = ""
+        base = off.get((r.case, r.conc, r.batch))
+        if r.batching == "on" and base is not None:
+            vs_off = f"{r.fps / base.fps:.2f} (p99 {r.p99 / base.p99:.2f})"
+        lines.append(
+            f"| {r.case} | {r.batching} | {r.conc} | {r.batch} | {r.fps:,.0f} | {r.p50:.2f} | "
+            f"{r.p99:.2f} | {ceil} | {r.fps / ort64:.2f} | {vs_off} |"
+        )
+    return "\n".join(lines)
+
+
+Load = Callable[[int], Awaitable[tuple[float, list[float]]]]
+HTTP_CASES = {"/locate JSON": json_locate, "/locate npy": npy_locate, "V2 HTTP binary": v2_binary}
+
+
+def server_cases(
+    port: int, gport: int, batching: str, conc_levels: tuple[int, ...]
+) -> list[tuple[str, int, int, Load]]:
+    """(case, clients, B, load(n)) for one running `csipos serve`."""
+    cases: list[tuple[str, int, int, Load]] = []
+    for conc in conc_levels:
+        for name, make in HTTP_CASES.items():
+            cases.append((name, conc, 1, partial(http_load, port, make(1), conc=conc)))
+        g = grpc_request(1)
+        cases.append(("gRPC unary", conc, 1, partial(grpc_unary, gport, g, conc=conc)))
+        cases.append(("gRPC stream", conc, 1, partial(grpc_stream, gport, g, conc=conc)))
+    if batching == "off":  # B=64 requests run alone with batching on too
+        threads = os.cpu_count() or 1
+        for name in ("/locate npy", "V2 HTTP binary"):
+            cases.append(
+                (name, threads, 64, partial(http_load, port, HTTP_CASES[name](64), conc=threads))
+            )
+        g64 = grpc_request(64)
+        cases.append(("gRPC unary", threads, 64, partial(grpc_unary, gport, g64, conc=threads)))
+    return cases
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--requests", type=int, default=2000, help="requests per case, 64 clients")
+    ap.add_argument("--requests-c1", type=int, default=300, help="requests per case, 1 client")
+    ap.add_argument("--clients", type=int, default=64)
+    ap.add_argument("--max-batch", type=int, default=64, help="batching_max_batch when on")
+    ap.add_argument("--delay-us", type=int, default=0, help="batching_max_queue_delay_us when on")
+    args = ap.parse_args()
+    threads = os.cpu_count() or 1
+    conc_levels = (1, args.clients)
+
+    def count(conc: int) -> int:
+        return args.requests_c1 if conc == 1 else args.requests
+
+    rows: list[Result] = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        model = build_repo(tmp / "models")
+        print(f"$ {' '.join(sys.argv)}", flush=True)
+        print(
+            f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}"
+        )
+        print(f"cores={threads}", flush=True)
+
+        ort1 = raw_ort(model, 1, 4000, threads)
+        ort64 = raw_ort(model, 64, 200, threads)
+        rows += [ort1, ort64]
+
+        ceilings: dict[int, float] = {}
+        port = free_port()
+        proc = start_ceiling(model, port)
+        try:
+            for conc in conc_levels:
+                wall, lat = asyncio.run(http_load(port, json_locate(1), count(conc), conc=conc))
+                r = summary("HTTP ceiling (bare ASGI, JSON)", "-", conc, 1, wall, lat)
+                ceilings[conc] = r.fps
+                rows.append(r)
+                print(r, flush=True)
+        finally:
+            stop(proc)
+
+        off: dict[tuple[str, int, int], Result] = {}
+        settings = {
+            "off": {},
+            "on": {
+                "CSIPOS_BATCHING_MAX_BATCH": str(args.max_batch),
+                "CSIPOS_BATCHING_MAX_QUEUE_DELAY_US": str(args.delay_us),
+            },
+        }
+        n64 = max(50, args.requests // 20)
+        for batching, env in settings.items():
+            port, gport = free_port(), free_port()
+            proc = start_csipos(tmp, port, gport, env)
+            try:
+                for name, conc, batch, run in server_cases(port, gport, batching, conc_levels):
+                    wall, lat = asyncio.run(run(count(conc) if batch == 1 else n64))
+                    r = summary(name, batching, conc, batch, wall, lat)
+                    rows.append(r)
+                    if batching == "off":
+                        off[(name, conc, batch)] = r
+                    print(r, flush=True)
+            finally:
+                stop(proc)
+
+        print()
+        print(fmt_table(rows, ceilings, ort64.fps, off))
+        print()
+        print(
+            f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}"
+        )
+
+
+if __name__ == "__main__":
+    uvloop.install()
+    main()
