@@ -302,17 +302,7 @@ def start_ceiling(model: Path, port: int) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "uvicorn", "ceiling_app:app", "--app-dir", str(ROOT / "bench")]
     cmd += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT)
-    time.sleep(0.5)
-    for _ in range(100):
-        try:
-            with httpx.Client() as c:
-                c.get(f"http://127.0.0.1:{port}/", timeout=1)
-        except httpx.RemoteProtocolError:
-            break  # up (a GET has no body to parse)
-        except httpx.HTTPError:
-            time.sleep(0.2)
-            continue
-        break
+    wait_ready(f"http://127.0.0.1:{port}/", proc)
     return proc
 
 
@@ -336,126 +326,145 @@ def free_port() -> int:
 # ---------------------------------------------------------------- report
 
 
-def fmt_table(
-    rows: list[Result],
-    ceilings: dict[int, float],
-    ort64: float,
-    off: dict[tuple[str, int, int], Result],
-) -> str:
-    lines = [
-        "| case | batching | clients | B | fp/s | p50 ms | p99 ms "
-        "| ÷ HTTP ceiling | ÷ ort B=64 | on ÷ off |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        ceil = f"{r.fps / ceilings[r.conc]:.2f}" if r.batch == 1 and r.conc in ceilings else ""
-        vs_off = ""
-        base = off.get((r.case, r.conc, r.batch))
-        if r.batching == "on" and base is not None:
-            vs_off = f"{r.fps / base.fps:.2f} (p99 {r.p99 / base.p99:.2f})"
-        lines.append(
-            f"| {r.case} | {r.batching} | {r.conc} | {r.batch} | {r.fps:,.0f} | {r.p50:.2f} | "
-            f"{r.p99:.2f} | {ceil} | {r.fps / ort64:.2f} | {vs_off} |"
-        )
-    return "\n".join(lines)
-
-
 Load = Callable[[int], Awaitable[tuple[float, list[float]]]]
 HTTP_CASES = {"/locate JSON": json_locate, "/locate npy": npy_locate, "V2 HTTP binary": v2_binary}
+Key = tuple[str, str, int, int]  # case, batching, clients, B
 
 
-def server_cases(
-    port: int, gport: int, batching: str, conc_levels: tuple[int, ...]
-) -> list[tuple[str, int, int, Load]]:
-    """(case, clients, B, load(n)) for one running `csipos serve`."""
+def server_cases(port: int, gport: int, clients: int) -> list[tuple[str, int, int, Load]]:
+    """(case, clients, B, load(n)) against one running `csipos serve`."""
     cases: list[tuple[str, int, int, Load]] = []
-    for conc in conc_levels:
+    for conc in (1, clients):
         for name, make in HTTP_CASES.items():
             cases.append((name, conc, 1, partial(http_load, port, make(1), conc=conc)))
         g = grpc_request(1)
         cases.append(("gRPC unary", conc, 1, partial(grpc_unary, gport, g, conc=conc)))
         cases.append(("gRPC stream", conc, 1, partial(grpc_stream, gport, g, conc=conc)))
-    if batching == "off":  # B=64 requests run alone with batching on too
-        threads = os.cpu_count() or 1
-        for name in ("/locate npy", "V2 HTTP binary"):
-            cases.append(
-                (name, threads, 64, partial(http_load, port, HTTP_CASES[name](64), conc=threads))
-            )
-        g64 = grpc_request(64)
-        cases.append(("gRPC unary", threads, 64, partial(grpc_unary, gport, g64, conc=threads)))
+    threads = os.cpu_count() or 1
+    for name in ("/locate npy", "V2 HTTP binary"):
+        big = HTTP_CASES[name](64)
+        cases.append((name, threads, 64, partial(http_load, port, big, conc=threads)))
+    g64 = grpc_request(64)
+    cases.append(("gRPC unary", threads, 64, partial(grpc_unary, gport, g64, conc=threads)))
     return cases
+
+
+def fmt_table(results: dict[Key, list[Result]], ratios: dict[Key, dict[str, list[float]]]) -> str:
+    """Medians over the rounds; each ratio is taken within its round, then the median."""
+    lines = [
+        "| case | batching | clients | B | fp/s | p50 ms | p99 ms "
+        "| ÷ HTTP ceiling | ÷ ort B=64 | on ÷ off fp/s | on ÷ off p99 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def med(values: list[float] | None, fmt: str = ".2f") -> str:
+        return "" if not values else format(float(np.median(values)), fmt)
+
+    for key, rs in results.items():
+        case, batching, conc, batch = key
+        fps = med([r.fps for r in rs], ",.0f")
+        p50, p99 = med([r.p50 for r in rs]), med([r.p99 for r in rs])
+        rr = ratios.get(key, {})
+        lines.append(
+            f"| {case} | {batching} | {conc} | {batch} | {fps} | {p50} | {p99} | "
+            f"{med(rr.get('ceiling'))} | {med(rr.get('ort64'))} | {med(rr.get('on_off'))} | "
+            f"{med(rr.get('on_off_p99'))} |"
+        )
+    return "\n".join(lines)
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--requests", type=int, default=2000, help="requests per case, 64 clients")
+    ap.add_argument("--requests", type=int, default=2000, help="requests per case, many clients")
     ap.add_argument("--requests-c1", type=int, default=300, help="requests per case, 1 client")
     ap.add_argument("--clients", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-batch", type=int, default=64, help="batching_max_batch when on")
     ap.add_argument("--delay-us", type=int, default=0, help="batching_max_queue_delay_us when on")
     args = ap.parse_args()
     threads = os.cpu_count() or 1
-    conc_levels = (1, args.clients)
 
-    def count(conc: int) -> int:
+    def count(conc: int, batch: int) -> int:
+        if batch > 1:
+            return max(50, args.requests // 20)
         return args.requests_c1 if conc == 1 else args.requests
 
-    rows: list[Result] = []
+    results: dict[Key, list[Result]] = {}
+    ratios: dict[Key, dict[str, list[float]]] = {}
+
+    def record(r: Result) -> Result:
+        results.setdefault((r.case, r.batching, r.conc, r.batch), []).append(r)
+        print(
+            f"  {r.case:<32} {r.batching:<3} c={r.conc:<3} B={r.batch:<3} "
+            f"{r.fps:>8,.0f} fp/s  p50 {r.p50:7.2f}  p99 {r.p99:7.2f} ms",
+            flush=True,
+        )
+        return r
+
+    def ratio(key: Key, name: str, value: float) -> None:
+        ratios.setdefault(key, {}).setdefault(name, []).append(value)
+
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         model = build_repo(tmp / "models")
-        print(f"$ {' '.join(sys.argv)}", flush=True)
-        print(
-            f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}"
-        )
-        print(f"cores={threads}", flush=True)
-
-        ort1 = raw_ort(model, 1, 4000, threads)
-        ort64 = raw_ort(model, 64, 200, threads)
-        rows += [ort1, ort64]
-
-        ceilings: dict[int, float] = {}
-        port = free_port()
-        proc = start_ceiling(model, port)
-        try:
-            for conc in conc_levels:
-                wall, lat = asyncio.run(http_load(port, json_locate(1), count(conc), conc=conc))
-                r = summary("HTTP ceiling (bare ASGI, JSON)", "-", conc, 1, wall, lat)
-                ceilings[conc] = r.fps
-                rows.append(r)
-                print(r, flush=True)
-        finally:
-            stop(proc)
-
-        off: dict[tuple[str, int, int], Result] = {}
-        settings = {
-            "off": {},
-            "on": {
-                "CSIPOS_BATCHING_MAX_BATCH": str(args.max_batch),
-                "CSIPOS_BATCHING_MAX_QUEUE_DELAY_US": str(args.delay_us),
-            },
+        print(f"$ python3 {' '.join(sys.argv)}", flush=True)
+        print(f"before: {uptime()}; cores={threads}", flush=True)
+        batching_env = {
+            "CSIPOS_BATCHING_MAX_BATCH": str(args.max_batch),
+            "CSIPOS_BATCHING_MAX_QUEUE_DELAY_US": str(args.delay_us),
         }
-        n64 = max(50, args.requests // 20)
-        for batching, env in settings.items():
-            port, gport = free_port(), free_port()
-            proc = start_csipos(tmp, port, gport, env)
-            try:
-                for name, conc, batch, run in server_cases(port, gport, batching, conc_levels):
-                    wall, lat = asyncio.run(run(count(conc) if batch == 1 else n64))
-                    r = summary(name, batching, conc, batch, wall, lat)
-                    rows.append(r)
-                    if batching == "off":
-                        off[(name, conc, batch)] = r
-                    print(r, flush=True)
-            finally:
+        ceiling_port = free_port()
+        ports = {"off": (free_port(), free_port()), "on": (free_port(), free_port())}
+        procs = [start_ceiling(model, ceiling_port)]
+        try:
+            procs.append(start_csipos(tmp, *ports["off"], {}))
+            procs.append(start_csipos(tmp, *ports["on"], batching_env))
+            cases = {b: server_cases(*ports[b], args.clients) for b in ("off", "on")}
+            for rnd in range(args.rounds):
+                print(f"round {rnd + 1}/{args.rounds}", flush=True)
+                ort1 = record(raw_ort(model, 1, 4000, threads))
+                ort64 = record(raw_ort(model, 64, 200, threads))
+                ratio(("onnxruntime", "-", threads, 1), "ort64", ort1.fps / ort64.fps)
+                ratio(("onnxruntime", "-", threads, 64), "ort64", 1.0)
+                ceiling: dict[int, float] = {}
+                for conc in (1, args.clients):
+                    wall, lat = asyncio.run(
+                        http_load(ceiling_port, json_locate(1), count(conc, 1), conc=conc)
+                    )
+                    r = record(summary("HTTP ceiling (bare ASGI, JSON)", "-", conc, 1, wall, lat))
+                    ceiling[conc] = r.fps
+                    ratio(("HTTP ceiling (bare ASGI, JSON)", "-", conc, 1), "ceiling", 1.0)
+                # Off and on alternate case by case (first one, then the other, swapping
+                # each round), so a burst of load from elsewhere hits both alike.
+                order = ("off", "on") if rnd % 2 == 0 else ("on", "off")
+                for i in range(len(cases["off"])):
+                    got: dict[str, Result] = {}
+                    for batching in order:
+                        name, conc, batch, run = cases[batching][i]
+                        if batch > 1 and batching == "on":
+                            continue  # B=64 requests run alone with batching on too
+                        wall, lat = asyncio.run(run(count(conc, batch)))
+                        got[batching] = record(summary(name, batching, conc, batch, wall, lat))
+                    for batching, r in got.items():
+                        key = (r.case, batching, r.conc, r.batch)
+                        ratio(key, "ort64", r.fps / ort64.fps)
+                        if r.batch == 1:
+                            ratio(key, "ceiling", r.fps / ceiling[r.conc])
+                    if len(got) == 2:
+                        key = (got["on"].case, "on", got["on"].conc, got["on"].batch)
+                        ratio(key, "on_off", got["on"].fps / got["off"].fps)
+                        ratio(key, "on_off_p99", got["on"].p99 / got["off"].p99)
+        finally:
+            for proc in procs:
                 stop(proc)
-
         print()
-        print(fmt_table(rows, ceilings, ort64.fps, off))
+        print(fmt_table(results, ratios))
         print()
-        print(
-            f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}"
-        )
+        print(f"after: {uptime()}")
 
 
 if __name__ == "__main__":

@@ -23,10 +23,14 @@ LOCATE = {"authorization": f"Bearer {LOCATE_KEY}"}
 
 
 def _serve(
-    start_server: Callable[..., Any], **extra: Any
+    start_server: Callable[..., Any], *, flag: bool, **extra: Any
 ) -> tuple[Any, triton.InferenceServerClient]:
+    """A server with gRPC on: by `csipos serve --grpc-port` or by the setting."""
     port = free_port()
-    server = start_server(grpc_port=port, **extra)
+    if flag:
+        server = start_server(args=["--grpc-port", str(port)], **extra)
+    else:
+        server = start_server(grpc_port=port, **extra)
     return server, triton.InferenceServerClient(url=f"127.0.0.1:{port}")
 
 
@@ -35,7 +39,7 @@ def _status(exc: pytest.ExceptionInfo[InferenceServerException]) -> str:
 
 
 def test_unary_calls_auth_errors_and_metrics(start_server: Callable[..., Any]) -> None:
-    server, client = _serve(start_server)
+    server, client = _serve(start_server, flag=True)
     assert client.is_server_live() and client.is_server_ready()
     assert client.get_server_metadata().name == "csipos"
     assert client.is_model_ready("lab-nll", headers=LOCATE)
@@ -104,7 +108,9 @@ def test_stream_with_batching_answers_each_request(
 ) -> None:
     # Many distinct single fingerprints in flight on one stream: the server runs them
     # concurrently and its batcher coalesces them; each answer must be its own request's.
-    server, client = _serve(start_server, batching_max_batch=16, batching_max_queue_delay_us=2000)
+    server, client = _serve(
+        start_server, flag=False, batching_max_batch=16, batching_max_queue_delay_us=2000
+    )
     results: queue.Queue[tuple[Any, Any]] = queue.Queue()
     client.start_stream(callback=lambda result, error: results.put((result, error)), headers=LOCATE)
     inputs = {f"q{i}": csi_batch(1, seed=1000 + i) for i in range(60)}
