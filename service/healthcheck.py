@@ -23,7 +23,9 @@ def check(http_port: int, grpc_port: int | None) -> None:
         pass
     if grpc_port:
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
-            live = channel.unary_unary("/inference.GRPCInferenceService/ServerLive")
+            live: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+                "/inference.GRPCInferenceService/ServerLive"
+            )
             live(b"", timeout=TIMEOUT_S)  # an empty ServerLiveRequest
 
 

@@ -6,6 +6,7 @@ import queue
 from collections.abc import Callable
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import onnxruntime as ort
@@ -13,6 +14,7 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
+from service import healthcheck
 from tests.service.conftest import ADMIN_KEY, LOCATE_KEY, csi_batch, free_port
 from tests.service.models import expected
 from training.repository import ModelRepository
@@ -24,14 +26,14 @@ LOCATE = {"authorization": f"Bearer {LOCATE_KEY}"}
 
 def _serve(
     start_server: Callable[..., Any], *, flag: bool, **extra: Any
-) -> tuple[Any, triton.InferenceServerClient]:
+) -> tuple[Any, triton.InferenceServerClient, int]:
     """A server with gRPC on: by `csipos serve --grpc-port` or by the setting."""
     port = free_port()
     if flag:
         server = start_server(args=["--grpc-port", str(port)], **extra)
     else:
         server = start_server(grpc_port=port, **extra)
-    return server, triton.InferenceServerClient(url=f"127.0.0.1:{port}")
+    return server, triton.InferenceServerClient(url=f"127.0.0.1:{port}"), port
 
 
 def _status(exc: pytest.ExceptionInfo[InferenceServerException]) -> str:
@@ -39,7 +41,10 @@ def _status(exc: pytest.ExceptionInfo[InferenceServerException]) -> str:
 
 
 def test_unary_calls_auth_errors_and_metrics(start_server: Callable[..., Any]) -> None:
-    server, client = _serve(start_server, flag=True)
+    server, client, port = _serve(start_server, flag=True)
+    healthcheck.check(server.port, port)  # what the container's HEALTHCHECK runs
+    with pytest.raises(grpc.RpcError):
+        healthcheck.check(server.port, free_port())  # gRPC down: unhealthy
     assert client.is_server_live() and client.is_server_ready()
     assert client.get_server_metadata().name == "csipos"
     assert client.is_model_ready("lab-nll", headers=LOCATE)
@@ -108,7 +113,7 @@ def test_stream_with_batching_answers_each_request(
 ) -> None:
     # Many distinct single fingerprints in flight on one stream: the server runs them
     # concurrently and its batcher coalesces them; each answer must be its own request's.
-    server, client = _serve(
+    server, client, _ = _serve(
         start_server, flag=False, batching_max_batch=16, batching_max_queue_delay_us=2000
     )
     results: queue.Queue[tuple[Any, Any]] = queue.Queue()
