@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -61,6 +62,9 @@ class Result:
     fps: float
     p50: float
     p99: float
+    cpu_us: float = float("nan")
+    """Server CPU time (all its threads) per fingerprint: what the box spends, whatever
+    else runs on it; wall-clock fp/s on a shared machine moves with the other jobs."""
 
 
 def build_repo(root: Path) -> Path:
@@ -80,7 +84,13 @@ def build_repo(root: Path) -> Path:
 
 
 def summary(
-    case: str, batching: str, conc: int, batch: int, wall: float, lat: list[float]
+    case: str,
+    batching: str,
+    conc: int,
+    batch: int,
+    wall: float,
+    lat: list[float],
+    cpu_s: float = float("nan"),
 ) -> Result:
     a = np.asarray(lat) * 1e3
     return Result(
@@ -91,7 +101,26 @@ def summary(
         len(lat) * batch / wall,
         float(np.percentile(a, 50)),
         float(np.percentile(a, 99)),
+        cpu_s / (len(lat) * batch) * 1e6,
     )
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of every thread of a process so far (Linux schedstat, ns precision)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread ended
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+def measured(
+    pid: int, load: Awaitable[tuple[float, list[float]]]
+) -> tuple[float, list[float], float]:
+    """Run a load against the server `pid`: (wall s, latencies, server CPU s)."""
+    before = cpu_seconds(pid)
+    wall, lat = asyncio.run(load)  # type: ignore[arg-type]
+    return wall, lat, cpu_seconds(pid) - before
 
 
 def raw_ort(model: Path, batch: int, n: int, threads: int) -> Result:
@@ -108,10 +137,11 @@ def raw_ort(model: Path, batch: int, n: int, threads: int) -> Result:
         sess.run(None, {"csi": csi})
         return time.perf_counter() - t
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with ThreadPoolExecutor(threads) as pool:
         lat = list(pool.map(one, range(n)))
-    return summary("onnxruntime", "-", threads, batch, time.perf_counter() - t0, lat)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return summary("onnxruntime", "-", threads, batch, wall, lat, cpu)
 
 
 # ---------------------------------------------------------------- request bodies
@@ -352,9 +382,10 @@ def server_cases(port: int, gport: int, clients: int) -> list[tuple[str, int, in
 def fmt_table(results: dict[Key, list[Result]], ratios: dict[Key, dict[str, list[float]]]) -> str:
     """Medians over the rounds; each ratio is taken within its round, then the median."""
     lines = [
-        "| case | batching | clients | B | fp/s | p50 ms | p99 ms "
-        "| ÷ HTTP ceiling | ÷ ort B=64 | on ÷ off fp/s | on ÷ off p99 |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| case | batching | clients | B | fp/s | p50 ms | p99 ms | server CPU µs/fp "
+        "| ÷ HTTP ceiling | ÷ ceiling, CPU | ÷ ort B=64 | ÷ ort B=64, CPU | on ÷ off "
+        "| on ÷ off, CPU | on ÷ off p99 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def med(values: list[float] | None, fmt: str = ".2f") -> str:
@@ -364,10 +395,13 @@ def fmt_table(results: dict[Key, list[Result]], ratios: dict[Key, dict[str, list
         case, batching, conc, batch = key
         fps = med([r.fps for r in rs], ",.0f")
         p50, p99 = med([r.p50 for r in rs]), med([r.p99 for r in rs])
+        cpu = med([r.cpu_us for r in rs], ".0f")
         rr = ratios.get(key, {})
         lines.append(
-            f"| {case} | {batching} | {conc} | {batch} | {fps} | {p50} | {p99} | "
-            f"{med(rr.get('ceiling'))} | {med(rr.get('ort64'))} | {med(rr.get('on_off'))} | "
+            f"| {case} | {batching} | {conc} | {batch} | {fps} | {p50} | {p99} | {cpu} | "
+            f"{med(rr.get('ceiling'))} | {med(rr.get('ceiling_cpu'))} | "
+            f"{med(rr.get('ort64'))} | {med(rr.get('ort64_cpu'))} | {med(rr.get('on_off'))} | "
+            f"{med(rr.get('on_off_cpu'))} | "
             f"{med(rr.get('on_off_p99'))} |"
         )
     return "\n".join(lines)
@@ -429,14 +463,21 @@ def main() -> None:
                 ort1 = record(raw_ort(model, 1, 4000, threads))
                 ort64 = record(raw_ort(model, 64, 200, threads))
                 ratio(("onnxruntime", "-", threads, 1), "ort64", ort1.fps / ort64.fps)
+                ratio(("onnxruntime", "-", threads, 1), "ort64_cpu", ort64.cpu_us / ort1.cpu_us)
                 ratio(("onnxruntime", "-", threads, 64), "ort64", 1.0)
+                ratio(("onnxruntime", "-", threads, 64), "ort64_cpu", 1.0)
                 ceiling: dict[int, float] = {}
+                ceiling_cpu: dict[int, float] = {}
                 for conc in (1, args.clients):
-                    wall, lat = asyncio.run(
-                        http_load(ceiling_port, json_locate(1), count(conc, 1), conc=conc)
+                    wall, lat, cpu = measured(
+                        procs[0].pid,
+                        http_load(ceiling_port, json_locate(1), count(conc, 1), conc=conc),
                     )
-                    r = record(summary("HTTP ceiling (bare ASGI, JSON)", "-", conc, 1, wall, lat))
+                    r = summary("HTTP ceiling (bare ASGI, JSON)", "-", conc, 1, wall, lat, cpu)
+                    record(r)
                     ceiling[conc] = r.fps
+                    ceiling_cpu[conc] = r.cpu_us
+                    ratio(("HTTP ceiling (bare ASGI, JSON)", "-", conc, 1), "ceiling_cpu", 1.0)
                     ratio(("HTTP ceiling (bare ASGI, JSON)", "-", conc, 1), "ceiling", 1.0)
                 # Off and on alternate case by case (first one, then the other, swapping
                 # each round), so a burst of load from elsewhere hits both alike.
@@ -447,16 +488,20 @@ def main() -> None:
                         name, conc, batch, run = cases[batching][i]
                         if batch > 1 and batching == "on":
                             continue  # B=64 requests run alone with batching on too
-                        wall, lat = asyncio.run(run(count(conc, batch)))
-                        got[batching] = record(summary(name, batching, conc, batch, wall, lat))
+                        pid = procs[1 if batching == "off" else 2].pid
+                        wall, lat, cpu = measured(pid, run(count(conc, batch)))
+                        got[batching] = record(summary(name, batching, conc, batch, wall, lat, cpu))
                     for batching, r in got.items():
                         key = (r.case, batching, r.conc, r.batch)
                         ratio(key, "ort64", r.fps / ort64.fps)
+                        ratio(key, "ort64_cpu", ort64.cpu_us / r.cpu_us)
                         if r.batch == 1:
                             ratio(key, "ceiling", r.fps / ceiling[r.conc])
+                            ratio(key, "ceiling_cpu", ceiling_cpu[r.conc] / r.cpu_us)
                     if len(got) == 2:
                         key = (got["on"].case, "on", got["on"].conc, got["on"].batch)
                         ratio(key, "on_off", got["on"].fps / got["off"].fps)
+                        ratio(key, "on_off_cpu", got["off"].cpu_us / got["on"].cpu_us)
                         ratio(key, "on_off_p99", got["on"].p99 / got["off"].p99)
         finally:
             for proc in procs:

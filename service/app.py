@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -31,6 +32,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await run_in_threadpool(app.state.store.load)
         app.state.store.start_watching()
         grpc_server = await _start_grpc(app) if settings.grpc_port is not None else None
+        # Everything loaded so far lives as long as the process: keep it out of the
+        # collector's full passes, which the many short-lived lists of JSON CSI trigger.
+        gc.freeze()
         app.state.loaded = True
         try:
             yield

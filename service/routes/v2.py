@@ -16,8 +16,10 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from service import dataplane
-from service.deps import LocateKey, PositionerDep, SettingsDep, Store
+from service.config import Settings
+from service.deps import LocateKey, Store, authorize
 from service.errors import BadRequest, InvalidInput, Unavailable
+from service.positioning import Positioner
 from service.uploads import parse_json, read_body
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
@@ -138,17 +140,14 @@ def _wanted_outputs(doc: dict[str, Any], served: Any) -> list[tuple[str, bool]]:
 
 @router.post("/models/{site}/infer")
 @router.post("/models/{site}/versions/{version}/infer")
-async def infer(
-    site: str,
-    request: Request,
-    settings: SettingsDep,
-    store: Store,
-    positioner: PositionerDep,
-    _: LocateKey,
-    version: str | None = None,
-) -> Response:
+async def infer(site: str, request: Request, version: str | None = None) -> Response:
     """Run the site model; outputs `position` and (nll models) `sigma`, FP32 [B,2]."""
-    served = dataplane.served(store, site, version)
+    # No dependencies: FastAPI's solver costs about as much as this whole route's own
+    # work for one fingerprint (bench/protocols.md).
+    settings: Settings = request.app.state.settings
+    positioner: Positioner = request.app.state.positioner
+    authorize(request, settings, "locate")
+    served = dataplane.served(positioner.store, site, version)
     raw = await read_body(request, settings.max_body_bytes)
     body = _decode(request, raw, settings.max_body_bytes)
     head, binary = _header_and_binary(request, body)
