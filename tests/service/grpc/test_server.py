@@ -15,6 +15,7 @@ import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
 from service import healthcheck
+from service.grpc import inference_pb2 as pb
 from tests.service.conftest import ADMIN_KEY, LOCATE_KEY, csi_batch, free_port
 from tests.service.models import expected
 from training.repository import ModelRepository
@@ -106,6 +107,25 @@ def test_unary_calls_auth_errors_and_metrics(start_server: Callable[..., Any]) -
     assert f'{{method="POST",{route},status="404"}} 1.0' in text
     assert 'protocol="http"' in text  # the /metrics scrape itself is counted as http
     client.close()
+
+    # Typed contents instead of raw bytes (KServe clients may send either).
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        infer = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
+        request = pb.ModelInferRequest(model_name="lab-nll", id="typed")
+        tensor = request.inputs.add(name="csi", datatype="FP32", shape=list(csi.shape))
+        tensor.contents.fp32_contents.extend(csi.ravel().tolist())
+        answer = infer(request, metadata=tuple(LOCATE.items()))
+        got = np.frombuffer(answer.raw_output_contents[0], "<f4").reshape(4, 2)
+        np.testing.assert_allclose(got, pos, atol=1e-4)
+        assert [o.name for o in answer.outputs] == ["position", "sigma"]
+        request.raw_input_contents.extend([csi.tobytes(), csi.tobytes()])  # 2 for 1 input
+        with pytest.raises(grpc.RpcError) as err:
+            infer(request, metadata=tuple(LOCATE.items()))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_stream_with_batching_answers_each_request(
