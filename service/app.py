@@ -33,7 +33,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.store.start_watching()
         grpc_server = await _start_grpc(app) if settings.grpc_port is not None else None
         # Everything loaded so far lives as long as the process: keep it out of the
-        # collector's full passes, which the many short-lived lists of JSON CSI trigger.
+        # collector's full passes, which the many short-lived lists of JSON CSI trigger
+        # and which otherwise stall every request in flight (bench/protocols.md).
         gc.freeze()
         app.state.loaded = True
         try:
