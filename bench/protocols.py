@@ -15,9 +15,12 @@ Over loopback, on one full-size untrained site model (MEML backbone + nll head,
 
 The load generator is one asyncio process (uvloop): HTTP/1.1 keep-alive connections with
 prebuilt request bytes, and grpc.aio on one channel; it runs on the same cores as the
-server, as a gateway on the same host would. fp/s = fingerprints answered per second.
+server, as a gateway on the same host would. fp/s = fingerprints answered per second;
+beside it, the server's CPU time per fingerprint, steadier on a shared machine. The three
+servers run side by side and every round measures all cases (off and on back to back);
+ratios are taken within a round, the table shows medians over rounds.
 
-    nice -n 10 python3 bench/protocols.py [--requests 2000] [--requests-c1 300]
+    nice -n 10 python3 bench/protocols.py [--rounds 3] [--requests 2000] [--requests-c1 300]
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from grpc import aio
@@ -30,6 +30,7 @@ from service.positioning import Positioner
 from service.store import ModelStore
 
 log = logging.getLogger("csipos.service.grpc")
+T = TypeVar("T")
 
 SERVICE = "inference.GRPCInferenceService"
 STREAM_IN_FLIGHT = 256
@@ -92,10 +93,10 @@ class InferenceService:
         self,
         name: str,
         context: aio.ServicerContext[Any, Any],
-        work: Callable[[], Awaitable[Any]],
+        work: Callable[[], Awaitable[T]],
         *,
         auth: bool = True,
-    ) -> Any:
+    ) -> T:
         start = time.perf_counter()
         try:
             if auth:
@@ -117,7 +118,7 @@ class InferenceService:
         async def work() -> pb.ServerLiveResponse:
             return pb.ServerLiveResponse(live=True)
 
-        return await self._unary("ServerLive", context, work, auth=False)  # type: ignore[no-any-return]
+        return await self._unary("ServerLive", context, work, auth=False)
 
     async def server_ready(
         self, request: pb.ServerReadyRequest, context: aio.ServicerContext[Any, Any]
@@ -125,7 +126,7 @@ class InferenceService:
         async def work() -> pb.ServerReadyResponse:
             return pb.ServerReadyResponse(ready=self.ready())
 
-        return await self._unary("ServerReady", context, work, auth=False)  # type: ignore[no-any-return]
+        return await self._unary("ServerReady", context, work, auth=False)
 
     async def server_metadata(
         self, request: pb.ServerMetadataRequest, context: aio.ServicerContext[Any, Any]
@@ -133,7 +134,7 @@ class InferenceService:
         async def work() -> pb.ServerMetadataResponse:
             return pb.ServerMetadataResponse(**dataplane.server_metadata())
 
-        return await self._unary("ServerMetadata", context, work, auth=False)  # type: ignore[no-any-return]
+        return await self._unary("ServerMetadata", context, work, auth=False)
 
     async def model_ready(
         self, request: pb.ModelReadyRequest, context: aio.ServicerContext[Any, Any]
@@ -145,7 +146,7 @@ class InferenceService:
                 return pb.ModelReadyResponse(ready=False)
             return pb.ModelReadyResponse(ready=model.loaded)
 
-        return await self._unary("ModelReady", context, work)  # type: ignore[no-any-return]
+        return await self._unary("ModelReady", context, work)
 
     async def model_metadata(
         self, request: pb.ModelMetadataRequest, context: aio.ServicerContext[Any, Any]
@@ -157,12 +158,12 @@ class InferenceService:
             meta.pop("parameters")  # not in the gRPC message
             return pb.ModelMetadataResponse(**meta)
 
-        return await self._unary("ModelMetadata", context, work)  # type: ignore[no-any-return]
+        return await self._unary("ModelMetadata", context, work)
 
     async def model_infer(
         self, request: pb.ModelInferRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.ModelInferResponse:
-        return await self._unary("ModelInfer", context, lambda: self._infer(request))  # type: ignore[no-any-return]
+        return await self._unary("ModelInfer", context, lambda: self._infer(request))
 
     async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         site = request.model_name
