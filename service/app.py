@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
@@ -29,13 +31,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(app.state.store.load)
         app.state.store.start_watching()
+        grpc_server = await _start_grpc(app) if settings.grpc_port is not None else None
+        # Everything loaded so far lives as long as the process: keep it out of the
+        # collector's full passes, which the many short-lived lists of JSON CSI trigger
+        # and which otherwise stall every request in flight (bench/protocols.md).
+        gc.freeze()
         app.state.loaded = True
         try:
             yield
         finally:
             app.state.loaded = False
+            if grpc_server is not None:
+                await grpc_server.stop(grace=2)
             app.state.store.unload()
-            app.state.positioner.close()
+            await app.state.positioner.aclose()
             app.state.jobs.close()
 
     app = FastAPI(
@@ -53,15 +62,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.store = store
     app.state.loaded = False
-    app.state.positioner = Positioner(store, settings.inference_threads)
+    app.state.positioner = Positioner(
+        store,
+        settings.inference_threads,
+        max_batch=settings.batching_max_batch,
+        max_delay_us=settings.batching_max_queue_delay_us,
+    )
     app.state.catalog = Catalog(ModelRepository(settings.model_dir), store)
     app.state.jobs = JobManager(settings)
 
     install_handlers(app)
-    app.add_middleware(RequestContext)
+    app.add_middleware(RequestContext, direct={("POST", "/locate"): locate.locate})
     for module in (health, locate, sites, jobs, v2):
         app.include_router(module.router)
     return app
+
+
+async def _start_grpc(app: FastAPI) -> Any:
+    """KServe V2 over gRPC on the app's event loop, sharing its store and positioner."""
+    from service.grpc.server import InferenceService, start
+
+    settings: Settings = app.state.settings
+    service = InferenceService(
+        settings, app.state.store, app.state.positioner, lambda: bool(app.state.loaded)
+    )
+    server, app.state.grpc_port = await start(service, settings.grpc_host, settings.grpc_port or 0)
+    return server
 
 
 def app_from_env() -> FastAPI:

@@ -60,6 +60,14 @@ def serve(
         Path | None, typer.Option(help="Model repository (default: CSIPOS_MODEL_DIR or models/).")
     ] = None,
     dev: Annotated[bool, typer.Option(help="Development mode: no API keys required.")] = False,
+    grpc_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Also serve KServe V2 over gRPC on this port (default: CSIPOS_GRPC_PORT, off).",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve the positioning API (uvicorn) over the model repository."""
@@ -70,6 +78,9 @@ def serve(
         os.environ["CSIPOS_MODEL_DIR"] = str(model_dir)
     if dev:
         os.environ["CSIPOS_DEV_MODE"] = "true"
+    if grpc_port is not None:
+        os.environ["CSIPOS_GRPC_PORT"] = str(grpc_port)
+    os.environ.setdefault("CSIPOS_GRPC_HOST", host)  # gRPC on the HTTP interface by default
     _seed_models(_settings_or_exit())
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Several workers need a shared sample directory for correct /metrics.

@@ -85,6 +85,21 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(default=1, gt=0)
     """onnxruntime intra-op threads per session; 1 scales best with concurrent requests."""
 
+    grpc_port: int | None = Field(default=None, ge=0, le=65535)
+    """If set, each API process also serves KServe V2 over gRPC on this port (0: any free)."""
+
+    grpc_host: str = "127.0.0.1"
+    """Interface of the gRPC port (`csipos serve --host` sets it with the HTTP one)."""
+
+    batching_max_batch: int = Field(default=0, ge=0)
+    """Dynamic batching: most fingerprints that concurrent requests for one site share in one
+    model call (Triton's `max_batch_size`); 0 turns batching off. Requests of this size or
+    more run alone."""
+
+    batching_max_queue_delay_us: int = Field(default=0, ge=0, le=1_000_000)
+    """Dynamic batching: how long (microseconds) the oldest queued request may wait for more
+    to join its batch; 0 waits for none, but still batches what queued while the model ran."""
+
     watch_interval_s: float = Field(default=2.0, gt=0)
     """How often each replica polls the sites' `active.json` for a new active version."""
 

@@ -17,22 +17,22 @@ from service.store import ModelStore
 Scope = Literal["locate", "admin"]
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_store(request: Request) -> ModelStore:
+async def get_store(request: Request) -> ModelStore:
     store: ModelStore = request.app.state.store
     return store
 
 
-def get_positioner(request: Request) -> Positioner:
+async def get_positioner(request: Request) -> Positioner:
     positioner: Positioner = request.app.state.positioner
     return positioner
 
 
-def get_jobs(request: Request) -> JobManager:
+async def get_jobs(request: Request) -> JobManager:
     jobs: JobManager = request.app.state.jobs
     return jobs
 
@@ -47,9 +47,13 @@ def _matches(token: str, keys: list[SecretStr]) -> bool:
 
 def authorize(request: Request, settings: Settings, scope: Scope) -> Scope | None:
     """Check the bearer key for a scope; returns the key's scope (None when auth is off)."""
+    return check_bearer(request.headers.get("authorization", ""), settings, scope)
+
+
+def check_bearer(header: str, settings: Settings, scope: Scope) -> Scope | None:
+    """The scope of an `Authorization: Bearer <key>` value (HTTP header or gRPC metadata)."""
     if not settings.auth_enabled:
         return None  # dev mode with no keys: the settings validator allows only this
-    header = request.headers.get("authorization", "")
     kind, _, token = header.partition(" ")
     if kind.lower() != "bearer" or not token.strip():
         raise Unauthorized("missing API key", {"expected": "Authorization: Bearer <key>"})
@@ -63,12 +67,16 @@ def authorize(request: Request, settings: Settings, scope: Scope) -> Scope | Non
     raise Unauthorized("invalid API key")
 
 
-def require_locate(request: Request) -> Scope | None:
-    return authorize(request, get_settings(request), "locate")
+# Dependencies are `async def` although they never await: FastAPI runs a plain `def`
+# dependency in a worker thread, a thread hop per dependency per request.
 
 
-def require_admin(request: Request) -> Scope | None:
-    return authorize(request, get_settings(request), "admin")
+async def require_locate(request: Request) -> Scope | None:
+    return authorize(request, request.app.state.settings, "locate")
+
+
+async def require_admin(request: Request) -> Scope | None:
+    return authorize(request, request.app.state.settings, "admin")
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

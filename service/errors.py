@@ -102,6 +102,15 @@ def _respond(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def error_response(request: Request, exc: Exception) -> JSONResponse:
+    """The error answer for an exception from a route that the router does not run
+    (`service.middleware.RequestContext`'s direct routes): what the handlers would say."""
+    if isinstance(exc, ServiceError):
+        return _respond(exc.status, exc.code, exc.message, exc.detail, request)
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return _respond(500, "internal_error", "internal server error", None, request)
+
+
 _HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",

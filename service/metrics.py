@@ -41,8 +41,9 @@ JOB_DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
 
 HTTP_DURATION = Histogram(
     "csipos_http_request_duration_seconds",
-    "HTTP request duration by route template, method and status.",
-    ["route", "method", "status"],
+    "Request duration by protocol (http, grpc), route template (gRPC: the method path), "
+    "method and status (gRPC: the HTTP status of the same error).",
+    ["protocol", "route", "method", "status"],
     buckets=_LATENCY_BUCKETS,
 )
 INFERENCE_DURATION = Histogram(
@@ -56,6 +57,18 @@ INFERENCE_BATCH = Histogram(
     "Fingerprints per inference call.",
     ["site"],
     buckets=_BATCH_BUCKETS,
+)
+BATCH_QUEUE_DURATION = Histogram(
+    "csipos_batch_queue_duration_seconds",
+    "Time a request waited in the dynamic batcher before its model call started.",
+    ["site"],
+    buckets=(0.0001, 0.00025, 0.0005, *_LATENCY_BUCKETS),
+)
+BATCH_REQUESTS = Histogram(
+    "csipos_batch_requests",
+    "Requests coalesced into one model call by the dynamic batcher.",
+    ["site"],
+    buckets=_BATCH_BUCKETS[:8],
 )
 PREDICTIONS = Counter(
     "csipos_locate_predictions",

@@ -1,4 +1,10 @@
-"""`POST /locate`: positions from CSI, as JSON or `application/x-npy`."""
+"""`POST /locate`: positions from CSI, as JSON or `application/x-npy`.
+
+The route takes only the `Request`: no dependency injection or query-parameter models
+(FastAPI runs those per request, about as long as the model), and it answers with orjson
+bytes rather than a dict for FastAPI to encode (bench/protocols.md has the profile). The
+parameters are documented in `_OPENAPI`.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +12,14 @@ import io
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Query, Request
+import orjson
+from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from service.deps import LocateKey, PositionerDep, SettingsDep
+from service.config import Settings
+from service.deps import authorize
 from service.errors import BadRequest, InvalidInput, UnsupportedMediaType
-from service.positioning import Prediction, as_csi_batch, ellipse
+from service.positioning import Positioner, Prediction, as_csi_batch, ellipse
 from service.uploads import parse_json, read_body
 
 router = APIRouter(tags=["locate"])
@@ -22,7 +30,23 @@ NO_SIGMA_NOTE = (
     "sigma_x and sigma_y are null"
 )
 
-_OPENAPI_BODY: dict[str, Any] = {
+_OPENAPI: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": "site",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": "Site id (required for application/x-npy).",
+        },
+        {
+            "name": "ellipse_confidence",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+            "description": "Add an axis-aligned confidence ellipse with this confidence (0-1).",
+        },
+    ],
     "requestBody": {
         "required": True,
         "content": {
@@ -33,13 +57,17 @@ _OPENAPI_BODY: dict[str, Any] = {
                     "properties": {
                         "site": {"type": "string"},
                         "csi": {"description": "[8][103][2] or [B][8][103][2] floats"},
-                        "ellipse_confidence": {"type": "number", "exclusiveMinimum": 0},
+                        "ellipse_confidence": {
+                            "type": "number",
+                            "exclusiveMinimum": 0,
+                            "exclusiveMaximum": 1,
+                        },
                     },
                 }
             },
             "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
         },
-    }
+    },
 }
 
 
@@ -88,21 +116,34 @@ def parse_npy(body: bytes) -> np.ndarray:
         ) from None
 
 
-@router.post("/locate", openapi_extra=_OPENAPI_BODY)
-async def locate(
-    request: Request,
-    _: LocateKey,
-    settings: SettingsDep,
-    positioner: PositionerDep,
-    site: str | None = Query(None, description="Site id (required for application/x-npy)."),
-    ellipse_confidence: float | None = Query(
-        None, description="Add an axis-aligned confidence ellipse with this confidence (0-1)."
-    ),
-) -> dict[str, Any]:
+def _query_confidence(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise InvalidInput(
+            "ellipse_confidence must be a number strictly between 0 and 1",
+            {"got": value, "example": 0.95},
+        ) from None
+    return _confidence(number)
+
+
+@router.post(
+    "/locate",
+    openapi_extra=_OPENAPI,
+    response_class=Response,
+    responses={200: {"content": {"application/json": {}}}},
+)
+async def locate(request: Request) -> Response:
     """Positions (metres) and 1-sigma uncertainties for one fingerprint or a batch."""
+    settings: Settings = request.app.state.settings
+    positioner: Positioner = request.app.state.positioner
+    authorize(request, settings, "locate")
+    site = request.query_params.get("site")
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     body = await read_body(request, settings.max_body_bytes)
-    confidence = _confidence(ellipse_confidence)
+    confidence = _query_confidence(request.query_params.get("ellipse_confidence"))
     if ctype == "application/json":
         doc = (
             await run_in_threadpool(parse_json, body)
@@ -133,4 +174,4 @@ async def locate(
     else:
         csi = as_csi_batch(raw, settings.max_batch)
     pred = await positioner.locate(site, csi)
-    return positions_json(pred, confidence)
+    return Response(orjson.dumps(positions_json(pred, confidence)), media_type="application/json")

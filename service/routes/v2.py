@@ -8,33 +8,30 @@ bytes followed by raw little-endian tensor bytes, so Triton/KServe clients work 
 from __future__ import annotations
 
 import gzip
-import json
 import zlib
 from typing import Any
 
-import numpy as np
+import orjson
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from service.deps import LocateKey, PositionerDep, SettingsDep, Store
-from service.errors import BadRequest, InvalidInput, SiteNotFound, Unavailable
-from service.positioning import CSI_SHAPE, as_csi_batch
-from service.store import ServedSite
+from service import dataplane
+from service.config import Settings
+from service.deps import LocateKey, Store, authorize
+from service.errors import BadRequest, InvalidInput, Unavailable
+from service.positioning import Positioner
 from service.uploads import parse_json, read_body
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
 
 HEADER_LENGTH = "inference-header-content-length"
-_DTYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16}
+_INLINE_PARSE_BYTES = 64 * 1024
 
 
 @router.get("")
 async def server_metadata() -> dict[str, Any]:
     """Server name, version and the protocol extensions supported."""
-    from training.repository import csipos_version
-
-    return {"name": "csipos", "version": csipos_version(), "extensions": ["binary_tensor_data"]}
+    return dataplane.server_metadata()
 
 
 @router.get("/health/live")
@@ -49,36 +46,12 @@ async def ready(request: Request) -> dict[str, bool]:
     return {"ready": True}
 
 
-def _served(store: Any, site: str, version: str | None) -> ServedSite:
-    served: ServedSite = store.get(site)
-    if version is not None and version != served.version:
-        raise SiteNotFound(
-            f"site {site!r} serves version {served.version}, not {version!r}",
-            {"serving_version": served.version},
-        )
-    return served
-
-
-def _metadata(served: ServedSite) -> dict[str, Any]:
-    outputs = [{"name": "position", "datatype": "FP32", "shape": [-1, 2]}]
-    if served.has_sigma:
-        outputs.append({"name": "sigma", "datatype": "FP32", "shape": [-1, 2]})
-    return {
-        "name": served.site,
-        "versions": [served.version],
-        "platform": "onnxruntime_onnx",
-        "inputs": [{"name": "csi", "datatype": "FP32", "shape": [-1, *CSI_SHAPE]}],
-        "outputs": outputs,
-        "parameters": {"loss": served.loss},
-    }
-
-
 @router.get("/models/{site}")
 @router.get("/models/{site}/versions/{version}")
 async def model_metadata(
     site: str, store: Store, _: LocateKey, version: str | None = None
 ) -> dict[str, Any]:
-    return _metadata(_served(store, site, version))
+    return dataplane.model_metadata(dataplane.served(store, site, version))
 
 
 @router.get("/models/{site}/ready")
@@ -86,7 +59,7 @@ async def model_metadata(
 async def model_ready(
     site: str, store: Store, _: LocateKey, version: str | None = None
 ) -> dict[str, Any]:
-    served = _served(store, site, version)
+    served = dataplane.served(store, site, version)
     return {"name": site, "ready": served.loaded}
 
 
@@ -108,112 +81,102 @@ def _decode(request: Request, body: bytes, limit: int) -> bytes:
     return out
 
 
-def _input_tensor(request: Request, body: bytes) -> tuple[dict[str, Any], np.ndarray]:
-    """The request header and the `csi` input tensor (JSON data or binary extension)."""
+def _header_and_binary(request: Request, body: bytes) -> tuple[bytes, bytes]:
+    """Split a binary-extension body at `Inference-Header-Content-Length`."""
     header_len = request.headers.get(HEADER_LENGTH)
-    if header_len is not None:
-        if not header_len.isdigit() or int(header_len) > len(body):
-            raise BadRequest(
-                f"invalid Inference-Header-Content-Length {header_len!r}",
-                {"body_bytes": len(body)},
-            )
-        head, binary = body[: int(header_len)], body[int(header_len) :]
-    else:
-        head, binary = body, b""
+    if header_len is None:
+        return body, b""
+    if not header_len.isdigit() or int(header_len) > len(body):
+        raise BadRequest(
+            f"invalid Inference-Header-Content-Length {header_len!r}", {"body_bytes": len(body)}
+        )
+    return body[: int(header_len)], body[int(header_len) :]
+
+
+def _parameters(item: dict[str, Any], what: str) -> dict[str, Any]:
+    params = item.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise InvalidInput(f"{what} parameters must be an object", {"got": params})
+    return params
+
+
+def _parse(head: bytes, binary: bytes, max_batch: int) -> tuple[dict[str, Any], Any]:
+    """The request header and its validated `csi` batch (JSON data or binary extension)."""
     doc = parse_json(head, "inference request header")
     inputs = doc.get("inputs") if isinstance(doc, dict) else None
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise InvalidInput("expected exactly one input tensor named 'csi'", {"got": inputs})
     tensor = inputs[0]
-    if tensor.get("name") != "csi":
-        raise InvalidInput(f"unknown input {tensor.get('name')!r}", {"expected": "csi"})
-    dtype = _DTYPES.get(str(tensor.get("datatype")))
-    if dtype is None:
+    size = _parameters(tensor, "input").get("binary_data_size")
+    if size is not None and (type(size) is not int or size != len(binary)):
         raise InvalidInput(
-            f"unsupported datatype {tensor.get('datatype')!r}", {"expected": sorted(_DTYPES)}
+            "binary_data_size does not match the bytes after the header",
+            {"binary_data_size": size, "got_bytes": len(binary)},
         )
-    shape = tensor.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
-        raise InvalidInput("input shape must be a list of non-negative integers", {"got": shape})
-    count = int(np.prod(shape)) if shape else 1
-    size = (tensor.get("parameters") or {}).get("binary_data_size")
-    if size is not None:
-        expected = count * np.dtype(dtype).itemsize
-        if size != expected or len(binary) != size:
-            raise InvalidInput(
-                "binary tensor size does not match shape and datatype",
-                {"expected_bytes": expected, "binary_data_size": size, "got_bytes": len(binary)},
-            )
-        flat = np.frombuffer(binary, dtype=np.dtype(dtype).newbyteorder("<"))
-    else:
-        try:
-            flat = np.asarray(tensor.get("data"), dtype=dtype).reshape(-1)
-        except (ValueError, TypeError) as exc:
-            raise InvalidInput("input data is not numeric", {"reason": str(exc)}) from None
-        if flat.size != count:
-            raise InvalidInput(
-                "input data does not match its shape", {"shape": shape, "elements": int(flat.size)}
-            )
-    return doc, flat.reshape(shape)
+    csi = dataplane.input_csi(
+        tensor.get("name"),
+        tensor.get("datatype"),
+        tensor.get("shape"),
+        max_batch=max_batch,
+        raw=binary if size is not None else None,
+        values=tensor.get("data"),
+    )
+    return doc, csi
 
 
-def _wanted_outputs(doc: dict[str, Any], served: ServedSite) -> list[tuple[str, bool]]:
-    default_binary = bool((doc.get("parameters") or {}).get("binary_data_output", False))
+def _wanted_outputs(doc: dict[str, Any], served: Any) -> list[tuple[str, bool]]:
+    """(output name, as binary?) for each output to answer with."""
+    default_binary = bool(_parameters(doc, "request").get("binary_data_output", False))
     requested = doc.get("outputs")
-    available = ["position", "sigma"] if served.has_sigma else ["position"]
-    if not requested:
-        return [(name, default_binary) for name in available]
-    out = []
-    for item in requested:
-        name = item.get("name") if isinstance(item, dict) else None
-        if name not in available:
-            note = " (this site's model is MSE-only and has no sigma)" if name == "sigma" else ""
-            raise InvalidInput(f"unknown output {name!r}{note}", {"available": available})
-        binary = (item.get("parameters") or {}).get("binary_data", default_binary)
-        out.append((name, bool(binary)))
-    return out
+    if requested is not None and not isinstance(requested, list):
+        raise InvalidInput("outputs must be a list", {"got": requested})
+    items = [item if isinstance(item, dict) else {} for item in requested or []]
+    names = dataplane.select_outputs([item.get("name") for item in items], served)
+    if not items:
+        return [(name, default_binary) for name in names]
+    binary = [bool(_parameters(i, "output").get("binary_data", default_binary)) for i in items]
+    return list(zip(names, binary, strict=True))
 
 
 @router.post("/models/{site}/infer")
 @router.post("/models/{site}/versions/{version}/infer")
-async def infer(
-    site: str,
-    request: Request,
-    settings: SettingsDep,
-    store: Store,
-    positioner: PositionerDep,
-    _: LocateKey,
-    version: str | None = None,
-) -> Response:
+async def infer(site: str, request: Request, version: str | None = None) -> Response:
     """Run the site model; outputs `position` and (nll models) `sigma`, FP32 [B,2]."""
-    served = _served(store, site, version)
+    # No dependencies: FastAPI's solver costs about as much as this whole route's own
+    # work for one fingerprint (bench/protocols.md).
+    settings: Settings = request.app.state.settings
+    positioner: Positioner = request.app.state.positioner
+    authorize(request, settings, "locate")
+    served = dataplane.served(positioner.store, site, version)
     raw = await read_body(request, settings.max_body_bytes)
     body = _decode(request, raw, settings.max_body_bytes)
-    doc, tensor = await run_in_threadpool(_input_tensor, request, body)
-    csi = await run_in_threadpool(as_csi_batch, tensor, settings.max_batch)
+    head, binary = _header_and_binary(request, body)
+    if len(body) > _INLINE_PARSE_BYTES:  # big batches parse off the event loop
+        doc, csi = await run_in_threadpool(_parse, head, binary, settings.max_batch)
+    else:
+        doc, csi = _parse(head, binary, settings.max_batch)
     wanted = _wanted_outputs(doc, served)
     pred = await positioner.locate(site, csi)
-    arrays = {"position": pred.position, "sigma": pred.sigma}
     outputs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
-    for name, binary in wanted:
-        arr = np.ascontiguousarray(arrays[name], dtype="<f4")
+    arrays = dataplane.output_arrays(pred, [name for name, _binary in wanted])
+    for (name, arr), (_name, as_binary) in zip(arrays, wanted, strict=True):
         entry: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(arr.shape)}
-        if binary:
-            raw = arr.tobytes()
-            entry["parameters"] = {"binary_data_size": len(raw)}
-            blobs.append(raw)
+        if as_binary:
+            data = arr.tobytes()
+            entry["parameters"] = {"binary_data_size": len(data)}
+            blobs.append(data)
         else:
             entry["data"] = arr.reshape(-1).tolist()
         outputs.append(entry)
     answer: dict[str, Any] = {"model_name": site, "model_version": pred.version, "outputs": outputs}
     if "id" in doc:
         answer["id"] = doc["id"]
+    head_out = orjson.dumps(answer)
     if not blobs:
-        return JSONResponse(answer)
-    head = json.dumps(answer).encode()
+        return Response(head_out, media_type="application/json")
     return Response(
-        head + b"".join(blobs),
+        head_out + b"".join(blobs),
         media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(len(head))},
+        headers={"Inference-Header-Content-Length": str(len(head_out))},
     )

@@ -71,7 +71,9 @@ def test_services_and_shared_volumes() -> None:
     seed = re.search(r"CSIPOS_SEED_MODELS_FROM=(\S+)", dockerfile)
     assert seed and re.search(rf"^COPY models/ {seed.group(1)}/?$", dockerfile, re.M)
     assert re.search(r"^USER csipos$", dockerfile, re.M), "the service runs as non-root"
-    assert re.search(r"^HEALTHCHECK .*\n.*healthz", dockerfile, re.M)
+    # The health check asks both protocols (service/healthcheck.py), on the ports served.
+    assert re.search(r"^HEALTHCHECK .*\n.*service\.healthcheck", dockerfile, re.M)
+    assert "CSIPOS_GRPC_PORT=8001" in dockerfile
 
 
 def test_api_is_scalable() -> None:
@@ -79,6 +81,16 @@ def test_api_is_scalable() -> None:
     assert "container_name" not in api, "a fixed name forbids replicas"
     assert "ports" not in api, "replicas publish nothing; the gateway owns the port"
     assert api["deploy"]["replicas"]
+    assert api["command"][-2:] == ["--grpc-port", "8001"] and "8001" in api["expose"]
+
+
+def test_gateway_passes_grpc_to_every_replica() -> None:
+    ports = _services()["gateway"]["ports"]
+    assert any(str(p).endswith(":8081") for p in ports)
+    nginx = (DOCKER / "gateway" / "nginx.conf").read_text()
+    assert re.search(r"listen 8081 http2;", nginx)
+    # A variable makes nginx re-resolve `api` (new replicas) as for HTTP.
+    assert re.search(r"set \$api_grpc grpc://api:8001;\s+grpc_pass \$api_grpc;", nginx)
 
 
 def test_published_ports_are_loopback_only() -> None:

@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +91,7 @@ def client(settings: Settings) -> Iterator[TestClient]:
 class Server:
     """A real `csipos serve` process on loopback."""
 
-    def __init__(self, env: dict[str, str], workers: int = 1) -> None:
+    def __init__(self, env: dict[str, str], workers: int = 1, args: Sequence[str] = ()) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {**os.environ, **env, "PYTHONPATH": str(REPO_ROOT)}
@@ -107,6 +107,7 @@ class Server:
                 str(workers),
                 "--log-level",
                 "warning",
+                *args,
             ],
             env=full_env,
             cwd=REPO_ROOT,
@@ -140,8 +141,13 @@ class Server:
 def start_server(repo: ModelRepository, tmp_path: Path) -> Iterator[Callable[..., Server]]:
     servers: list[Server] = []
 
-    def start(workers: int = 1, env: dict[str, str] | None = None, **extra: Any) -> Server:
-        s = Server({**settings_env(repo, tmp_path, **extra), **(env or {})}, workers)
+    def start(
+        workers: int = 1,
+        env: dict[str, str] | None = None,
+        args: Sequence[str] = (),
+        **extra: Any,
+    ) -> Server:
+        s = Server({**settings_env(repo, tmp_path, **extra), **(env or {})}, workers, args)
         servers.append(s)
         return s
 

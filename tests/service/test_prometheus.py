@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+import tritonclient.grpc as triton
 
 from tests.service.conftest import LOCATE, csi_batch, free_port
 
@@ -24,14 +25,26 @@ pytestmark = [
 
 
 def test_scrape_two_workers(start_server: Callable[..., Any], tmp_path: Path) -> None:
-    server = start_server(workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom-mp")})
+    grpc_port = free_port()  # both workers serve gRPC on it (SO_REUSEPORT)
+    server = start_server(
+        workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom-mp")}, grpc_port=grpc_port
+    )
     body = {"site": "lab-nll", "csi": csi_batch(3).tolist()}
+    inp = triton.InferInput("csi", [3, 8, 103, 2], "FP32")
+    inp.set_data_from_numpy(csi_batch(3))
     with httpx.Client(base_url=server.url, headers=LOCATE) as http:
-        for _ in range(8):  # new connections spread over both workers
+        for _ in range(4):  # new connections spread over both workers
             with httpx.Client(base_url=server.url, headers=LOCATE) as one:
                 assert one.post("/locate", json=body).status_code == 200
+            with triton.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:
+                grpc_key = {"authorization": LOCATE["Authorization"]}
+                assert client.infer("lab-nll", [inp], headers=grpc_key).as_numpy("position").any()
         text = http.get("/metrics").text
     assert 'csipos_locate_predictions_total{site="lab-nll"} 24.0' in text
+    assert (
+        'protocol="grpc",route="/inference.GRPCInferenceService/ModelInfer",status="200"} 4.0'
+        in text
+    )
     check = subprocess.run(
         ["promtool", "check", "metrics"], input=text.encode(), capture_output=True, timeout=30
     )
