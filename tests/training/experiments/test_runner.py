@@ -55,7 +55,7 @@ def test_second_run_redoes_nothing(quick_run: tuple[Path, Outcome], fingerprint_
     out, _ = quick_run
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
     again = run_experiment(QUICK, fingerprint_file, out, workers=2, seed=0)
-    assert (again.ran, again.skipped, again.failed) == (0, 144, {})
+    assert (again.ran, again.skipped, again.failed) == (0, 128, {})
     assert stamps == {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
 
 
@@ -84,12 +84,12 @@ def test_interrupted_experiment_resumes_only_missing_runs(
 
     monkeypatch.setattr(jobs, "execute_run", flaky)
     first = run_experiment(QUICK, fingerprint_file, out, workers=1, seed=0)
-    assert (first.ran, first.skipped) == (2, 141)
+    assert (first.ran, first.skipped) == (2, 125)
     assert list(first.failed) == [lost[1].id] and "worker killed" in first.failed[lost[1].id]
     assert "Incomplete: 1 runs missing" in (out / "report.md").read_text()
 
     second = run_experiment(QUICK, fingerprint_file, out, workers=1, seed=0)
-    assert (second.ran, second.skipped, second.failed) == (1, 143, {})
+    assert (second.ran, second.skipped, second.failed) == (1, 127, {})
     assert sorted(executed) == sorted([*lost, lost[1]])  # nothing else was redone
     # Same seed, same numbers (workers use one thread, this process more: allow rounding).
     for r in lost:
@@ -130,7 +130,7 @@ def test_cli_help_and_resume(quick_run: tuple[Path, Outcome], fingerprint_file: 
     again = runner.invoke(app, ["experiment", "--data", str(fingerprint_file), "--out",
                                 str(quick_run[0]), "--report-only"])  # fmt: skip
     assert again.exit_code == 0, again.output
-    assert "144 of 144 finished" in report.read_text()
+    assert "128 of 128 finished" in report.read_text()
 
 
 def _square_or_die(x: int) -> int:
