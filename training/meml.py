@@ -218,7 +218,8 @@ def _train_once(
         head.fit_position_normalisation(src.train_pos)
         heads[name] = head
         tasks.append(Task.from_fingerprints(name, head, src.train, src.val))
-    n_train = max(src.train_size for src in sources.values())
+    # This rank's rows set the epoch: under torchrun an epoch is over the shard.
+    n_train = max(len(src.train) for src in sources.values())
     report = fit(
         backbone,
         tasks,

@@ -43,7 +43,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_h5: Path) -> tuple[Pa
         "train", "site", "--backbone", f"{repo}/backbones/meml", "--data", str(data),
         "--env", "lab-los", "--fraction", "1.0", "--mode", "gradual", "--loss", "nll",
         "--out", str(repo), "--site", "lab", "--epochs", "8", "--patience", "3",
-        "--lr", "3e-3", "--min-steps", "40", "--head-warmup-steps", "10", "--quiet",
+        "--lr", "3e-3", "--min-steps", "30", "--head-warmup-steps", "10", "--quiet",
     )  # fmt: skip
     return data, repo, time.perf_counter() - t0
 
@@ -74,7 +74,7 @@ def test_meml_then_gradual_site_then_evaluate_beats_the_mean(
     manifest = json.loads((repo / "sites/lab/versions/v1/manifest.json").read_text())
     assert manifest["parent"] == {"backbone": "meml", "version": "v1"}
     assert set(manifest["config"]["epochs_run"]) == {"warmup", "unfrozen"}
-    assert manifest["config"]["min_steps"] == 40 and manifest["config"]["beta"] == 0.5
+    assert manifest["config"]["min_steps"] == 30 and manifest["config"]["beta"] == 0.5
     assert manifest["metrics"]["test"]["me"] == pytest.approx(m["me"], rel=1e-6)
 
 

@@ -45,13 +45,15 @@ def test_torchrun_two_processes(tmp_path: Path, tiny_h5: Path) -> None:
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         "--no-python", csipos, "train", "meml", "--data", str(data),
         "--envs", "industrial/bs0,industrial/bs1", "--out", str(out),
-        "--epochs", "3", "--patience", "3", "--batch-size", "32",
+        "--epochs", "3", "--patience", "3", "--batch-size", "32", "--min-steps", "0",
+        "--eval-every", "3",
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 processes, backend gloo" in proc.stderr
-    # Only rank 0 logs and publishes: one line per epoch, one version.
-    assert proc.stderr.count("epoch    1") == 1
+    # Only rank 0 logs and publishes: one line per validation, one version. A rank holds
+    # 68 of each environment's 135 training samples: 3 steps of 32 an epoch.
+    assert proc.stderr.count("step      3 (epoch") == 1
 
     repo = ModelRepository(out)
     assert repo.versions("backbone", "meml") == ["v1"]
