@@ -10,14 +10,16 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from service import logs
+from service import logs, metrics
+from service.admission import Admission
 from service.catalog import Catalog
 from service.config import Settings
 from service.errors import install_handlers
 from service.jobs.manager import JobManager
-from service.middleware import RequestContext
+from service.middleware import BodyLimit, RequestContext
 from service.positioning import Positioner
 from service.routes import health, jobs, locate, sites, v2
+from service.schemas import install_openapi
 from service.store import ModelStore
 from training.repository import ModelRepository, csipos_version
 
@@ -26,6 +28,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; the model store loads and starts watching in the lifespan."""
     settings = settings or Settings()
     logs.configure(settings.log_level)
+    metrics.EXPOSE_SITES = settings.expose_site_lists
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -72,9 +75,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.jobs = JobManager(settings)
 
     install_handlers(app)
+    # Outermost last: the body limit, admission control (both before `/locate`'s direct
+    # dispatch, which skips what is inside RequestContext), then request id and access log.
     app.add_middleware(RequestContext, direct={("POST", "/locate"): locate.locate})
+    app.add_middleware(
+        Admission,
+        max_in_flight=settings.max_in_flight,
+        deadline_s=settings.inference_deadline_s,
+        drain_bytes=settings.max_body_bytes,
+    )
+    app.add_middleware(
+        BodyLimit,
+        max_body_bytes=settings.max_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+    )
     for module in (health, locate, sites, jobs, v2):
         app.include_router(module.router)
+    install_openapi(app)
     return app
 
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
-from service.errors import BadRequest, Conflict, InvalidInput, ServiceError, SiteNotFound
+from service.errors import BadRequest, InvalidInput, ServiceError, SiteNotFound
 from service.store import ModelStore, check_site_id
 from training import repository as repo_mod
 from training.repository import ModelRepository
@@ -18,21 +19,27 @@ from training.repository import ModelRepository
 T = TypeVar("T")
 
 
+def _public(exc: Exception, root: Path) -> str:
+    """The error's message without the repository's filesystem location."""
+    text = str(exc)
+    for where in {str(root), str(root.resolve())}:
+        text = text.replace(f" in {where}", "").replace(where, "<models>")
+    return text
+
+
 @contextmanager
-def repository_errors(site: str) -> Iterator[None]:
-    """Translate repository errors into HTTP-carrying service errors."""
+def repository_errors(site: str, root: Path) -> Iterator[None]:
+    """Translate repository errors into HTTP-carrying service errors (no paths in them)."""
     try:
         yield
     except repo_mod.InvalidName as exc:
-        raise InvalidInput(str(exc), {"site": site}) from None
+        raise InvalidInput(_public(exc, root), {"site": site}) from None
     except repo_mod.NotFound as exc:
-        raise SiteNotFound(str(exc), {"site": site}) from None
-    except repo_mod.Conflict as exc:
-        raise Conflict(str(exc), {"site": site}) from None
+        raise SiteNotFound(_public(exc, root), {"site": site}) from None
     except repo_mod.Invalid as exc:
-        raise BadRequest(str(exc), {"site": site}) from None
+        raise BadRequest(_public(exc, root), {"site": site}) from None
     except repo_mod.RepositoryError as exc:
-        raise ServiceError(str(exc), {"site": site}) from None
+        raise ServiceError(_public(exc, root), {"site": site}) from None
 
 
 def _version_summary(repo: ModelRepository, site: str, version: str) -> dict[str, Any]:
@@ -76,14 +83,14 @@ class Catalog:
         self.store = store
 
     def _call(self, site: str, fn: Callable[[], T]) -> T:
-        with repository_errors(site):
+        with repository_errors(site, self.repo.root):
             return fn()
 
     def list(self) -> list[dict[str, Any]]:
         served = self.store.snapshot()
         out = []
         for site in self.repo.list_sites():
-            with repository_errors(site):
+            with repository_errors(site, self.repo.root):
                 active = self.repo.active_version("site", site)
             s = served.get(site)
             out.append(

@@ -52,6 +52,20 @@ def _seed_models(settings: Settings) -> None:
         typer.echo(f"seeded {settings.model_dir} with {', '.join(copied)}", err=True)
 
 
+def _prepare_repository(settings: Settings) -> None:
+    """Seed (if asked), then clear leftovers of publishes that crashed (`gc`)."""
+    _seed_models(settings)
+    from training.repository import ModelRepository, RepositoryError
+
+    try:
+        removed = ModelRepository(settings.model_dir).gc()
+    except (RepositoryError, OSError) as exc:
+        typer.echo(f"model repository gc failed (serving anyway): {exc}", err=True)
+        return
+    if removed:
+        typer.echo(f"gc removed {len(removed)} leftovers of crashed writes", err=True)
+
+
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
@@ -81,7 +95,7 @@ def serve(
     if grpc_port is not None:
         os.environ["CSIPOS_GRPC_PORT"] = str(grpc_port)
     os.environ.setdefault("CSIPOS_GRPC_HOST", host)  # gRPC on the HTTP interface by default
-    _seed_models(_settings_or_exit())
+    _prepare_repository(_settings_or_exit())
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Several workers need a shared sample directory for correct /metrics.
         mp_dir = Path(tempfile.mkdtemp(prefix="csipos-prom-"))
@@ -115,7 +129,7 @@ def worker(
         typer.echo("CSIPOS_REDIS_URL is not set: the worker needs a Redis to listen on", err=True)
         raise typer.Exit(2)
     logs.configure(settings.log_level)
-    _seed_models(settings)
+    _prepare_repository(settings)
     if settings.worker_metrics_port is not None:
         # Lets Prometheus see the worker is up (and its process metrics).
         from prometheus_client import start_http_server

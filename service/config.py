@@ -47,7 +47,8 @@ class Settings(BaseSettings):
     """Bearer keys with the `admin` scope (adapt, activate, delete); they also may locate."""
 
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
-    """Largest accepted request body for inference and JSON adaptation (413 above it)."""
+    """Largest accepted request body, after decoding any Content-Encoding, on every route
+    but the HDF5 adaptation upload (413 above it)."""
 
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     """Largest accepted HDF5 upload for adaptation, streamed to disk (413 above it)."""
@@ -55,11 +56,29 @@ class Settings(BaseSettings):
     max_batch: int = Field(default=1024, gt=0)
     """Most fingerprints in one /locate or V2 infer request (413 above it)."""
 
+    max_in_flight: int = Field(default=128, gt=0)
+    """Most inference requests (/locate, V2 infer) admitted at once per worker process;
+    beyond it the answer is 503 with Retry-After at once (admission control)."""
+
+    inference_deadline_s: float = Field(default=5.0, gt=0)
+    """An inference request not answered within this many seconds (body upload, queueing
+    and model call together) is cancelled and answered 503 with Retry-After."""
+
+    expose_site_lists: bool = True
+    """Whether unauthenticated `/readyz` lists the served sites and `/metrics` labels
+    series by site id; set false where site ids are confidential."""
+
     max_sites: int = Field(default=256, gt=0)
     """Most sites the store loads; also bounds the `site` label of the metrics."""
 
     min_adapt_samples: int = Field(default=20, gt=0)
     """Fewest labelled fingerprints an adaptation request may carry (422 below it)."""
+
+    max_adapt_samples: int = Field(default=100_000, gt=0)
+    """Most labelled fingerprints an adaptation upload may carry (413 above it)."""
+
+    max_upload_decoded_bytes: int = Field(default=1024 * 1024 * 1024, gt=0)
+    """Most bytes an adaptation upload's datasets may decode (inflate) to (413 above it)."""
 
     max_concurrent_jobs: int = Field(default=2, gt=0)
     """Most adaptation jobs queued or running at once across all sites (429 above it)."""

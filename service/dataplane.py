@@ -7,12 +7,13 @@ checks and their 4xx answers are the same whichever way a request came in.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from service.errors import InvalidInput, SiteNotFound
+from service.errors import InvalidInput, PayloadTooLarge, SiteNotFound
 from service.positioning import CSI_SHAPE, Prediction, as_csi_batch
 from service.store import ModelStore, ServedSite
 
@@ -86,7 +87,14 @@ def input_csi(
         for s in shape  # bool is an int: refuse it too
     ):
         raise InvalidInput("input shape must be a list of non-negative integers", {"got": shape})
-    count = int(np.prod(shape)) if shape else 1
+    # Python ints: np.prod would overflow silently on [2**62, 4] and pass the checks below.
+    count = math.prod(shape)
+    most = max_batch * math.prod(CSI_SHAPE)
+    if count > most:
+        raise PayloadTooLarge(
+            "input tensor has more elements than the batch limit allows",
+            {"max_batch": max_batch, "max_elements": most, "shape": list(shape)},
+        )
     if raw is not None:
         expected = count * np.dtype(dtype).itemsize
         if len(raw) != expected:
@@ -98,7 +106,7 @@ def input_csi(
     else:
         try:
             flat = np.asarray(values, dtype=dtype).reshape(-1)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, RecursionError) as exc:
             raise InvalidInput("input data is not numeric", {"reason": str(exc)}) from None
         if flat.size != count:
             raise InvalidInput(

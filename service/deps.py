@@ -6,6 +6,7 @@ import hmac
 from typing import Annotated, Literal
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPBearer
 from pydantic import SecretStr
 
 from service.config import Settings
@@ -67,15 +68,21 @@ def check_bearer(header: str, settings: Settings, scope: Scope) -> Scope | None:
     raise Unauthorized("invalid API key")
 
 
-# Dependencies are `async def` although they never await: FastAPI runs a plain `def`
-# dependency in a worker thread, a thread hop per dependency per request.
+# Declares the bearer scheme in the OpenAPI spec; `authorize` reads the header itself
+# so that a missing key is our 401, not FastAPI's 403. Dependencies are `async def`
+# although they never await: FastAPI runs a plain `def` dependency in a worker thread.
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description="API key with the `locate` scope (inference, listing) or `admin` (all).",
+)
 
 
-async def require_locate(request: Request) -> Scope | None:
+async def require_locate(request: Request, _: object = Depends(_bearer)) -> Scope | None:
     return authorize(request, request.app.state.settings, "locate")
 
 
-async def require_admin(request: Request) -> Scope | None:
+async def require_admin(request: Request, _: object = Depends(_bearer)) -> Scope | None:
     return authorize(request, request.app.state.settings, "admin")
 
 

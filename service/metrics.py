@@ -81,6 +81,17 @@ PREDICTED_SIGMA = Histogram(
     ["site", "axis"],
     buckets=_SIGMA_BUCKETS,
 )
+SHED = Counter(
+    "csipos_requests_shed",
+    "Inference requests refused or dropped by admission control, by reason "
+    "(overloaded: in-flight limit; deadline: no answer in time; client_gone: hung up).",
+    ["reason"],
+)
+IN_FLIGHT = Gauge(
+    "csipos_inference_in_flight",
+    "Inference requests admitted and not yet answered.",
+    multiprocess_mode="livesum",
+)
 MODELS_LOADED = Gauge(
     "csipos_models_loaded",
     "Site models loaded in this replica.",
@@ -94,8 +105,16 @@ MODEL_INFO = Gauge(
 )
 
 
+EXPOSE_SITES = True
+"""Settings.expose_site_lists of this process: False folds every site label into `all`
+and leaves out `csipos_model_info`, so the unauthenticated scrape names no site."""
+HIDDEN_SITE = "all"
+
+
 def site_label(site: str, known: Callable[[str], bool]) -> str:
     """Bound the `site` label: only sites the store knows, else `unknown`."""
+    if not EXPOSE_SITES:
+        return HIDDEN_SITE
     return site if known(site) else UNKNOWN_SITE
 
 

@@ -44,7 +44,7 @@ def as_csi_batch(values: Any, max_batch: int) -> np.ndarray:
     """A float32 [B,8,103,2] array from one fingerprint [8,103,2] or a batch, validated."""
     try:
         arr = np.asarray(values, dtype=np.float32)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:
         raise InvalidInput(
             "csi must be a numeric array of shape [8,103,2] or [B,8,103,2]",
             {"reason": str(exc).split("\n")[0]},

@@ -1,10 +1,11 @@
 """The model store: one onnxruntime session per active site model, hot-swapped on change.
 
-It reads the repository layout (docs/architecture.md) directly, read-only:
-`sites/<site>/active.json` names the version, `sites/<site>/versions/<v>/model.onnx` is
-the model. A watcher thread polls every `active.json`; when a site's active version
+It reads the repository only through `ModelRepository` (the one reader of `models/`):
+a site's active pointer names the version, `model.onnx` in that version's folder is the
+model. A watcher thread polls the active pointers; when a site's active version
 changes, the new session is loaded *beside* the old one and swapped in under a lock,
-so requests never see a missing site while it is being replaced.
+so requests never see a missing site while it is being replaced. A site whose active
+version exists but is not loaded here yet answers 503 "loading", not 404.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import numpy as np
 import onnxruntime as ort
 
 from service import metrics
-from service.errors import InvalidInput, SiteNotFound, Unavailable
+from service.errors import InvalidInput, SiteLoading, SiteNotFound, Unavailable
 from training.repository import NAME_PATTERN as SITE_ID
+from training.repository import ModelRepository, RepositoryError
 
 log = logging.getLogger("csipos.service.store")
 
@@ -37,24 +39,6 @@ def check_site_id(site: str) -> str:
             {"expected": "lowercase letters, digits, '-' or '_', 1-63 chars: " + SITE_ID.pattern},
         )
     return site
-
-
-def read_active(site_dir: Path) -> tuple[str, str] | None:
-    """(version, updated stamp) of `active.json`, or None if the site has none (yet).
-
-    The stamp tells a site that was deleted and published again (its versions restart
-    at v1) from the one already loaded.
-    """
-    try:
-        doc = json.loads((site_dir / "active.json").read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        log.warning("unreadable %s: %s", site_dir / "active.json", exc)
-        return None
-    if not isinstance(doc, dict) or not isinstance(doc.get("version"), str):
-        return None
-    return doc["version"], str(doc.get("updated", ""))
 
 
 @dataclass
@@ -119,6 +103,14 @@ class ServedSite:
         self._session = None
 
 
+def _forget_info(old: ServedSite) -> None:
+    if not metrics.EXPOSE_SITES:
+        return
+    metrics.MODEL_INFO.labels(old.site, old.version, old.loss).set(0)
+    if not metrics.MULTIPROCESS:
+        metrics.MODEL_INFO.remove(old.site, old.version, old.loss)
+
+
 class ModelStore:
     """All active site models of one repository, kept in step with `active.json`."""
 
@@ -131,6 +123,7 @@ class ModelStore:
         watch_interval_s: float = 2.0,
     ) -> None:
         self.model_dir = Path(model_dir)
+        self.repo = ModelRepository(self.model_dir)
         self.max_sites = max_sites
         self.intra_op_threads = intra_op_threads
         self.watch_interval_s = watch_interval_s
@@ -142,10 +135,6 @@ class ModelStore:
         self._thread: threading.Thread | None = None
         self.on_change: Callable[[], None] | None = None
 
-    @property
-    def sites_dir(self) -> Path:
-        return self.model_dir / "sites"
-
     def load(self) -> None:
         """Load every site's active version (errors are logged per site, not fatal)."""
         self.refresh()
@@ -153,15 +142,11 @@ class ModelStore:
     def refresh(self) -> None:
         """Bring the loaded sessions in line with the repository's active versions."""
         with self._refresh_lock:
-            names = sorted(
-                p.name
-                for p in (self.sites_dir.iterdir() if self.sites_dir.is_dir() else [])
-                if p.is_dir() and SITE_ID.fullmatch(p.name)
-            )
+            names = self.repo.list_sites()
             if len(names) > self.max_sites:
                 log.warning("%d sites, serving the first %d", len(names), self.max_sites)
                 names = names[: self.max_sites]
-            wanted = {n: read_active(self.sites_dir / n) for n in names}
+            wanted = {n: self._active(n) for n in names}
             for site in list(self._sites):
                 if wanted.get(site) is None:
                     self._drop(site)
@@ -172,11 +157,17 @@ class ModelStore:
     def refresh_site(self, site: str) -> None:
         """Re-read one site at once (after an activate or delete through this replica)."""
         with self._refresh_lock:
-            active = read_active(self.sites_dir / site)
+            active = self._active(site)
             if active is None:
                 self._drop(site)
             else:
                 self._ensure(site, *active)
+
+    def _active(self, site: str) -> tuple[str, str] | None:
+        try:
+            return self.repo.active_pointer("site", site)
+        except RepositoryError:
+            return None
 
     def _ensure(self, site: str, version: str, activated: str = "") -> None:
         current = self._sites.get(site)
@@ -188,7 +179,7 @@ class ModelStore:
             served = ServedSite(
                 site,
                 version,
-                self.sites_dir / site / "versions" / version,
+                self.repo.path("site", site, version),
                 self.intra_op_threads,
                 activated=activated,
             ).load()
@@ -202,11 +193,10 @@ class ModelStore:
             old = self._sites.get(site)
             self._sites[site] = served
         if old is not None:
-            metrics.MODEL_INFO.labels(site, old.version, old.loss).set(0)
-            if not metrics.MULTIPROCESS:
-                metrics.MODEL_INFO.remove(site, old.version, old.loss)
+            _forget_info(old)
             old.unload()
-        metrics.MODEL_INFO.labels(site, version, served.loss).set(1)
+        if metrics.EXPOSE_SITES:
+            metrics.MODEL_INFO.labels(site, version, served.loss).set(1)
         metrics.MODELS_LOADED.set(len(self._sites))
         log.info("site %s: serving version %s (%s)", site, version, served.loss)
 
@@ -215,21 +205,42 @@ class ModelStore:
             old = self._sites.pop(site, None)
         self._errors.pop(site, None)
         if old is not None:
-            metrics.MODEL_INFO.labels(site, old.version, old.loss).set(0)
-            if not metrics.MULTIPROCESS:
-                metrics.MODEL_INFO.remove(site, old.version, old.loss)
+            _forget_info(old)
             old.unload()
             log.info("site %s: unloaded", site)
         metrics.MODELS_LOADED.set(len(self._sites))
 
     def get(self, site: str) -> ServedSite:
-        """The served model of a site, or SiteNotFound (404)."""
+        """The served model of a site; 503 "loading" if its active version is not loaded
+        here yet (published a moment ago, or still loading at start), else 404."""
         check_site_id(site)
         with self._lock:
             served = self._sites.get(site)
         if served is None:
+            active = self._active(site)
+            if active is not None and site not in self._errors:
+                raise SiteLoading(
+                    f"site {site!r} version {active[0]} is being loaded; retry shortly",
+                    {"site": site, "version": active[0]},
+                    retry_after=max(1, round(self.watch_interval_s)),
+                )
             raise SiteNotFound(f"site {site!r} has no active model", {"site": site})
         return served
+
+    def serves(self, site: str, version: str) -> bool:
+        """Whether `version` of `site` is served here; loads it first if it is the active
+        one and the watcher has not picked it up yet."""
+        with self._lock:
+            served = self._sites.get(site)
+        if served is not None and served.version == version:
+            return True
+        active = self._active(site)
+        if active is None or active[0] != version:
+            return False
+        self.refresh_site(site)
+        with self._lock:
+            served = self._sites.get(site)
+        return served is not None and served.version == version
 
     def knows(self, site: str) -> bool:
         """Whether the site is loaded (bounds the metrics' `site` label)."""

@@ -1,19 +1,28 @@
 """Request bodies: size-limited (small ones into memory, uploads streamed to a file on
-disk) and parsed from JSON."""
+disk), inflated as a stream when they carry a Content-Encoding, and parsed from JSON.
+
+Every limit applies twice: to the bytes on the wire and to the decoded bytes, so a
+1 MB gzip body cannot inflate to gigabytes before anything looks at it.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
+import zlib
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from service.errors import BadRequest, PayloadTooLarge
+from service.errors import BadRequest, PayloadTooLarge, StorageFull, UnsupportedMediaType
+
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
 def parse_json(body: bytes, what: str = "body") -> Any:
@@ -31,6 +40,9 @@ def parse_json(body: bytes, what: str = "body") -> Any:
         pass
     try:
         return json.loads(body)
+    except RecursionError:
+        # orjson stops at 1024 levels; the standard library then runs out of stack.
+        raise BadRequest(f"{what} is nested too deeply", {"max_depth": 1024}) from None
     except ValueError as exc:
         raise BadRequest(f"{what} is not valid JSON", {"reason": str(exc)}) from None
 
@@ -44,21 +56,83 @@ def _check_declared(request: Request, limit: int) -> None:
         )
 
 
-def _too_large(limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge("request body exceeds the limit", {"limit_bytes": limit})
+def _too_large(limit: int, what: str = "request body") -> PayloadTooLarge:
+    return PayloadTooLarge(f"{what} exceeds the limit", {"limit_bytes": limit})
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing (413) as soon as it passes `limit` bytes."""
+class _Inflater:
+    """Streamed gzip/deflate decoding that never holds more than `limit` decoded bytes."""
+
+    def __init__(self, encoding: str, limit: int) -> None:
+        self.encoding = encoding
+        self.limit = limit
+        self.size = 0
+        self._z = zlib.decompressobj(_WBITS[encoding])
+
+    def feed(self, data: bytes) -> list[bytes]:
+        out: list[bytes] = []
+        try:
+            while data:
+                if self._z.eof:
+                    raise BadRequest(f"data after the end of the {self.encoding} stream")
+                piece = self._z.decompress(data, self.limit - self.size + 1)
+                self.size += len(piece)
+                if self.size > self.limit:
+                    raise _too_large(self.limit, f"decoded ({self.encoding}) body")
+                out.append(piece)
+                data = self._z.unconsumed_tail
+        except zlib.error as exc:
+            raise BadRequest(f"cannot decode {self.encoding} body", {"reason": str(exc)}) from None
+        return out
+
+    def finish(self) -> None:
+        if not self._z.eof:
+            raise BadRequest(f"{self.encoding} body is truncated")
+
+
+def _content_encoding(request: Request) -> str:
+    encoding = request.headers.get("content-encoding", "identity").strip().lower() or "identity"
+    if encoding != "identity" and encoding not in _WBITS:
+        raise UnsupportedMediaType(
+            f"unsupported content encoding {encoding!r}",
+            {"expected": ["identity", "gzip", "deflate"]},
+        )
+    return encoding
+
+
+async def body_chunks(request: Request, limit: int) -> AsyncIterator[bytes]:
+    """The body's decoded chunks; 413 once the wire or the decoded size passes `limit`."""
     _check_declared(request, limit)
-    chunks: list[bytes] = []
+    encoding = _content_encoding(request)
+    inflater = _Inflater(encoding, limit) if encoding != "identity" else None
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise _too_large(limit)
-        chunks.append(chunk)
+        if inflater is None:
+            yield chunk
+        else:
+            for piece in inflater.feed(chunk):
+                yield piece
+    if inflater is not None:
+        inflater.finish()
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole (decoded) body, refusing (413) as soon as it passes `limit` bytes."""
+    chunks = [chunk async for chunk in body_chunks(request, limit)]
     return b"".join(chunks)
+
+
+def _write(fh: BinaryIO, data: bytes) -> None:
+    """Write an upload's bytes; a full disk is the server's problem (503), not a 500."""
+    try:
+        fh.write(data)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise StorageFull("no space left for the upload; retry later") from None
+        raise
 
 
 async def stream_body_to_file(request: Request, limit: int, directory: Path) -> Path:
@@ -66,14 +140,10 @@ async def stream_body_to_file(request: Request, limit: int, directory: Path) -> 
     _check_declared(request, limit)
     fd, name = tempfile.mkstemp(suffix=".h5", dir=directory)
     path = Path(name)
-    size = 0
     try:
         with os.fdopen(fd, "wb") as fh:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise _too_large(limit)
-                fh.write(chunk)
+            async for chunk in body_chunks(request, limit):
+                _write(fh, chunk)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
@@ -126,7 +196,7 @@ async def stream_multipart(
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
         if state["is_file"]:
-            fh.write(data[start:end])
+            _write(fh, data[start:end])
         else:
             state["buf"] += data[start:end]
             if len(state["buf"]) > 4096:
@@ -148,15 +218,10 @@ async def stream_multipart(
         },
     )
     try:
-        _check_declared(request, limit)
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
+        async for chunk in body_chunks(request, limit):
             try:
                 parser.write(chunk)
-            except BadRequest:
+            except (BadRequest, StorageFull):
                 raise
             except Exception as exc:
                 raise BadRequest("malformed multipart body", {"reason": str(exc)}) from None

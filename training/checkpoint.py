@@ -2,11 +2,13 @@
 
 What a version holds:
 
-- backbone: ``backbone.pt`` (config + state dict) and ``backbone.onnx``.
-- site: ``model.onnx`` (backbone + head, what the service serves), ``head.onnx``,
+- backbone: ``backbone.pt`` (config + state dict).
+- site: ``model.onnx`` (backbone + head, what the service serves),
   ``head.pt`` (config + state dict, position normalisation included) and
-  ``backbone.pt``. The site keeps its own copy of the backbone weights because
-  ``gradual`` and ``finetune`` training change them; the manifest's ``parent``
+  ``backbone.pt``. (Separate ``backbone.onnx``/``head.onnx`` were written once and
+  never read; ``csipos export`` makes a backbone ONNX file on demand.) The site keeps
+  its own copy of the backbone weights because ``gradual`` and ``finetune`` training
+  change them; the manifest's ``parent``
   still names the backbone version it started from.
 
 ``.pt`` files hold only plain data and tensors, so they load with
@@ -22,7 +24,7 @@ from typing import Any
 
 import torch
 
-from training.export import export_backbone, export_head, export_site_model
+from training.export import export_site_model
 from training.nets import Backbone, BackboneConfig, Head, HeadConfig, SiteModel
 from training.repository import (
     ModelRepository,
@@ -91,7 +93,6 @@ def save_backbone(
 
     def write(directory: Path, version: str) -> None:
         _save_pt(ckpt, directory / "backbone.pt")
-        export_backbone(backbone, directory / "backbone.onnx", name=name, version=version)
 
     return repo.publish_backbone(
         name,
@@ -147,7 +148,6 @@ def save_site_model(
         export_site_model(
             model, directory / "model.onnx", site=site, version=version, backbone_ref=backbone_ref
         )
-        export_head(model.head, directory / "head.onnx", site=site, version=version)
         _save_pt(head_ckpt, directory / "head.pt")
         _save_pt(backbone_ckpt, directory / "backbone.pt")
 

@@ -2,9 +2,9 @@
 
 Layout (docs/architecture.md, "Model repository")::
 
-    <root>/backbones/<name>/versions/v<N>/{backbone.pt, backbone.onnx, manifest.json}
+    <root>/backbones/<name>/versions/v<N>/{backbone.pt, manifest.json}
     <root>/backbones/<name>/active.json
-    <root>/sites/<site>/versions/v<N>/{model.onnx, head.pt, head.onnx, ..., manifest.json}
+    <root>/sites/<site>/versions/v<N>/{model.onnx, head.pt, backbone.pt, manifest.json}
     <root>/sites/<site>/active.json        {"version": "v<N>", "updated": ISO time}
     <root>/repository.json                 {"default_backbone": name}  (optional)
     <root>/.locks/<kind>-<name>.lock       per-name publish lock (fcntl.flock)
@@ -86,11 +86,14 @@ class NotFound(RepositoryError, LookupError):  # noqa: N818 (names the service m
     code = "not_found"
 
 
-class Conflict(RepositoryError):  # noqa: N818 (names the service maps to HTTP)
-    """The operation clashes with the repository's current state (for callers such as the
-    service, e.g. an adaptation already running for a site)."""
+class LeaseLost(RepositoryError):  # noqa: N818 (names the service maps to HTTP)
+    """A fenced publish was refused: its writer (a job) no longer owns its lease."""
 
-    code = "conflict"
+    code = "lease_lost"
+
+
+Fence = Callable[[], contextlib.AbstractContextManager[None]]
+"""A check entered under the publish lock around the commit; it raises to refuse it."""
 
 
 def check_name(name: str, what: str = "name") -> str:
@@ -207,10 +210,17 @@ def _json_safe(value: Mapping[str, Any] | None, field: str) -> dict[str, Any]:
 
 
 class ModelRepository:
-    """Versioned, atomically written store of backbones and site models under ``root``."""
+    """Versioned, atomically written store of backbones and site models under ``root``.
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    ``fence``, if given, is entered under the publish lock around each publish's commit
+    (the rename into ``versions/`` and the activation); it raises (e.g. `LeaseLost`) to
+    refuse the publish. A service job passes its lease check here, so a job that was
+    declared dead while it trained can never publish.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, fence: Fence | None = None) -> None:
         self.root = Path(root)
+        self._fence = fence
 
     # ------------------------------------------------------------------ paths
     def _name_dir(self, kind: str, name: str) -> Path:
@@ -277,6 +287,26 @@ class ModelRepository:
         if not isinstance(version, str) or not _VERSION_PATTERN.fullmatch(version):
             raise RepositoryError(f"{path}: malformed active pointer {data!r}")
         return version
+
+    def active_pointer(self, kind: str, name: str) -> tuple[str, str] | None:
+        """(active version, its ``updated`` stamp), or None if none is active or the
+        pointer is unreadable (readers such as the service poll this and must not fail).
+
+        The stamp tells a name that was deleted and published again (its versions
+        restart at v1) from the one a reader already loaded.
+        """
+        path = self._name_dir(kind, name) / ACTIVE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("unreadable %s: %s", path, exc)
+            return None
+        version = data.get("version") if isinstance(data, dict) else None
+        if not isinstance(version, str) or not _VERSION_PATTERN.fullmatch(version):
+            return None
+        return version, str(data.get("updated", ""))
 
     def resolve(self, kind: str, name: str, version: str | None = None) -> str:
         """``version`` if it exists, or the active version when None; else raise `NotFound`."""
@@ -451,13 +481,14 @@ class ModelRepository:
                 text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
                 _write_file_synced(tmp / MANIFEST, text.encode())
                 _fsync(tmp)
-                tmp.rename(versions_dir / version)
+                with self._fence() if self._fence else contextlib.nullcontext():
+                    tmp.rename(versions_dir / version)
+                    _fsync(versions_dir)
+                    if activate:
+                        self._write_active(name_dir, version)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            _fsync(versions_dir)
-            if activate:
-                self._write_active(name_dir, version)
         log.info("published %s %s %s%s", kind, name, version, " (active)" if activate else "")
         return version
 

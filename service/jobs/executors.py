@@ -4,30 +4,23 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import threading
 from concurrent.futures import Future, ProcessPoolExecutor
-from typing import Protocol
 
 from service.config import Settings
 from service.jobs.records import JobRecord, JobStore
-from service.jobs.task import run_adapt_job
+from service.jobs.task import die_with_parent, run_adapt_job, run_rq_job
 
 log = logging.getLogger("csipos.service.jobs")
 
 
-class Executor(Protocol):
-    name: str
-
-    def submit(self, record: JobRecord) -> None: ...
-
-    def reconcile(self, record: JobRecord) -> None:
-        """Mark the record failed if the executor knows the job died."""
-
-    def close(self) -> None: ...
-
-
 class LocalExecutor:
-    """A `spawn` process pool: training never shares the API's interpreter or event loop."""
+    """A `spawn` process pool: training never shares the API's interpreter or event loop.
+
+    Its workers die with the API process (`die_with_parent`) and are terminated when the
+    API shuts down, so no orphan trains on after its owner is gone.
+    """
 
     name = "local"
 
@@ -43,6 +36,8 @@ class LocalExecutor:
                 self._pool = ProcessPoolExecutor(
                     max_workers=self._settings.max_concurrent_jobs,
                     mp_context=multiprocessing.get_context("spawn"),
+                    initializer=die_with_parent,
+                    initargs=(os.getpid(),),
                 )
             return self._pool
 
@@ -58,6 +53,9 @@ class LocalExecutor:
         future.add_done_callback(lambda f: self._done(job_id, f))
 
     def _done(self, job_id: str, future: Future[str]) -> None:
+        if future.cancelled():
+            self._store.fail_if_open(job_id, "the service stopped before the job ran")
+            return
         exc = future.exception()
         if exc is None:
             return
@@ -75,10 +73,20 @@ class LocalExecutor:
         return None
 
     def close(self) -> None:
+        """Stop the pool and its workers (a running job is failed by `_done`)."""
         with self._lock:
-            if self._pool is not None:
-                self._pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = None
+            pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        processes = list(getattr(pool, "_processes", {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in processes:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
 
 
 class RQExecutor:
@@ -98,7 +106,7 @@ class RQExecutor:
 
     def submit(self, record: JobRecord) -> None:
         self._queue.enqueue(
-            run_adapt_job,
+            run_rq_job,
             str(self._settings.job_dir.resolve()),
             record.id,
             str(self._settings.model_dir.resolve()),

@@ -5,20 +5,13 @@ from __future__ import annotations
 import os
 import socket
 import time
+from pathlib import Path
 
-import numpy as np
-
+from service.adaptation import AdaptOptions
 from service.config import Settings
 from service.errors import Conflict, JobNotFound, TooManyJobs
 from service.jobs.executors import LocalExecutor, RQExecutor, make_executor
-from service.jobs.records import (
-    TERMINAL,
-    AdaptOptions,
-    JobRecord,
-    JobStore,
-    TrainBudget,
-    new_job_id,
-)
+from service.jobs.records import TERMINAL, JobRecord, JobStore, TrainBudget, new_job_id
 
 _OWNER = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -41,29 +34,33 @@ class JobManager:
         self.store = JobStore(settings.job_dir)
         self.executor: LocalExecutor | RQExecutor = make_executor(settings, self.store)
 
-    def submit(
-        self,
-        site: str,
-        options: AdaptOptions,
-        csi: np.ndarray,
-        pos: np.ndarray,
-        extra: dict[str, np.ndarray] | None = None,
-    ) -> JobRecord:
-        """Queue one job after the policy checks; the data must already be validated."""
+    def open_jobs(self) -> list[JobRecord]:
+        """Jobs queued or running (after noticing the ones whose worker died)."""
+        return [r for r in self.store.all() if self._check(r).state not in TERMINAL]
+
+    def check_accepting(self, site: str) -> None:
+        """The busy-site rule (409) and the global limit (429), without side effects."""
+        open_jobs = self.open_jobs()
+        same = [r.id for r in open_jobs if r.site == site]
+        if same:
+            raise Conflict(
+                f"site {site!r} already has an adaptation job in progress",
+                {"job_id": same[0], "url": f"/jobs/{same[0]}"},
+                retry_after=30,
+            )
+        if len(open_jobs) >= self.settings.max_concurrent_jobs:
+            raise TooManyJobs(
+                "too many adaptation jobs in progress; retry later",
+                {"limit": self.settings.max_concurrent_jobs, "in_progress": len(open_jobs)},
+                retry_after=30,
+            )
+
+    def submit(self, site: str, options: AdaptOptions, data_file: Path, samples: int) -> JobRecord:
+        """Queue one job after the policy checks; `data_file` is validated job data
+        (`service.adaptation`), moved into the job's folder."""
         # The flock makes the check-then-create atomic across API processes on this host.
         with self.store.locked():
-            open_jobs = [r for r in self.store.all() if self._check(r).state not in TERMINAL]
-            same = [r.id for r in open_jobs if r.site == site]
-            if same:
-                raise Conflict(
-                    f"site {site!r} already has an adaptation job in progress",
-                    {"job_id": same[0], "url": f"/jobs/{same[0]}"},
-                )
-            if len(open_jobs) >= self.settings.max_concurrent_jobs:
-                raise TooManyJobs(
-                    "too many adaptation jobs in progress; retry later",
-                    {"limit": self.settings.max_concurrent_jobs, "in_progress": len(open_jobs)},
-                )
+            self.check_accepting(site)
             record = JobRecord(
                 id=new_job_id(),
                 site=site,
@@ -76,14 +73,13 @@ class JobManager:
                     batch_size=self.settings.adapt_batch_size,
                     threads=self.settings.adapt_thread_count,
                 ),
-                samples=int(csi.shape[0]),
+                samples=samples,
                 created=time.time(),
                 executor="rq" if isinstance(self.executor, RQExecutor) else "local",
                 owner=_OWNER,
             )
             self.store.job_dir(record.id).mkdir(parents=True)
-            arrays: dict[str, np.ndarray] = {"csi": csi, "pos": pos, **(extra or {})}
-            np.savez(self.store.data_path(record.id), **arrays)  # type: ignore[arg-type]
+            data_file.replace(self.store.data_path(record.id))
             self.store.write(record)
         try:
             self.executor.submit(record)

@@ -4,6 +4,12 @@ The API process creates a record; the process that runs the job (a process-pool 
 or an RQ worker, possibly on another host sharing the directory) updates it. Writes are
 atomic (temp file, fsync, `os.replace`) under a per-job `flock`, so a reader never sees
 half a record and two writers never lose each other's fields.
+
+Fencing: a run claims the queued job and gets a lease, the job id plus a fresh attempt
+token. Its heartbeats, progress, final state and its publish (`JobStore.lease`, entered
+under the repository's lock) only happen while the record still says `running` with that
+token. A job declared dead (stale heartbeat, owner gone) is `failed` for good: a worker
+that was only stalled cannot publish or turn it `succeeded` later.
 """
 
 from __future__ import annotations
@@ -19,29 +25,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from training.config import REF_PATTERN, TargetMode, TrainConfig
-from training.repository import atomic_write_bytes
+from service.adaptation import AdaptOptions
+from training.config import TrainConfig
+from training.repository import LeaseLost, atomic_write_bytes
 
 _TRAIN = TrainConfig()
 
 JobState = Literal["queued", "running", "succeeded", "failed"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed"})
-
-
-class AdaptOptions(BaseModel):
-    """What the adaptation should do (the request's options)."""
-
-    mode: TargetMode = "auto"
-    """auto (trains finetune, gradual and head; keeps the best on validation), finetune,
-    gradual, gradual-paper or head (see `training.transfer`)."""
-    loss: Literal["nll", "mse"] = "nll"
-    val_fraction: float = Field(0.2, gt=0.0, lt=0.9)
-    seed: int = Field(0, ge=0)
-    activate: bool = True
-    backbone: str | None = Field(None, pattern=REF_PATTERN.pattern)
-    """A backbone `name` (its active version) or `name:vN`; unset: the default backbone."""
-    calibrate_sigma: bool = True
-    """nll: scale sigma to fit the validation errors after training (`training.calibration`)."""
 
 
 class TrainBudget(BaseModel):
@@ -106,6 +97,8 @@ class JobRecord(BaseModel):
     owner: str = ""
     """`host:pid` of the API process that queued it (local jobs die with it)."""
     worker_pid: int | None = None
+    attempt: str | None = None
+    """The lease token of the run that claimed the job (see the module docstring)."""
 
 
 def new_job_id() -> str:
@@ -125,7 +118,7 @@ class JobStore:
         return self.root / job_id
 
     def data_path(self, job_id: str) -> Path:
-        return self.job_dir(job_id) / "data.npz"
+        return self.job_dir(job_id) / "data.h5"
 
     @contextlib.contextmanager
     def locked(self, name: str = ".store") -> Iterator[None]:
@@ -149,17 +142,56 @@ class JobStore:
             return None
         return JobRecord.model_validate_json(text)
 
-    def update(self, job_id: str, **fields: Any) -> JobRecord:
-        """Read-modify-write under the job's lock; returns the new record."""
+    def claim(self, job_id: str, worker_pid: int) -> tuple[JobRecord, str] | None:
+        """Start a queued job: `running` with a fresh lease token; None unless it was queued."""
         with self.locked(f"job-{job_id}"):
             record = self.get(job_id)
-            if record is None:
-                raise KeyError(job_id)
+            if record is None or record.state != "queued":
+                return None
+            now = time.time()
+            token = uuid.uuid4().hex
+            new = record.model_copy(
+                update={
+                    "state": "running",
+                    "started": now,
+                    "heartbeat": now,
+                    "worker_pid": worker_pid,
+                    "attempt": token,
+                }
+            )
+            self.write(new)
+            return new, token
+
+    def _holds(self, record: JobRecord | None, token: str) -> bool:
+        return record is not None and record.state == "running" and record.attempt == token
+
+    def update_leased(self, job_id: str, token: str, **fields: Any) -> JobRecord | None:
+        """Read-modify-write under the job's lock, only while the run with lease `token`
+        still owns the job (so never after it was declared failed); else None."""
+        with self.locked(f"job-{job_id}"):
+            record = self.get(job_id)
+            if not self._holds(record, token):
+                return None
+            assert record is not None
             data = record.model_dump()
             data.update(fields)
             new = JobRecord.model_validate(data)
             self.write(new)
             return new
+
+    @contextlib.contextmanager
+    def lease(self, job_id: str, token: str) -> Iterator[None]:
+        """Hold the job's lock while the run with `token` owns the job; else `LeaseLost`.
+
+        The model repository enters this under its own lock around the commit of a
+        publish, so the job cannot be declared dead between the check and the commit.
+        """
+        with self.locked(f"job-{job_id}"):
+            record = self.get(job_id)
+            if not self._holds(record, token):
+                state = record.state if record else "missing"
+                raise LeaseLost(f"job {job_id} no longer owns its lease (state {state})")
+            yield
 
     def fail_if_open(self, job_id: str, reason: str) -> None:
         """Mark failed unless it already finished (the worker's own word wins)."""

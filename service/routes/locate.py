@@ -20,10 +20,14 @@ from service.config import Settings
 from service.deps import authorize
 from service.errors import BadRequest, InvalidInput, UnsupportedMediaType
 from service.positioning import Positioner, Prediction, as_csi_batch, ellipse
+from service.schemas import LocateResponse
 from service.uploads import parse_json, read_body
+from training.repository import NAME_PATTERN
 
 router = APIRouter(tags=["locate"])
 _INLINE_PARSE_BYTES = 64 * 1024
+SITE_PATTERN = NAME_PATTERN.pattern
+NPY_DTYPES = (np.dtype("<f4"), np.dtype(">f4"), np.dtype("<f8"), np.dtype(">f8"))
 
 NO_SIGMA_NOTE = (
     "this site's model was trained with MSE loss and predicts no uncertainty; "
@@ -31,12 +35,13 @@ NO_SIGMA_NOTE = (
 )
 
 _OPENAPI: dict[str, Any] = {
+    "security": [{"bearer": []}],
     "parameters": [
         {
             "name": "site",
             "in": "query",
             "required": False,
-            "schema": {"type": "string"},
+            "schema": {"type": "string", "pattern": SITE_PATTERN},
             "description": "Site id (required for application/x-npy).",
         },
         {
@@ -55,7 +60,7 @@ _OPENAPI: dict[str, Any] = {
                     "type": "object",
                     "required": ["site", "csi"],
                     "properties": {
-                        "site": {"type": "string"},
+                        "site": {"type": "string", "pattern": SITE_PATTERN},
                         "csi": {"description": "[8][103][2] or [B][8][103][2] floats"},
                         "ellipse_confidence": {
                             "type": "number",
@@ -107,13 +112,20 @@ def positions_json(pred: Prediction, confidence: float | None) -> dict[str, Any]
 
 
 def parse_npy(body: bytes) -> np.ndarray:
-    """An array from `.npy` bytes (no pickles)."""
+    """An array from `.npy` bytes (no pickles), real float32 or float64 only: a complex
+    array would lose its imaginary part in the cast, a bool one means a client bug."""
     try:
-        return np.load(io.BytesIO(body), allow_pickle=False)  # type: ignore[no-any-return]
+        arr: np.ndarray = np.load(io.BytesIO(body), allow_pickle=False)
     except Exception as exc:
         raise BadRequest(
             "body is not a valid .npy array", {"reason": str(exc), "expected": "numpy.save output"}
         ) from None
+    if arr.dtype not in NPY_DTYPES:
+        raise InvalidInput(
+            f"npy array has dtype {arr.dtype}, expected float32 or float64",
+            {"expected": ["float32", "float64"], "got": str(arr.dtype)},
+        )
+    return arr
 
 
 def _query_confidence(value: str | None) -> float | None:
@@ -133,7 +145,7 @@ def _query_confidence(value: str | None) -> float | None:
     "/locate",
     openapi_extra=_OPENAPI,
     response_class=Response,
-    responses={200: {"content": {"application/json": {}}}},
+    responses={200: {"model": LocateResponse}},
 )
 async def locate(request: Request) -> Response:
     """Positions (metres) and 1-sigma uncertainties for one fingerprint or a batch."""

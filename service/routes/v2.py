@@ -7,8 +7,6 @@ bytes followed by raw little-endian tensor bytes, so Triton/KServe clients work 
 
 from __future__ import annotations
 
-import gzip
-import zlib
 from typing import Any
 
 import orjson
@@ -61,24 +59,6 @@ async def model_ready(
 ) -> dict[str, Any]:
     served = dataplane.served(store, site, version)
     return {"name": site, "ready": served.loaded}
-
-
-def _decode(request: Request, body: bytes, limit: int) -> bytes:
-    encoding = request.headers.get("content-encoding", "identity").lower()
-    try:
-        if encoding == "gzip":
-            out = gzip.decompress(body)
-        elif encoding == "deflate":
-            out = zlib.decompress(body)
-        elif encoding == "identity":
-            return body
-        else:
-            raise BadRequest(f"unsupported content encoding {encoding!r}")
-    except (OSError, zlib.error) as exc:
-        raise BadRequest(f"cannot decode {encoding} body", {"reason": str(exc)}) from None
-    if len(out) > limit:
-        raise InvalidInput("decompressed body exceeds the limit", {"limit_bytes": limit})
-    return out
 
 
 def _header_and_binary(request: Request, body: bytes) -> tuple[bytes, bytes]:
@@ -148,8 +128,7 @@ async def infer(site: str, request: Request, version: str | None = None) -> Resp
     positioner: Positioner = request.app.state.positioner
     authorize(request, settings, "locate")
     served = dataplane.served(positioner.store, site, version)
-    raw = await read_body(request, settings.max_body_bytes)
-    body = _decode(request, raw, settings.max_body_bytes)
+    body = await read_body(request, settings.max_body_bytes)  # inflated, capped: uploads.py
     head, binary = _header_and_binary(request, body)
     if len(body) > _INLINE_PARSE_BYTES:  # big batches parse off the event loop
         doc, csi = await run_in_threadpool(_parse, head, binary, settings.max_batch)

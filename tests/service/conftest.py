@@ -91,7 +91,13 @@ def client(settings: Settings) -> Iterator[TestClient]:
 class Server:
     """A real `csipos serve` process on loopback."""
 
-    def __init__(self, env: dict[str, str], workers: int = 1, args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        workers: int = 1,
+        args: Sequence[str] = (),
+        preexec: Callable[[], None] | None = None,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {**os.environ, **env, "PYTHONPATH": str(REPO_ROOT)}
@@ -113,6 +119,7 @@ class Server:
             cwd=REPO_ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            preexec_fn=preexec,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -145,9 +152,10 @@ def start_server(repo: ModelRepository, tmp_path: Path) -> Iterator[Callable[...
         workers: int = 1,
         env: dict[str, str] | None = None,
         args: Sequence[str] = (),
+        preexec: Callable[[], None] | None = None,
         **extra: Any,
     ) -> Server:
-        s = Server({**settings_env(repo, tmp_path, **extra), **(env or {})}, workers, args)
+        s = Server({**settings_env(repo, tmp_path, **extra), **(env or {})}, workers, args, preexec)
         servers.append(s)
         return s
 

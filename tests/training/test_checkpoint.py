@@ -35,10 +35,8 @@ def test_backbone_round_trip(tmp_path: Path) -> None:
     assert version == "v1"
     assert _same_weights(load_backbone(repo, "meml"), backbone)
     manifest = repo.manifest("backbone", "meml", "v1")
-    assert set(manifest["files"]) == {"backbone.pt", "backbone.onnx"}
+    assert set(manifest["files"]) == {"backbone.pt"}
     assert manifest["config"] == {"envs": ["a", "b"]} and manifest["loss"] == "nll"
-    meta = read_model_metadata(repo.path("backbone", "meml") / "backbone.onnx")
-    assert meta["name"] == "meml" and meta["version"] == "v1"
     # A non-default size survives the round trip through the stored config.
     small = Backbone(BackboneConfig(block_channels=((4, 4), (4, 4)), features=16), seed=2)
     assert save_backbone(repo, "meml", small, loss="mse", activate=False) == "v2"
@@ -59,7 +57,7 @@ def test_site_model_round_trip_and_served_onnx(tmp_path: Path, loss: str) -> Non
     assert _same_weights(loaded, model) and loaded.loss == loss and not loaded.training
     assert not _same_weights(load_site_model(repo, "lab"), model)  # active is v2
     manifest = repo.manifest("site", "lab", "v1")
-    assert set(manifest["files"]) == {"model.onnx", "head.onnx", "head.pt", "backbone.pt"}
+    assert set(manifest["files"]) == {"model.onnx", "head.pt", "backbone.pt"}
     assert manifest["parent"] == {"backbone": "meml", "version": "v1"}
     assert manifest["loss"] == loss and manifest["data_fingerprint"] == "0" * 64
 

@@ -241,12 +241,3 @@ def generate(
             report.environments.append(env_report)
     report.wall_s = time.perf_counter() - started
     return report
-
-
-def generate_many(
-    scenes: Sequence[SceneSpec],
-    out: str | Path,
-    **kwargs: Any,
-) -> list[GenerationReport]:
-    """`generate` for several scenes into one file (same options for each)."""
-    return [generate(spec, out, **kwargs) for spec in scenes]

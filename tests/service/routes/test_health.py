@@ -33,12 +33,19 @@ def test_unexpected_error_is_500_without_traceback(client: TestClient) -> None:
 
     client.app.state.store.get = boom  # type: ignore[attr-defined]
     r = client.post(
-        "/locate", json={"site": "lab-nll", "csi": csi_batch(1).tolist()}, headers=LOCATE
+        "/locate",
+        json={"site": "lab-nll", "csi": csi_batch(1).tolist()},
+        headers={**LOCATE, "X-Request-ID": "req-42"},
     )
     assert r.status_code == 500
     assert r.json() == {
-        "error": {"code": "internal_error", "message": "internal server error", "detail": None}
+        "error": {
+            "code": "internal_error",
+            "message": "internal server error",
+            "detail": {"request_id": "req-42"},
+        }
     }
+    assert r.headers["x-request-id"] == "req-42"
 
 
 def test_metrics_exposition(client: TestClient, tmp_path: object) -> None:

@@ -1,0 +1,410 @@
+"""The service side of adaptation: options, upload parsing, validation and the busy-site
+rule, so that `POST /sites/{id}/adapt` is a thin transport.
+
+An upload is untrusted HDF5, so it is inspected before a byte of data is read:
+external storage, external links and virtual datasets (which read other files, even
+server files such as /dev/zero), unknown filters and oversized chunks are refused with
+a 422 that names the dataset; the sample count and the decoded size are capped (413)
+from the shapes alone. The data are then read, validated and copied in small batches
+into a compressed HDF5 file for the job, so the peak memory does not grow with the
+upload (a 1.4 MB gzip file can hold 200k fingerprints, 1.3 GB decoded).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import h5py
+import numpy as np
+from pydantic import BaseModel, Field, ValidationError
+
+from service.errors import InvalidInput, PayloadTooLarge, ServiceError, StorageFull
+from training.config import REF_PATTERN, TargetMode
+from training.data.fingerprints import (
+    EnvironmentMeta,
+    EnvironmentWriter,
+    Fingerprints,
+    LazyEnvironment,
+    list_environments,
+)
+from training.data.schema import SchemaError
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+
+    from service.config import Settings
+    from service.jobs.manager import JobManager
+    from service.jobs.records import JobRecord
+
+JOB_DATA_ENV = "data"
+"""The environment (group) name of a job's training data file."""
+
+_ALLOWED_FILTERS = {
+    h5py.h5z.FILTER_DEFLATE: "gzip",
+    h5py.h5z.FILTER_SHUFFLE: "shuffle",
+    h5py.h5z.FILTER_FLETCHER32: "fletcher32",
+    32000: "lzf",
+}
+_MAX_CHUNK_BYTES = 16 * 1024 * 1024
+"""A chunk is inflated whole to read any row of it: this bounds that one allocation."""
+_COPY_BATCH = 1024
+"""Samples per batch of the validating copy (~6.7 MB of CSI)."""
+_READ_CACHE_BYTES = 8 * 1024 * 1024
+
+
+class AdaptOptions(BaseModel):
+    """What the adaptation should do (the request's options); validated here only."""
+
+    mode: TargetMode = "auto"
+    """auto (trains finetune, gradual and head; keeps the best on validation), finetune,
+    gradual, gradual-paper or head (see `training.transfer`)."""
+    loss: Literal["nll", "mse"] = "nll"
+    val_fraction: float = Field(0.2, gt=0.0, lt=0.9)
+    seed: int = Field(0, ge=0)
+    activate: bool = True
+    backbone: str | None = Field(None, pattern=REF_PATTERN.pattern)
+    """A backbone `name` (its active version) or `name:vN`; unset: the default backbone."""
+    calibrate_sigma: bool = True
+    """nll: scale sigma to fit the validation errors after training (`training.calibration`)."""
+
+
+def parse_options(raw: dict[str, Any]) -> AdaptOptions:
+    """The request's options, or 422 naming each bad field."""
+    try:
+        return AdaptOptions.model_validate(raw)
+    except ValidationError as exc:
+        detail = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
+        raise InvalidInput("invalid adaptation options", detail) from None
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """What an upload may hold (from the settings)."""
+
+    min_samples: int
+    max_samples: int
+    max_decoded_bytes: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> UploadLimits:
+        return cls(
+            settings.min_adapt_samples,
+            settings.max_adapt_samples,
+            settings.max_upload_decoded_bytes,
+        )
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """A job's validated training data, a compressed HDF5 file ready to hand to a job."""
+
+    path: Path
+    samples: int
+
+
+def _schema_error(exc: SchemaError, source: str) -> InvalidInput:
+    # The message names "upload", never the server's temp path.
+    return InvalidInput(
+        f"{source}: group '{exc.group}', field '{exc.field}': {exc.problem}",
+        {"group": exc.group, "field": exc.field, "problem": exc.problem},
+    )
+
+
+def _unreadable(exc: BaseException, path: Path, dataset: str | None = None) -> InvalidInput:
+    reason = str(exc).replace(str(path), "upload").replace(str(path.parent), "<uploads>")
+    reason = reason or type(exc).__name__
+    where = f" (dataset {dataset!r})" if dataset else ""
+    return InvalidInput(
+        f"upload is not a readable HDF5 fingerprint file{where}",
+        {"reason": reason, "dataset": dataset},
+    )
+
+
+def _refuse(name: str, problem: str) -> InvalidInput:
+    return InvalidInput(
+        f"upload: dataset '{name}': {problem}", {"dataset": name, "problem": problem}
+    )
+
+
+def _check_dataset(name: str, dset: h5py.Dataset) -> None:
+    """Refuse what reads outside the file or inflates without bound."""
+    if dset.external:
+        raise _refuse(name, "external storage (data in other files) is not accepted")
+    if dset.is_virtual:
+        raise _refuse(name, "virtual datasets (data in other files) are not accepted")
+    plist = dset.id.get_create_plist()
+    for i in range(plist.get_nfilters()):
+        code = plist.get_filter(i)[0]
+        if code not in _ALLOWED_FILTERS:
+            raise _refuse(
+                name,
+                f"filter {code} is not accepted; use one of {sorted(_ALLOWED_FILTERS.values())}",
+            )
+    if dset.chunks is not None:
+        chunk_bytes = math.prod(dset.chunks) * dset.dtype.itemsize
+        if chunk_bytes > _MAX_CHUNK_BYTES:
+            raise _refuse(
+                name, f"chunks of {chunk_bytes} bytes; at most {_MAX_CHUNK_BYTES} are accepted"
+            )
+
+
+def inspect_h5(path: Path) -> None:
+    """Check every link and dataset of an uploaded file before any data is read."""
+    try:
+        with h5py.File(path, "r") as f:
+            links: list[tuple[str, Any]] = []
+            f.visititems_links(lambda name, link: links.append((name, link)))
+            for name, link in links:
+                if isinstance(link, h5py.ExternalLink):
+                    raise _refuse(name, "external links (to other files) are not accepted")
+            datasets: list[tuple[str, h5py.Dataset]] = []
+            for name, link in links:
+                if isinstance(link, h5py.HardLink):
+                    obj = f.get(name)
+                    if isinstance(obj, h5py.Dataset):
+                        datasets.append((name, obj))
+            for name, dset in datasets:
+                _check_dataset(name, dset)
+    except ServiceError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError, UnicodeDecodeError) as exc:
+        raise _unreadable(exc, path) from None
+
+
+def _check_size(lazy: LazyEnvironment, env: str, limits: UploadLimits) -> None:
+    n = len(lazy)
+    if n > limits.max_samples:
+        raise PayloadTooLarge(
+            f"upload holds {n} fingerprints; at most {limits.max_samples} are accepted",
+            {"max_samples": limits.max_samples, "got": n},
+        )
+    decoded = 0
+    group = lazy._handle()[env]
+    for name in ("csi", "pos", "los", "snr_db"):
+        if name in group:
+            dset = group[name]
+            decoded += math.prod(dset.shape) * dset.dtype.itemsize
+    if decoded > limits.max_decoded_bytes:
+        raise PayloadTooLarge(
+            f"upload decodes to {decoded} bytes; at most {limits.max_decoded_bytes} are accepted",
+            {"max_decoded_bytes": limits.max_decoded_bytes, "got": decoded},
+        )
+    if n < limits.min_samples:
+        raise InvalidInput(
+            f"{n} labelled fingerprints; adaptation needs at least {limits.min_samples}",
+            {"min_samples": limits.min_samples, "got": n},
+        )
+
+
+@contextlib.contextmanager
+def _storage_errors() -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or "No space" in str(exc):
+            raise StorageFull("no space left for the job's data; retry later") from None
+        raise
+
+
+def _new_data_file(directory: Path) -> Path:
+    fd, name = tempfile.mkstemp(prefix=".job-data-", suffix=".h5", dir=directory)
+    os.close(fd)
+    path = Path(name)
+    path.unlink()  # EnvironmentWriter creates the file with the schema's root attributes
+    return path
+
+
+def prepare_h5(path: Path, env: str | None, limits: UploadLimits, directory: Path) -> PreparedData:
+    """Inspect, size-check, then validate and copy an uploaded file in batches."""
+    inspect_h5(path)
+    try:
+        envs = list_environments(path)
+    except SchemaError as exc:
+        raise _schema_error(exc, "upload") from None
+    except (OSError, ValueError, KeyError, RuntimeError, UnicodeDecodeError) as exc:
+        raise _unreadable(exc, path) from None
+    if env is None:
+        if len(envs) != 1:
+            raise InvalidInput(
+                f"upload holds {len(envs)} environments; name one with the 'env' field",
+                {"environments": envs},
+            )
+        env = envs[0]
+    if env not in envs:
+        raise InvalidInput(f"no environment {env!r} in the upload", {"environments": envs})
+    out = _new_data_file(directory)
+    dataset = f"{env}/csi"
+    try:
+        with LazyEnvironment(path, env, cache_bytes=_READ_CACHE_BYTES) as lazy:
+            _check_size(lazy, env, limits)
+            with (
+                _storage_errors(),
+                EnvironmentWriter(out, JOB_DATA_ENV, lazy.meta) as writer,
+            ):
+                for batch in lazy.iter_batches(_COPY_BATCH):
+                    writer.append(batch)
+            return PreparedData(out, writer.count)
+    except SchemaError as exc:
+        out.unlink(missing_ok=True)
+        raise _schema_error(exc, "upload") from None
+    except ServiceError:
+        out.unlink(missing_ok=True)
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError, UnicodeDecodeError) as exc:
+        out.unlink(missing_ok=True)
+        raise _unreadable(exc, path, dataset) from None
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+
+
+def prepare_json(
+    doc: Any, limits: UploadLimits, directory: Path
+) -> tuple[PreparedData, AdaptOptions]:
+    """A JSON adapt body `{"csi", "pos", "options"}`, validated and written for the job."""
+    if not isinstance(doc, dict) or "csi" not in doc or "pos" not in doc:
+        raise InvalidInput(
+            "JSON body must be an object with 'csi' [M][8][103][2] and 'pos' [M][2]",
+            {"expected": {"csi": "[M][8][103][2]", "pos": "[M][2]", "options": {}}},
+        )
+    options = doc.get("options") or {}
+    if not isinstance(options, dict):
+        raise InvalidInput("options must be an object", {"got": type(options).__name__})
+    parsed = parse_options(options)
+    try:
+        csi = np.asarray(doc["csi"], dtype=np.float32)
+        pos = np.asarray(doc["pos"], dtype=np.float32)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise InvalidInput(
+            "csi and pos must be numeric arrays", {"reason": str(exc).split("\n")[0]}
+        ) from None
+    data = Fingerprints(csi=csi, pos=pos)
+    try:
+        data.validate("request", "json")
+    except SchemaError as exc:
+        raise _schema_error(exc, "request") from None
+    n = len(data)
+    if n > limits.max_samples:
+        raise PayloadTooLarge(
+            f"request holds {n} fingerprints; at most {limits.max_samples} are accepted",
+            {"max_samples": limits.max_samples, "got": n},
+        )
+    if n < limits.min_samples:
+        raise InvalidInput(
+            f"{n} labelled fingerprints; adaptation needs at least {limits.min_samples}",
+            {"min_samples": limits.min_samples, "got": n},
+        )
+    out = _new_data_file(directory)
+    try:
+        with (
+            _storage_errors(),
+            EnvironmentWriter(out, JOB_DATA_ENV, EnvironmentMeta(description="adapt request")) as w,
+        ):
+            w.append(data)
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+    return PreparedData(out, n), parsed
+
+
+def load_job_data(path: Path) -> Fingerprints:
+    """A job's training data (written by `prepare_h5` / `prepare_json`), in memory."""
+    with LazyEnvironment(path, JOB_DATA_ENV) as lazy:
+        return lazy.read(slice(None))
+
+
+UPLOAD_TYPES = ("multipart/form-data", "application/x-hdf5", "application/octet-stream")
+
+_OPTION_FIELDS = {name: {"type": "string"} for name in AdaptOptions.model_fields}
+OPENAPI_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["csi", "pos"],
+                    "properties": {
+                        "csi": {"type": "array", "description": "[M][8][103][2] floats"},
+                        "pos": {"type": "array", "description": "[M][2] metres"},
+                        "options": AdaptOptions.model_json_schema(),
+                    },
+                }
+            },
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["data"],
+                    "properties": {
+                        "data": {"type": "string", "format": "binary"},
+                        "env": {"type": "string"},
+                        **_OPTION_FIELDS,
+                    },
+                }
+            },
+            "application/x-hdf5": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+async def accept(request: Request, site: str, settings: Settings, jobs: JobManager) -> JobRecord:
+    """Validate an adapt request completely, then queue its job (the route's whole work).
+
+    The busy-site and global-limit rules are checked first, before the body is read, so a
+    refused upload costs nothing; `JobManager.submit` checks them again under its lock.
+    """
+    from starlette.concurrency import run_in_threadpool
+
+    from service.errors import UnsupportedMediaType
+    from service.uploads import parse_json, read_body, stream_body_to_file, stream_multipart
+
+    await run_in_threadpool(jobs.check_accepting, site)
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    limits = UploadLimits.of(settings)
+    upload_dir = settings.job_dir / "uploads"
+    upload_dir.mkdir(parents=True, exist_ok=True)
+    path: Path | None = None
+    prepared: PreparedData | None = None
+    try:
+        if ctype == "multipart/form-data":
+            path, fields = await stream_multipart(request, settings.max_upload_bytes, upload_dir)
+            if path is None:
+                raise InvalidInput("multipart form has no 'data' file part (the HDF5 file)")
+            env = fields.pop("env", None)
+            options = parse_options(fields)
+            prepared = await run_in_threadpool(prepare_h5, path, env, limits, upload_dir)
+        elif ctype in ("application/x-hdf5", "application/octet-stream"):
+            path = await stream_body_to_file(request, settings.max_upload_bytes, upload_dir)
+            query = dict(request.query_params)
+            env = query.pop("env", None)
+            options = parse_options(query)
+            prepared = await run_in_threadpool(prepare_h5, path, env, limits, upload_dir)
+        elif ctype == "application/json":
+            body = await read_body(request, settings.max_body_bytes)
+            doc = await run_in_threadpool(parse_json, body)
+            prepared, options = await run_in_threadpool(prepare_json, doc, limits, upload_dir)
+        else:
+            raise UnsupportedMediaType(
+                f"unsupported content type {ctype or '(none)'!r}",
+                {"expected": [*UPLOAD_TYPES[:2], "application/json"]},
+            )
+        assert prepared is not None
+        data = prepared
+        record: JobRecord = await run_in_threadpool(
+            jobs.submit, site, options, data.path, data.samples
+        )
+        return record
+    finally:
+        if path is not None:
+            path.unlink(missing_ok=True)
+        if prepared is not None:
+            prepared.path.unlink(missing_ok=True)  # gone already if the job took it
