@@ -76,9 +76,9 @@ def test_a_job_declared_dead_cannot_publish_or_succeed(tmp_path: Path) -> None:
 def test_stalled_worker_is_fenced_after_it_is_declared_dead(
     make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("FAKE_EPOCHS", "12")
+    monkeypatch.setenv("FAKE_EPOCHS", "30")
     monkeypatch.setenv("FAKE_EPOCH_S", "0.25")
-    with TestClient(create_app(make_settings(job_stale_after_s=2))) as c:
+    with TestClient(create_app(make_settings(job_stale_after_s=5))) as c:
         job_id = c.post("/sites/lab-nll/adapt", json=_doc(), headers=ADMIN).json()["job_id"]
 
         def started() -> bool:
@@ -93,7 +93,7 @@ def test_stalled_worker_is_fenced_after_it_is_declared_dead(
             assert job["state"] == "failed" and "heartbeat" in job["error"]
         finally:
             os.kill(pid, signal.SIGCONT)
-        time.sleep(4)  # the worker finishes training and tries to publish
+        time.sleep(9)  # the worker finishes training and tries to publish
         job = c.get(f"/jobs/{job_id}", headers=ADMIN).json()
         assert job["state"] == "failed" and "heartbeat" in job["error"], job
         assert ModelRepository(c.app.state.settings.model_dir).site_versions("lab-nll") == [  # type: ignore[attr-defined]
