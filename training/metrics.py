@@ -93,10 +93,18 @@ def evaluate(position: Any, sigma: Any | None, truth: Any) -> dict[str, float]:
     z = (pos - tru) / sig
     r2 = (z * z).sum(axis=1)
     out["crps"] = float(crps_gaussian(pos, sig, tru).mean())
-    out["nll"] = float((np.log(sig) + 0.5 * z * z + _HALF_LOG_2PI).sum(axis=1).mean())
+    out["nll"] = float(nll_per_point(pos, sig, tru).mean())
     out["within_1sigma"] = float((r2 <= 1.0).mean())
     out["within_2sigma"] = float((r2 <= 4.0).mean())
     return out
+
+
+def nll_per_point(position: Any, sigma: Any, truth: Any) -> Array:
+    """Gaussian NLL of each point in metres, summed over x and y (axis-aligned sigma)."""
+    pos, tru = _pair(position, truth)
+    sig = as_positions(sigma, "sigma")
+    z = (pos - tru) / sig
+    return np.asarray((np.log(sig) + 0.5 * z * z + _HALF_LOG_2PI).sum(axis=1))
 
 
 def evaluate_model(backbone: Backbone, head: Head, data: Fingerprints) -> dict[str, float]:

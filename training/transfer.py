@@ -52,7 +52,7 @@ from training.data.fingerprints import Fingerprints, data_fingerprint
 from training.data.splits import fraction_subset, split_train_val, train_val_test
 from training.fit import FitReport, Phase, PhaseReport, ProgressFn, Task, fit, predict
 from training.meml import RETRY_SEED_OFFSET, SourceData, train_sources
-from training.metrics import evaluate_model, finish_head
+from training.metrics import evaluate_model, finish_head, nll_per_point
 from training.nets import Backbone, BackboneConfig, Head, HeadConfig, SiteModel
 from training.repository import ModelRepository, check_name, parse_ref
 
@@ -336,12 +336,10 @@ def _per_sample_loss(
     """The plain validation loss per sample, in metres (NLL summed over x and y, or squared
     error): what ``auto`` compares candidates by."""
     pos_t, sigma_t = predict(model.backbone, model.head, torch.from_numpy(data.csi))
-    err = pos_t.double().numpy() - data.pos.astype(np.float64)
     if loss == "mse" or sigma_t is None:
+        err = pos_t.double().numpy() - data.pos.astype(np.float64)
         return np.asarray(np.square(err).sum(axis=1))
-    sigma = sigma_t.double().numpy()
-    z = err / sigma
-    return np.asarray((np.log(sigma) + 0.5 * z * z + 0.5 * math.log(2 * math.pi)).sum(axis=1))
+    return nll_per_point(pos_t, sigma_t, data.pos)
 
 
 def _auto(

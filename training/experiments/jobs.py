@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from training.config import check_mode
 from training.data.fingerprints import Fingerprints, list_environments, open_environment
@@ -207,6 +208,7 @@ def execute_run(spec: RunSpec) -> RunResult:
             "final_phase": trained.report.final_phase,
             "retried": trained.retried,
             "candidates": trained.candidates,
+            "torch_threads": torch.get_num_threads(),
         },
         best_val_me=trained.report.best_val_me,
         wall_s=time.perf_counter() - t0,
