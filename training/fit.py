@@ -140,6 +140,11 @@ class Task:
         """Wrap in-memory fingerprints without copying."""
         return cls(name, head, _tensors(train), _tensors(val))
 
+    @classmethod
+    def lazy(cls, name: str, head: nn.Module, train: LazyRows, val: Fingerprints) -> Task:
+        """Training rows left on disk, validation in memory."""
+        return cls(name, head, train, _tensors(val))
+
     @property
     def train_size(self) -> int:
         return len(self.train) if isinstance(self.train, LazyRows) else len(self.train[0])
