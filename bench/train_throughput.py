@@ -156,9 +156,7 @@ def main() -> None:
         for _ in range(args.rounds):
             result = train_sources(envs, cfg, quiet=True, device=device)
             meml.append(result.report.samples_per_s)
-            top.append(
-                ceiling(args.envs, per_step, args.batch_size, steps, batched_eff, device)
-            )
+            top.append(ceiling(args.envs, per_step, args.batch_size, steps, batched_eff, device))
     print(
         f"device {device}, threads {torch.get_num_threads()}, {args.envs} envs x "
         f"{args.samples} samples, {per_step} envs/step x batch {args.batch_size}, "

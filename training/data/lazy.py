@@ -3,14 +3,17 @@
 A corpus of hundreds of environments may not fit in RAM. `LazyRows` holds only
 the row numbers of one environment's training split; `LazyRows.stream` gives
 endless batches the way `training.fit` draws in-memory ones, but shuffles at
-two levels so reads stay sequential: each pass permutes the *chunks* (runs of
-``chunk_rows`` consecutive training rows in file order), reads a window of
-``window_chunks`` chunks at once (sorted rows, chunk-aligned slices through
-`LazyEnvironment.read`), and permutes the rows within the window. Memory per
-environment is one window (``chunk_rows * window_chunks`` samples, ~6.6 kB
-each), so an environment's batches are less independent than a full
-permutation's: a batch mixes ``window_chunks`` runs of the file, not the whole
-split. The throughput cost is in bench/README.md.
+two levels so every HDF5 chunk is inflated once per pass: each pass permutes
+the file's *chunks* (the training rows inside one HDF5 chunk of
+``chunk_rows`` = `CHUNK_SAMPLES` rows), reads a window of ``window_chunks``
+chunks at once (chunk-aligned slices through `LazyEnvironment.read`), and
+permutes the rows within the window (a partial last batch carries over to the
+next window). Memory per environment is one window, ``window_chunks`` x ~1.7 MB,
+held between the steps that draw it, so N environments hold N windows: a
+corpus of 1,000 environments needs ~3.4 GB at the default 2. The price is
+randomness: a batch mixes ``window_chunks`` stretches of the file rather than
+the whole split (files written in scan order then give spatially clustered
+batches; raise ``window_chunks`` where RAM allows). Throughput: bench/README.md.
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from training.data.fingerprints import LazyEnvironment, open_environment
+from training.data.fingerprints import CHUNK_SAMPLES, LazyEnvironment, open_environment
 
-CHUNK_ROWS = 256
-"""Consecutive training rows (in file order) that are read and shuffled as one unit."""
-WINDOW_CHUNKS = 8
-"""Chunks held in memory per environment; a batch is drawn from their union."""
+WINDOW_CHUNKS = 2
+"""HDF5 chunks held in memory per environment; a batch is drawn from their union."""
+READ_CACHE_BYTES = 4 * 1024 * 1024
+"""HDF5 chunk cache per environment: windows read whole chunks once, so a small one does
+(the 256 MB default of `open_environment` times hundreds of environments would not fit)."""
 
 Batch = tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]
 
@@ -41,7 +45,7 @@ class LazyRows:
         env: str,
         rows: npt.ArrayLike,
         *,
-        chunk_rows: int = CHUNK_ROWS,
+        chunk_rows: int = CHUNK_SAMPLES,
         window_chunks: int = WINDOW_CHUNKS,
     ) -> None:
         if chunk_rows < 1 or window_chunks < 1:
@@ -63,7 +67,7 @@ class LazyRows:
     def read(self, rows: npt.NDArray[np.int64]) -> Batch:
         """CSI and positions of file rows ``rows`` (sorted reads are fastest)."""
         if self._lazy is None:
-            self._lazy = open_environment(self.path, self.env)
+            self._lazy = open_environment(self.path, self.env, cache_bytes=READ_CACHE_BYTES)
         data = self._lazy.read(rows)
         return (
             np.ascontiguousarray(data.csi, dtype=np.float32),
@@ -76,7 +80,8 @@ class LazyRows:
         if n == 0:
             raise ValueError(f"{self.path}: environment {self.env!r} has no training rows")
         batch = min(batch_size, n)
-        chunks = [self.rows[i : i + self.chunk_rows] for i in range(0, n, self.chunk_rows)]
+        # The training rows of each file chunk (rows are sorted).
+        chunks = np.split(self.rows, np.flatnonzero(np.diff(self.rows // self.chunk_rows)) + 1)
         carry: Batch | None = None
         while True:
             order = torch.randperm(len(chunks), generator=gen).tolist()
