@@ -411,8 +411,12 @@ def fit(
                 continue
 
             # --- validation, early stopping, LR schedule ---
+            val_feats = val_inputs
+            if val_feats is None and batched:
+                # Hundreds of small validation sets: one backbone pass over all of them.
+                val_feats = _features_across(backbone, [csi for csi, _ in val_sets])
             val_loss, val_me = _validate(
-                joint, head_fns, names, val_sets, scales, loss, distributed, val_inputs
+                joint, head_fns, names, val_sets, scales, loss, distributed, val_feats
             )
             me_mean = float(np.mean(list(val_me.values())))
             improved = val_loss < best.loss
@@ -758,6 +762,29 @@ def _features(backbone: nn.Module, csi: torch.Tensor) -> torch.Tensor:
     if len(csi) == 0:
         return torch.zeros(0, 0, device=csi.device)
     return torch.cat([backbone(c) for c in torch.split(csi, 512)])
+
+
+@torch.no_grad()
+def _features_across(backbone: nn.Module, sets: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """`_features` of every set, with the backbone run on chunks of 512 samples that span
+    sets (many environments with a few validation samples each: no tiny batches)."""
+    backbone.eval()
+    sizes = [len(csi) for csi in sets]
+    pieces = [c for csi in sets for c in torch.split(csi, 512) if len(c)]
+    if not pieces:
+        return [_features(backbone, csi) for csi in sets]
+    outs: list[torch.Tensor] = []
+    pending: list[torch.Tensor] = []
+    count = 0
+    for piece in pieces:
+        pending.append(piece)
+        count += len(piece)
+        if count >= 512:
+            outs.append(backbone(torch.cat(pending)))
+            pending, count = [], 0
+    if pending:
+        outs.append(backbone(torch.cat(pending)))
+    return list(torch.split(torch.cat(outs), sizes))
 
 
 def _all_reduced(sums: torch.Tensor, dev: torch.device) -> torch.Tensor:
