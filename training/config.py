@@ -108,6 +108,14 @@ class TrainConfig:
     """Validations without improvement before the plateau schedule halves the rate (>= 3, so
     noise on a small validation set cannot collapse it)."""
 
+    # --- many environments (MEML over a corpus) ---
+    envs_per_step: int = 0
+    """Environments a step takes a batch from, drawn uniformly without replacement (every
+    environment weighs the same in expectation); 0: all of them every step (the paper)."""
+    batched_heads: bool | None = None
+    """Train the heads as one `training.nets.BatchedHeads` (gather + bmm); None: when there
+    are more than 8 environments or ``envs_per_step`` samples them."""
+
     # --- target training recipes ---
     head_warmup_steps: int = 150
     """``gradual``: steps of the head-only warm-up before every layer trains."""
@@ -137,7 +145,7 @@ class TrainConfig:
         for name in ("epochs", "patience", "batch_size", "auto_folds", "auto_min_val"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}, expected >= 1")
-        for name in ("min_steps", "head_warmup_steps", "mse_warmup_steps"):
+        for name in ("min_steps", "head_warmup_steps", "mse_warmup_steps", "envs_per_step"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)}, expected >= 0")
         if self.max_steps is not None and self.max_steps < 1:

@@ -15,6 +15,18 @@ losses (paper eq. 5). Each task draws its batches from its own endless stream
 of reshuffled permutations, so a smaller environment is cycled rather than
 dropping out of the sum, and every environment weighs the same in every step.
 
+With hundreds of environments (``envs_per_step`` = k > 0) a step instead takes
+a batch from each of k environments drawn uniformly without replacement (a
+generator seeded from ``seed`` alone, so every rank draws the same ones): every
+environment weighs the same in expectation, and its stream only advances when
+it is drawn. Validation still covers every environment. Many heads are trained
+as one `training.nets.BatchedHeads` (a gather plus one bmm per layer; by
+default when there are more than `BATCH_HEADS_ABOVE` tasks or environments are
+sampled) with a row-wise Adam (`_RowAdam`) whose state advances only for the
+environments of the step, exactly as separate Adams on separate heads that get
+no gradient. The heads are written back to the tasks' `Head`s at the end.
+Tasks may hold their training rows on disk (`training.data.lazy.LazyRows`).
+
 Budgets count steps, not epochs (see `training.config`): every ``eval_every``
 steps the loop validates; a phase stops after ``patience`` validations without
 a better score, but never before ``min_steps``; a plateau schedule halves the
@@ -29,7 +41,8 @@ Head-only phases run the frozen backbone once over the data and train the
 heads on the cached features (bit-identical backbone, far fewer FLOPs).
 
 Data are in-memory tensors indexed with seeded permutations: a DataLoader's
-per-item collation costs more than this small CNN. Under torchrun each rank
+per-item collation costs more than this small CNN. Lazy tasks read shuffled
+windows of chunks from the HDF5 file instead (see `training.data.lazy`). Under torchrun each rank
 passes its own shard of every task (see `training.meml`), the model is
 wrapped in DistributedDataParallel, and validation sums are all-reduced so
 every rank takes the same early-stopping decisions.
@@ -37,10 +50,11 @@ every rank takes the same early-stopping decisions.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -51,7 +65,9 @@ from torch import nn
 
 from training.config import DEGENERATE_RATIO, LossName, StepBudget
 from training.data.fingerprints import Fingerprints
-from training.losses import position_loss
+from training.data.lazy import LazyRows
+from training.losses import batched_position_loss, position_loss
+from training.nets import BatchedHeads, Head
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +75,12 @@ ProgressFn = Callable[[dict[str, Any]], None]
 HeadOutput = tuple[torch.Tensor, torch.Tensor | None]
 """What a head returns: position [B, 2] and sigma [B, 2] (nll) or None (mse), in metres."""
 Trainable = Literal["all", "head"]
+HeadFn = Callable[[torch.Tensor], HeadOutput]
+
+BATCH_HEADS_ABOVE = 8
+"""By default heads are batched (`BatchedHeads`) when there are more tasks than this."""
+ENV_SEED_OFFSET = 613
+"""Seed offset of the environment-sampling generator (``seed * 1000 + offset``, every rank)."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +121,8 @@ class Phase:
 class Task:
     """One environment: its head and its training and validation tensors.
 
-    ``train`` and ``val`` are ``(csi [M,8,103,2] float32, pos [M,2] float32)``.
+    ``train`` and ``val`` are ``(csi [M,8,103,2] float32, pos [M,2] float32)``;
+    ``train`` may also be `LazyRows` (rows read from the file as they are drawn).
     The head maps features to a `HeadOutput` in metres and must already hold
     the position normalisation of ``train`` (its ``pos_scale`` and ``pos_mean``
     buffers). Under torchrun, ``train`` and ``val`` are this rank's shard.
@@ -107,7 +130,7 @@ class Task:
 
     name: str
     head: nn.Module
-    train: tuple[torch.Tensor, torch.Tensor]
+    train: tuple[torch.Tensor, torch.Tensor] | LazyRows
     val: tuple[torch.Tensor, torch.Tensor]
 
     @classmethod
@@ -116,6 +139,15 @@ class Task:
     ) -> Task:
         """Wrap in-memory fingerprints without copying."""
         return cls(name, head, _tensors(train), _tensors(val))
+
+    @classmethod
+    def lazy(cls, name: str, head: nn.Module, train: LazyRows, val: Fingerprints) -> Task:
+        """Training rows left on disk, validation in memory."""
+        return cls(name, head, train, _tensors(val))
+
+    @property
+    def train_size(self) -> int:
+        return len(self.train) if isinstance(self.train, LazyRows) else len(self.train[0])
 
 
 @dataclass(frozen=True)
@@ -221,6 +253,8 @@ def fit(
     shard: Shard | None = None,
     device: torch.device | str = "cpu",
     start: PhaseReport | None = None,
+    envs_per_step: int = 0,
+    batched_heads: bool | None = None,
 ) -> FitReport:
     """Train ``backbone`` and the tasks' heads through ``phases``; return the report.
 
@@ -230,27 +264,52 @@ def fit(
     best state the modules are in now; it competes for the final state and
     leads the report, so candidates can share one warm-up. Same seed, same
     data, same machine: same weights.
+
+    ``envs_per_step`` k > 0: each step draws k of the tasks (see the module docstring;
+    0 or >= the number of tasks: all). ``batched_heads``: train the heads as one
+    `BatchedHeads` (they must all be `Head`s of one config); None: when there are
+    more than `BATCH_HEADS_ABOVE` tasks or environments are sampled, if they can be.
     """
     _check_inputs(tasks, phases, batch_size, allow_empty_val=shard is not None and shard.world > 1)
+    if envs_per_step < 0:
+        raise ValueError(f"envs_per_step={envs_per_step}, expected >= 0 (0: all)")
     dev = torch.device(device)
     shard = shard or Shard(0, 1)
     distributed = shard.world > 1
+    n_tasks = len(tasks)
+    k_envs = envs_per_step if 0 < envs_per_step < n_tasks else n_tasks
+    batched = _use_batched(tasks, batched_heads, sampling=k_envs < n_tasks)
+    if distributed and k_envs < n_tasks and not batched:
+        raise ValueError("sampling environments under torchrun needs batched heads (Head modules)")
     # All randomness of the loop (batch order) comes from this generator; the
     # global RNG is left alone, the nets draw their init from their own seeds.
     gen = torch.Generator().manual_seed(seed * 1000 + shard.rank)
+    # Which environments a step draws: the same on every rank (DDP syncs all heads).
+    env_gen = torch.Generator().manual_seed(seed * 1000 + ENV_SEED_OFFSET)
 
-    train_sets = [_on(t.train, dev) for t in tasks]
+    sources = [_Source(t.train, dev, batch_size, gen) for t in tasks]
+    lazy = any(s.data is None for s in sources)
     val_sets = [_on(t.val, dev) for t in tasks]
     backbone.to(dev)
-    heads = nn.ModuleList([t.head for t in tasks]).to(dev)
+    task_heads = nn.ModuleList([t.head for t in tasks]).to(dev)
+    heads: nn.Module = (
+        BatchedHeads([h for h in task_heads if isinstance(h, Head)]) if batched else task_heads
+    )
     joint = _Joint(backbone, heads)
-    per_epoch = max(1, math.ceil(max(len(t.train[0]) for t in tasks) / batch_size))
-    streams = [_IndexStream(len(csi), batch_size, gen) for csi, _ in train_sets]
+    head_fns: list[HeadFn] = (
+        [functools.partial(heads.env_forward, k) for k in range(n_tasks)]
+        if isinstance(heads, BatchedHeads)
+        else list(task_heads)
+    )
+    largest = max(t.train_size for t in tasks)
+    # An epoch: every environment's largest training set once, in expectation.
+    per_epoch = max(1, math.ceil(largest * n_tasks / (batch_size * k_envs)))
     scales = [_pos_scale(t.head, dev) for t in tasks]
+    scale_all = torch.stack([s.reshape(()) for s in scales]) if batched else None
     names = [t.name for t in tasks]
 
     report = FitReport()
-    report.centroid_me_per_task = _centroid_me(heads, names, val_sets, distributed)
+    report.centroid_me_per_task = _centroid_me(task_heads, names, val_sets, distributed)
     overall = _Best(math.inf, math.nan, {}, 0, _snapshot(joint))
     if start is not None:
         report.phases.append(start)
@@ -269,14 +328,27 @@ def fit(
         # --- which parameters train in this phase ---
         train_backbone = phase.train == "all"
         backbone.requires_grad_(train_backbone)
-        params = list(heads.parameters()) + (list(backbone.parameters()) if train_backbone else [])
-        opt = torch.optim.Adam(params, lr=phase.lr, weight_decay=weight_decay)
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt, factor=phase.lr_factor, patience=phase.lr_patience
-        )
+        row_opt: _RowAdam | None = None
+        if batched:
+            row_opt = _RowAdam(heads.parameters(), lr=phase.lr, weight_decay=weight_decay)
+            opts: list[torch.optim.Optimizer] = [row_opt]
+            if train_backbone:
+                opts.append(
+                    torch.optim.Adam(backbone.parameters(), lr=phase.lr, weight_decay=weight_decay)
+                )
+        else:
+            params = list(heads.parameters())
+            params += list(backbone.parameters()) if train_backbone else []
+            opts = [torch.optim.Adam(params, lr=phase.lr, weight_decay=weight_decay)]
+        scheds = [
+            torch.optim.lr_scheduler.ReduceLROnPlateau(
+                o, factor=phase.lr_factor, patience=phase.lr_patience
+            )
+            for o in opts
+        ]
         # Head-only phases train on cached features of the frozen backbone.
-        cached = not train_backbone and not distributed
-        inputs = [_features(backbone, csi) for csi, _ in train_sets] if cached else None
+        cached = not train_backbone and not distributed and not lazy
+        inputs = [_features(backbone, s.csi) for s in sources] if cached else None
         val_inputs = [_features(backbone, csi) for csi, _ in val_sets] if cached else None
         model: nn.Module = joint
         if distributed and train_backbone:
@@ -292,20 +364,41 @@ def fit(
             # --- one step: a batch from every task ---
             backbone.train(train_backbone)
             heads.train()
-            idx = [s.next() for s in streams]
-            sizes = [len(i) for i in idx]
-            if inputs is not None:
-                outs = [h(f[i]) for h, f, i in zip(heads, inputs, idx, strict=True)]
-            else:
-                csi = torch.cat([tr[0][i] for tr, i in zip(train_sets, idx, strict=True)])
-                outs = model(csi, sizes)
+            envs = _sample_envs(n_tasks, k_envs, env_gen)
+            parts = [sources[e].next(None if inputs is None else inputs[e]) for e in envs]
+            sizes = [len(x) for x, _ in parts]
+            x = torch.cat([x for x, _ in parts])
+            env_index = torch.tensor(envs, device=dev)
+            outs = (
+                joint.heads_on(x, sizes, env_index)
+                if inputs is not None
+                else model(x, sizes, env_index)
+            )
             step_loss: LossName = "mse" if step < phase.mse_warmup_steps else loss
-            total = torch.zeros((), device=dev)
-            for (pos, sigma), tr, i, scale in zip(outs, train_sets, idx, scales, strict=True):
-                total = total + position_loss(step_loss, pos, sigma, tr[1][i], scale, beta)
-            opt.zero_grad(set_to_none=True)
+            if isinstance(outs, _Stacked):
+                assert scale_all is not None
+                truth = torch.cat([p for _, p in parts])
+                per_env = batched_position_loss(
+                    step_loss,
+                    outs.position,
+                    outs.sigma,
+                    truth.view(outs.position.shape) if outs.index is None else truth[outs.index],
+                    scale_all[env_index],
+                    beta,
+                    outs.mask,
+                )
+                total = per_env.sum()
+            else:
+                total = torch.zeros((), device=dev)
+                for (pos, sigma), (_, truth_e), e in zip(outs, parts, envs, strict=True):
+                    total = total + position_loss(step_loss, pos, sigma, truth_e, scales[e], beta)
+            for o in opts:
+                o.zero_grad(set_to_none=True)
             total.backward()  # type: ignore[no-untyped-call]
-            opt.step()
+            if row_opt is not None:
+                row_opt.rows = env_index
+            for o in opts:
+                o.step()
             running += total.detach()
             since_eval += 1
             report.samples += sum(sizes)
@@ -318,8 +411,12 @@ def fit(
                 continue
 
             # --- validation, early stopping, LR schedule ---
+            val_feats = val_inputs
+            if val_feats is None and batched:
+                # Hundreds of small validation sets: one backbone pass over all of them.
+                val_feats = _features_across(backbone, [csi for csi, _ in val_sets])
             val_loss, val_me = _validate(
-                joint, names, val_sets, scales, loss, distributed, val_inputs
+                joint, head_fns, names, val_sets, scales, loss, distributed, val_feats
             )
             me_mean = float(np.mean(list(val_me.values())))
             improved = val_loss < best.loss
@@ -328,7 +425,8 @@ def fit(
                 evals_since_best = 0
             else:
                 evals_since_best += 1
-            sched.step(val_loss)
+            for sched in scheds:
+                sched.step(val_loss)
             row = {
                 "phase": phase.name,
                 "step": step,
@@ -337,7 +435,7 @@ def fit(
                 "val_loss": val_loss,
                 "val_me": me_mean,
                 "val_me_per_task": val_me,
-                "lr": opt.param_groups[0]["lr"],
+                "lr": opts[0].param_groups[0]["lr"],
             }
             running.zero_()
             since_eval = 0
@@ -381,9 +479,11 @@ def fit(
         joint.load_state_dict(overall.state)
     elif report.phases:
         report.final_phase = report.phases[-1].name
+    if isinstance(heads, BatchedHeads):
+        heads.write_back([h for h in task_heads if isinstance(h, Head)])
     backbone.requires_grad_(True)
     backbone.eval()
-    heads.eval()
+    task_heads.eval()
     report.wall_s = time.perf_counter() - t0
     return report
 
@@ -408,18 +508,166 @@ def predict(
     return torch.cat(pos_parts), torch.cat(sig_parts) if sig_parts else None
 
 
+@dataclass
+class _Stacked:
+    """Batched heads' output for k environments: [k, B, 2] (padded to the largest batch).
+
+    ``index`` [k, B] gathers a padded layout from the concatenated batches (None when
+    every batch has B samples, a plain view); ``mask`` marks the real samples.
+    """
+
+    position: torch.Tensor
+    sigma: torch.Tensor | None
+    index: torch.Tensor | None
+    mask: torch.Tensor | None
+
+
 class _Joint(nn.Module):
     """Backbone + heads as one module, so DDP sees (and syncs) every parameter."""
 
-    def __init__(self, backbone: nn.Module, heads: nn.ModuleList) -> None:
+    def __init__(self, backbone: nn.Module, heads: nn.Module) -> None:
         super().__init__()
         self.backbone = backbone
         self.heads = heads
 
-    def forward(self, csi: torch.Tensor, sizes: list[int]) -> list[HeadOutput]:
+    def forward(
+        self, csi: torch.Tensor, sizes: list[int], envs: torch.Tensor
+    ) -> list[HeadOutput] | _Stacked:
         # One backbone pass over all tasks' batches: bigger matmuls, fewer calls.
-        feats = self.backbone(csi).split(sizes)
-        return [head(f) for head, f in zip(self.heads, feats, strict=True)]
+        return self.heads_on(self.backbone(csi), sizes, envs)
+
+    def heads_on(
+        self, feats: torch.Tensor, sizes: list[int], envs: torch.Tensor
+    ) -> list[HeadOutput] | _Stacked:
+        """Each environment's head on its slice of ``feats`` (concatenated in ``envs`` order)."""
+        if isinstance(self.heads, BatchedHeads):
+            index, mask = _padding(sizes, feats.device)
+            stacked = feats.view(len(sizes), sizes[0], -1) if index is None else feats[index]
+            pos, sigma = self.heads(stacked, envs)
+            return _Stacked(pos, sigma, index, mask)
+        assert isinstance(self.heads, nn.ModuleList)
+        return [
+            self.heads[e](f) for e, f in zip(envs.tolist(), torch.split(feats, sizes), strict=True)
+        ]
+
+
+def _padding(
+    sizes: list[int], dev: torch.device
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Gather index [k, B] and mask laying batches of ``sizes`` out as [k, max(sizes)]."""
+    if min(sizes) == max(sizes):
+        return None, None
+    size_t = torch.tensor(sizes, device=dev)
+    offsets = torch.cumsum(size_t, 0) - size_t
+    cols = torch.arange(max(sizes), device=dev)
+    mask = cols.unsqueeze(0) < size_t.unsqueeze(1)
+    index = offsets.unsqueeze(1) + torch.minimum(cols.unsqueeze(0), size_t.unsqueeze(1) - 1)
+    return index, mask
+
+
+class _Source:
+    """Where one task's training batches come from: in-memory tensors or `LazyRows`."""
+
+    def __init__(
+        self,
+        train: tuple[torch.Tensor, torch.Tensor] | LazyRows,
+        dev: torch.device,
+        batch_size: int,
+        gen: torch.Generator,
+    ) -> None:
+        self.dev = dev
+        self.data: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._index: _IndexStream | None = None
+        self._lazy: Iterator[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] | None = None
+        if isinstance(train, LazyRows):
+            self._lazy = train.stream(batch_size, gen)
+        else:
+            self.data = _on(train, dev)
+            self._index = _IndexStream(len(self.data[0]), batch_size, gen)
+
+    @property
+    def csi(self) -> torch.Tensor:
+        assert self.data is not None, "lazy sources have no in-memory CSI"
+        return self.data[0]
+
+    def next(self, features: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next batch: (CSI, or the cached ``features`` of its rows; positions)."""
+        if self._index is not None and self.data is not None:
+            i = self._index.next()
+            return (self.data[0] if features is None else features)[i], self.data[1][i]
+        assert self._lazy is not None
+        csi, pos = next(self._lazy)
+        return torch.from_numpy(csi).to(self.dev), torch.from_numpy(pos).to(self.dev)
+
+
+def _sample_envs(n: int, k: int, gen: torch.Generator) -> list[int]:
+    """All ``n`` environments, or ``k`` drawn uniformly without replacement (sorted)."""
+    if k >= n:
+        return list(range(n))
+    return sorted(torch.randperm(n, generator=gen)[:k].tolist())
+
+
+def _use_batched(tasks: Sequence[Task], wanted: bool | None, sampling: bool) -> bool:
+    heads = [t.head for t in tasks]
+    config = getattr(heads[0], "config", None)
+    batchable = all(isinstance(h, Head) and h.config == config for h in heads)
+    if wanted is None:
+        return batchable and (sampling or len(tasks) > BATCH_HEADS_ABOVE)
+    if wanted and not batchable:
+        raise ValueError("batched heads need every task's head to be a Head of one config")
+    return wanted
+
+
+class _RowAdam(torch.optim.Optimizer):
+    """Adam over `BatchedHeads` parameters whose state advances only on ``rows``.
+
+    Row e of every parameter is environment e's head. Set ``rows`` (the step's
+    environments) before `step`: their moments, step counts (per row, for the
+    bias correction) and weights update as torch's Adam (L2 ``weight_decay``)
+    would update a separate head; the other rows stay as they are, like a head
+    that got no gradient.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor],
+        lr: float,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
+        defaults = {"lr": lr, "weight_decay": weight_decay, "betas": betas, "eps": eps}
+        super().__init__(params, defaults)
+        self.rows: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> None:  # type: ignore[override]
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                rows = self.rows if self.rows is not None else torch.arange(len(p), device=p.device)
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros(len(p), device=p.device)
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                grad = p.grad[rows]
+                if group["weight_decay"]:
+                    grad = grad.add(p[rows], alpha=group["weight_decay"])
+                exp_avg = state["exp_avg"][rows].mul_(beta1).add_(grad, alpha=1 - beta1)
+                exp_avg_sq = state["exp_avg_sq"][rows].mul_(beta2)
+                exp_avg_sq.addcmul_(grad, grad, value=1 - beta2)
+                t = state["step"][rows] + 1
+                shape = (-1,) + (1,) * (p.dim() - 1)
+                bias1 = (1 - beta1**t).reshape(shape)
+                bias2_sqrt = (1 - beta2**t).sqrt().reshape(shape)
+                denom = (exp_avg_sq.sqrt() / bias2_sqrt).add_(group["eps"])
+                p[rows] = p[rows] - group["lr"] * (exp_avg / bias1) / denom
+                state["exp_avg"][rows] = exp_avg
+                state["exp_avg_sq"][rows] = exp_avg_sq
+                state["step"][rows] = t
 
 
 class _IndexStream:
@@ -454,6 +702,7 @@ class _Best:
 @torch.no_grad()
 def _validate(
     joint: _Joint,
+    heads: Sequence[HeadFn],
     names: list[str],
     val_sets: list[tuple[torch.Tensor, torch.Tensor]],
     scales: list[torch.Tensor],
@@ -468,9 +717,7 @@ def _validate(
     joint.eval()
     # Per task: loss sum, error sum, count; summed over ranks when distributed.
     sums = torch.zeros(len(val_sets), 3, dtype=torch.float64)
-    for k, ((csi, truth), head, scale) in enumerate(
-        zip(val_sets, joint.heads, scales, strict=True)
-    ):
+    for k, ((csi, truth), head, scale) in enumerate(zip(val_sets, heads, scales, strict=True)):
         source = features[k] if features is not None else csi
         for c, t in zip(torch.split(source, 512), torch.split(truth, 512), strict=True):
             n = len(c)
@@ -515,6 +762,29 @@ def _features(backbone: nn.Module, csi: torch.Tensor) -> torch.Tensor:
     if len(csi) == 0:
         return torch.zeros(0, 0, device=csi.device)
     return torch.cat([backbone(c) for c in torch.split(csi, 512)])
+
+
+@torch.no_grad()
+def _features_across(backbone: nn.Module, sets: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """`_features` of every set, with the backbone run on chunks of 512 samples that span
+    sets (many environments with a few validation samples each: no tiny batches)."""
+    backbone.eval()
+    sizes = [len(csi) for csi in sets]
+    pieces = [c for csi in sets for c in torch.split(csi, 512) if len(c)]
+    if not pieces:
+        return [_features(backbone, csi) for csi in sets]
+    outs: list[torch.Tensor] = []
+    pending: list[torch.Tensor] = []
+    count = 0
+    for piece in pieces:
+        pending.append(piece)
+        count += len(piece)
+        if count >= 512:
+            outs.append(backbone(torch.cat(pending)))
+            pending, count = [], 0
+    if pending:
+        outs.append(backbone(torch.cat(pending)))
+    return list(torch.split(torch.cat(outs), sizes))
 
 
 def _all_reduced(sums: torch.Tensor, dev: torch.device) -> torch.Tensor:
@@ -580,7 +850,13 @@ def _check_inputs(
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}, expected >= 1")
     for t in tasks:
-        for part, (csi, pos) in (("train", t.train), ("val", t.val)):
+        if isinstance(t.train, LazyRows):
+            if len(t.train) == 0:
+                raise ValueError(f"task {t.name!r}: train set is empty; expected >= 1 sample")
+            parts = [("val", t.val)]
+        else:
+            parts = [("train", t.train), ("val", t.val)]
+        for part, (csi, pos) in parts:
             # A rank's validation shard may be empty: the sums are all-reduced.
             if len(csi) == 0 and not (part == "val" and allow_empty_val):
                 raise ValueError(f"task {t.name!r}: {part} set is empty; expected >= 1 sample")

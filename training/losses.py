@@ -18,7 +18,15 @@ import torch
 
 from training.config import LOSSES, LossName, check_loss_name
 
-__all__ = ["LOSSES", "LossName", "check_loss_name", "gaussian_nll", "mse_loss", "position_loss"]
+__all__ = [
+    "LOSSES",
+    "LossName",
+    "batched_position_loss",
+    "check_loss_name",
+    "gaussian_nll",
+    "mse_loss",
+    "position_loss",
+]
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -84,6 +92,46 @@ def position_loss(
     if sigma is None:
         raise ValueError("the nll loss needs a head with sigma outputs (out=4); got none")
     return gaussian_nll(position, sigma, truth, scale, beta)
+
+
+def batched_position_loss(
+    loss: LossName,
+    position: torch.Tensor,
+    sigma: torch.Tensor | None,
+    truth: torch.Tensor,
+    scale: torch.Tensor,
+    beta: float = 0.0,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`position_loss` of k environments at once: [k, B, 2] tensors -> one loss per env [k].
+
+    ``scale`` [k] is each environment's position scale; ``mask`` [k, B] (bool) marks the
+    real samples when environments with fewer than B samples were padded. Each
+    environment's value equals `position_loss` on its own (unpadded) batch.
+    """
+    if position.ndim != 3 or position.shape[-1] != 2 or truth.shape != position.shape:
+        raise ValueError(
+            f"position {tuple(position.shape)} and truth {tuple(truth.shape)}: "
+            "expected both [k, B, 2]"
+        )
+    s = scale.reshape(-1, 1, 1)
+    if loss == "mse":
+        per_point = ((position - truth) / s).square().sum(dim=-1)
+    else:
+        if sigma is None:
+            raise ValueError("the nll loss needs a head with sigma outputs (out=4); got none")
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"beta={beta}, expected in [0, 1]")
+        z = (position - truth) / sigma
+        norm_sigma = sigma / s
+        per_axis = torch.log(norm_sigma) + 0.5 * z.square() + _HALF_LOG_2PI
+        if beta > 0:
+            per_axis = per_axis * norm_sigma.detach().pow(2.0 * beta)
+        per_point = per_axis.sum(dim=-1)
+    if mask is None:
+        return per_point.mean(dim=1)
+    weights = mask.to(per_point.dtype)
+    return (per_point * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
 
 def _check_pair(position: torch.Tensor, truth: torch.Tensor) -> None:

@@ -5,7 +5,11 @@
   losses; smaller environments are cycled with their own reshuffled
   permutations (see `training.fit`), so each environment weighs the same in
   every step however many samples it has. Early stopping watches the sum of
-  the per-environment validation losses.
+  the per-environment validation losses. With hundreds of environments,
+  ``config.envs_per_step`` = k draws k of them per step (an epoch then counts
+  the steps for every environment to be seen once in expectation), the heads
+  train as one `BatchedHeads`, and `SourceData.from_file(..., lazy=True)`
+  leaves the training CSI on disk.
 - **DTL**: the same with one source environment (a full model on it).
 - **Scratch**: the same with the *target's* own train/validation split,
   from random initialisation.
@@ -17,6 +21,7 @@ memory, from a file, or as a seeded split); it is the one entry point.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +32,7 @@ import torch
 
 from training.config import TrainConfig
 from training.data.fingerprints import Fingerprints, data_fingerprint, open_environment
+from training.data.lazy import LazyRows
 from training.data.splits import split_train_val, train_val_indices
 from training.fit import FitReport, Phase, ProgressFn, Shard, Task, fit
 from training.metrics import finish_head
@@ -70,7 +76,8 @@ class SourceData:
     training split (``train_pos``), so it is the same on every rank.
     """
 
-    train: Fingerprints
+    train: Fingerprints | LazyRows
+    """In memory, or `LazyRows` (read from the file as batches are drawn)."""
     val: Fingerprints
     train_pos: npt.NDArray[np.float32]
     train_size: int
@@ -110,24 +117,30 @@ class SourceData:
         val_fraction: float,
         seed: int,
         shard: Shard | None = None,
+        *,
+        lazy: bool = False,
     ) -> SourceData:
         """Read only this rank's rows of ``env`` (plus all positions, and on rank 0 the
         whole validation split), so N processes never hold N copies of the CSI.
+
+        ``lazy``: keep the training CSI on disk (`LazyRows`: read a shuffled window of
+        chunks at a time), for corpora larger than RAM; validation stays in memory.
         """
         rank, world = (shard.rank, shard.world) if shard else (0, 1)
-        with open_environment(path, env) as lazy:
-            train_idx, val_idx = train_val_indices(len(lazy), val_fraction, seed)
-            pos = lazy.read_field("pos")
+        with open_environment(path, env) as lazy_env:
+            train_idx, val_idx = train_val_indices(len(lazy_env), val_fraction, seed)
+            pos = lazy_env.read_field("pos")
             if pos is None:  # the schema requires pos; a reader bug would land here
                 raise ValueError(f"{path}: environment {env!r} has no pos")
-            val = lazy.read(val_idx[rank::world])
+            val = lazy_env.read(val_idx[rank::world])
+            own = train_idx[rank::world]
             return cls(
-                train=lazy.read(train_idx[rank::world]),
+                train=LazyRows(path, env, own) if lazy else lazy_env.read(own),
                 val=val,
                 train_pos=np.asarray(pos[train_idx], dtype=np.float32),
                 train_size=len(train_idx),
-                fingerprint=data_fingerprint(lazy),
-                val_full=(val if world == 1 else lazy.read(val_idx)) if rank == 0 else None,
+                fingerprint=data_fingerprint(lazy_env),
+                val_full=(val if world == 1 else lazy_env.read(val_idx)) if rank == 0 else None,
             )
 
 
@@ -139,8 +152,16 @@ def combined_fingerprint(parts: Mapping[str, str]) -> str:
     return h.hexdigest()
 
 
-def source_phases(config: TrainConfig, n_train: int) -> list[Phase]:
-    """Source training is one all-parameter phase (with the optional NLL's MSE warm-up)."""
+def source_phases(config: TrainConfig, n_train: int, n_envs: int = 1) -> list[Phase]:
+    """Source training is one all-parameter phase (with the optional NLL's MSE warm-up).
+
+    When a step draws ``config.envs_per_step`` of ``n_envs`` environments, an epoch is
+    ``n_envs / envs_per_step`` times as many steps (each environment seen once in
+    expectation), so ``epochs`` and the automatic ``eval_every`` keep their meaning.
+    """
+    k = config.envs_per_step
+    if 0 < k < n_envs:
+        n_train = math.ceil(n_train * n_envs / k)
     return [
         Phase(
             "train",
@@ -217,13 +238,16 @@ def _train_once(
         head = Head(head_config, loss=config.loss, seed=init_seed + 1 + k)
         head.fit_position_normalisation(src.train_pos)
         heads[name] = head
-        tasks.append(Task.from_fingerprints(name, head, src.train, src.val))
+        if isinstance(src.train, LazyRows):
+            tasks.append(Task.lazy(name, head, src.train, src.val))
+        else:
+            tasks.append(Task.from_fingerprints(name, head, src.train, src.val))
     # This rank's rows set the epoch: under torchrun an epoch is over the shard.
     n_train = max(len(src.train) for src in sources.values())
     report = fit(
         backbone,
         tasks,
-        source_phases(config, n_train),
+        source_phases(config, n_train, len(tasks)),
         loss=config.loss,
         beta=config.beta,
         batch_size=config.batch_size,
@@ -233,6 +257,8 @@ def _train_once(
         progress=progress,
         shard=shard,
         device=device,
+        envs_per_step=config.envs_per_step,
+        batched_heads=config.batched_heads,
     )
     backbone.cpu()
     for head in heads.values():

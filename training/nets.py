@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -257,6 +258,101 @@ class Head(nn.Module):
         sigma = (F.softplus(raw[:, 2:4]) + self.config.sigma_floor) * self.pos_scale
         sigma = sigma * self.sigma_scale
         return position, sigma
+
+
+class BatchedHeads(nn.Module):
+    """E heads of one config as stacked tensors: a training-time container for MEML.
+
+    One parameter per layer with a leading environment axis (weights stored
+    ``[E, in, out]``, biases ``[E, out]``) and the heads' buffers stacked the
+    same way, so a step over k environments is one gather plus one ``baddbmm``
+    per layer instead of k small module calls (at hundreds of environments the
+    Python overhead of separate heads dominates the step). Each environment
+    keeps its own ``pos_mean``/``pos_scale`` and sigma floor/scale, exactly as
+    `Head.forward` applies them. `Head` stays the published (ONNX) module:
+    build this from the heads (`from_heads`) and copy the result back
+    (`write_back`).
+    """
+
+    pos_mean: torch.Tensor
+    pos_scale: torch.Tensor
+    sigma_scale: torch.Tensor
+
+    def __init__(self, heads: Sequence[Head]) -> None:
+        super().__init__()
+        if not heads:
+            raise ValueError("BatchedHeads needs at least one head")
+        config = heads[0].config
+        for h in heads:
+            if h.config != config:
+                raise ValueError(
+                    f"heads differ in config ({h.config} vs {config}); expected one config"
+                )
+        self.config = config
+        self.act = _ACTIVATIONS[config.activation]()
+        layers = [_linears(h) for h in heads]
+        with torch.no_grad():
+            self.weights = nn.ParameterList(
+                nn.Parameter(torch.stack([ls[i].weight.detach().t() for ls in layers]).clone())
+                for i in range(len(layers[0]))
+            )
+            self.biases = nn.ParameterList(
+                nn.Parameter(torch.stack([ls[i].bias.detach() for ls in layers]).clone())
+                for i in range(len(layers[0]))
+            )
+        self.register_buffer("pos_mean", torch.stack([h.pos_mean.detach() for h in heads]))
+        self.register_buffer("pos_scale", torch.stack([h.pos_scale.detach() for h in heads]))
+        self.register_buffer("sigma_scale", torch.stack([h.sigma_scale.detach() for h in heads]))
+
+    @classmethod
+    def from_heads(cls, heads: Sequence[Head]) -> BatchedHeads:
+        return cls(heads)
+
+    def __len__(self) -> int:
+        return int(self.pos_mean.shape[0])
+
+    @torch.no_grad()
+    def write_back(self, heads: Sequence[Head]) -> None:
+        """Copy every environment's weights and buffers into its `Head` (same order)."""
+        if len(heads) != len(self):
+            raise ValueError(f"{len(heads)} heads for {len(self)} batched environments")
+        for k, head in enumerate(heads):
+            for lin, w, b in zip(_linears(head), self.weights, self.biases, strict=True):
+                lin.weight.copy_(w[k].t())
+                lin.bias.copy_(b[k])
+            head.pos_mean.copy_(self.pos_mean[k])
+            head.pos_scale.copy_(self.pos_scale[k])
+            head.sigma_scale.copy_(self.sigma_scale[k])
+
+    def forward(
+        self, features: torch.Tensor, envs: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """features [k, B, F] of environments ``envs`` [k] (indices) -> position [k, B, 2] and
+        sigma [k, B, 2] (nll) or None, in metres."""
+        x = features
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            x = torch.baddbmm(b[envs].unsqueeze(1), x, w[envs])
+            if i < last:
+                x = self.act(x)
+        scale = self.pos_scale[envs].unsqueeze(1)
+        position = x[..., :2] * scale + self.pos_mean[envs].unsqueeze(1)
+        if self.config.out == 2:
+            return position, None
+        sigma = (F.softplus(x[..., 2:4]) + self.config.sigma_floor) * scale
+        return position, sigma * self.sigma_scale[envs].unsqueeze(1)
+
+    def env_forward(
+        self, env: int, features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One environment's head on features [B, F], as its `Head` would compute it."""
+        index = torch.tensor([env], device=features.device)
+        pos, sigma = self(features.unsqueeze(0), index)
+        return pos[0], None if sigma is None else sigma[0]
+
+
+def _linears(head: Head) -> list[nn.Linear]:
+    return [m for m in head.mlp if isinstance(m, nn.Linear)]
 
 
 class SiteModel(nn.Module):

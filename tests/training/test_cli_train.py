@@ -191,3 +191,15 @@ def test_bad_input_is_one_clear_line(tmp_path: Path, trained: tuple[Path, Path, 
          "--site", "x", "--beta", "2"],
     )  # fmt: skip
     assert result.exit_code == 2 and "beta=2.0, expected in [0, 1]" in result.output
+
+
+def test_meml_lazy_with_sampled_environments(tmp_path: Path, tiny_h5: Path) -> None:
+    """`--lazy --envs-per-step`: trains from the file, one environment a step, and says so."""
+    repo = tmp_path / "models"
+    invoke(
+        "train", "meml", "--data", str(tiny_h5), "--envs", "industrial/bs0,industrial/bs1",
+        "--out", str(repo), "--name", "lazy", "--max-steps", "4", "--eval-every", "2",
+        "--min-steps", "0", "--envs-per-step", "1", "--lazy", "--quiet",
+    )  # fmt: skip
+    manifest = json.loads((repo / "backbones/lazy/versions/v1/manifest.json").read_text())
+    assert manifest["config"]["envs_per_step"] == 1

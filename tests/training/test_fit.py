@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -284,3 +285,94 @@ def test_head_phase_on_cached_features_matches_the_uncached_forward() -> None:
     pos, _ = predict(backbone, task.head, task.val[0])
     me = float((pos - task.val[1]).norm(dim=1).mean())
     assert report.best_val_me == pytest.approx(me, rel=1e-5)
+
+
+# --- many environments: sampling, batched heads, lazy rows ---
+
+
+def head_tasks(sizes: list[int], loss: str, seed: int = 0) -> tuple[TinyBackbone, list[Task]]:
+    """A tiny backbone and real `Head`s (batchable) on toy environments of ``sizes``."""
+    from training.nets import Head, HeadConfig
+
+    torch.manual_seed(seed)
+    backbone = TinyBackbone()
+    tasks = []
+    for k, n in enumerate(sizes):
+        fp = toy_fingerprints(n, (5.0 * k, 0.0), seed=seed + k)
+        head = Head(HeadConfig(in_features=32, hidden=(16,)), loss=loss, seed=seed + 1 + k)  # type: ignore[arg-type]
+        train, val = fp.subset(slice(0, n * 3 // 4)), fp.subset(slice(n * 3 // 4, n))
+        head.fit_position_normalisation(train.pos)
+        head.sigma_scale.fill_(1.0 + 0.1 * k)
+        tasks.append(Task.from_fingerprints(f"e{k}", head, train, val))
+    return backbone, tasks
+
+
+@pytest.mark.parametrize("loss", ["mse", "nll"])
+def test_batched_heads_step_matches_separate_heads(loss: str) -> None:
+    """Batched heads (gather + bmm, padded small environments, row-wise Adam) compute the
+    same losses and updates as separate heads with their own Adam."""
+    runs = {}
+    for batched in (False, True):
+        backbone, tasks = head_tasks([80, 40, 20], loss)  # 60/30/15 train: padding
+        report = fit(
+            backbone,
+            tasks,
+            [phase("all", "all", 1e-2, 1, every=1)],
+            loss=loss,  # type: ignore[arg-type]
+            beta=0.5,
+            batch_size=32,
+            weight_decay=1e-3,
+            quiet=True,
+            batched_heads=batched,
+        )
+        runs[batched] = (report, backbone, tasks)
+    (r0, b0, t0), (r1, b1, t1) = runs[False], runs[True]
+    assert r0.history[0]["train_loss"] == pytest.approx(r1.history[0]["train_loss"], rel=1e-5)
+    assert r0.history[0]["val_loss"] == pytest.approx(r1.history[0]["val_loss"], rel=1e-5)
+    for a, b in zip(t0, t1, strict=True):
+        for (k, x), y in zip(params(a.head).items(), params(b.head).values(), strict=True):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=k)
+    for x, y in zip(params(b0).values(), params(b1).values(), strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_sampled_environments_batched_equal_separate_heads_and_skip_undrawn() -> None:
+    """k of N environments a step: undrawn heads do not move (no Adam momentum drift), and
+    the batched path equals separate heads over several steps."""
+    runs = {}
+    for batched in (False, True):
+        backbone, tasks = head_tasks([40] * 5, "mse")
+        before = [params(t.head) for t in tasks]
+        report = fit(
+            backbone,
+            tasks,
+            [phase("all", "all", 1e-2, 3, every=3)],
+            loss="mse",
+            batch_size=8,
+            quiet=True,
+            envs_per_step=2,
+            batched_heads=batched,
+        )
+        assert report.samples == 3 * 2 * 8
+        moved = [
+            any(not torch.equal(v, params(t.head)[k]) for k, v in b.items())
+            for t, b in zip(tasks, before, strict=True)
+        ]
+        runs[batched] = (tasks, moved)
+    assert runs[False][1] == runs[True][1] and 2 <= sum(runs[True][1]) < 5
+    for a, b in zip(runs[False][0], runs[True][0], strict=True):
+        for x, y in zip(params(a.head).values(), params(b.head).values(), strict=True):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_environment_sampling_is_uniform_and_seeded() -> None:
+    from training.fit import _sample_envs
+
+    gen = torch.Generator().manual_seed(0)
+    draws = [_sample_envs(10, 3, gen) for _ in range(3000)]
+    assert all(len(set(d)) == 3 and d == sorted(d) for d in draws)
+    counts = np.bincount(np.concatenate(draws), minlength=10)
+    assert counts.min() > 0.9 * 900 and counts.max() < 1.1 * 900
+    again = torch.Generator().manual_seed(0)
+    assert [_sample_envs(10, 3, again) for _ in range(5)] == draws[:5]
+    assert _sample_envs(4, 4, gen) == _sample_envs(4, 9, gen) == [0, 1, 2, 3]

@@ -149,3 +149,59 @@ def test_training_from_file_equals_training_in_memory(tmp_path: Path) -> None:
     a, b = from_file.backbone.state_dict(), in_memory.backbone.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert from_file.metrics == in_memory.metrics
+
+
+def test_lazy_rows_cover_every_row_once_per_pass(tmp_path: Path) -> None:
+    from training.data.lazy import LazyRows
+
+    path = write_toy_file(tmp_path / "toy.h5", n=80)
+    env = read_environment(path, "lab-los")
+    rows = np.arange(0, 80, 2)[::-1]  # 40 rows, unsorted on purpose
+    lazy = LazyRows(path, "lab-los", rows, chunk_rows=6, window_chunks=2)
+    stream = lazy.stream(10, torch.Generator().manual_seed(0))
+    batches = [next(stream) for _ in range(12)]  # three passes of 40
+    assert all(c.shape == (10, 8, 103, 2) and p.shape == (10, 2) for c, p in batches)
+    seen = np.concatenate([p for _, p in batches])
+    want = env.pos[np.sort(rows)]
+    for k in range(3):
+        got = seen[40 * k : 40 * (k + 1)]
+        np.testing.assert_array_equal(np.sort(got[:, 0]), np.sort(want[:, 0]))
+    csi, pos = batches[0]
+    match = np.flatnonzero((env.pos == pos[0]).all(axis=1))
+    np.testing.assert_array_equal(env.csi[match[0]], csi[0])  # rows stay paired
+    stream2 = lazy.stream(10, torch.Generator().manual_seed(0))
+    np.testing.assert_array_equal(next(stream2)[1], batches[0][1])  # seeded
+
+
+def test_meml_trains_from_lazy_rows_with_sampled_environments(tmp_path: Path) -> None:
+    from training.data.lazy import LazyRows
+
+    path = write_toy_file(tmp_path / "toy.h5", n=120)
+    cfg = TrainConfig(
+        epochs=4, min_steps=0, patience=5, batch_size=16, val_fraction=0.25, envs_per_step=2
+    )
+    names = ["industrial/bs0", "industrial/bs1", "lab-los"]
+    sources = {n: SourceData.from_file(path, n, 0.25, 0, lazy=True) for n in names}
+    assert all(isinstance(s.train, LazyRows) for s in sources.values())
+    result = train_sources(sources, cfg, quiet=True)
+    # An epoch: 90 rows x 3 envs / (16 x 2) = 9 steps, each taking 2 x 16 samples.
+    assert result.report.phases[0].steps_per_epoch == 9
+    assert result.report.samples == result.report.steps["train"] * 32
+    assert set(result.heads) == set(names) and result.samples == dict.fromkeys(names, 90)
+    for n in names:  # every head holds its own normalisation and learnt something
+        assert result.report.final is not None
+        assert result.report.final.best_val_me_per_task[n] < result.report.centroid_me_per_task[n]
+    in_memory = SourceData.from_file(path, names[0], 0.25, 0)
+    assert sources[names[0]].fingerprint == in_memory.fingerprint
+    np.testing.assert_array_equal(sources[names[0]].train_pos, in_memory.train_pos)
+
+
+def test_envs_per_step_budget_and_errors() -> None:
+    from training.meml import source_phases
+
+    cfg = TrainConfig(batch_size=10, epochs=2, min_steps=0, envs_per_step=2)
+    # 100 samples x 8 envs / 2 per step: an epoch is 40 steps.
+    assert source_phases(cfg, 100, 8)[0].budget.max_steps == 80
+    assert source_phases(cfg.replace(envs_per_step=0), 100, 8)[0].budget.max_steps == 20
+    with pytest.raises(ValueError, match="envs_per_step=-1"):
+        TrainConfig(envs_per_step=-1)

@@ -131,3 +131,36 @@ def test_bad_input_shapes_and_configs() -> None:
         BackboneConfig(activation="tanh")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="sigma_floor"):
         HeadConfig(sigma_floor=0.0)
+
+
+def test_batched_heads_match_their_heads_and_write_back() -> None:
+    """Each environment keeps its own normalisation and sigma scale, as its Head computes."""
+    from training.nets import BatchedHeads
+
+    cfg = HeadConfig(loss="nll", in_features=12, hidden=(8, 8))
+    heads = [Head(cfg, seed=k) for k in range(3)]
+    for k, h in enumerate(heads):
+        h.fit_position_normalisation(np.random.default_rng(k).uniform(0, 10 * (k + 1), (20, 2)))
+        h.sigma_scale.fill_(1.0 + k)
+    batched = BatchedHeads(heads)
+    feats = torch.randn(3, 5, 12)
+    envs = torch.tensor([2, 0, 1])
+    pos, sigma = batched(feats, envs)
+    assert sigma is not None
+    for row, e in enumerate(envs.tolist()):
+        ref_pos, ref_sigma = heads[e](feats[row])
+        assert ref_sigma is not None
+        torch.testing.assert_close(pos[row], ref_pos)
+        torch.testing.assert_close(sigma[row], ref_sigma)
+        torch.testing.assert_close(batched.env_forward(e, feats[row])[0], ref_pos)
+    with torch.no_grad():
+        batched.weights[0][1] += 1.0
+    fresh = [Head(cfg, seed=10 + k) for k in range(3)]
+    batched.write_back(fresh)
+    for old, new in zip(heads, fresh, strict=True):
+        torch.testing.assert_close(new.pos_mean, old.pos_mean)
+        torch.testing.assert_close(new.sigma_scale, old.sigma_scale)
+    torch.testing.assert_close(fresh[1].mlp[0].weight, heads[1].mlp[0].weight + 1.0)
+    torch.testing.assert_close(fresh[2].mlp[0].weight, heads[2].mlp[0].weight)
+    with pytest.raises(ValueError, match="one config"):
+        BatchedHeads([heads[0], Head(HeadConfig(in_features=12, hidden=(8,)))])

@@ -237,11 +237,23 @@ def meml(
         bool, typer.Option(help="Make this the repository's default backbone.")
     ] = False,
     inputs: Inputs = "raw",
+    envs_per_step: Annotated[
+        int,
+        typer.Option(
+            help="Environments a step takes a batch from, drawn at random (0: all of them)."
+        ),
+    ] = 0,
+    lazy: Annotated[
+        bool,
+        typer.Option(help="Leave the training CSI on disk and read it as batches are drawn."),
+    ] = False,
     quiet: Quiet = False,
 ) -> None:
     """MEML: one backbone, one head per source environment, summed losses (eq. 5).
 
     Runs data-parallel under `torchrun --nproc_per_node=N csipos train meml ...`.
+    With hundreds of environments, --envs-per-step draws that many per step and
+    --lazy trains a corpus larger than RAM.
     """
     from training import distributed
     from training.meml import SourceData, train_sources
@@ -249,8 +261,11 @@ def meml(
     _setup_logging(quiet)
     with _cli_errors(), distributed.session() as ses:
         names = _expand_envs(data, envs)
+        config = config.replace(envs_per_step=envs_per_step)
         sources = {
-            env: SourceData.from_file(data, env, config.val_fraction, config.seed, ses.shard)
+            env: SourceData.from_file(
+                data, env, config.val_fraction, config.seed, ses.shard, lazy=lazy
+            )
             for env in names
         }
         result = train_sources(
