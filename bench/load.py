@@ -37,6 +37,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from locate import build_repo  # bench/ is this script's sys.path[0]
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-locate-key-0123456789"
@@ -64,20 +65,6 @@ class Phase:
 
     def pct(self, q: float) -> float:
         return float(np.percentile(np.asarray(self.latencies) * 1e3, q)) if self.latencies else 0.0
-
-
-def build_repo(root: Path) -> None:
-    from training.export import site_model_onnx
-    from training.nets import Backbone, Head, SiteModel
-    from training.repository import ModelRepository
-
-    model = SiteModel(Backbone(seed=0), Head(loss="nll", seed=0)).eval()
-
-    def write(directory: Path, version: str) -> None:
-        data = site_model_onnx(model, site="bench", version=version, backbone_ref="bench:v1")
-        (directory / "model.onnx").write_bytes(data)
-
-    ModelRepository(root).publish_site("bench", write, loss="nll", parent=None)
 
 
 def scrape(url: str) -> tuple[int, dict[str, float]]:

@@ -50,6 +50,8 @@ import uvloop
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from locate import build_repo  # noqa: E402  (bench/ is this script's sys.path[0])
+
 from service.grpc import inference_pb2 as pb  # noqa: E402
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -68,22 +70,6 @@ class Result:
     cpu_us: float = float("nan")
     """Server CPU time (all its threads) per fingerprint: what the box spends, whatever
     else runs on it; wall-clock fp/s on a shared machine moves with the other jobs."""
-
-
-def build_repo(root: Path) -> Path:
-    from training.export import site_model_onnx
-    from training.nets import Backbone, Head, SiteModel
-    from training.repository import ModelRepository
-
-    model = SiteModel(Backbone(seed=0), Head(loss="nll", seed=0)).eval()
-
-    def write(directory: Path, version: str) -> None:
-        data = site_model_onnx(model, site="bench", version=version, backbone_ref="bench:v1")
-        (directory / "model.onnx").write_bytes(data)
-
-    repo = ModelRepository(root)
-    repo.publish_site("bench", write, loss="nll", parent=None)
-    return repo.path("site", "bench") / "model.onnx"
 
 
 def summary(
