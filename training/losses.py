@@ -68,6 +68,17 @@ def gaussian_nll(
         raise ValueError(
             f"sigma has shape {tuple(sigma.shape)}: expected {tuple(position.shape)} like position"
         )
+    return _nll_per_axis(position, sigma, truth, scale, beta).sum(dim=1).mean()
+
+
+def _nll_per_axis(
+    position: torch.Tensor,
+    sigma: torch.Tensor,
+    truth: torch.Tensor,
+    scale: torch.Tensor | float,
+    beta: float,
+) -> torch.Tensor:
+    """The (beta-weighted) NLL per point and axis in normalised units, any leading shape."""
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta={beta}, expected in [0, 1]")
     z = (position - truth) / sigma
@@ -75,7 +86,7 @@ def gaussian_nll(
     per_axis = torch.log(norm_sigma) + 0.5 * z.square() + _HALF_LOG_2PI
     if beta > 0:
         per_axis = per_axis * norm_sigma.detach().pow(2.0 * beta)
-    return per_axis.sum(dim=1).mean()
+    return per_axis
 
 
 def position_loss(
@@ -120,14 +131,7 @@ def batched_position_loss(
     else:
         if sigma is None:
             raise ValueError("the nll loss needs a head with sigma outputs (out=4); got none")
-        if not 0.0 <= beta <= 1.0:
-            raise ValueError(f"beta={beta}, expected in [0, 1]")
-        z = (position - truth) / sigma
-        norm_sigma = sigma / s
-        per_axis = torch.log(norm_sigma) + 0.5 * z.square() + _HALF_LOG_2PI
-        if beta > 0:
-            per_axis = per_axis * norm_sigma.detach().pow(2.0 * beta)
-        per_point = per_axis.sum(dim=-1)
+        per_point = _nll_per_axis(position, sigma, truth, s, beta).sum(dim=-1)
     if mask is None:
         return per_point.mean(dim=1)
     weights = mask.to(per_point.dtype)
