@@ -32,10 +32,13 @@ steps the loop validates; a phase stops after ``patience`` validations without
 a better score, but never before ``min_steps``; a plateau schedule halves the
 rate after ``lr_patience`` (>= 3) validations without improvement. The score
 is the plain validation loss (NLL with beta = 0, or MSE), never the
-beta-weighted training loss. Each phase is judged on its own from its start,
-and when the last phase ends the best state seen in *any* phase is restored:
-an unfrozen phase that needs a while to overtake its head-only warm-up is not
-thrown away, and one that never does is.
+beta-weighted training loss, or, when a ``selector`` is given (MEML with a
+`training.probe.TransferProbe`), the selector's score of the backbone: then
+early stopping and the restored state follow transfer to held-out scenes, and
+the plateau schedule still follows the source validation loss. Each phase is
+judged on its own from its start, and when the last phase ends the best state
+seen in *any* phase is restored: an unfrozen phase that needs a while to
+overtake its head-only warm-up is not thrown away, and one that never does is.
 
 Head-only phases run the frozen backbone once over the data and train the
 heads on the cached features (bit-identical backbone, far fewer FLOPs).
@@ -76,6 +79,8 @@ HeadOutput = tuple[torch.Tensor, torch.Tensor | None]
 """What a head returns: position [B, 2] and sigma [B, 2] (nll) or None (mse), in metres."""
 Trainable = Literal["all", "head"]
 HeadFn = Callable[[torch.Tensor], HeadOutput]
+Selector = Callable[[nn.Module], float]
+"""A score of a backbone for model selection, lower is better (e.g. held-out transfer ME)."""
 
 BATCH_HEADS_ABOVE = 8
 """By default heads are batched (`BatchedHeads`) when there are more tasks than this."""
@@ -173,6 +178,8 @@ class PhaseReport:
     best_val_me_per_task: dict[str, float]
     stopped_early: bool
     steps_per_epoch: int = 1
+    best_score: float = math.inf
+    """What selection compared: ``best_val_loss``, or the selector's score when one was given."""
 
     @property
     def epochs(self) -> int:
@@ -255,6 +262,7 @@ def fit(
     start: PhaseReport | None = None,
     envs_per_step: int = 0,
     batched_heads: bool | None = None,
+    selector: Selector | None = None,
 ) -> FitReport:
     """Train ``backbone`` and the tasks' heads through ``phases``; return the report.
 
@@ -269,7 +277,11 @@ def fit(
     0 or >= the number of tasks: all). ``batched_heads``: train the heads as one
     `BatchedHeads` (they must all be `Head`s of one config); None: when there are
     more than `BATCH_HEADS_ABOVE` tasks or environments are sampled, if they can be.
+    ``selector``: a score of the backbone (lower is better; main process only) that
+    replaces the validation loss for early stopping and the choice of the state.
     """
+    if selector is not None and shard is not None and shard.world > 1:
+        raise ValueError("a selector scores on one process; it cannot run under torchrun")
     _check_inputs(tasks, phases, batch_size, allow_empty_val=shard is not None and shard.world > 1)
     if envs_per_step < 0:
         raise ValueError(f"envs_per_step={envs_per_step}, expected >= 0 (0: all)")
@@ -310,7 +322,7 @@ def fit(
 
     report = FitReport()
     report.centroid_me_per_task = _centroid_me(task_heads, names, val_sets, distributed)
-    overall = _Best(math.inf, math.nan, {}, 0, _snapshot(joint))
+    overall = _Best(math.inf, math.nan, {}, 0, _snapshot(joint), math.inf)
     if start is not None:
         report.phases.append(start)
         report.final_phase = start.name
@@ -320,6 +332,7 @@ def fit(
             start.best_val_me_per_task,
             start.best_step,
             overall.state,
+            start.best_score,
         )
     t0 = time.perf_counter()
     for phase in phases:
@@ -354,7 +367,7 @@ def fit(
         if distributed and train_backbone:
             model = nn.parallel.DistributedDataParallel(joint, device_ids=_device_ids(dev))
 
-        best = _Best(math.inf, math.nan, {}, 0, _snapshot(joint))
+        best = _Best(math.inf, math.nan, {}, 0, _snapshot(joint), math.inf)
         evals_since_best = 0
         running = torch.zeros((), device=dev)
         since_eval = 0
@@ -419,9 +432,10 @@ def fit(
                 joint, head_fns, names, val_sets, scales, loss, distributed, val_feats
             )
             me_mean = float(np.mean(list(val_me.values())))
-            improved = val_loss < best.loss
+            score = val_loss if selector is None else selector(backbone)
+            improved = score < best.score
             if improved:
-                best = _Best(val_loss, me_mean, val_me, step, _snapshot(joint))
+                best = _Best(val_loss, me_mean, val_me, step, _snapshot(joint), score)
                 evals_since_best = 0
             else:
                 evals_since_best += 1
@@ -437,6 +451,8 @@ def fit(
                 "val_me_per_task": val_me,
                 "lr": opts[0].param_groups[0]["lr"],
             }
+            if selector is not None:
+                row["score"] = score
             running.zero_()
             since_eval = 0
             report.history.append(row)
@@ -459,7 +475,7 @@ def fit(
         # --- the next phase starts from this phase's best state ---
         if best.step:
             joint.load_state_dict(best.state)
-        if best.loss < overall.loss:
+        if best.score < overall.score:
             overall = best
             report.final_phase = phase.name
         report.phases.append(
@@ -470,6 +486,7 @@ def fit(
                 best_val_loss=best.loss,
                 best_val_me=best.me,
                 best_val_me_per_task=best.me_per_task,
+                best_score=best.score,
                 stopped_early=stopped_early,
                 steps_per_epoch=per_epoch,
             )
@@ -697,6 +714,8 @@ class _Best:
     me_per_task: dict[str, float]
     step: int
     state: dict[str, torch.Tensor]
+    score: float
+    """What selection compares: the validation loss, or the selector's score."""
 
 
 @torch.no_grad()
@@ -836,6 +855,7 @@ def _eval_line(row: dict[str, Any], improved: bool) -> str:
         f"{row['phase']:>11} step {row['step']:6d} (epoch {row['epoch']:6.1f})  "
         f"train {row['train_loss']:9.4f}  "
         f"val {row['val_loss']:9.4f}  val ME {row['val_me']:7.3f} m  lr {row['lr']:.1e}"
+        + (f"  score {row['score']:7.3f}" if "score" in row else "")
         + ("  *" if improved else "")
     )
 

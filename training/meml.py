@@ -37,6 +37,7 @@ from training.data.splits import split_train_val, train_val_indices
 from training.fit import FitReport, Phase, ProgressFn, Shard, Task, fit
 from training.metrics import finish_head
 from training.nets import Backbone, BackboneConfig, Head, HeadConfig, SiteModel
+from training.probe import TransferProbe
 
 RETRY_SEED_OFFSET = 7919
 """Seed offset of the second initialisation a degenerate run gets (a prime: no collisions
@@ -61,6 +62,8 @@ class SourceResult:
     samples: dict[str, int] = field(default_factory=dict)
     degenerate: list[str] = field(default_factory=list)
     retried: bool = False
+    probe_me: dict[str, float] = field(default_factory=dict)
+    """ME of fresh linear heads on the held-out probe environments (empty: no probe)."""
 
     def site_model(self, env: str) -> SiteModel:
         """The full model of one environment (backbone + its head)."""
@@ -184,6 +187,7 @@ def train_sources(
     progress: ProgressFn | None = None,
     shard: Shard | None = None,
     device: torch.device | str = "cpu",
+    probe: TransferProbe | None = None,
 ) -> SourceResult:
     """Train a fresh backbone and one fresh head per environment of ``sources``.
 
@@ -193,6 +197,11 @@ def train_sources(
     more from another initialisation (``config.retry_degenerate``; MEML's
     environments are only flagged: one hard environment says nothing about the
     initialisation), and the better run by validation score is kept.
+
+    ``probe``: held-out environments that measure transfer (`training.probe`);
+    early stopping and the kept checkpoint then follow their mean ME, not the
+    source validation loss, and `SourceResult.probe_me` holds the final ME per
+    held-out environment.
     """
     if not sources:
         raise ValueError("no environments to train on: expected at least one")
@@ -208,6 +217,7 @@ def train_sources(
             progress=progress,
             shard=shard,
             device=device,
+            probe=probe,
         )
 
     result = once(config.seed)
@@ -230,6 +240,7 @@ def _train_once(
     progress: ProgressFn | None,
     shard: Shard | None,
     device: torch.device | str,
+    probe: TransferProbe | None = None,
 ) -> SourceResult:
     backbone = Backbone(backbone_config, seed=init_seed)
     heads: dict[str, Head] = {}
@@ -259,6 +270,7 @@ def _train_once(
         device=device,
         envs_per_step=config.envs_per_step,
         batched_heads=config.batched_heads,
+        selector=None if probe is None else probe.score,
     )
     backbone.cpu()
     for head in heads.values():
@@ -281,4 +293,5 @@ def _train_once(
         data_fingerprint=combined_fingerprint({n: s.fingerprint for n, s in sources.items()}),
         samples={name: src.train_size for name, src in sources.items()},
         degenerate=degenerate,
+        probe_me={} if probe is None else probe(backbone),
     )

@@ -376,3 +376,35 @@ def test_environment_sampling_is_uniform_and_seeded() -> None:
     again = torch.Generator().manual_seed(0)
     assert [_sample_envs(10, 3, again) for _ in range(5)] == draws[:5]
     assert _sample_envs(4, 4, gen) == _sample_envs(4, 9, gen) == [0, 1, 2, 3]
+
+
+def test_a_selector_chooses_the_state_and_stops_the_phase() -> None:
+    """With a selector, the kept state is the one it scored best, not the lowest val loss."""
+    torch.manual_seed(0)
+    backbone, task = TinyBackbone(), make_task("a", 200, 3)
+    calls: list[int] = []
+
+    def selector(b: nn.Module) -> float:
+        calls.append(1)
+        return [5.0, 1.0, 4.0, 3.0, 2.0, 6.0, 7.0][len(calls) - 1]  # best at the 2nd validation
+
+    kept: dict[str, torch.Tensor] = {}
+    snapshot_at = 10
+
+    def progress(row: dict[str, object]) -> None:
+        if row["step"] == snapshot_at:
+            kept.update(params(backbone))
+
+    report = fit(
+        backbone,
+        [task],
+        [phase("t", "all", 3e-2, 2000, patience=3, every=5)],
+        loss="mse",
+        selector=selector,
+        progress=progress,
+    )
+    ph = report.phases[0]
+    assert ph.best_step == 10 and ph.best_score == 1.0
+    assert ph.stopped_early and ph.steps == 25 and len(calls) == 5
+    assert [r["score"] for r in report.history] == [5.0, 1.0, 4.0, 3.0, 2.0]
+    assert all(torch.equal(kept[k], v) for k, v in params(backbone).items())

@@ -134,27 +134,15 @@ def _metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
     return table
 
 
-def _expand_envs(data: Path, envs: str) -> list[str]:
-    """The environments ``--envs`` names, patterns expanded against the file, in order."""
-    import fnmatch
-
-    from training.data.fingerprints import list_environments
+def _expand_envs(data: Path | list[Path], envs: str, what: str = "--envs") -> dict[str, Path]:
+    """The environments ``--envs`` names, patterns expanded against the files, in order."""
+    from training.data.catalog import environments_in, match_environments
 
     parts = [e.strip() for e in envs.split(",") if e.strip()]
     if not parts:
-        raise ValueError("--envs is empty: expected e.g. industrial/bs0,industrial/bs1")
-    present = list_environments(data) if any(set(p) & set("*?[") for p in parts) else []
-    names: list[str] = []
-    for part in parts:
-        matched = (
-            [e for e in present if fnmatch.fnmatchcase(e, part)]
-            if set(part) & set("*?[")
-            else [part]
-        )
-        if not matched:
-            raise ValueError(f"--envs pattern {part!r} matches no environment of {data}")
-        names += [m for m in matched if m not in names]
-    return names
+        raise ValueError(f"{what} is empty: expected e.g. industrial/bs0,industrial/bs1")
+    files = data if isinstance(data, list) else [data]
+    return match_environments(environments_in(files), parts, what=f"{what} entry")
 
 
 def _backbone_config(inputs: str) -> Any:
@@ -176,6 +164,7 @@ def _publish_source(
     envs: list[str],
     set_default: bool,
     world: int = 1,
+    probe_envs: list[str] | None = None,
 ) -> None:
     import torch
 
@@ -188,6 +177,8 @@ def _publish_source(
     config["steps_run"] = result.report.steps
     config["degenerate"] = result.degenerate
     config["torch_threads"] = torch.get_num_threads()
+    if probe_envs:
+        config["probe_envs"] = probe_envs
     version = save_backbone(
         repo,
         name,
@@ -200,6 +191,14 @@ def _publish_source(
             "best_val_me": result.report.best_val_me,
             "val_loss_history": [row["val_loss"] for row in result.report.history],
             "train_loss_history": [row["train_loss"] for row in result.report.history],
+            **(
+                {
+                    "probe_me": result.probe_me,
+                    "probe_score_history": [row["score"] for row in result.report.history],
+                }
+                if result.probe_me
+                else {}
+            ),
         },
     )
     if set_default:
@@ -222,7 +221,15 @@ def _publish_source(
 @app.command("meml")
 @train_options(loss="mse", val_fraction=0.1)
 def meml(
-    data: Annotated[Path, _OPT_DATA],
+    data: Annotated[
+        list[Path],
+        typer.Option(
+            "--data",
+            help="HDF5 fingerprint file; repeat for a corpus traced in several files.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ],
     envs: Annotated[
         str,
         typer.Option(
@@ -247,27 +254,55 @@ def meml(
         bool,
         typer.Option(help="Leave the training CSI on disk and read it as batches are drawn."),
     ] = False,
+    probe_envs: Annotated[
+        str | None,
+        typer.Option(
+            help="Held-out environments (names or patterns, never sources) that measure "
+            "transfer: early stopping and the kept checkpoint follow the ME of fresh linear "
+            "heads fitted on --probe-labels of their samples. Use whole scenes, e.g. "
+            "'proc/s0060/*,proc/s0061/*'."
+        ),
+    ] = None,
+    probe_labels: Annotated[
+        int, typer.Option(help="Labelled samples per probe environment.")
+    ] = 100,
     quiet: Quiet = False,
 ) -> None:
     """MEML: one backbone, one head per source environment, summed losses (eq. 5).
 
     Runs data-parallel under `torchrun --nproc_per_node=N csipos train meml ...`.
     With hundreds of environments, --envs-per-step draws that many per step and
-    --lazy trains a corpus larger than RAM.
+    --lazy trains a corpus larger than RAM; --probe-envs selects the checkpoint by
+    transfer to held-out scenes (single process only).
     """
     from training import distributed
+    from training.data.fingerprints import read_environment
     from training.meml import SourceData, train_sources
+    from training.probe import TransferProbe
 
     _setup_logging(quiet)
     with _cli_errors(), distributed.session() as ses:
-        names = _expand_envs(data, envs)
+        found = _expand_envs(data, envs)
+        held_out = _expand_envs(data, probe_envs, "--probe-envs") if probe_envs else {}
+        names = [e for e in found if e not in held_out]
+        if not names:
+            raise ValueError("every --envs environment is also a --probe-envs one: no sources")
         config = config.replace(envs_per_step=envs_per_step)
         sources = {
             env: SourceData.from_file(
-                data, env, config.val_fraction, config.seed, ses.shard, lazy=lazy
+                found[env], env, config.val_fraction, config.seed, ses.shard, lazy=lazy
             )
             for env in names
         }
+        probe = (
+            TransferProbe.from_fingerprints(
+                {e: read_environment(p, e) for e, p in held_out.items()},
+                probe_labels,
+                config.seed,
+            )
+            if held_out
+            else None
+        )
         result = train_sources(
             sources,
             config,
@@ -275,9 +310,12 @@ def meml(
             quiet=quiet or not ses.is_main,
             shard=ses.shard,
             device=ses.device,
+            probe=probe,
         )
         if ses.is_main:
-            _publish_source(result, out, name, "meml", names, set_default, ses.shard.world)
+            _publish_source(
+                result, out, name, "meml", names, set_default, ses.shard.world, sorted(held_out)
+            )
 
 
 @app.command("dtl")

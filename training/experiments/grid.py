@@ -4,6 +4,13 @@ A *run* is one target training: (target site, target loss, strategy, target
 training mode, fraction of the labelled pool, fold). A *cell* is a run without
 its fold; the report averages a cell over its folds. Presets fix the grid and
 the training budget, so a result directory always says what made it.
+
+The `transfer` preset asks the product question instead: a site never seen,
+a given number of labels. Its runs count labels (`Run.labels`) rather than
+fractions, its folds are seeds (independent draws of the labelled set), and
+its MEML backbones come from named *source sets* (`SourceSet`: the industrial
+hall, or N_B environments of a procedural corpus), written `meml-nll@corpus64`.
+Targets and probe scenes are held out of every source set scene by scene.
 """
 
 from __future__ import annotations
@@ -22,6 +29,35 @@ MODES: tuple[str, ...] = TARGET_MODES
 SCRATCH = "scratch"
 MEML_STRATEGIES = ("meml-mse", "meml-nll")
 DTL_PREFIX = "dtl-"
+SET_SEP = "@"
+"""`meml-nll@corpus64`: MEML with the NLL loss over the source set `corpus64`."""
+
+
+@dataclass(frozen=True)
+class SourceSet:
+    """Named MEML sources: environment names or shell patterns, optionally only `count` of
+    them (N_B), drawn in one seeded order shared by every set so that smaller sets are
+    subsets of larger ones."""
+
+    name: str
+    envs: tuple[str, ...]
+    count: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.replace("-", "").isalnum():
+            raise ValueError(f"source set name {self.name!r}: expected letters, digits and '-'")
+        if not self.envs:
+            raise ValueError(f"source set {self.name!r} names no environments")
+        if self.count is not None and self.count < 1:
+            raise ValueError(f"source set {self.name!r}: count={self.count}, expected >= 1")
+
+
+def scene_of(env: str) -> str:
+    """The scene an environment belongs to: `proc/s0007/bs1` -> `proc/s0007`, `lab-los` -> itself.
+
+    Base stations of one scene share its geometry, so hold-outs are by scene.
+    """
+    return env.rsplit("/", 1)[0] if "/" in env else env
 
 
 def dtl_strategy(source_env: str) -> str:
@@ -35,11 +71,17 @@ def strategy_kind(strategy: str) -> Literal["scratch", "dtl", "meml"]:
         return "scratch"
     if strategy.startswith(DTL_PREFIX):
         return "dtl"
-    if strategy in MEML_STRATEGIES:
+    if strategy.split(SET_SEP, 1)[0] in MEML_STRATEGIES:
         return "meml"
     raise ValueError(
-        f"unknown strategy {strategy!r}: expected 'scratch', 'dtl-<bs>', 'meml-mse' or 'meml-nll'"
+        f"unknown strategy {strategy!r}: expected 'scratch', 'dtl-<bs>', 'meml-mse', 'meml-nll'"
+        " or 'meml-<loss>@<source set>'"
     )
+
+
+def source_set_of(strategy: str) -> str | None:
+    """`meml-nll@corpus64` -> `corpus64`; None for a strategy without a source set."""
+    return strategy.split(SET_SEP, 1)[1] if SET_SEP in strategy else None
 
 
 @dataclass(frozen=True, order=True)
@@ -52,18 +94,26 @@ class Run:
     mode: str
     fraction: float
     fold: int
+    labels: int = 0
+    """Labelled samples (train + validation) of a label-budget run; 0: a fraction run."""
+
+    @property
+    def amount(self) -> float:
+        """How much target data: the label count of a label-budget run, else the fraction."""
+        return float(self.labels) if self.labels else self.fraction
 
     @property
     def cell(self) -> tuple[str, str, str, str, float]:
-        """The run without its fold: what the report averages over folds."""
-        return (self.target, self.loss, self.strategy, self.mode, self.fraction)
+        """The run without its fold: what the report averages over folds (or seeds)."""
+        return (self.target, self.loss, self.strategy, self.mode, self.amount)
 
     @property
     def id(self) -> str:
-        """Filesystem-safe, human-readable key, e.g. `lab-los.nll.meml-mse.gradual.f020.k3`."""
+        """Filesystem-safe, human-readable key, e.g. `lab-los.nll.meml-mse.gradual.f020.k3`
+        (`...n00500.k3` for 500 labels)."""
         target = self.target.replace("/", "_")
-        pct = round(self.fraction * 100)
-        return f"{target}.{self.loss}.{self.strategy}.{self.mode}.f{pct:03d}.k{self.fold}"
+        amount = f"n{self.labels:05d}" if self.labels else f"f{round(self.fraction * 100):03d}"
+        return f"{target}.{self.loss}.{self.strategy}.{self.mode}.{amount}.k{self.fold}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,6 +164,17 @@ class Preset:
     """Target training's budget and recipe (loss and seed are set per run)."""
     notes: str = ""
     """Shown in the report: how the preset departs from the paper and why."""
+    labels: tuple[int, ...] = ()
+    """Label budgets (train + validation samples) instead of `fractions`; folds are then
+    seeds, each an independent draw of the labelled set (nested across budgets)."""
+    source_sets: tuple[SourceSet, ...] = ()
+    """MEML backbones over named source sets (`meml-<loss>@<set>`), instead of one over
+    `source_envs`."""
+    probe_envs: tuple[str, ...] = ()
+    """Held-out environments (names or patterns) that select each MEML checkpoint by
+    transfer (`training.probe`); their scenes are never sources or targets."""
+    probe_labels: int = 100
+    """Labelled samples per probe environment."""
 
     def __post_init__(self) -> None:
         bad = [f for f in self.fractions if not 0.0 < f <= 1.0]
@@ -133,20 +194,37 @@ class Preset:
         for mode in self.modes:
             if mode not in MODES:
                 raise ValueError(f"preset {self.name!r}: unknown mode {mode!r}")
+        if any(n < 2 for n in self.labels):
+            raise ValueError(f"preset {self.name!r}: label budgets {self.labels}, expected >= 2")
+        names = [s.name for s in self.source_sets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"preset {self.name!r}: source set names {names} repeat")
 
     @property
     def strategies(self) -> tuple[str, ...]:
         """Scratch, then DTL per source, then MEML per source loss: the report's row order."""
-        return (
-            SCRATCH,
-            *(dtl_strategy(e) for e in self.dtl_sources),
-            *(f"meml-{loss}" for loss in self.meml_losses),
+        meml = (
+            [f"meml-{loss}{SET_SEP}{s.name}" for s in self.source_sets for loss in self.meml_losses]
+            if self.source_sets
+            else [f"meml-{loss}" for loss in self.meml_losses]
         )
+        return (SCRATCH, *(dtl_strategy(e) for e in self.dtl_sources), *meml)
+
+    def source_set(self, name: str) -> SourceSet:
+        for s in self.source_sets:
+            if s.name == name:
+                return s
+        raise ValueError(f"preset {self.name!r} has no source set {name!r}")
 
     def runs(self) -> list[Run]:
         """Every run of the grid, in a fixed order (cheap, small fractions first)."""
         out: list[Run] = []
-        for fraction in sorted(self.fractions):
+        amounts: list[tuple[float, int]] = (
+            [(1.0, n) for n in sorted(self.labels)]
+            if self.labels
+            else [(f, 0) for f in sorted(self.fractions)]
+        )
+        for fraction, labels in amounts:
             for fold in self.folds:
                 for target in self.targets:
                     for loss in self.losses:
@@ -155,7 +233,8 @@ class Preset:
                             # layers from random init, i.e. `finetune` from nothing.
                             modes = ("finetune",) if strategy == SCRATCH else self.modes
                             out.extend(
-                                Run(target, loss, strategy, mode, fraction, fold) for mode in modes
+                                Run(target, loss, strategy, mode, fraction, fold, labels)
+                                for mode in modes
                             )
         return out
 
@@ -279,7 +358,65 @@ PAPER_MODES = dataclasses.replace(
 """The target-mode comparison on the paper preset's data (`docs/results/modes/`): which mode
 wins where, and whether `auto` keeps up with the best single mode."""
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (QUICK, PAPER, PAPER_MODES, PAPER_FULL)}
+TRANSFER_TARGET_SCENES = tuple(range(100_000, 100_008))
+"""Procedural scenes held out as targets: `csipos data simulate --scene procedural --preset
+corpus --count 8 --seed 100000 --positions 2000` traces them; never used as sources."""
+
+TRANSFER = Preset(
+    name="transfer",
+    targets=(*(f"proc/s{i}/bs0" for i in TRANSFER_TARGET_SCENES), "lab-los", "lab-nlos"),
+    source_envs=(),
+    dtl_sources=(),
+    losses=("nll",),
+    meml_losses=("nll",),
+    modes=("auto", "finetune"),
+    labels=(50, 100, 200, 500, 1000, 3000),
+    folds=(0, 1, 2, 3, 4),
+    max_test=1000,
+    max_source_samples=3000,
+    source_sets=(
+        SourceSet("industrial", ("industrial/*",)),
+        SourceSet("corpus16", ("proc/*",), 16),
+        SourceSet("corpus64", ("proc/*",), 64),
+        SourceSet("corpus256", ("proc/*",), 256),
+    ),
+    probe_envs=("proc/s0060/*", "proc/s0061/*", "proc/s0062/*", "proc/s0063/*"),
+    inputs="phase-delay",
+    source=TrainConfig(batch_size=64, epochs=40, patience=8, envs_per_step=16),
+    target=TrainConfig(batch_size=64, min_steps=400, epochs=60, patience=15),
+    notes=(
+        "The product question: a site never seen, a given number of labels. Targets: 8 "
+        "procedural scenes never used as sources (BS 0 of each) and the two labs; folds are "
+        "seeds (independent draws of the labelled set); MEML backbones over the industrial "
+        "hall and over N_B environments of the procedural corpus, each checkpoint chosen by "
+        "transfer to 4 probe scenes (also never sources); every backbone, scratch included, "
+        "reads phase- and timing-invariant inputs."
+    ),
+)
+"""The `transfer` grid of issue 10 (docs/results/transfer): ~3,000 runs, a GPU or a cluster's
+worth (`--executor ray`); `transfer-2core` is the cut one session on 2 CPU cores affords."""
+
+TRANSFER_2CORE = dataclasses.replace(
+    TRANSFER,
+    name="transfer-2core",
+    modes=("finetune",),
+    labels=(100, 500, 3000),
+    source_sets=(
+        SourceSet("industrial", ("industrial/*",)),
+        SourceSet("corpus16", ("proc/*",), 16),
+        SourceSet("corpus", ("proc/*",)),
+    ),
+    notes=(
+        "The transfer preset cut to what one session on 2 shared CPU cores affords: "
+        "fine-tuning only (in the modes study `auto` was never worse than fine-tuning), 100, "
+        "500 and 3,000 labels (3,000 only where a target's pool holds them: the labs), N_B "
+        "16 and the whole corpus."
+    ),
+)
+
+PRESETS: dict[str, Preset] = {
+    p.name: p for p in (QUICK, PAPER, PAPER_MODES, PAPER_FULL, TRANSFER, TRANSFER_2CORE)
+}
 
 
 def get_preset(name: str) -> Preset:

@@ -13,6 +13,12 @@ worker process computes the same indices without sharing state:
 
 All runs of one (target, loss, fraction, fold) share the seed of the new head,
 so strategies differ by their backbone, not by the luck of an init.
+
+Label-budget runs (`Run.labels`, the `transfer` preset) draw their labelled
+set from the pool instead: fold i is seed i, an independent permutation of the
+pool whose first `labels` samples are the run's (so budgets are nested), the
+first `val_fraction` of them validating. A budget larger than a target's pool
+is not planned (`planned_runs`).
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ import numpy.typing as npt
 import torch
 
 from training.config import check_mode
-from training.data.fingerprints import Fingerprints, list_environments, open_environment
+from training.data.catalog import environments_in, match_environments
+from training.data.fingerprints import Fingerprints, open_environment
 from training.data.splits import fraction_subset, kfold, train_val_test
 from training.experiments import sources
 from training.experiments.grid import Preset, Run, derive_seed, strategy_kind
@@ -59,8 +66,21 @@ class TargetSplit:
     pool: IndexArray
     folds: list[tuple[IndexArray, IndexArray]]
 
-    def run_indices(self, run: Run, seed: int) -> tuple[IndexArray, IndexArray]:
-        """(train, val) of one run: its fold, reduced to its fraction (nested across fractions)."""
+    def run_indices(
+        self, run: Run, seed: int, val_fraction: float = 0.2
+    ) -> tuple[IndexArray, IndexArray]:
+        """(train, val) of one run: its fold, reduced to its fraction (nested across fractions),
+        or, for a label-budget run, the first `labels` of its seed's permutation of the pool."""
+        if run.labels:
+            if run.labels > len(self.pool):
+                raise ValueError(
+                    f"{run.id}: {run.labels} labels asked, the pool of {run.target!r} holds "
+                    f"{len(self.pool)}"
+                )
+            order = np.random.default_rng(derive_seed(seed, "labels", run.target, run.fold))
+            chosen = self.pool[order.permutation(len(self.pool))[: run.labels]]
+            n_val = min(run.labels - 1, max(1, round(run.labels * val_fraction)))
+            return chosen[n_val:], chosen[:n_val]
         train, val = self.folds[run.fold]
         key = derive_seed(seed, "fraction", run.target, run.fold)
         return (
@@ -89,23 +109,32 @@ def target_split(n: int, preset: Preset, seed: int, target: str) -> TargetSplit:
 def locate_data(preset: Preset, paths: Sequence[Path]) -> dict[str, Path]:
     """Which file holds each environment the preset needs (the first that has it).
 
+    Source sets and probes given as patterns bring every environment they match.
     Raises with the missing environments and what the files do have, so a
     wrong `--data` is a one-line fix.
     """
-    present: dict[str, Path] = {}
-    for path in paths:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{path}: no such fingerprint file")
-        for env in list_environments(path):
-            present.setdefault(env, Path(path))
-    needed = [*preset.targets, *preset.source_envs]
+    present = environments_in(paths)
+    plain = [*preset.source_envs] if not preset.source_sets else []
+    needed = [*preset.targets, *plain, *preset.dtl_sources]
     missing = [e for e in needed if e not in present]
     if missing:
         raise ValueError(
             f"preset {preset.name!r} needs environments {missing}; "
             f"{', '.join(map(str, paths))} hold {sorted(present)}"
         )
-    return {env: present[env] for env in needed}
+    out = {env: present[env] for env in needed}
+    patterns = [*(e for s in preset.source_sets for e in s.envs), *preset.probe_envs]
+    out.update(match_environments(present, patterns, what=f"preset {preset.name!r}: entry"))
+    return out
+
+
+def planned_runs(preset: Preset, sizes: dict[str, int], seed: int) -> list[Run]:
+    """The preset's runs, less label budgets larger than a target's labelled pool."""
+    runs = preset.runs()
+    if not preset.labels:
+        return runs
+    pools = {t: len(target_split(sizes[t], preset, seed, t).pool) for t in preset.targets}
+    return [r for r in runs if r.labels <= pools[r.target]]
 
 
 def data_sizes(env_paths: dict[str, Path]) -> dict[str, int]:
@@ -132,7 +161,7 @@ def data_descriptions(env_paths: dict[str, Path]) -> dict[str, dict[str, Any]]:
 
 def cost_units(run: Run) -> float:
     """Relative cost of a run for the ETA: its data grows with the fraction, plus a fixed part."""
-    return 0.1 + run.fraction
+    return 0.1 + (run.labels / 1000 if run.labels else run.fraction)
 
 
 @dataclass(frozen=True)
@@ -170,10 +199,10 @@ def execute_run(spec: RunSpec) -> RunResult:
     run, preset = spec.run, spec.preset
     t0 = time.perf_counter()
     target = load_target(spec.env_paths[run.target], run.target, preset, spec.seed)
-    train_idx, val_idx = target.split.run_indices(run, spec.seed)
+    train_idx, val_idx = target.split.run_indices(run, spec.seed, preset.target.val_fraction)
     train, val = target.take(train_idx), target.take(val_idx)
     test = target.take(target.split.test)
-    seed = derive_seed(spec.seed, "run", run.target, run.loss, run.fraction, run.fold)
+    seed = derive_seed(spec.seed, "run", run.target, run.loss, run.amount, run.fold)
 
     config = sources.train_config(preset.target, run.loss, seed)
     if strategy_kind(run.strategy) == "scratch":

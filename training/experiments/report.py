@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from training.experiments.claims import Claim, evaluate_claims, finetune_variant
 from training.experiments.grid import DTL_PREFIX, SCRATCH, Preset, Run
 from training.experiments.modes import mode_header, mode_rows
 from training.experiments.store import RunResult, atomic_write_text
+from training.experiments.transfer_report import transfer_section
 
 RESULTS_CSV = "results.csv"
 SUMMARY_CSV = "summary.csv"
@@ -45,6 +46,8 @@ class ReportContext:
     data_sources: dict[str, dict[str, Any]]
     elapsed_s: float
     source_wall_s: dict[str, float]
+    source_envs: dict[str, int] = field(default_factory=dict)
+    """Environments each cached MEML source trained on (N_B)."""
 
 
 def write_results_csv(results: Sequence[RunResult], path: Path) -> None:
@@ -227,12 +230,21 @@ def write_report(
         "",
         f"- Command: `{ctx.command}`",
         f"- Data: `{ctx.data_path}`; samples per environment: "
-        + ", ".join(f"{k} {v}" for k, v in ctx.data_sizes.items()),
+        + (
+            ", ".join(f"{k} {v}" for k, v in ctx.data_sizes.items())
+            if len(ctx.data_sizes) <= 40
+            else f"{len(ctx.data_sizes)} environments, {min(ctx.data_sizes.values())}-"
+            f"{max(ctx.data_sizes.values())} each (per environment in `experiment.json`)"
+        ),
         f"- Grid: targets {', '.join(p.targets)}; target losses {', '.join(p.losses)}; "
         f"strategies {', '.join(p.strategies)}; target training {', '.join(p.modes)}; "
-        f"fractions {', '.join(f'{f:.0%}' for f in p.fractions)}; "
-        f"folds {len(p.folds)} of k = {p.k}; "
-        f"test set {p.test_fraction:.0%} of each target, fixed.",
+        + (
+            f"labels {', '.join(map(str, p.labels))}; seeds {len(p.folds)}; "
+            if p.labels
+            else f"fractions {', '.join(f'{f:.0%}' for f in p.fractions)}; "
+            f"folds {len(p.folds)} of k = {p.k}; "
+        )
+        + f"test set {p.test_fraction:.0%} of each target, fixed.",
         f"- Caps: target pool {p.max_target_pool or 'all'}, source samples per environment "
         f"{p.max_source_samples or 'all'}; DTL sources trained with {p.dtl_loss}.",
         f"- Budgets (optimizer steps): sources at least {p.source.min_steps} steps, at most "
@@ -250,7 +262,13 @@ def write_report(
         "- Scratch trains every layer from random init, so it has one value per cell that "
         "stands in both the fine-tuning and the gradual columns.",
     ]
-    if ctx.data_sources:
+    if ctx.data_sources and len(ctx.data_sources) > 40:
+        lines += [
+            "",
+            f"Data: {len(ctx.data_sources)} environments (full generator parameters and "
+            "sizes in `experiment.json`).",
+        ]
+    elif ctx.data_sources:
         lines += ["", "Data (full generator parameters in `experiment.json`):", ""]
         rows = [
             [env, str(ctx.data_sizes.get(env, "?")), _made_by(d.get("source", {})),
@@ -260,6 +278,10 @@ def write_report(
         lines.append(_md_table(["environment", "samples", "made by", "description"], rows))
     if missing:
         lines += ["", f"**Incomplete: {len(missing)} runs missing** (rerun the command to resume)."]
+
+    if p.labels:
+        lines += ["", *transfer_section(summary, p, out_dir, ctx.source_envs)]
+        return _finish(out_dir, lines)
 
     lines += ["", "## The paper's claims on our data", ""]
     for i, claim in enumerate(evaluate_claims(summary), start=1):
@@ -294,6 +316,10 @@ def write_report(
         "phase, wall time.",
         f"- `{SUMMARY_CSV}`: mean and std over folds per cell, DTL mean and best included.",
     ]
+    return _finish(out_dir, lines)
+
+
+def _finish(out_dir: Path, lines: list[str]) -> Path:
     path = out_dir / REPORT_MD
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

@@ -191,10 +191,11 @@ def run_experiment(
     paths = [Path(data)] if isinstance(data, str | Path) else [Path(p) for p in data]
     env_paths = jobs.locate_data(preset, paths)
     out_dir.mkdir(parents=True, exist_ok=True)
-    check_state(out_dir, _state(preset, env_paths, seed))
+    state = _state(preset, env_paths, seed)
+    check_state(out_dir, state)
 
     store = ResultStore(out_dir)
-    planned = preset.runs()
+    planned = jobs.planned_runs(preset, state["data_sizes"], seed)
     pending = [r for r in planned if not store.done(r)]
     outcome = Outcome(planned=planned, ran=0, skipped=len(planned) - len(pending))
     log.info(
@@ -249,7 +250,7 @@ def run_experiment(
 def report(preset: Preset, out_dir: Path, *, command: str = "", elapsed_s: float = 0.0) -> Path:
     """(Re)write the report of whatever runs of `preset` have finished in `out_dir`."""
     state = json.loads((Path(out_dir) / STATE_FILE).read_text(encoding="utf-8"))
-    planned = preset.runs()
+    planned = jobs.planned_runs(preset, dict(state["data_sizes"]), int(state["seed"]))
     results: list[RunResult] = ResultStore(out_dir).load(planned)
     ctx = ReportContext(
         preset=preset,
@@ -259,5 +260,6 @@ def report(preset: Preset, out_dir: Path, *, command: str = "", elapsed_s: float
         data_sources=dict(state.get("data_sources", {})),
         elapsed_s=elapsed_s,
         source_wall_s=sources.wall_times(out_dir),
+        source_envs=sources.env_counts(out_dir),
     )
     return write_report(out_dir, results, planned, ctx)

@@ -1,10 +1,12 @@
 """Source models of an experiment, trained once and cached in `<out>/sources/<name>/`.
 
 Names are the strategies that start from them: `meml-mse`, `meml-nll` (one
-backbone over every source environment, eq. 5) and `dtl-<bs>` (a full model on
-one source environment). A cache entry is `backbone.pt` plus `source.json`,
-written in that order and each atomically, so `source.json` existing means the
-entry is whole.
+backbone over every source environment, eq. 5), `meml-nll@<set>` (the same over
+a named source set, `grid.SourceSet`) and `dtl-<bs>` (a full model on one
+source environment). With `Preset.probe_envs`, every MEML source keeps the
+checkpoint that transfers best to the probe scenes (`training.probe`). A cache
+entry is `backbone.pt` plus `source.json`, written in that order and each
+atomically, so `source.json` existing means the entry is whole.
 """
 
 from __future__ import annotations
@@ -17,22 +19,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from training.config import TrainConfig, check_loss_name
+from training.data.catalog import match_environments
 from training.data.fingerprints import Fingerprints, open_environment
 from training.data.splits import fraction_subset
 from training.experiments.grid import (
     DTL_PREFIX,
+    SET_SEP,
     Preset,
     Run,
     derive_seed,
     dtl_strategy,
+    scene_of,
+    source_set_of,
     strategy_kind,
 )
 from training.experiments.store import atomic_write_text
 from training.meml import SourceData, train_sources
 from training.nets import Backbone, BackboneConfig
+from training.probe import TransferProbe
 from training.repository import atomic_write_bytes
 
 SOURCES_DIR = "sources"
@@ -65,7 +73,47 @@ def needed_sources(preset: Preset, runs: Iterable[Run]) -> list[str]:
 
 def cost_units(preset: Preset, name: str) -> float:
     """Relative cost for the ETA: MEML trains on every source environment, DTL on one."""
-    return float(len(preset.source_envs)) if name.startswith("meml-") else 1.0
+    if not name.startswith("meml-"):
+        return 1.0
+    set_name = source_set_of(name)
+    if set_name is None:
+        return float(len(preset.source_envs))
+    return float(preset.source_set(set_name).count or len(preset.source_envs) or 4)
+
+
+def source_set_envs(preset: Preset, name: str, available: Iterable[str], seed: int) -> list[str]:
+    """The environments of one source set, given every environment the data holds.
+
+    Scenes of targets and probes are left out whole (their other base stations
+    share the geometry); a set with `count` takes the first `count` of one seeded
+    order of the remaining candidates, the same for every set, so N_B = 16 is a
+    subset of N_B = 64.
+    """
+    s = preset.source_set(name)
+    names = dict.fromkeys(sorted(available), Path())
+    held = {scene_of(e) for e in [*preset.targets, *probe_envs(preset, names)]}
+    matched = match_environments(names, s.envs, what=f"source set {name!r}")
+    candidates = sorted(e for e in matched if scene_of(e) not in held)
+    if s.count is None:
+        chosen = candidates
+    else:
+        if s.count > len(candidates):
+            raise ValueError(
+                f"source set {name!r} asks for {s.count} environments; the data holds "
+                f"{len(candidates)} outside the held-out scenes"
+            )
+        order = np.random.default_rng(derive_seed(seed, "source-sets")).permutation(len(candidates))
+        chosen = sorted(candidates[i] for i in order[: s.count])
+    if not chosen:
+        raise ValueError(f"source set {name!r}: no environment left outside the held-out scenes")
+    return chosen
+
+
+def probe_envs(preset: Preset, available: Iterable[str]) -> list[str]:
+    """The preset's probe environments among those the data holds (empty: no probe)."""
+    if not preset.probe_envs:
+        return []
+    return list(match_environments(dict.fromkeys(sorted(available), Path()), preset.probe_envs))
 
 
 def source_dir(out_dir: Path, name: str) -> Path:
@@ -82,6 +130,17 @@ def wall_times(out_dir: Path) -> dict[str, float]:
     out: dict[str, float] = {}
     for meta in sorted(root.glob("*/source.json")):
         out[meta.parent.name] = float(json.loads(meta.read_text(encoding="utf-8"))["wall_s"])
+    return out
+
+
+def env_counts(out_dir: Path) -> dict[str, int]:
+    """Source environments (N_B) per cached source that records them."""
+    root = Path(out_dir) / SOURCES_DIR
+    out: dict[str, int] = {}
+    for meta in sorted(root.glob("*/source.json")):
+        envs = json.loads(meta.read_text(encoding="utf-8")).get("envs")
+        if envs:
+            out[meta.parent.name] = len(envs)
     return out
 
 
@@ -116,9 +175,22 @@ def train_source(spec: SourceSpec) -> float:
     t0 = time.perf_counter()
     preset, seed = spec.preset, derive_seed(spec.seed, "source", spec.name)
     cap = preset.max_source_samples
+    probe = None
     if spec.name.startswith("meml-"):
-        envs = list(preset.source_envs)
-        config = train_config(preset.source, spec.name.removeprefix("meml-"), seed)
+        strategy, _, set_name = spec.name.partition(SET_SEP)
+        envs = (
+            source_set_envs(preset, set_name, spec.env_paths, spec.seed)
+            if set_name
+            else list(preset.source_envs)
+        )
+        config = train_config(preset.source, strategy.removeprefix("meml-"), seed)
+        held_out = probe_envs(preset, spec.env_paths)
+        if held_out:
+            probe = TransferProbe.from_fingerprints(
+                {e: read_capped(spec.env_paths[e], e, cap, spec.seed) for e in held_out},
+                preset.probe_labels,
+                derive_seed(spec.seed, "probe"),
+            )
     else:
         envs = [_source_env(preset, spec.name)]
         config = train_config(preset.source, preset.dtl_loss, seed)
@@ -129,7 +201,12 @@ def train_source(spec: SourceSpec) -> float:
         for e in envs
     }
     result = train_sources(
-        data, config, backbone_config=preset.backbone_config(), quiet=True, device=spec.device
+        data,
+        config,
+        backbone_config=preset.backbone_config(),
+        quiet=True,
+        device=spec.device,
+        probe=probe,
     )
     wall = time.perf_counter() - t0
     folder = source_dir(spec.out_dir, spec.name)
@@ -142,6 +219,8 @@ def train_source(spec: SourceSpec) -> float:
         "steps": result.report.steps,
         "degenerate": result.degenerate,
         "best_val_me": result.report.best_val_me,
+        "envs": envs,
+        "probe_me": result.probe_me,
         "val_metrics": result.metrics,
         "data_fingerprint": result.data_fingerprint,
         "wall_s": wall,

@@ -64,6 +64,7 @@ class RunResult:
             "strategy": r.strategy,
             "mode": r.mode,
             "fraction": r.fraction,
+            "labels": r.labels,
             "fold": r.fold,
             "n_train": self.n_train,
             "n_val": self.n_val,
