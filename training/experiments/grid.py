@@ -380,7 +380,7 @@ TRANSFER = Preset(
         SourceSet("corpus64", ("proc/*",), 64),
         SourceSet("corpus256", ("proc/*",), 256),
     ),
-    probe_envs=("proc/s0060/*", "proc/s0061/*", "proc/s0062/*", "proc/s0063/*"),
+    probe_envs=("proc/s0012/*", "proc/s0013/*", "proc/s0014/*", "proc/s0015/*"),
     inputs="phase-delay",
     source=TrainConfig(batch_size=64, epochs=40, patience=8, envs_per_step=16),
     target=TrainConfig(batch_size=64, min_steps=400, epochs=60, patience=15),
@@ -400,17 +400,18 @@ TRANSFER_2CORE = dataclasses.replace(
     TRANSFER,
     name="transfer-2core",
     modes=("finetune",),
-    labels=(100, 500, 3000),
+    labels=(500, 3000),
     source_sets=(
         SourceSet("industrial", ("industrial/*",)),
-        SourceSet("corpus16", ("proc/*",), 16),
         SourceSet("corpus", ("proc/*",)),
     ),
+    source=TrainConfig(batch_size=64, epochs=40, patience=8, envs_per_step=8, max_steps=1200),
     notes=(
         "The transfer preset cut to what one session on 2 shared CPU cores affords: "
-        "fine-tuning only (in the modes study `auto` was never worse than fine-tuning), 100, "
-        "500 and 3,000 labels (3,000 only where a target's pool holds them: the labs), N_B "
-        "16 and the whole corpus."
+        "fine-tuning only (in the modes study `auto` was never worse than fine-tuning), 500 "
+        "and 3,000 labels (3,000 only where a target's pool holds them: the labs), one "
+        "corpus backbone (every corpus environment outside the held-out scenes; no N_B "
+        "ablation), sources capped at 1,200 steps of 8 environments."
     ),
 )
 

@@ -221,6 +221,10 @@ def train_source(spec: SourceSpec) -> float:
         "best_val_me": result.report.best_val_me,
         "envs": envs,
         "probe_me": result.probe_me,
+        "history": [
+            {k: row[k] for k in ("step", "val_loss", "val_me", "score") if k in row}
+            for row in result.report.history
+        ],
         "val_metrics": result.metrics,
         "data_fingerprint": result.data_fingerprint,
         "wall_s": wall,
