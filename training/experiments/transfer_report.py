@@ -133,6 +133,47 @@ def plot_group(
     return path
 
 
+def plot_ratios(
+    summary: Summary, targets: list[str], budgets: list[float], path: Path
+) -> Path | None:
+    """Per target, each backbone's seed-mean ME over scratch's: the gain scene by scene."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    backbones = [a for a in arms(summary) if a[0] != SCRATCH]
+    fig, axes = plt.subplots(1, len(budgets), figsize=(5.5 * len(budgets), 4.2), squeeze=False)
+    drawn = False
+    for ax, b in zip(axes[0], budgets, strict=True):
+        for j, arm in enumerate(backbones):
+            xs, ys = [], []
+            for i, t in enumerate(targets):
+                a = summary.mean(t, "nll", arm[0], arm[1], b)
+                ref = summary.mean(t, "nll", SCRATCH, "finetune", b)
+                if a > 0 and ref > 0:
+                    xs.append(i + 0.15 * (j - (len(backbones) - 1) / 2))
+                    ys.append(a / ref)
+            if xs:
+                drawn = True
+                ax.scatter(xs, ys, label=arm_label(arm), s=28)
+        ax.axhline(1.0, color="grey", lw=1)
+        ax.set_xticks(range(len(targets)))
+        ax.set_xticklabels([t.removeprefix("proc/") for t in targets], rotation=60, fontsize=7)
+        ax.set_title(f"{b:.0f} labels")
+        ax.set_ylabel("ME / scratch ME (seed means)")
+        ax.grid(alpha=0.3)
+    if not drawn:
+        plt.close(fig)
+        return None
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_nb(
     summary: Summary,
     groups: dict[str, list[str]],
@@ -234,6 +275,10 @@ def transfer_section(
         )
         if fig is not None:
             lines += [f"![{name}](figures/{fig.name})", ""]
+    fig = plot_ratios(summary, targets, budgets, out_dir / "figures" / "transfer_ratios.png")
+    if fig is not None:
+        lines += ["### Gain over scratch, target by target", ""]
+        lines += [f"![ratios](figures/{fig.name})", ""]
     nb = {s: n for s, n in source_envs.items() if (source_set_of(s) or "").startswith("corpus")}
     fig = plot_nb(summary, groups, nb, budgets, out_dir / "figures" / "transfer_nb.png")
     if fig is not None:
