@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,9 +120,7 @@ def ray_cluster(temp_dir: Path, cpus: int = 2, timeout_s: float = 90.0) -> Itera
         yield cluster
     finally:
         for pid in _tree(proc.pid):
-            try:
+            with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         proc.wait(timeout=30)
         log.close()

@@ -113,6 +113,10 @@ class ExecutorConfig:
             raise ValueError("address: only the ray executor connects to a cluster")
 
 
+class ClusterUnavailableError(RuntimeError):
+    """The chosen backend cannot run: Ray is not installed, or its cluster cannot be reached."""
+
+
 WorkerSetup = Callable[[int], None]
 """Run once in each worker process with its thread count (torch threads, log levels)."""
 
@@ -128,8 +132,12 @@ def open_executor(
     """
     executor: Executor
     if config.kind == "ray":
-        from training.cluster.ray_cluster import RayExecutor
-
+        try:
+            from training.cluster.ray_cluster import RayExecutor
+        except ImportError as exc:
+            raise ClusterUnavailableError(
+                f"the ray executor needs Ray ({exc}): pip install 'csipos[cluster]'"
+            ) from exc
         executor = RayExecutor(config, setup=setup)
     else:
         from training.cluster.local import open_local

@@ -20,7 +20,13 @@ import ray
 from ray.exceptions import RayTaskError
 from ray.util.queue import Empty, Queue
 
-from training.cluster import Channel, ExecutorConfig, Task, WorkerSetup
+from training.cluster import (
+    Channel,
+    ClusterUnavailableError,
+    ExecutorConfig,
+    Task,
+    WorkerSetup,
+)
 
 T = TypeVar("T")
 
@@ -79,12 +85,18 @@ class RayExecutor:
         self._owns = not ray.is_initialized()  # a caller's own connection is left open
         if self._owns:
             started_here = config.address is None and "RAY_ADDRESS" not in os.environ
-            ray.init(
-                address=config.address,
-                logging_level=logging.WARNING,
-                # A Ray started for this command alone needs no dashboard.
-                include_dashboard=False if started_here else None,
-            )
+            try:
+                ray.init(
+                    address=config.address,
+                    logging_level=logging.WARNING,
+                    # A Ray started for this command alone needs no dashboard.
+                    include_dashboard=False if started_here else None,
+                )
+            except ConnectionError as exc:
+                where = config.address or os.environ.get("RAY_ADDRESS")
+                raise ClusterUnavailableError(
+                    f"cannot reach the Ray cluster at {where}: {exc}"
+                ) from exc
         self._remote = ray.remote(
             num_cpus=config.task_cpus, max_retries=config.max_retries, retry_exceptions=False
         )(_call)
