@@ -7,7 +7,8 @@ fresh out dir. Both get one torch thread a job. Printed: wall time of each
 round and the ratio ray / local (the overhead of task submission, the object
 store and the result round trip through the driver). Ray's start-up (its
 processes, the first connection) is timed apart: a cluster is started once and
-serves many grids.
+serves many grids. Then the per-job cost on its own: trivial jobs (`abs`)
+through each executor, after a warm-up.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python3 bench/cluster.py [--cpus 2] [--rounds 2]
 """
@@ -26,7 +27,7 @@ import ray
 
 from tests.training.experiments.conftest import ENVS
 from tests.training.toychannel import toy_fingerprints
-from training.cluster import ExecutorConfig
+from training.cluster import ExecutorConfig, map_unordered, open_executor
 from training.data.fingerprints import EnvironmentMeta, write_environment
 from training.experiments.grid import QUICK
 from training.experiments.runner import run_experiment
@@ -49,10 +50,23 @@ def _grid(data: Path, out: Path, config: ExecutorConfig) -> float:
     return wall
 
 
+def _per_job_ms(config: ExecutorConfig, jobs: int) -> float:
+    """Driver-side cost of one trivial job (`abs`), after a warm-up: submit, run, collect."""
+    with open_executor(config) as ex:
+        list(map_unordered(ex, abs, range(20)))  # workers started, imports done
+        t0 = time.perf_counter()
+        got = [v for _, v, _ in map_unordered(ex, abs, range(-jobs, 0))]
+        wall = time.perf_counter() - t0
+    if sorted(v for v in got if v is not None) != list(range(1, jobs + 1)):
+        raise RuntimeError(f"{config.kind}: trivial jobs went wrong")
+    return wall / jobs * 1000
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cpus", type=int, default=2, help="local workers = Ray CPUs")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--trivial", type=int, default=500, help="trivial jobs for the per-job cost")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     print(f"load before: {os.getloadavg()}")
@@ -66,6 +80,9 @@ def main() -> None:
         ray_cfg = ExecutorConfig("ray")  # uses the connection above
         walls: dict[str, list[float]] = {"local": [], "ray": []}
         try:
+            per_job = {
+                n: _per_job_ms(c, args.trivial) for n, c in (("local", local_cfg), ("ray", ray_cfg))
+            }
             for r in range(args.rounds):
                 # alternate who goes first, so a load change hits both alike
                 order = [("local", local_cfg), ("ray", ray_cfg)]
@@ -77,6 +94,10 @@ def main() -> None:
             ray.shutdown()
     ratios = [a / b for a, b in zip(walls["ray"], walls["local"], strict=True)]
     print(f"ray start-up (once per cluster): {start_s:.1f} s")
+    print(
+        f"per trivial job ({args.trivial} jobs, warm): local {per_job['local']:.2f} ms, "
+        f"ray {per_job['ray']:.2f} ms, ratio {per_job['ray'] / per_job['local']:.1f}"
+    )
     print(
         f"quick grid, {args.cpus} CPUs: local median {statistics.median(walls['local']):.1f} s, "
         f"ray median {statistics.median(walls['ray']):.1f} s"

@@ -89,7 +89,8 @@ class ExecutorConfig:
     default all, so that Ray queues them and an autoscaler sees the demand).
     `task_cpus`: CPUs a job asks for (Ray's `num_cpus`) and torch threads it runs
     with. `address`: the Ray cluster (`host:6379`, `ray://host:10001`, `auto`;
-    None: `$RAY_ADDRESS`, else a Ray instance started on this machine).
+    None: what `ray.init()` finds: `$RAY_ADDRESS`, else the cluster last started on
+    this machine with `ray start`, else a new Ray instance for this process).
     """
 
     kind: ExecutorKind = "local"

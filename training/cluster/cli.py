@@ -23,7 +23,8 @@ AddressOption = Annotated[
         "--address",
         metavar="ADDR",
         help="With --executor ray: the cluster (host:6379, ray://host:10001 or auto). "
-        "Default: $RAY_ADDRESS, else a Ray started on this machine for this command.",
+        "Default: $RAY_ADDRESS, else the cluster `ray start` last started on this machine, "
+        "else a Ray started for this command.",
     ),
 ]
 TaskCpusOption = Annotated[

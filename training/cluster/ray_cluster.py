@@ -84,16 +84,10 @@ class RayExecutor:
         self._threads = config.task_cpus
         self._owns = not ray.is_initialized()  # a caller's own connection is left open
         if self._owns:
-            started_here = config.address is None and "RAY_ADDRESS" not in os.environ
             try:
-                ray.init(
-                    address=config.address,
-                    logging_level=logging.WARNING,
-                    # A Ray started for this command alone needs no dashboard.
-                    include_dashboard=False if started_here else None,
-                )
+                ray.init(address=config.address, logging_level=logging.WARNING)
             except ConnectionError as exc:
-                where = config.address or os.environ.get("RAY_ADDRESS")
+                where = config.address or os.environ.get("RAY_ADDRESS") or "(none given)"
                 raise ClusterUnavailableError(
                     f"cannot reach the Ray cluster at {where}: {exc}"
                 ) from exc

@@ -131,7 +131,9 @@ class SourceFiles:
     @classmethod
     def read(cls, out_dir: Path, name: str) -> SourceFiles:
         folder = sources.source_dir(out_dir, name)
-        paths = sorted((p for p in folder.iterdir() if p.is_file()), key=_write_order)
+        # hidden names are writes a killed driver left half done (`atomic_write_bytes`)
+        files = (p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        paths = sorted(files, key=_write_order)
         return cls(name, tuple((p.name, p.read_bytes()) for p in paths), 0.0)
 
 

@@ -190,7 +190,7 @@ def test_ray_resumes_a_killed_driver_retries_a_killed_task_and_writes_the_same_f
     def kill_one_tracer() -> None:
         while not stop.is_set() and not killed:
             for pid in ray_head.task_workers("trace_part"):
-                time.sleep(1.0)  # well into the trace
+                time.sleep(0.1)  # into the trace
                 if pid in ray_head.task_workers("trace_part"):
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)
