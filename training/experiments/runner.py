@@ -244,6 +244,8 @@ def run_experiment(
         "%d runs planned, %d already done, %d to run", len(planned), outcome.skipped, len(pending)
     )
 
+    if not pending:  # nothing to run: no pool, no cluster connection
+        cluster = ExecutorConfig("local")
     with open_executor(cluster, setup=_init_worker, jobs=len(pending)) as ex:
         # --- sources: trained once, cached in out_dir/sources ---
         needed = sources.needed_sources(preset, pending)

@@ -271,13 +271,34 @@ def simulate_procedural(
 
     results: dict[int, list[EnvironmentReport]] = {}
     cluster = executor if executor is not None else ExecutorConfig("local", workers=workers)
+    if todo:  # a resume with every part done just merges (no cluster needed)
+        _trace_all(cluster, todo, chosen, randomise_chain, n, parts, advance, results)
+    report.traced = todo
+    report.environments = [env for k in todo for env in results[k]]
+    _merge(out, parts, specs, overwrite)
+    shutil.rmtree(parts)
+    report.wall_s = time.perf_counter() - started
+    return report
+
+
+def _trace_all(
+    cluster: ExecutorConfig,
+    todo: list[int],
+    preset: ProceduralPreset,
+    randomise: bool,
+    positions: int,
+    parts: Path,
+    advance: Callable[[int], None],
+    results: dict[int, list[EnvironmentReport]],
+) -> None:
+    """Trace the scenes `todo` where `cluster` says; write each part as it arrives."""
     with open_executor(cluster, jobs=len(todo)) as ex:
         ticks = ex.channel(lambda k: advance(int(k)))
         traced = map_unordered(
             ex,
             trace_part,
             todo,
-            args=lambda k: (k, chosen, randomise_chain, n, ticks.sender),
+            args=lambda k: (k, preset, randomise, positions, ticks.sender),
             poll=ticks.drain,
         )
         for k, part, error in traced:
@@ -288,12 +309,6 @@ def simulate_procedural(
             results[k] = part.environments
             log.info("scene %s done", scene_name(k))
         ticks.drain()
-    report.traced = todo
-    report.environments = [env for k in todo for env in results[k]]
-    _merge(out, parts, specs, overwrite)
-    shutil.rmtree(parts)
-    report.wall_s = time.perf_counter() - started
-    return report
 
 
 def _fsync(path: Path) -> None:
