@@ -26,6 +26,10 @@ LOOPBACK_ENV = {
     # multi-node clusters are off (its switch for laptops): keep the test on loopback.
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_USAGE_STATS_ENABLED": "0",
+    # Hermetic: without this, a token in ~/.ray/auth_token (which a plain `ray.init()`
+    # on this machine leaves behind) turns token auth on for the cluster but not for
+    # every client. Nothing outside this machine can reach a loopback cluster anyway.
+    "RAY_AUTH_MODE": "disabled",
 }
 
 

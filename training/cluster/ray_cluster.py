@@ -44,8 +44,10 @@ def _call(setup: WorkerSetup | None, threads: int, fn: Callable[..., T], *args: 
 class _RayTask:
     def __init__(self, ref: ray.ObjectRef[Any]) -> None:
         self.ref = ref
+        self.collected = False
 
     def result(self) -> Any:
+        self.collected = True
         try:
             return ray.get(self.ref)
         except RayTaskError as exc:
@@ -124,9 +126,13 @@ class RayExecutor:
         return chan
 
     def close(self, cancel: bool) -> None:
-        if cancel:
-            for task in list(self._tasks):
-                ray.cancel(task.ref, force=True)
+        unfinished = [t.ref for t in list(self._tasks) if not t.collected]
+        if cancel and unfinished:
+            _, running = ray.wait(unfinished, num_returns=len(unfinished), timeout=0)
+            for ref in running:
+                # Not force=True: killing a worker whose reply is already on its way
+                # aborts the driver (Ray 2.60, task_manager "task that was not pending").
+                ray.cancel(ref)
         for chan in self._channels:
             chan.sender.shutdown()
         self._channels.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from tests.training.raycluster import RayCluster
@@ -97,3 +98,16 @@ def test_tasks_get_their_cpus_as_threads_and_a_window(ray_head: RayCluster) -> N
         assert ex.max_in_flight == 1
         got = [v for _, v, _ in map_unordered(ex, torch_threads, [()], args=lambda _: ())]
     assert got == [2]
+
+
+def sleep_for(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_leaving_early_cancels_the_tasks_still_running(ray_head: RayCluster) -> None:
+    t0 = time.monotonic()
+    with open_executor(ExecutorConfig("ray", address=ray_head.address)) as ex:
+        first = next(map_unordered(ex, sleep_for, [0.0, 120.0]))  # e.g. Ctrl-C after one
+    assert first[1] == 0.0
+    assert time.monotonic() - t0 < 60  # the 120 s task did not hold the driver
