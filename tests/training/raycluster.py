@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +81,38 @@ def _tree(root: int) -> dict[int, str]:
     return {pid: cmds[pid] for pid in found if pid in cmds}
 
 
+def _kill(pids: Iterable[int]) -> None:
+    for pid in pids:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def watch(owner: int, root: int) -> None:
+    """Kill the cluster under `root` if `owner` (the test process) dies without tearing it down.
+
+    Runs as its own process (`python -m tests.training.raycluster OWNER ROOT`): a
+    test process that crashes (a native abort skips every fixture) must not leave
+    a cluster running. The tree is remembered while it is whole: once `ray start`
+    is gone its children are re-parented and could no longer be found.
+    """
+    seen: set[int] = set()
+    while _alive(root):
+        seen |= set(_tree(root))
+        if not _alive(owner):
+            _kill(seen)
+            return
+        time.sleep(1.0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[-1][:1]
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+    return state != "Z"  # a zombie is a dead process not yet reaped
+
+
 @contextmanager
 def ray_cluster(temp_dir: Path, cpus: int = 2, timeout_s: float = 90.0) -> Iterator[RayCluster]:
     """Start a head node with `cpus` CPUs on 127.0.0.1; kill every process of it afterwards."""
@@ -117,14 +149,21 @@ def ray_cluster(temp_dir: Path, cpus: int = 2, timeout_s: float = 90.0) -> Itera
     cluster = RayCluster(f"127.0.0.1:{port}", proc.pid)
     try:
         deadline = time.monotonic() + timeout_s
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.training.raycluster", str(os.getpid()), str(proc.pid)],
+            env=env,
+            start_new_session=True,
+        )
         while "Ray runtime started" not in log_path.read_text(errors="replace"):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"ray start failed:\n{log_path.read_text(errors='replace')}")
             time.sleep(0.3)
         yield cluster
     finally:
-        for pid in _tree(proc.pid):
-            with suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        _kill(_tree(proc.pid))  # the watchdog then sees the cluster gone and ends
         proc.wait(timeout=30)
         log.close()
+
+
+if __name__ == "__main__":
+    watch(int(sys.argv[1]), int(sys.argv[2]))
