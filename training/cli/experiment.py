@@ -10,6 +10,14 @@ from typing import Annotated
 
 import typer
 
+from training.cluster.cli import (
+    AddressOption,
+    ExecutorOption,
+    TaskCpusOption,
+    WorkersOption,
+    executor_config,
+)
+
 
 def register_top_level(root: typer.Typer) -> None:
     """Add `experiment` to the root app."""
@@ -43,9 +51,7 @@ def experiment(
             "paper-full (the paper's sizes; for a GPU).",
         ),
     ] = "quick",
-    workers: Annotated[
-        int, typer.Option("--workers", min=1, help="Parallel worker processes (one core each).")
-    ] = 1,
+    workers: WorkersOption = None,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Experiment seed: splits, inits.")] = 0,
     device: Annotated[
         str, typer.Option("--device", help="Torch device for training: cpu, cuda, cuda:1.")
@@ -55,12 +61,16 @@ def experiment(
         bool,
         typer.Option("--report-only", help="Only rewrite the report from the finished runs."),
     ] = False,
+    executor: ExecutorOption = "local",
+    address: AddressOption = None,
+    task_cpus: TaskCpusOption = 1,
 ) -> None:
     """Run the MEML / DTL / scratch comparison over folds and data fractions, then report.
 
     Results go to OUT/runs (one file per finished run), the report to
     OUT/report.md with results.csv, summary.csv and figures/. Interrupt at any
-    time: the same command resumes and redoes nothing that finished.
+    time: the same command resumes and redoes nothing that finished. With
+    `--executor ray` the runs are Ray tasks on a cluster; OUT stays on this machine.
     """
     from rich.console import Console
     from rich.progress import (
@@ -72,6 +82,7 @@ def experiment(
         TimeElapsedColumn,
     )
 
+    from training.cluster import ClusterUnavailableError
     from training.experiments.aggregate import summarize
     from training.experiments.claims import evaluate_claims
     from training.experiments.grid import get_preset
@@ -82,6 +93,7 @@ def experiment(
 
     console = Console(stderr=True, quiet=quiet)
     errors = Console(stderr=True)  # errors show even with --quiet
+    cluster = executor_config(executor, workers, address, task_cpus)
     try:
         chosen = get_preset(preset)
     except ValueError as exc:
@@ -120,13 +132,14 @@ def experiment(
                 chosen,
                 data,
                 out,
-                workers=workers,
+                workers=workers or 1,
                 seed=seed,
                 device=device,
                 progress=show,
                 command=command,
+                executor=cluster,
             )
-    except (ExperimentStateError, ValueError) as exc:
+    except (ExperimentStateError, ValueError, ClusterUnavailableError) as exc:
         errors.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
 

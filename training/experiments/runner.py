@@ -6,37 +6,40 @@ Rerunning the same command continues where the last one stopped; asking an
 out dir for a different preset, seed or data is refused instead of mixing
 results.
 
-Runs are independent jobs. With `workers > 1` they go to a process pool
-(spawned, one torch thread each, so 2 workers use 2 cores without
-oversubscription); with one worker they run in this process.
+Sources and runs are independent jobs for a `training.cluster` executor: with
+`workers > 1` a local process pool (spawned, one torch thread each, so 2
+workers use 2 cores without oversubscription), with one worker this process, or
+Ray tasks on a cluster. Jobs return what they made (a source's files, a run's
+result) and this process writes it into the out dir, atomically: only the
+driver needs the out dir, and resume is the same on every executor.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
-import multiprocessing
+import socket
+import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import torch
 
+from training.cluster import ExecutorConfig, map_unordered, open_executor
 from training.experiments import jobs, sources
 from training.experiments.grid import Preset, Run
 from training.experiments.report import ReportContext, write_report
 from training.experiments.store import ResultStore, RunResult, atomic_write_text
+from training.repository import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "experiment.json"
-
-T = TypeVar("T")
-U = TypeVar("U")
 
 
 @dataclass(frozen=True)
@@ -102,54 +105,86 @@ def check_state(out_dir: Path, state: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(state, indent=1))
 
 
-def _init_worker() -> None:
-    # Each worker is one core: torch's own threads would fight the other workers.
-    torch.set_num_threads(1)
-    torch.set_num_interop_threads(1)
+def _init_worker(threads: int) -> None:
+    # Each worker has its own cores: torch's default (every core) would fight the others.
+    torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):  # only settable before the first parallel op
+        torch.set_num_interop_threads(1)
     logging.getLogger("training").setLevel(logging.WARNING)
 
 
-class _Pool:
-    """`map_unordered` over a spawned process pool, or inline when there is one worker."""
+@dataclass(frozen=True)
+class SourceFiles:
+    """A trained source as its cache files (`sources/<name>/...`), in the order to write them."""
 
-    def __init__(self, workers: int) -> None:
-        self.workers = workers
-        self._ex: ProcessPoolExecutor | None = None
+    name: str
+    files: tuple[tuple[str, bytes], ...]
+    wall_s: float
 
-    def __enter__(self) -> _Pool:
-        if self.workers > 1:
-            ctx = multiprocessing.get_context("spawn")
-            self._ex = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker)
-        return self
+    def write(self, out_dir: Path) -> None:
+        """Cache it in `out_dir`, each file atomically, `source.json` (the "whole" mark) last."""
+        folder = sources.source_dir(out_dir, self.name)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, data in self.files:
+            atomic_write_bytes(folder / name, data)
 
-    def __exit__(self, *exc: object) -> None:
-        if self._ex is not None:
-            # On Ctrl-C, drop what has not started; finished results are already on disk.
-            self._ex.shutdown(wait=True, cancel_futures=True)
+    @classmethod
+    def read(cls, out_dir: Path, name: str) -> SourceFiles:
+        folder = sources.source_dir(out_dir, name)
+        # hidden names are writes a killed driver left half done (`atomic_write_bytes`)
+        files = (p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        paths = sorted(files, key=_write_order)
+        return cls(name, tuple((p.name, p.read_bytes()) for p in paths), 0.0)
 
-    def map_unordered(
-        self, fn: Callable[[T], U], items: Iterable[T]
-    ) -> Iterable[tuple[T, U | None, BaseException | None]]:
-        if self._ex is None:
-            for item in items:
-                try:
-                    value = fn(item)
-                except Exception as exc:  # one run's failure must not stop the grid
-                    yield item, None, exc
-                else:
-                    yield item, value, None
-            return
-        futures: dict[Future[U], T] = {}
-        for item in items:
-            try:
-                futures[self._ex.submit(fn, item)] = item
-            except BrokenProcessPool as exc:
-                # A worker died (e.g. killed for memory): report the rest as failed,
-                # so the report is still written and a rerun retries them.
-                yield item, None, exc
-        for fut in as_completed(futures):
-            error = fut.exception()
-            yield futures[fut], (None if error else fut.result()), error
+
+def _write_order(path: Path) -> tuple[bool, str]:
+    return path.name == SOURCE_MARK, path.name
+
+
+SOURCE_MARK = "source.json"
+
+
+def _check_data_here(env_paths: dict[str, Path]) -> None:
+    missing = sorted({str(p) for p in env_paths.values() if not Path(p).is_file()})
+    if missing:
+        raise FileNotFoundError(
+            f"{', '.join(missing)}: not found on host {socket.gethostname()}; jobs read the "
+            "fingerprint files at the driver's path: put them on a file system every node "
+            "mounts at that path, or copy them there (docs/cluster.md)"
+        )
+
+
+def train_source_job(spec: sources.SourceSpec) -> SourceFiles:
+    """Train one source in a scratch dir and return its files (the driver caches them)."""
+    _check_data_here(spec.env_paths)
+    with tempfile.TemporaryDirectory(prefix="csipos-source-") as tmp:
+        wall = sources.train_source(replace(spec, out_dir=Path(tmp)))
+        return replace(SourceFiles.read(Path(tmp), spec.name), wall_s=wall)
+
+
+_LOCAL_SOURCES: dict[tuple[str, str], Path] = {}
+_SCRATCH: list[tempfile.TemporaryDirectory[str]] = []
+
+
+def _local_out_dir(source: SourceFiles) -> Path:
+    """A per-process out dir holding `source` (written once per process and content)."""
+    digest = hashlib.sha256(b"".join(data for _, data in source.files)).hexdigest()
+    key = (source.name, digest)
+    if key not in _LOCAL_SOURCES:
+        if not _SCRATCH:
+            _SCRATCH.append(tempfile.TemporaryDirectory(prefix="csipos-sources-"))
+        root = Path(_SCRATCH[0].name) / digest[:16]
+        source.write(root)
+        _LOCAL_SOURCES[key] = root
+    return _LOCAL_SOURCES[key]
+
+
+def run_job(spec: jobs.RunSpec, source: SourceFiles | None) -> RunResult:
+    """One run, its source backbone shipped with it (no shared disk needed)."""
+    _check_data_here(spec.env_paths)
+    if source is not None:
+        spec = replace(spec, out_dir=_local_out_dir(source))
+    return jobs.execute_run(spec)
 
 
 class _Clock:
@@ -178,14 +213,19 @@ def run_experiment(
     device: str = "cpu",
     progress: ProgressFn | None = None,
     command: str = "",
+    executor: ExecutorConfig | None = None,
 ) -> Outcome:
     """Train the sources and every pending run of `preset`, then write the report.
 
-    Failed runs are logged and left pending (a rerun retries them); the report
-    is written either way and says how many runs are missing.
+    Jobs run where `executor` says (default: `workers` local processes); they
+    return their results and this process writes them into `out_dir`, so only
+    the driver needs the out dir. Failed runs are logged and left pending (a
+    rerun retries them); the report is written either way and says how many
+    runs are missing.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    cluster = executor if executor is not None else ExecutorConfig("local", workers=workers)
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     paths = [Path(data)] if isinstance(data, str | Path) else [Path(p) for p in data]
@@ -193,6 +233,8 @@ def run_experiment(
     out_dir.mkdir(parents=True, exist_ok=True)
     state = _state(preset, env_paths, seed)
     check_state(out_dir, state)
+    # Jobs may run in another working directory (a Ray worker): give them absolute paths.
+    job_paths = {env: path.resolve() for env, path in env_paths.items()}
 
     store = ResultStore(out_dir)
     planned = jobs.planned_runs(preset, state["data_sizes"], seed)
@@ -202,18 +244,23 @@ def run_experiment(
         "%d runs planned, %d already done, %d to run", len(planned), outcome.skipped, len(pending)
     )
 
-    with _Pool(min(workers, max(1, len(pending)))) as pool:
+    if not pending:  # nothing to run: no pool, no cluster connection
+        cluster = ExecutorConfig("local")
+    with open_executor(cluster, setup=_init_worker, jobs=len(pending)) as ex:
         # --- sources: trained once, cached in out_dir/sources ---
         needed = sources.needed_sources(preset, pending)
         todo = [s for s in needed if not sources.is_cached(out_dir, s)]
         clock = _Clock(sum(sources.cost_units(preset, s) for s in todo))
-        specs = [sources.SourceSpec(s, preset, env_paths, out_dir, seed, device) for s in todo]
+        specs = [sources.SourceSpec(s, preset, job_paths, out_dir, seed, device) for s in todo]
         if progress is not None and todo:  # show the stage before its first (slow) job ends
             progress(Progress("sources", 0, len(todo), 0, 0.0, None, ", ".join(todo)))
-        for i, (src, _, err) in enumerate(pool.map_unordered(sources.train_source, specs), 1):
-            if err is not None:
+        trained = map_unordered(ex, train_source_job, specs)
+        for i, (src, files, err) in enumerate(trained, 1):
+            if err is not None or files is None:
                 outcome.failed[f"source {src.name}"] = repr(err)
                 log.error("source %s failed: %r", src.name, err)
+            else:
+                files.write(out_dir)
             elapsed, eta = clock.tick(sources.cost_units(preset, src.name))
             if progress is not None:
                 p = Progress("sources", i, len(todo), len(outcome.failed), elapsed, eta, src.name)
@@ -225,11 +272,15 @@ def run_experiment(
         for r in pending:
             if sources.source_of(r) in broken:
                 outcome.failed[r.id] = f"source {sources.source_of(r)} is missing"
+        # Each source backbone travels once to the executor, not once per run.
+        shipped = {s: ex.share(SourceFiles.read(out_dir, s)) for s in needed if s not in broken}
         clock = _Clock(sum(jobs.cost_units(r) for r in runnable))
-        run_specs = [jobs.RunSpec(r, preset, env_paths, out_dir, seed, device) for r in runnable]
+        run_specs = [jobs.RunSpec(r, preset, job_paths, out_dir, seed, device) for r in runnable]
         if progress is not None and runnable:
             progress(Progress("runs", 0, len(runnable), len(outcome.failed), 0.0, None, ""))
-        results = pool.map_unordered(jobs.execute_run, run_specs)
+        results = map_unordered(
+            ex, run_job, run_specs, args=lambda spec: (spec, _shipped(shipped, spec.run))
+        )
         for done, (spec, result, exc) in enumerate(results, 1):
             if exc is not None or result is None:
                 outcome.failed[spec.run.id] = repr(exc)
@@ -245,6 +296,11 @@ def run_experiment(
     outcome.elapsed_s = time.perf_counter() - t0
     outcome.report = report(preset, out_dir, command=command, elapsed_s=outcome.elapsed_s)
     return outcome
+
+
+def _shipped(shipped: dict[str, Any], run: Run) -> Any:
+    source = sources.source_of(run)
+    return None if source is None else shipped[source]
 
 
 def report(preset: Preset, out_dir: Path, *, command: str = "", elapsed_s: float = 0.0) -> Path:

@@ -10,6 +10,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from training.cluster import ExecutorConfig
+from training.cluster.cli import (
+    AddressOption,
+    ExecutorOption,
+    TaskCpusOption,
+    WorkersOption,
+    executor_config,
+)
+
 console = Console()
 
 
@@ -43,9 +52,7 @@ def simulate(
     count: Annotated[
         int | None, typer.Option(help="Procedural scenes: how many (needs --scene procedural).")
     ] = None,
-    workers: Annotated[
-        int, typer.Option(help="Procedural scenes: scenes traced in parallel processes.")
-    ] = 1,
+    workers: WorkersOption = None,
     chain: Annotated[
         str,
         typer.Option(
@@ -57,12 +64,16 @@ def simulate(
         bool, typer.Option(help="Replace environments of these scenes already in the file.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    executor: ExecutorOption = "local",
+    address: AddressOption = None,
+    task_cpus: TaskCpusOption = 1,
 ) -> None:
     """Ray-trace scenes with Sionna RT and write one fingerprint environment per base station.
 
     `--scene procedural --count N --seed S` traces procedural scenes S..S+N-1 (one
     environment per scene and BS, `proc/sNNNN/bsK`); a killed run resumes where it
-    stopped when started again with the same options.
+    stopped when started again with the same options. `--executor ray` traces the
+    scenes as Ray tasks on a cluster (docs/cluster.md).
     """
     from training.sim.builtin import resolve_scene
     from training.sim.generate import generate
@@ -74,8 +85,12 @@ def simulate(
         if len(scene) != 1:
             console.print("[red]error:[/red] --scene procedural cannot be mixed with other scenes")
             raise typer.Exit(code=2)
-        _simulate_procedural(out, preset, seed, positions, count, workers, chain, overwrite, quiet)
+        cluster = executor_config(executor, workers, address, task_cpus)
+        _simulate_procedural(out, preset, seed, positions, count, cluster, chain, overwrite, quiet)
         return
+    if executor != "local":
+        console.print("[red]error:[/red] --executor needs --scene procedural")
+        raise typer.Exit(code=2)
     if count is not None:
         console.print("[red]error:[/red] --count needs --scene procedural")
         raise typer.Exit(code=2)
@@ -118,7 +133,7 @@ def _simulate_procedural(
     seed: int,
     positions: int | None,
     count: int | None,
-    workers: int,
+    cluster: ExecutorConfig,
     chain: str,
     overwrite: bool,
     quiet: bool,
@@ -132,6 +147,7 @@ def _simulate_procedural(
         TimeRemainingColumn,
     )
 
+    from training.cluster import ClusterUnavailableError
     from training.sim.corpus import simulate_procedural
     from training.sim.raytrace import SimulatorUnavailableError
 
@@ -158,13 +174,19 @@ def _simulate_procedural(
                 count=count,
                 seed=seed,
                 preset=preset,
-                workers=workers,
                 randomise_chain=chain == "random",
                 positions=positions,
                 overwrite=overwrite,
                 on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+                executor=cluster,
             )
-    except (ValueError, FileNotFoundError, FileExistsError, SimulatorUnavailableError) as exc:
+    except (
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        SimulatorUnavailableError,
+        ClusterUnavailableError,
+    ) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(code=2) from exc
     if report.skipped:

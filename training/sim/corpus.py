@@ -7,25 +7,29 @@ all are there they are merged into `out` (again written aside and renamed) in sc
 order, so the file does not depend on which worker finished first. The parts
 folder also holds ``run.json``, the options of the run, so that parts of a
 different run are never mixed in.
+
+Scenes are traced by a `training.cluster` executor (this process, a local
+process pool, or Ray tasks on other machines): a job traces into a scratch dir
+of the machine it runs on and returns the part's bytes, and this process writes
+the part. So the parts folder only needs to be on the driver's disk.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
-import queue
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import h5py
 
+from training.cluster import ExecutorConfig, map_unordered, open_executor
 from training.data.fingerprints import list_environments, open_for_write, read_environment_meta
 from training.sim.generate import EnvironmentReport, generate
 from training.sim.presets import Preset
@@ -66,7 +70,7 @@ def _trace_scene(
     parts: str,
     progress: Any = None,
 ) -> tuple[int, list[EnvironmentReport]]:
-    """Trace one scene into ``parts/sNNNN.h5`` (runs in a worker process)."""
+    """Trace one scene into ``parts/sNNNN.h5``."""
     spec = procedural_scene(index, preset)
     # Without randomisation every BS gets the nominal chain, recorded as such.
     chains = procedural_chains(index, spec, preset, randomise=True) if randomise else None
@@ -91,6 +95,34 @@ def _trace_scene(
     _fsync(tmp)
     tmp.replace(final)
     return index, report.environments
+
+
+@dataclass(frozen=True)
+class TracedPart:
+    """One traced scene as its part file's bytes: the driver writes it into ``<out>.parts``."""
+
+    index: int
+    environments: list[EnvironmentReport]
+    data: bytes
+
+
+def trace_part(
+    index: int, preset: ProceduralPreset, randomise: bool, positions: int, progress: Any = None
+) -> TracedPart:
+    """Trace one scene in a scratch dir of whichever machine runs it; return the part."""
+    with tempfile.TemporaryDirectory(prefix="csipos-scene-") as tmp:
+        _, envs = _trace_scene(index, preset, randomise, positions, tmp, progress)
+        return TracedPart(index, envs, (Path(tmp) / f"{scene_name(index)}.h5").read_bytes())
+
+
+def _write_part(final: Path, data: bytes) -> None:
+    """Aside, fsync, rename: a part in ``<out>.parts`` is whole or absent."""
+    tmp = final.with_suffix(".h5.tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(final)
 
 
 def _as_preset(preset: ProceduralPreset, spec: SceneSpec) -> Preset:
@@ -181,11 +213,13 @@ def simulate_procedural(
     positions: int | None = None,
     overwrite: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
+    executor: ExecutorConfig | None = None,
 ) -> CorpusReport:
     """Trace scenes ``seed .. seed+count-1`` of `preset`, one environment per (scene, BS).
 
-    `workers` > 1 traces scenes in that many processes. `on_progress(done, total)`
-    reports positions x base stations traced. Resumable: see the module docstring.
+    `workers` > 1 traces scenes in that many processes; `executor` (e.g. Ray)
+    replaces that local pool. `on_progress(done, total)` reports positions x base
+    stations traced. Resumable: see the module docstring.
     """
     if count < 1:
         raise ValueError(f"count: expected at least one scene, got {count}")
@@ -236,29 +270,9 @@ def simulate_procedural(
             on_progress(done, total)
 
     results: dict[int, list[EnvironmentReport]] = {}
-    if workers == 1 or len(todo) <= 1:
-        for k in todo:
-            _, envs = _trace_scene(k, chosen, randomise_chain, n, str(parts), _Direct(advance))
-            results[k] = envs
-            log.info("scene %s done", scene_name(k))
-    elif todo:
-        ctx = multiprocessing.get_context("spawn")  # Dr.Jit's threads do not survive fork
-        with (
-            ctx.Manager() as manager,
-            ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool,
-        ):
-            ticks = manager.Queue()
-            pending: set[Future[tuple[int, list[EnvironmentReport]]]] = {
-                pool.submit(_trace_scene, k, chosen, randomise_chain, n, str(parts), ticks)
-                for k in todo
-            }
-            while pending:
-                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                _drain(ticks, advance)
-                for fut in finished:
-                    k, envs = fut.result()
-                    results[k] = envs
-            _drain(ticks, advance)
+    cluster = executor if executor is not None else ExecutorConfig("local", workers=workers)
+    if todo:  # a resume with every part done just merges (no cluster needed)
+        _trace_all(cluster, todo, chosen, randomise_chain, n, parts, advance, results)
     report.traced = todo
     report.environments = [env for k in todo for env in results[k]]
     _merge(out, parts, specs, overwrite)
@@ -267,24 +281,36 @@ def simulate_procedural(
     return report
 
 
+def _trace_all(
+    cluster: ExecutorConfig,
+    todo: list[int],
+    preset: ProceduralPreset,
+    randomise: bool,
+    positions: int,
+    parts: Path,
+    advance: Callable[[int], None],
+    results: dict[int, list[EnvironmentReport]],
+) -> None:
+    """Trace the scenes `todo` where `cluster` says; write each part as it arrives."""
+    with open_executor(cluster, jobs=len(todo)) as ex:
+        ticks = ex.channel(lambda k: advance(int(k)))
+        traced = map_unordered(
+            ex,
+            trace_part,
+            todo,
+            args=lambda k: (k, preset, randomise, positions, ticks.sender),
+            poll=ticks.drain,
+        )
+        for k, part, error in traced:
+            if error is not None:
+                raise error  # as in one process: finished parts stay for the rerun
+            assert part is not None
+            _write_part(parts / f"{scene_name(k)}.h5", part.data)
+            results[k] = part.environments
+            log.info("scene %s done", scene_name(k))
+        ticks.drain()
+
+
 def _fsync(path: Path) -> None:
     with path.open("rb") as f:
         os.fsync(f.fileno())
-
-
-class _Direct:
-    """The in-process stand-in for the progress queue."""
-
-    def __init__(self, advance: Callable[[int], None]) -> None:
-        self.advance = advance
-
-    def put(self, k: int) -> None:
-        self.advance(k)
-
-
-def _drain(ticks: Any, advance: Callable[[int], None]) -> None:
-    while True:
-        try:
-            advance(int(ticks.get_nowait()))
-        except queue.Empty:
-            return

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import csv
-import os
 import shutil
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,7 @@ from typer.testing import CliRunner
 from training.cli import app
 from training.experiments import jobs
 from training.experiments.grid import QUICK, Run
-from training.experiments.runner import ExperimentStateError, Outcome, _Pool, run_experiment
+from training.experiments.runner import ExperimentStateError, Outcome, run_experiment
 from training.experiments.store import ResultStore, RunResult
 
 
@@ -131,18 +129,3 @@ def test_cli_help_and_resume(quick_run: tuple[Path, Outcome], fingerprint_file: 
                                 str(quick_run[0]), "--report-only"])  # fmt: skip
     assert again.exit_code == 0, again.output
     assert "128 of 128 finished" in report.read_text()
-
-
-def _square_or_die(x: int) -> int:
-    if x == 2:
-        os._exit(1)  # a worker killed from outside (out of memory, kill -9)
-    return x * x
-
-
-def test_dead_worker_fails_its_jobs_instead_of_the_experiment() -> None:
-    with _Pool(2) as pool:
-        got = list(pool.map_unordered(_square_or_die, [1, 2, 3, 4]))
-    assert sorted(item for item, _, _ in got) == [1, 2, 3, 4]
-    dead = [item for item, _, exc in got if isinstance(exc, BrokenProcessPool)]
-    assert 2 in dead
-    assert all(value == item * item for item, value, exc in got if exc is None)

@@ -73,3 +73,16 @@ def test_scenes_writes_yaml_and_a_contact_sheet(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert SceneSpec.load(tmp_path / "s0011.yaml") == procedural_scene(11, "corpus")
     assert (tmp_path / "contact-sheet.png").stat().st_size > 10_000
+
+
+def test_executor_options_are_procedural_only_and_checked(tmp_path: Path) -> None:
+    out = runner.invoke(app, ["data", "simulate", "--help"]).output
+    assert "--executor" in out and "--address" in out and "--task-cpus" in out
+    base = ["data", "simulate", "--out", str(tmp_path / "x.h5")]
+    fixed = runner.invoke(app, [*base, "--scene", "lab-los", "--executor", "ray"])
+    assert fixed.exit_code == 2 and "--executor needs --scene procedural" in fixed.output
+    proc = [*base, "--scene", "procedural", "--count", "1"]
+    bad = runner.invoke(app, [*proc, "--executor", "dask"])
+    assert bad.exit_code == 2 and "--executor" in bad.output
+    stray = runner.invoke(app, [*proc, "--address", "10.0.0.1:6379"])
+    assert stray.exit_code == 2 and "--address" in stray.output

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -13,7 +14,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from tests.training.raycluster import RayCluster
 from training.cli import app
+from training.cluster import ExecutorConfig
 from training.data.fingerprints import list_environments, read_environment, read_environment_meta
 from training.sim.corpus import parts_dir, simulate_procedural
 from training.sim.procedural import procedural_scene
@@ -154,3 +157,68 @@ def test_parallel_workers_write_the_same_file(corpus: Path, tmp_path: Path) -> N
         np.testing.assert_array_equal(a.pos, b.pos)
         scale = float(np.abs(a.csi).max())
         np.testing.assert_allclose(a.csi, b.csi, rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_ray_resumes_a_killed_driver_retries_a_killed_task_and_writes_the_same_file(
+    corpus: Path, tmp_path: Path, ray_head: RayCluster
+) -> None:
+    """The corpus on a real local Ray cluster, one scene at a time (`--workers 1`)."""
+    out = tmp_path / "ray.h5"
+    cmd = [sys.executable, "-c", "from training.cli import app; app()", "data", "simulate",
+           "--scene", "procedural", "--count", str(COUNT), "--seed", "0", "--preset", "tiny",
+           "--positions", str(POSITIONS), "--out", str(out), "--quiet",
+           "--executor", "ray", "--address", ray_head.address, "--workers", "1"]  # fmt: skip
+    driver = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    parts = parts_dir(out)
+    deadline = time.monotonic() + 240
+    try:
+        while not list(parts.glob("s*.h5")):
+            assert driver.poll() is None, "the driver ended before it was killed"
+            assert time.monotonic() < deadline, "no scene finished in time"
+            time.sleep(0.02)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finished = {p.name: p.stat().st_mtime_ns for p in parts.glob("s*.h5")}
+    assert 0 < len(finished) < COUNT
+
+    killed: list[int] = []
+    stop = threading.Event()
+
+    def kill_one_tracer() -> None:
+        while not stop.is_set() and not killed:
+            for pid in ray_head.task_workers("trace_part"):
+                time.sleep(0.1)  # into the trace
+                if pid in ray_head.task_workers("trace_part"):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    return
+            time.sleep(0.05)
+
+    threading.Thread(target=kill_one_tracer, daemon=True).start()
+    seen: list[tuple[int, int]] = []
+    try:
+        report = simulate_procedural(
+            out,
+            count=COUNT,
+            seed=0,
+            preset="tiny",
+            positions=POSITIONS,
+            executor=ExecutorConfig("ray", address=ray_head.address),
+            on_progress=lambda done, total: seen.append((done, total)),
+        )
+    finally:
+        stop.set()
+    assert report.skipped == sorted(int(name[1:5]) for name in finished)  # nothing redone
+    assert len(killed) == 1 and sorted(report.traced + report.skipped) == list(range(COUNT))
+    done = [d for d, _ in seen]  # progress from the tasks: rising to the total
+    assert done == sorted(done) and seen[-1][0] == seen[-1][1] > done[0]
+    assert list_environments(out) == list_environments(corpus)
+    for env in list_environments(corpus):
+        a, b = read_environment(corpus, env), read_environment(out, env)
+        np.testing.assert_array_equal(a.pos, b.pos)
+        scale = float(np.abs(a.csi).max())
+        np.testing.assert_allclose(a.csi, b.csi, rtol=1e-5, atol=1e-5 * scale)
+        assert read_environment_meta(corpus, env).source == read_environment_meta(out, env).source
