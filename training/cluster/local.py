@@ -7,7 +7,10 @@ and a fresh interpreter starts with torch's defaults, not the driver's state.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import queue
+import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -110,7 +113,23 @@ class _QueueChannel:
             self._on_item(item)
 
 
+ORPHAN_CHECK_S = 1.0
+"""How often a pool worker checks that its driver is still alive."""
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    """Leave as soon as the driver is gone (killed, crashed): an orphan would keep burning
+    CPU, and a tracing orphan would rename its part into the folder of the next run."""
+    while True:
+        time.sleep(ORPHAN_CHECK_S)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
 def _init_worker(setup: WorkerSetup | None, threads: int) -> None:
+    threading.Thread(
+        target=_exit_when_orphaned, args=(os.getppid(),), daemon=True, name="orphan-watch"
+    ).start()
     if setup is not None:
         setup(threads)
 

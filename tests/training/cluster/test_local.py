@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +90,49 @@ def test_config_is_checked() -> None:
         ExecutorConfig(workers=0)
     with pytest.raises(ValueError, match="only the ray executor"):
         ExecutorConfig("local", address="10.0.0.1:6379")
+
+
+_DRIVER = """
+import sys, time
+from training.cluster.local import PoolExecutor
+from tests.training.cluster.test_local import report_pid_and_sleep
+ex = PoolExecutor(1 + 1, 1, None)
+ex.submit(report_pid_and_sleep, sys.argv[1])
+time.sleep(600)
+"""
+
+
+def report_pid_and_sleep(path: str) -> None:
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(600)
+
+
+def test_pool_workers_exit_when_the_driver_is_killed(tmp_path: Path) -> None:
+    """A killed driver leaves no worker behind to burn CPU or write into the next run."""
+    marker = tmp_path / "worker.pid"
+    driver = subprocess.Popen(
+        [sys.executable, "-c", _DRIVER, str(marker)],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[3])},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.is_file() or not marker.read_text():
+            assert time.monotonic() < deadline, "the worker never started"
+            time.sleep(0.2)
+        worker = int(marker.read_text())
+        driver.kill()
+        driver.wait(30)
+        deadline = time.monotonic() + 30
+        while _alive(worker):
+            assert time.monotonic() < deadline, f"worker {worker} outlived its driver"
+            time.sleep(0.2)
+    finally:
+        driver.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
