@@ -213,6 +213,11 @@ class Preset:
         for loss in (*self.losses, *self.meml_losses, *self.meta_losses, self.dtl_loss):
             if loss not in ("mse", "nll"):
                 raise ValueError(f"preset {self.name!r}: unknown loss {loss!r}")
+        if self.meta_losses and not self.source_envs:
+            raise ValueError(
+                f"preset {self.name!r}: MAML/TB-MAML (meta_losses) train over source_envs; "
+                "it is empty"
+            )
         for mode in (*self.modes, *(self.meta_modes or ())):
             if mode not in MODES:
                 raise ValueError(f"preset {self.name!r}: unknown mode {mode!r}")

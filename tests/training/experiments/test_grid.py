@@ -50,6 +50,8 @@ def test_meta_strategies_name_their_variant_and_loss() -> None:
         meta_variant("meml-nll")
     with pytest.raises(ValueError, match="unknown loss"):
         Preset(name="x", meta_losses=("huber",))
+    with pytest.raises(ValueError, match="train over source_envs"):
+        Preset(name="x", meta_losses=("nll",), source_envs=(), dtl_sources=())
     # A preset without meta strategies keeps the fingerprint it had before they existed.
     plain = Preset(name="x")
     assert plain.fingerprint() == Preset(name="x", source=TrainConfig()).fingerprint()
