@@ -140,9 +140,26 @@ class TrainConfig:
     """A run that ends degenerate (validation ME near the centroid predictor's) is trained
     once more from another initialisation; the better of the two is kept and still flagged."""
 
+    # --- meta-learned sources (MAML, TB-MAML: `training.meta`) ---
+    inner_lr: float = 0.01
+    """MAML inner loop: plain gradient-descent rate of the per-environment adaptation
+    (Finn et al.'s regression value); ``lr`` is the outer (Adam) rate."""
+    inner_steps: int = 1
+    """MAML inner loop: gradient steps on the support batch before the query loss."""
+    first_order: bool = False
+    """MAML outer gradient: False differentiates through the inner steps (second order,
+    Hessian-vector products); True drops that term (FOMAML: cheaper, biased)."""
+
     def __post_init__(self) -> None:
         check_loss_name(self.loss)
-        for name in ("epochs", "patience", "batch_size", "auto_folds", "auto_min_val"):
+        for name in (
+            "epochs",
+            "patience",
+            "batch_size",
+            "auto_folds",
+            "auto_min_val",
+            "inner_steps",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}, expected >= 1")
         for name in ("min_steps", "head_warmup_steps", "mse_warmup_steps", "envs_per_step"):
@@ -156,6 +173,8 @@ class TrainConfig:
             raise ValueError(f"lr_patience={self.lr_patience}, expected >= 3 validations")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr={self.lr}, expected > 0")
+        if not (math.isfinite(self.inner_lr) and self.inner_lr > 0):
+            raise ValueError(f"inner_lr={self.inner_lr}, expected > 0")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction={self.val_fraction}, expected in (0, 1)")
         if not 0.0 < self.unfreeze_lr_factor <= 1.0:

@@ -157,6 +157,7 @@ def train_target(
     quiet: bool = False,
     progress: ProgressFn | None = None,
     device: torch.device | str = "cpu",
+    head_init: Head | None = None,
 ) -> TargetResult:
     """Train a fresh head (and, by mode, the backbone) on the target's train split.
 
@@ -165,15 +166,21 @@ def train_target(
     backbone, all layers (``mode`` must be ``finetune`` or ``auto``). A run that
     ends degenerate is retried once from another head initialisation
     (``config.retry_degenerate``).
+
+    ``head_init`` (a meta-learned head, `training.meta`) replaces the random head
+    initialisation: its weights are copied, the target's own position normalisation
+    fitted, its sigma scale reset. A degenerate run's retry starts from a random head.
     """
     mode = check_mode(mode)
+    if head_init is not None and head_init.loss != config.loss:
+        raise ValueError(f"head_init is a {head_init.loss} head; the config trains {config.loss}")
     if backbone is None:
         if mode not in ("finetune", "auto"):
             raise ValueError(f"mode {mode!r} needs a pre-trained backbone; scratch trains all")
         return _scratch(train, val, config, backbone_config, head_config, quiet, progress, device)
     if mode == "auto":
-        return _auto(backbone, train, val, config, head_config, quiet, progress, device)
-    run = _Trainer(backbone, train, val, config, head_config, quiet, progress, device)
+        return _auto(backbone, train, val, config, head_config, quiet, progress, device, head_init)
+    run = _Trainer(backbone, train, val, config, head_config, quiet, progress, device, head_init)
     model, report = run.mode(mode, config.seed)
     retried = False
     if report.degenerate_tasks and config.retry_degenerate:
@@ -240,8 +247,10 @@ class _Trainer:
         quiet: bool,
         progress: ProgressFn | None,
         device: torch.device | str,
+        head_init: Head | None = None,
     ) -> None:
         self.backbone, self.train, self.val, self.config = backbone, train, val, config
+        self.head_init = head_init
         self.head_config, self.quiet, self.device = head_config, quiet, device
         self.progress = progress
         self._warm: dict[int, tuple[SiteModel, FitReport]] = {}
@@ -279,7 +288,13 @@ class _Trainer:
         return report
 
     def fresh(self, init_seed: int) -> SiteModel:
-        head = Head(self.head_config, loss=self.config.loss, seed=init_seed + 1)
+        """A copy of the backbone with a new head: ``head_init``'s weights for the first
+        initialisation (``config.seed``) when given, else random ones from ``init_seed``."""
+        if self.head_init is not None and init_seed == self.config.seed:
+            head = copy.deepcopy(self.head_init)
+            head.sigma_scale.fill_(1.0)
+        else:
+            head = Head(self.head_config, loss=self.config.loss, seed=init_seed + 1)
         head.fit_position_normalisation(self.train.pos)
         return SiteModel(copy.deepcopy(self.backbone), head)
 
@@ -351,13 +366,16 @@ def _auto(
     quiet: bool,
     progress: ProgressFn | None,
     device: torch.device | str,
+    head_init: Head | None = None,
 ) -> TargetResult:
     splits = _auto_splits(train, val, config)
     losses: dict[TargetMode, list[npt.NDArray[np.float64]]] = {m: [] for m in AUTO_CANDIDATES}
     val_me: dict[TargetMode, list[float]] = {m: [] for m in AUTO_CANDIDATES}
     first: dict[TargetMode, tuple[SiteModel, FitReport]] = {}
     for k, (tr, va) in enumerate(splits):
-        trainer = _Trainer(backbone, tr, va, config, head_config, quiet, progress, device)
+        trainer = _Trainer(
+            backbone, tr, va, config, head_config, quiet, progress, device, head_init
+        )
         for mode in AUTO_CANDIDATES:
             label = mode if len(splits) == 1 else f"{mode}[{k + 1}/{len(splits)}]"
             model, report = trainer.mode(mode, config.seed, label)

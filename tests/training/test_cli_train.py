@@ -224,3 +224,31 @@ def test_meml_selects_by_transfer_to_held_out_environments(tmp_path: Path, tiny_
     assert set(metrics["probe_me"]) == {"industrial/bs3", "lab-los"}
     assert all(0.0 < v < 50.0 for v in metrics["probe_me"].values())
     assert len(metrics["probe_score_history"]) == 3
+
+
+def test_maml_and_tb_maml_publish_a_backbone_a_site_can_start_from(
+    tmp_path: Path, tiny_h5: Path
+) -> None:
+    repo = tmp_path / "models"
+    for variant in ("maml", "tb-maml"):
+        out = invoke(
+            "train", "maml", "--variant", variant, "--data", str(tiny_h5),
+            "--envs", "industrial/bs0,industrial/bs1", "--loss", "nll", "--out", str(repo),
+            "--min-steps", "4", "--max-steps", "4", "--eval-every", "2", "--batch-size", "16",
+            "--inner-lr", "0.02", "--quiet",
+        )  # fmt: skip
+        assert "meta-steps" in out
+    manifest = json.loads((repo / "backbones/tbmaml/versions/v1/manifest.json").read_text())
+    assert manifest["config"]["mode"] == "tb-maml" and manifest["config"]["inner_lr"] == 0.02
+    assert manifest["config"]["steps_run"] == {"meta": 4}
+    invoke(
+        "train", "site", "--backbone", f"{repo}/backbones/maml", "--data", str(tiny_h5),
+        "--env", "lab-los", "--mode", "head", "--loss", "nll", "--out", str(repo),
+        "--site", "lab", "--min-steps", "5", "--max-steps", "5", "--quiet",
+    )  # fmt: skip
+    bad = runner.invoke(
+        app,
+        ["train", "maml", "--variant", "reptile", "--data", str(tiny_h5), "--envs",
+         "industrial/bs0", "--out", str(repo)],
+    )  # fmt: skip
+    assert bad.exit_code != 0 and "reptile" in bad.output

@@ -318,6 +318,94 @@ def meml(
             )
 
 
+@app.command("maml")
+@train_options(loss="mse", val_fraction=0.1)
+def maml(
+    data: Annotated[Path, _OPT_DATA],
+    envs: Annotated[
+        str,
+        typer.Option(help="Comma-separated source environments (one task each); patterns ok."),
+    ],
+    out: Out,
+    config: TrainConfig,
+    variant: Annotated[
+        str, typer.Option(help="maml (Finn et al.) or tb-maml (task-biased, Owfi et al.).")
+    ] = "maml",
+    name: Annotated[str | None, typer.Option(help="Backbone name (default: the variant).")] = None,
+    inner_lr: Annotated[
+        float, typer.Option(help="Inner-loop gradient-descent rate.")
+    ] = TrainConfig.inner_lr,
+    inner_steps: Annotated[
+        int, typer.Option(help="Inner-loop steps on the support batch.")
+    ] = TrainConfig.inner_steps,
+    first_order: Annotated[
+        bool, typer.Option(help="First-order outer gradient (FOMAML) instead of second order.")
+    ] = False,
+    inputs: Inputs = "raw",
+    quiet: Quiet = False,
+) -> None:
+    """MAML / TB-MAML: a meta-learned initialisation over the source environments
+    (`training.meta`, docs/meta-learning.md); its backbone is published for transfer.
+
+    Only the backbone goes into the repository (sites start from a fresh head, as after
+    MEML); the experiment grid also uses the meta-learned head. Single process only.
+    """
+    from training.data.fingerprints import read_environment
+    from training.meml import SourceData
+    from training.meta import check_variant, train_meta
+
+    _setup_logging(quiet)
+    with _cli_errors():
+        kind = check_variant(variant)
+        names = _expand_envs(data, envs)
+        try:
+            config = config.replace(
+                inner_lr=inner_lr, inner_steps=inner_steps, first_order=first_order
+            )
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+        sources = {
+            env: SourceData.split(read_environment(path, env), config.val_fraction, config.seed)
+            for env, path in names.items()
+        }
+        result = train_meta(
+            sources, config, variant=kind, backbone_config=_backbone_config(inputs), quiet=quiet
+        )
+        _publish_meta(result, out, name or kind.replace("-", ""), list(names))
+
+
+def _publish_meta(result: Any, out: Path, name: str, envs: list[str]) -> None:
+    import torch
+
+    from training.checkpoint import save_backbone
+    from training.repository import ModelRepository
+
+    repo = ModelRepository(out)
+    config = {**result.config.to_dict(), "mode": result.variant, "envs": envs}
+    config.update(steps_run={"meta": result.steps}, best_step=result.best_step)
+    config["torch_threads"] = torch.get_num_threads()
+    version = save_backbone(
+        repo,
+        name,
+        result.backbone,
+        loss=result.config.loss,
+        config=config,
+        data_fingerprint=result.data_fingerprint,
+        metrics={
+            "val": result.metrics,
+            "best_val_me": result.best_val_me,
+            "val_loss_history": [row["val_loss"] for row in result.history],
+            "rate_factors": result.rate_factors,
+        },
+    )
+    console.print(_metrics_table(f"{result.variant} validation after adaptation", result.metrics))
+    console.print(
+        f"published {ModelRef(out, 'backbone', name, version)}  ({result.steps} meta-steps, "
+        f"{result.samples / max(result.wall_s, 1e-9):.0f} samples/s)",
+        soft_wrap=True,
+    )
+
+
 @app.command("dtl")
 @train_options(loss="mse", val_fraction=0.1)
 def dtl(

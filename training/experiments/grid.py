@@ -60,28 +60,44 @@ def scene_of(env: str) -> str:
     return env.rsplit("/", 1)[0] if "/" in env else env
 
 
+META_PREFIXES = {"maml-": "maml", "tbmaml-": "tb-maml"}
+"""Meta-learned sources (`training.meta`): strategy prefix -> variant; `maml-nll`, `tbmaml-mse`."""
+META_STRATEGIES = tuple(f"{p}{loss}" for p in META_PREFIXES for loss in ("mse", "nll"))
+
+
 def dtl_strategy(source_env: str) -> str:
     """Strategy of direct transfer from one source environment: `industrial/bs2` -> `dtl-bs2`."""
     return DTL_PREFIX + source_env.rsplit("/", 1)[-1]
 
 
-def strategy_kind(strategy: str) -> Literal["scratch", "dtl", "meml"]:
-    """What a strategy starts from: nothing, one source model, or the MEML backbone."""
+def strategy_kind(strategy: str) -> Literal["scratch", "dtl", "meml", "meta"]:
+    """What a strategy starts from: nothing, one source model, the MEML backbone, or a
+    meta-learned backbone + head (MAML, TB-MAML)."""
     if strategy == SCRATCH:
         return "scratch"
     if strategy.startswith(DTL_PREFIX):
         return "dtl"
     if strategy.split(SET_SEP, 1)[0] in MEML_STRATEGIES:
         return "meml"
+    if strategy in META_STRATEGIES:
+        return "meta"
     raise ValueError(
-        f"unknown strategy {strategy!r}: expected 'scratch', 'dtl-<bs>', 'meml-mse', 'meml-nll'"
-        " or 'meml-<loss>@<source set>'"
+        f"unknown strategy {strategy!r}: expected 'scratch', 'dtl-<bs>', 'meml-<loss>', "
+        "'meml-<loss>@<source set>', 'maml-<loss>' or 'tbmaml-<loss>' (loss mse or nll)"
     )
 
 
 def source_set_of(strategy: str) -> str | None:
     """`meml-nll@corpus64` -> `corpus64`; None for a strategy without a source set."""
     return strategy.split(SET_SEP, 1)[1] if SET_SEP in strategy else None
+
+
+def meta_variant(strategy: str) -> tuple[str, str]:
+    """(variant, source loss) of a meta strategy: `tbmaml-nll` -> (`tb-maml`, `nll`)."""
+    for prefix, variant in META_PREFIXES.items():
+        if strategy in META_STRATEGIES and strategy.startswith(prefix):
+            return variant, strategy.removeprefix(prefix)
+    raise ValueError(f"{strategy!r} is not a meta-learning strategy ({', '.join(META_STRATEGIES)})")
 
 
 @dataclass(frozen=True, order=True)
@@ -145,6 +161,12 @@ class Preset:
     dtl_loss: str = "mse"
     losses: tuple[str, ...] = ("mse", "nll")
     meml_losses: tuple[str, ...] = ("mse", "nll")
+    meta_losses: tuple[str, ...] = ()
+    """Source losses of the meta-learned strategies: each adds `maml-<loss>` and
+    `tbmaml-<loss>` (`training.meta`, budget from `source`)."""
+    meta_modes: tuple[str, ...] | None = None
+    """Target modes of the meta-learned strategies (None: ``modes``); the quick grid runs
+    only ``auto`` (which trains finetune, gradual and head) to stay fast."""
     modes: tuple[str, ...] = MODES
     fractions: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)
     k: int = 5
@@ -188,10 +210,15 @@ class Preset:
         dtl_names = [dtl_strategy(e) for e in self.dtl_sources]
         if len(set(dtl_names)) != len(dtl_names):
             raise ValueError(f"preset {self.name!r}: DTL sources {self.dtl_sources} share a name")
-        for loss in (*self.losses, *self.meml_losses, self.dtl_loss):
+        for loss in (*self.losses, *self.meml_losses, *self.meta_losses, self.dtl_loss):
             if loss not in ("mse", "nll"):
                 raise ValueError(f"preset {self.name!r}: unknown loss {loss!r}")
-        for mode in self.modes:
+        if self.meta_losses and not self.source_envs:
+            raise ValueError(
+                f"preset {self.name!r}: MAML/TB-MAML (meta_losses) train over source_envs; "
+                "it is empty"
+            )
+        for mode in (*self.modes, *(self.meta_modes or ())):
             if mode not in MODES:
                 raise ValueError(f"preset {self.name!r}: unknown mode {mode!r}")
         if any(n < 2 for n in self.labels):
@@ -202,13 +229,15 @@ class Preset:
 
     @property
     def strategies(self) -> tuple[str, ...]:
-        """Scratch, then DTL per source, then MEML per source loss: the report's row order."""
+        """Scratch, DTL per source, MEML per source loss (per source set), then MAML and
+        TB-MAML per source loss: the report's row order."""
         meml = (
             [f"meml-{loss}{SET_SEP}{s.name}" for s in self.source_sets for loss in self.meml_losses]
             if self.source_sets
             else [f"meml-{loss}" for loss in self.meml_losses]
         )
-        return (SCRATCH, *(dtl_strategy(e) for e in self.dtl_sources), *meml)
+        meta = [f"{prefix}{loss}" for prefix in META_PREFIXES for loss in self.meta_losses]
+        return (SCRATCH, *(dtl_strategy(e) for e in self.dtl_sources), *meml, *meta)
 
     def source_set(self, name: str) -> SourceSet:
         for s in self.source_sets:
@@ -232,6 +261,8 @@ class Preset:
                             # Scratch has no backbone to freeze: it trains all
                             # layers from random init, i.e. `finetune` from nothing.
                             modes = ("finetune",) if strategy == SCRATCH else self.modes
+                            if self.meta_modes is not None and strategy_kind(strategy) == "meta":
+                                modes = self.meta_modes
                             out.extend(
                                 Run(target, loss, strategy, mode, fraction, fold, labels)
                                 for mode in modes
@@ -250,8 +281,23 @@ class Preset:
     def fingerprint(self) -> str:
         """Hash of everything that changes results; a result dir refuses another preset."""
         config = {k: v for k, v in self.to_dict().items() if k != "notes"}
+        # Fields added for meta-learning count only when used, so result directories
+        # made before them keep their fingerprint (and resume).
+        if not config["meta_losses"]:
+            del config["meta_losses"]
+        if config["meta_modes"] is None:
+            del config["meta_modes"]
+        for part in ("source", "target"):
+            for key, default in _META_CONFIG_DEFAULTS.items():
+                if config[part].get(key) == default:
+                    del config[part][key]
         text = json.dumps(config, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+_META_CONFIG_DEFAULTS = {
+    name: getattr(TrainConfig(), name) for name in ("inner_lr", "inner_steps", "first_order")
+}
 
 
 def derive_seed(base: int, *parts: object) -> int:
@@ -270,6 +316,8 @@ QUICK = Preset(
     max_test=60,
     max_target_pool=100,
     max_source_samples=150,
+    meta_losses=("nll",),
+    meta_modes=("auto",),
     backbone_channels=((4, 4), (4, 4)),
     source=TrainConfig(batch_size=32, min_steps=60, epochs=2, patience=3, lr=3e-3),
     target=TrainConfig(
@@ -284,7 +332,7 @@ QUICK = Preset(
     notes="Machinery check only: tiny data, a slim backbone, ~60 steps. The numbers mean nothing.",
 )
 """Machinery check on tiny data (CI): every strategy and mode, 2 fractions x 2 folds, NLL
-targets (128 runs).
+targets (144 runs; MAML and TB-MAML from NLL sources, target mode auto only).
 
 Runs of about 60 steps per phase on a slim backbone (4 channels per conv)
 and capped data, so the whole grid takes about a minute. The numbers it
@@ -298,6 +346,7 @@ PAPER = Preset(
     max_test=1000,
     max_target_pool=800,
     max_source_samples=3000,
+    meta_losses=("mse", "nll"),
     source=TrainConfig(batch_size=64, epochs=40, patience=8),
     target=TrainConfig(batch_size=64, min_steps=400, epochs=60, patience=15),
     notes=(
@@ -305,7 +354,8 @@ PAPER = Preset(
         "(20 % = 128 training samples, not thousands), test set capped at 1,000, 3,000 "
         "samples per source environment, DTL from two of the four industrial base stations "
         "(opposite corners). Target budgets in optimizer steps: at least 400 per phase, at "
-        "most 60 epochs, patience 15 validations."
+        "most 60 epochs, patience 15 validations. MAML and TB-MAML (second order) use the "
+        "same source budget as MEML."
     ),
 )
 """The paper's grid, sized to finish in about 1.5-2 h on 2 CPU cores (`--workers 2`), resumably.
@@ -328,6 +378,10 @@ What differs from the paper, to fit: an 800-sample labelled pool per target
 (so 20 % is 128 training samples, not thousands), a test set capped at 1,000,
 3,000 samples per source environment, DTL from two of the four industrial base
 stations (opposite corners), at most 30 epochs per phase with patience 4.
+
+MAML and TB-MAML (mse and nll sources, every mode) were added later: 4,100 runs,
+plus four second-order meta sources at ~6 MEML steps' cost each; the total has not
+been re-measured (`paper-meta` is the affordable cut, docs/results/meta/).
 """
 
 PAPER_FULL = Preset(
@@ -346,6 +400,7 @@ PAPER_MODES = dataclasses.replace(
     losses=("nll",),
     dtl_sources=(),
     meml_losses=("nll",),
+    meta_losses=(),
     fractions=(0.2, 0.6, 1.0),
     folds=(0, 1, 2),
     notes=(
@@ -415,8 +470,29 @@ TRANSFER_2CORE = dataclasses.replace(
     ),
 )
 
+PAPER_META = dataclasses.replace(
+    PAPER,
+    name="paper-meta",
+    losses=("nll",),
+    dtl_sources=(),
+    meml_losses=("nll",),
+    meta_losses=("nll",),
+    modes=("finetune",),
+    fractions=(0.2, 1.0),
+    folds=(0, 1, 2),
+    source=PAPER.source.replace(max_steps=600),
+    notes=(
+        "The paper preset's data and target budgets, cut to what one session on 2 shared CPU "
+        "cores affords for the meta-learning question: NLL sources and targets, scratch, "
+        "MEML, MAML and TB-MAML (second order, 1 inner step at 0.01), target mode finetune "
+        "(auto at 20 % trains 9 models per run, ~400 s), fractions 20 % and 100 %, 3 of the "
+        "5 folds. Every source trains at most 600 steps (a MAML step costs ~6 MEML steps)."
+    ),
+)
+"""MAML and TB-MAML beside MEML and scratch on the paper preset's data (`docs/results/meta/`)."""
+
 PRESETS: dict[str, Preset] = {
-    p.name: p for p in (QUICK, PAPER, PAPER_MODES, PAPER_FULL, TRANSFER, TRANSFER_2CORE)
+    p.name: p for p in (QUICK, PAPER, PAPER_MODES, PAPER_META, PAPER_FULL, TRANSFER, TRANSFER_2CORE)
 }
 
 

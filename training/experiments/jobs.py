@@ -219,8 +219,18 @@ def execute_run(spec: RunSpec) -> RunResult:
     else:
         source = sources.source_of(run)
         backbone = sources.load_backbone(spec.out_dir, source, preset.backbone_config())
+        # Meta sources start the target from their head as well; a target of another loss
+        # than the source's cannot use it (other outputs) and gets a random head.
+        head = sources.load_head(spec.out_dir, source, run.strategy.rsplit("-", 1)[-1])
         trained = train_target(
-            backbone, train, val, config, mode=check_mode(run.mode), quiet=True, device=spec.device
+            backbone,
+            train,
+            val,
+            config,
+            mode=check_mode(run.mode),
+            quiet=True,
+            device=spec.device,
+            head_init=head if head is not None and head.loss == run.loss else None,
         )
     metrics = evaluate_model(trained.model.backbone, trained.model.head, test)
     metrics["degenerate"] = 1.0 if trained.degenerate else 0.0

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from training.experiments.aggregate import DTL_BEST, DTL_MEAN, STAT_KEYS, Summary, summarize
 from training.experiments.claims import Claim, evaluate_claims, finetune_variants
-from training.experiments.grid import DTL_PREFIX, SCRATCH, Preset, Run
+from training.experiments.grid import DTL_PREFIX, META_STRATEGIES, SCRATCH, Preset, Run
 from training.experiments.modes import mode_header, mode_rows
 from training.experiments.store import RunResult, atomic_write_text
 from training.experiments.transfer_report import transfer_section
@@ -32,6 +32,10 @@ _LABELS = {
     DTL_BEST: "DTL (best source)",
     "meml-mse": "MEML (mse sources)",
     "meml-nll": "MEML (nll sources)",
+    "maml-mse": "MAML (mse sources)",
+    "maml-nll": "MAML (nll sources)",
+    "tbmaml-mse": "TB-MAML (mse sources)",
+    "tbmaml-nll": "TB-MAML (nll sources)",
 }
 
 
@@ -121,7 +125,8 @@ def _row_strategies(summary: Summary) -> list[str]:
     out += dtl
     if dtl:
         out += [DTL_MEAN, DTL_BEST]
-    return out + sorted(s for s in strategies if s.startswith("meml-"))
+    out += sorted(s for s in strategies if s.startswith("meml-"))
+    return out + [s for s in META_STRATEGIES if s in strategies]
 
 
 def paper_table(summary: Summary, target: str, loss: str, fraction: float) -> str:

@@ -2,10 +2,12 @@
 
 Names are the strategies that start from them: `meml-mse`, `meml-nll` (one
 backbone over every source environment, eq. 5), `meml-nll@<set>` (the same over
-a named source set, `grid.SourceSet`) and `dtl-<bs>` (a full model on one
-source environment). With `Preset.probe_envs`, every MEML source keeps the
-checkpoint that transfers best to the probe scenes (`training.probe`). A cache
-entry is `backbone.pt` plus `source.json`, written in that order and each
+a named source set, `grid.SourceSet`), `maml-<loss>` and `tbmaml-<loss>` (a
+meta-learned backbone + head over `Preset.source_envs`, `training.meta`) and
+`dtl-<bs>` (a full model on one source environment). With `Preset.probe_envs`,
+every MEML source keeps the checkpoint that transfers best to the probe scenes
+(`training.probe`). A cache entry is `backbone.pt` (meta sources: plus `head.pt`)
+and then `source.json`, each written
 atomically, so `source.json` existing means the entry is whole.
 """
 
@@ -33,13 +35,15 @@ from training.experiments.grid import (
     Run,
     derive_seed,
     dtl_strategy,
+    meta_variant,
     scene_of,
     source_set_of,
     strategy_kind,
 )
 from training.experiments.store import atomic_write_text
 from training.meml import SourceData, train_sources
-from training.nets import Backbone, BackboneConfig
+from training.meta import check_variant, train_meta
+from training.nets import Backbone, BackboneConfig, Head
 from training.probe import TransferProbe
 from training.repository import atomic_write_bytes
 
@@ -64,15 +68,19 @@ def source_of(run: Run) -> str | None:
 
 
 def needed_sources(preset: Preset, runs: Iterable[Run]) -> list[str]:
-    """Sources the given runs start from, in the preset's strategy order (MEML first: slowest)."""
+    """Sources the given runs start from, slowest first: meta-learned, MEML, then DTL."""
     used = {source_of(r) for r in runs}
-    order = [s for s in preset.strategies if s.startswith("meml-")]
+    order = [s for s in preset.strategies if strategy_kind(s) == "meta"]
+    order += [s for s in preset.strategies if s.startswith("meml-")]
     order += [s for s in preset.strategies if s.startswith(DTL_PREFIX)]
     return [s for s in order if s in used]
 
 
 def cost_units(preset: Preset, name: str) -> float:
-    """Relative cost for the ETA: MEML trains on every source environment, DTL on one."""
+    """Relative cost for the ETA: MEML trains on every source environment, DTL on one; a
+    second-order meta step costs about six MEML steps on CPU (docs/results/meta)."""
+    if strategy_kind(name) == "meta":
+        return 6.0 * len(preset.source_envs)
     if not name.startswith("meml-"):
         return 1.0
     set_name = source_set_of(name)
@@ -176,6 +184,8 @@ def train_source(spec: SourceSpec) -> float:
     preset, seed = spec.preset, derive_seed(spec.seed, "source", spec.name)
     cap = preset.max_source_samples
     probe = None
+    if strategy_kind(spec.name) == "meta":
+        return _train_meta_source(spec, seed)
     if spec.name.startswith("meml-"):
         strategy, _, set_name = spec.name.partition(SET_SEP)
         envs = (
@@ -231,6 +241,63 @@ def train_source(spec: SourceSpec) -> float:
     }
     atomic_write_text(folder / "source.json", json.dumps(meta, indent=1))
     return wall
+
+
+def _train_meta_source(spec: SourceSpec, seed: int) -> float:
+    """A MAML / TB-MAML source: backbone.pt and head.pt (the meta-learned head init)."""
+    t0 = time.perf_counter()
+    preset = spec.preset
+    variant, loss = meta_variant(spec.name)
+    config = train_config(preset.source, loss, seed)
+    data = {
+        e: SourceData.split(
+            read_capped(spec.env_paths[e], e, preset.max_source_samples, spec.seed),
+            config.val_fraction,
+            config.seed,
+        )
+        for e in preset.source_envs
+    }
+    result = train_meta(
+        data,
+        config,
+        variant=check_variant(variant),
+        backbone_config=preset.backbone_config(),
+        device=spec.device,
+    )
+    wall = time.perf_counter() - t0
+    folder = source_dir(spec.out_dir, spec.name)
+    _atomic_torch_save(result.backbone.cpu().state_dict(), folder / "backbone.pt")
+    _atomic_torch_save(result.head.cpu().state_dict(), folder / "head.pt")
+    meta: dict[str, Any] = {
+        "name": spec.name,
+        "variant": variant,
+        "config": config.to_dict(),
+        "samples": {e: len(d.train) for e, d in data.items()},
+        "steps": {"meta": result.steps},
+        "best_step": result.best_step,
+        "samples_drawn": result.samples,
+        "samples_per_s": result.samples / max(result.wall_s, 1e-9),
+        "rate_factors": result.rate_factors,
+        "best_val_me": result.best_val_me,
+        "val_metrics": result.metrics,
+        "history": result.history,
+        "data_fingerprint": result.data_fingerprint,
+        "wall_s": wall,
+    }
+    atomic_write_text(folder / "source.json", json.dumps(meta, indent=1))
+    return wall
+
+
+def load_head(out_dir: Path, name: str | None, loss: str) -> Head | None:
+    """The meta-learned head init of a cached meta source (None for other sources)."""
+    if name is None or strategy_kind(name) != "meta":
+        return None
+    path = source_dir(out_dir, name) / "head.pt"
+    if not path.is_file():
+        return None
+    head = Head(loss=check_loss_name(loss))
+    head.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return head
 
 
 def load_backbone(out_dir: Path, name: str | None, config: BackboneConfig) -> Backbone:

@@ -5,25 +5,58 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.experiments.grid import PAPER, QUICK, Preset, Run, derive_seed, get_preset
+from training.config import TrainConfig
+from training.experiments.grid import (
+    PAPER,
+    QUICK,
+    Preset,
+    Run,
+    derive_seed,
+    get_preset,
+    meta_variant,
+    strategy_kind,
+)
 from training.experiments.jobs import target_split
 
 
 def test_quick_grid_has_every_strategy_mode_and_unique_ids() -> None:
     runs = QUICK.runs()
-    # per (target, fraction, fold): scratch + (1 DTL + 2 MEML) x 5 modes = 16
-    assert len(runs) == 2 * 2 * 2 * 16
+    # per (target, fraction, fold): scratch + (1 DTL + 2 MEML) x 5 modes + MAML, TB-MAML x auto
+    assert len(runs) == 2 * 2 * 2 * 18
     assert len({r.id for r in runs}) == len(runs)
-    assert {r.strategy for r in runs} == {"scratch", "dtl-bs0", "meml-mse", "meml-nll"}
+    assert {r.strategy for r in runs} == {
+        "scratch", "dtl-bs0", "meml-mse", "meml-nll", "maml-nll", "tbmaml-nll"
+    }  # fmt: skip
     assert {r.mode for r in runs if r.strategy == "scratch"} == {"finetune"}
+    assert {r.mode for r in runs if "maml" in r.strategy} == {"auto"}
     assert {r.mode for r in runs} == {"auto", "finetune", "gradual", "gradual-paper", "head"}
 
 
 def test_paper_grid_is_the_full_comparison() -> None:
     assert PAPER.k == 5 and PAPER.folds == (0, 1, 2, 3, 4)
     assert PAPER.fractions == (0.2, 0.4, 0.6, 0.8, 1.0)
-    per_cell = 1 + 5 * len(PAPER.dtl_sources) + 2 * 5
+    per_cell = 1 + 5 * len(PAPER.dtl_sources) + 2 * 5 + 4 * 5  # + MAML, TB-MAML x mse, nll
     assert len(PAPER.runs()) == 2 * 2 * 5 * 5 * per_cell
+    assert {"maml-mse", "maml-nll", "tbmaml-mse", "tbmaml-nll"} <= set(PAPER.strategies)
+
+
+def test_meta_strategies_name_their_variant_and_loss() -> None:
+    assert strategy_kind("maml-nll") == strategy_kind("tbmaml-mse") == "meta"
+    assert meta_variant("tbmaml-nll") == ("tb-maml", "nll")
+    assert meta_variant("maml-mse") == ("maml", "mse")
+    with pytest.raises(ValueError, match="unknown strategy 'maml-huber'"):
+        strategy_kind("maml-huber")
+    with pytest.raises(ValueError, match="not a meta-learning strategy"):
+        meta_variant("meml-nll")
+    with pytest.raises(ValueError, match="unknown loss"):
+        Preset(name="x", meta_losses=("huber",))
+    with pytest.raises(ValueError, match="train over source_envs"):
+        Preset(name="x", meta_losses=("nll",), source_envs=(), dtl_sources=())
+    # A preset without meta strategies keeps the fingerprint it had before they existed.
+    plain = Preset(name="x")
+    assert plain.fingerprint() == Preset(name="x", source=TrainConfig()).fingerprint()
+    assert plain.fingerprint() != Preset(name="x", meta_losses=("nll",)).fingerprint()
+    assert plain.fingerprint() != Preset(name="x", source=TrainConfig(inner_lr=0.1)).fingerprint()
 
 
 def test_run_id_is_readable_and_stable() -> None:

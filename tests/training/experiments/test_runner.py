@@ -19,7 +19,7 @@ from training.experiments.store import ResultStore, RunResult
 def test_quick_runs_every_cell_and_writes_the_report(quick_run: tuple[Path, Outcome]) -> None:
     out, outcome = quick_run
     planned = QUICK.runs()
-    assert outcome.complete and outcome.ran == len(planned) == 128
+    assert outcome.complete and outcome.ran == len(planned) == 144
     assert all(ResultStore(out).done(r) for r in planned)
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -42,7 +42,8 @@ def test_quick_runs_every_cell_and_writes_the_report(quick_run: tuple[Path, Outc
     report = (out / "report.md").read_text()
     assert report.count("### Claim") == 4 + 2  # the paper's four, then 3 and 4 with fine-tuning
     assert "## Claims 3 and 4 with fine-tuning instead of gradual unfreezing" in report
-    assert "128 of 128 finished" in report and "Incomplete" not in report
+    assert "144 of 144 finished" in report and "Incomplete" not in report
+    assert "MAML (nll sources)" in report and "TB-MAML (nll sources)" in report
     assert "## Target training modes" in report and "auto / best single" in report
     assert len(list((out / "figures").glob("*.png"))) == 4  # 2 targets x (nll ME, CRPS)
     # per target x fraction: one dtl:best row per mode
@@ -53,7 +54,7 @@ def test_second_run_redoes_nothing(quick_run: tuple[Path, Outcome], fingerprint_
     out, _ = quick_run
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
     again = run_experiment(QUICK, fingerprint_file, out, workers=2, seed=0)
-    assert (again.ran, again.skipped, again.failed) == (0, 128, {})
+    assert (again.ran, again.skipped, again.failed) == (0, 144, {})
     assert stamps == {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
 
 
@@ -82,12 +83,12 @@ def test_interrupted_experiment_resumes_only_missing_runs(
 
     monkeypatch.setattr(jobs, "execute_run", flaky)
     first = run_experiment(QUICK, fingerprint_file, out, workers=1, seed=0)
-    assert (first.ran, first.skipped) == (2, 125)
+    assert (first.ran, first.skipped) == (2, 141)
     assert list(first.failed) == [lost[1].id] and "worker killed" in first.failed[lost[1].id]
     assert "Incomplete: 1 runs missing" in (out / "report.md").read_text()
 
     second = run_experiment(QUICK, fingerprint_file, out, workers=1, seed=0)
-    assert (second.ran, second.skipped, second.failed) == (1, 127, {})
+    assert (second.ran, second.skipped, second.failed) == (1, 143, {})
     assert sorted(executed) == sorted([*lost, lost[1]])  # nothing else was redone
     # Same seed, same numbers (workers use one thread, this process more: allow rounding).
     for r in lost:
@@ -128,4 +129,4 @@ def test_cli_help_and_resume(quick_run: tuple[Path, Outcome], fingerprint_file: 
     again = runner.invoke(app, ["experiment", "--data", str(fingerprint_file), "--out",
                                 str(quick_run[0]), "--report-only"])  # fmt: skip
     assert again.exit_code == 0, again.output
-    assert "128 of 128 finished" in report.read_text()
+    assert "144 of 144 finished" in report.read_text()

@@ -24,6 +24,7 @@ PRESET = dataclasses.replace(
     dtl_sources=(),
     modes=("finetune",),
     meml_losses=("nll",),
+    meta_losses=(),  # MAML/TB-MAML train over source_envs, not source sets
     labels=(20, 60, 500),
     folds=(0, 1),
     source_sets=(SourceSet("corpus3", ("proc/*",), 3), SourceSet("corpus", ("proc/*",))),
