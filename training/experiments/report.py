@@ -214,7 +214,7 @@ def write_report(
     p = ctx.preset
 
     figures: list[Path] = []
-    for target in targets:
+    for target in [] if p.labels else targets:  # label budgets: transfer_report's figures
         for loss in losses:
             for metric in ["me", "crps"] if loss == "nll" else ["me"]:
                 name = f"{target.replace('/', '_')}_{loss}_{metric}.png"
