@@ -14,6 +14,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from matplotlib.figure import Figure
+
 from training.experiments.aggregate import Stat, Summary
 from training.experiments.grid import SCRATCH, Preset, source_set_of
 
@@ -95,12 +97,8 @@ def plot_group(
     summary: Summary, group_name: str, group: list[str], budgets: list[float], path: Path
 ) -> Path | None:
     """ME, CRPS and 1-sigma coverage against labels, one line per backbone and mode."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig = Figure(figsize=(15, 4.2), layout="constrained")
+    axes = fig.subplots(1, 3)
     drawn = False
     for ax, metric in zip(axes, METRIC_NAMES, strict=True):
         for arm in arms(summary):
@@ -121,29 +119,20 @@ def plot_group(
         ax.set_title(METRIC_NAMES[metric])
         ax.grid(alpha=0.3)
     if not drawn:
-        plt.close(fig)
         return None
     axes[0].legend(fontsize=8)
     spread = "sd over scenes" if len(group) > 1 else "sd over seeds"
     fig.suptitle(f"{group_name} ({len(group)} target(s); bars: {spread})")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_ratios(
     summary: Summary, targets: list[str], budgets: list[float], path: Path
 ) -> Path | None:
     """Per target, each backbone's seed-mean ME over scratch's: the gain scene by scene."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     backbones = [a for a in arms(summary) if a[0] != SCRATCH]
-    fig, axes = plt.subplots(1, len(budgets), figsize=(5.5 * len(budgets), 4.2), squeeze=False)
+    fig = Figure(figsize=(5.5 * len(budgets), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(budgets), squeeze=False)
     drawn = False
     for ax, b in zip(axes[0], budgets, strict=True):
         for j, arm in enumerate(backbones):
@@ -164,14 +153,9 @@ def plot_ratios(
         ax.set_ylabel("ME / scratch ME (seed means)")
         ax.grid(alpha=0.3)
     if not drawn:
-        plt.close(fig)
         return None
     axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_nb(
@@ -182,14 +166,10 @@ def plot_nb(
     path: Path,
 ) -> Path | None:
     """ME against N_B (corpus source sets), one line per target group and budget."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if len(nb) < 2:
         return None
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig = Figure(figsize=(6.5, 4.2), layout="constrained")
+    ax = fig.subplots()
     for name, group in groups.items():
         for b in budgets:
             pts = []
@@ -206,11 +186,7 @@ def plot_nb(
     ax.set_ylabel("ME (m)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def transfer_section(
@@ -310,6 +286,12 @@ def transfer_section(
             "",
         ]
     return lines
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
 
 
 def _slug(name: str) -> str:
