@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -11,6 +13,7 @@ from training.experiments.grid import (
     QUICK,
     Preset,
     Run,
+    SourceSet,
     derive_seed,
     get_preset,
     meta_variant,
@@ -57,6 +60,14 @@ def test_meta_strategies_name_their_variant_and_loss() -> None:
     assert plain.fingerprint() == Preset(name="x", source=TrainConfig()).fingerprint()
     assert plain.fingerprint() != Preset(name="x", meta_losses=("nll",)).fingerprint()
     assert plain.fingerprint() != Preset(name="x", source=TrainConfig(inner_lr=0.1)).fingerprint()
+    # Nor did label budgets, source sets and probes change it: `paper-meta` made before them
+    # (docs/results/meta) resumes.
+    assert get_preset("paper-meta").fingerprint() == "c9586681613c31ae"
+    assert plain.fingerprint() != Preset(name="x", labels=(500,)).fingerprint()
+    probed = Preset(
+        name="x", probe_envs=("proc/s0012/*",), source_sets=(SourceSet("c", ("proc/*",)),)
+    )
+    assert probed.fingerprint() != dataclasses.replace(probed, probe_labels=50).fingerprint()
 
 
 def test_run_id_is_readable_and_stable() -> None:
