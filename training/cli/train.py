@@ -156,6 +156,36 @@ def _backbone_name(env: str) -> str:
 
 
 # --------------------------------------------------------------------------- source training
+def _save_source_backbone(
+    out: Path,
+    name: str,
+    result: Any,
+    config: dict[str, Any],
+    metrics: dict[str, Any],
+    set_default: bool = False,
+) -> str:
+    """Publish a source training's backbone (MEML, DTL, MAML...) with its manifest; the
+    one place that writes a trained backbone into a repository from the CLI."""
+    import torch
+
+    from training.checkpoint import save_backbone
+    from training.repository import ModelRepository
+
+    repo = ModelRepository(out)
+    version = save_backbone(
+        repo,
+        name,
+        result.backbone,
+        loss=result.config.loss,
+        config={**config, "torch_threads": torch.get_num_threads()},
+        data_fingerprint=result.data_fingerprint,
+        metrics=metrics,
+    )
+    if set_default:
+        repo.set_default_backbone(name)
+    return version
+
+
 def _publish_source(
     result: Any,
     out: Path,
@@ -166,43 +196,22 @@ def _publish_source(
     world: int = 1,
     probe_envs: list[str] | None = None,
 ) -> None:
-    import torch
-
-    from training.checkpoint import save_backbone
-    from training.repository import ModelRepository
-
-    repo = ModelRepository(out)
     config = {**result.config.to_dict(), "mode": kind, "envs": envs, "world_size": world}
     config["epochs_run"] = result.report.epochs
     config["steps_run"] = result.report.steps
     config["degenerate"] = result.degenerate
-    config["torch_threads"] = torch.get_num_threads()
     if probe_envs:
         config["probe_envs"] = probe_envs
-    version = save_backbone(
-        repo,
-        name,
-        result.backbone,
-        loss=result.config.loss,
-        config=config,
-        data_fingerprint=result.data_fingerprint,
-        metrics={
-            "val": result.metrics,
-            "best_val_me": result.report.best_val_me,
-            "val_loss_history": [row["val_loss"] for row in result.report.history],
-            "train_loss_history": [row["train_loss"] for row in result.report.history],
-            **(
-                {
-                    "probe_me": result.probe_me,
-                    "probe_score_history": [row["score"] for row in result.report.history],
-                }
-                if result.probe_me
-                else {}
-            ),
-        },
-    )
-    if set_default:
-        repo.set_default_backbone(name)
+    metrics = {
+        "val": result.metrics,
+        "best_val_me": result.report.best_val_me,
+        "val_loss_history": [row["val_loss"] for row in result.report.history],
+        "train_loss_history": [row["train_loss"] for row in result.report.history],
+    }
+    if result.probe_me:
+        metrics["probe_me"] = result.probe_me
+        metrics["probe_score_history"] = [row["score"] for row in result.report.history]
+    version = _save_source_backbone(out, name, result, config, metrics, set_default)
     console.print(_metrics_table(f"{kind} validation (metres)", result.metrics))
     if result.degenerate:
         err_console.print(
@@ -375,29 +384,15 @@ def maml(
 
 
 def _publish_meta(result: Any, out: Path, name: str, envs: list[str]) -> None:
-    import torch
-
-    from training.checkpoint import save_backbone
-    from training.repository import ModelRepository
-
-    repo = ModelRepository(out)
     config = {**result.config.to_dict(), "mode": result.variant, "envs": envs}
     config.update(steps_run={"meta": result.steps}, best_step=result.best_step)
-    config["torch_threads"] = torch.get_num_threads()
-    version = save_backbone(
-        repo,
-        name,
-        result.backbone,
-        loss=result.config.loss,
-        config=config,
-        data_fingerprint=result.data_fingerprint,
-        metrics={
-            "val": result.metrics,
-            "best_val_me": result.best_val_me,
-            "val_loss_history": [row["val_loss"] for row in result.history],
-            "rate_factors": result.rate_factors,
-        },
-    )
+    metrics = {
+        "val": result.metrics,
+        "best_val_me": result.best_val_me,
+        "val_loss_history": [row["val_loss"] for row in result.history],
+        "rate_factors": result.rate_factors,
+    }
+    version = _save_source_backbone(out, name, result, config, metrics)
     console.print(_metrics_table(f"{result.variant} validation after adaptation", result.metrics))
     console.print(
         f"published {ModelRef(out, 'backbone', name, version)}  ({result.steps} meta-steps, "
