@@ -79,11 +79,12 @@ def strategy_kind(strategy: str) -> Literal["scratch", "dtl", "meml", "meta"]:
         return "dtl"
     if strategy.split(SET_SEP, 1)[0] in MEML_STRATEGIES:
         return "meml"
-    if strategy in META_STRATEGIES:
+    if strategy.split(SET_SEP, 1)[0] in META_STRATEGIES:
         return "meta"
     raise ValueError(
         f"unknown strategy {strategy!r}: expected 'scratch', 'dtl-<bs>', 'meml-<loss>', "
-        "'meml-<loss>@<source set>', 'maml-<loss>' or 'tbmaml-<loss>' (loss mse or nll)"
+        "'meml-<loss>@<source set>', 'maml-<loss>' or 'tbmaml-<loss>' (each also "
+        "'@<source set>'; loss mse or nll)"
     )
 
 
@@ -93,10 +94,12 @@ def source_set_of(strategy: str) -> str | None:
 
 
 def meta_variant(strategy: str) -> tuple[str, str]:
-    """(variant, source loss) of a meta strategy: `tbmaml-nll` -> (`tb-maml`, `nll`)."""
+    """(variant, source loss) of a meta strategy: `tbmaml-nll` (or `tbmaml-nll@corpus`) ->
+    (`tb-maml`, `nll`)."""
+    base = strategy.split(SET_SEP, 1)[0]
     for prefix, variant in META_PREFIXES.items():
-        if strategy in META_STRATEGIES and strategy.startswith(prefix):
-            return variant, strategy.removeprefix(prefix)
+        if base in META_STRATEGIES and base.startswith(prefix):
+            return variant, base.removeprefix(prefix)
     raise ValueError(f"{strategy!r} is not a meta-learning strategy ({', '.join(META_STRATEGIES)})")
 
 
@@ -213,10 +216,10 @@ class Preset:
         for loss in (*self.losses, *self.meml_losses, *self.meta_losses, self.dtl_loss):
             if loss not in ("mse", "nll"):
                 raise ValueError(f"preset {self.name!r}: unknown loss {loss!r}")
-        if self.meta_losses and not self.source_envs:
+        if self.meta_losses and not (self.source_envs or self.source_sets):
             raise ValueError(
-                f"preset {self.name!r}: MAML/TB-MAML (meta_losses) train over source_envs; "
-                "it is empty"
+                f"preset {self.name!r}: MAML/TB-MAML (meta_losses) train over source_envs "
+                "or the source sets; both are empty"
             )
         for mode in (*self.modes, *(self.meta_modes or ())):
             if mode not in MODES:
@@ -230,13 +233,15 @@ class Preset:
     @property
     def strategies(self) -> tuple[str, ...]:
         """Scratch, DTL per source, MEML per source loss (per source set), then MAML and
-        TB-MAML per source loss: the report's row order."""
+        TB-MAML per source loss (per source set): the report's row order."""
         meml = (
             [f"meml-{loss}{SET_SEP}{s.name}" for s in self.source_sets for loss in self.meml_losses]
             if self.source_sets
             else [f"meml-{loss}" for loss in self.meml_losses]
         )
         meta = [f"{prefix}{loss}" for prefix in META_PREFIXES for loss in self.meta_losses]
+        if self.source_sets:
+            meta = [f"{m}{SET_SEP}{s.name}" for s in self.source_sets for m in meta]
         return (SCRATCH, *(dtl_strategy(e) for e in self.dtl_sources), *meml, *meta)
 
     def source_set(self, name: str) -> SourceSet:
@@ -441,6 +446,8 @@ TRANSFER = Preset(
         SourceSet("corpus64", ("proc/*",), 64),
         SourceSet("corpus256", ("proc/*",), 256),
     ),
+    meta_losses=("nll",),
+    meta_modes=("finetune",),
     probe_envs=("proc/s0012/*", "proc/s0013/*", "proc/s0014/*", "proc/s0015/*"),
     inputs="phase-delay",
     source=TrainConfig(batch_size=64, epochs=40, patience=8, envs_per_step=16),
@@ -450,17 +457,21 @@ TRANSFER = Preset(
         "procedural scenes never used as sources (BS 0 of each) and the two labs; folds are "
         "seeds (independent draws of the labelled set); MEML backbones over the industrial "
         "hall and over N_B environments of the procedural corpus, each checkpoint chosen by "
-        "transfer to 4 probe scenes (also never sources); every backbone, scratch included, "
-        "reads phase- and timing-invariant inputs."
+        "transfer to 4 probe scenes (also never sources); MAML and TB-MAML over the same "
+        "source sets (fine-tuned targets); every backbone, scratch included, reads phase- "
+        "and timing-invariant inputs."
     ),
 )
-"""The `transfer` grid of issue 10 (docs/results/transfer): ~3,000 runs, a GPU or a cluster's
-worth (`--executor ray`); `transfer-2core` is the cut one session on 2 CPU cores affords."""
+"""The `transfer` grid of issues 10 and 15 (docs/results/transfer): ~5,100 runs, a GPU or a
+cluster's worth (`--executor ray`); `transfer-2core` is the cut one session on 2 CPU cores
+affords."""
 
 TRANSFER_2CORE = dataclasses.replace(
     TRANSFER,
     name="transfer-2core",
     modes=("finetune",),
+    meta_losses=(),
+    meta_modes=None,
     labels=(500, 3000),
     source_sets=(
         SourceSet("industrial", ("industrial/*",)),

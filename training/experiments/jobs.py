@@ -38,7 +38,7 @@ from training.data.catalog import environments_in, match_environments
 from training.data.fingerprints import Fingerprints, open_environment
 from training.data.splits import fraction_subset, kfold, train_val_test
 from training.experiments import sources
-from training.experiments.grid import Preset, Run, derive_seed, strategy_kind
+from training.experiments.grid import Preset, Run, derive_seed, meta_variant, strategy_kind
 from training.experiments.store import RunResult
 from training.metrics import evaluate_model
 from training.transfer import train_target
@@ -221,7 +221,11 @@ def execute_run(spec: RunSpec) -> RunResult:
         backbone = sources.load_backbone(spec.out_dir, source, preset.backbone_config())
         # Meta sources start the target from their head as well; a target of another loss
         # than the source's cannot use it (other outputs) and gets a random head.
-        head = sources.load_head(spec.out_dir, source, run.strategy.rsplit("-", 1)[-1])
+        head = (
+            sources.load_head(spec.out_dir, source, meta_variant(run.strategy)[1])
+            if strategy_kind(run.strategy) == "meta"
+            else None
+        )
         trained = train_target(
             backbone,
             train,

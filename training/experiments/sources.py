@@ -79,14 +79,14 @@ def needed_sources(preset: Preset, runs: Iterable[Run]) -> list[str]:
 def cost_units(preset: Preset, name: str) -> float:
     """Relative cost for the ETA: MEML trains on every source environment, DTL on one; a
     second-order meta step costs about six MEML steps on CPU (docs/results/meta)."""
-    if strategy_kind(name) == "meta":
-        return 6.0 * len(preset.source_envs)
-    if not name.startswith("meml-"):
+    if not name.startswith("meml-") and strategy_kind(name) != "meta":
         return 1.0
     set_name = source_set_of(name)
     if set_name is None:
-        return float(len(preset.source_envs))
-    return float(preset.source_set(set_name).count or len(preset.source_envs) or 4)
+        envs = float(len(preset.source_envs))
+    else:
+        envs = float(preset.source_set(set_name).count or len(preset.source_envs) or 4)
+    return 6.0 * envs if strategy_kind(name) == "meta" else envs
 
 
 def source_set_envs(preset: Preset, name: str, available: Iterable[str], seed: int) -> list[str]:
@@ -187,12 +187,8 @@ def train_source(spec: SourceSpec) -> float:
     if strategy_kind(spec.name) == "meta":
         return _train_meta_source(spec, seed)
     if spec.name.startswith("meml-"):
-        strategy, _, set_name = spec.name.partition(SET_SEP)
-        envs = (
-            source_set_envs(preset, set_name, spec.env_paths, spec.seed)
-            if set_name
-            else list(preset.source_envs)
-        )
+        strategy = spec.name.partition(SET_SEP)[0]
+        envs = _source_envs(spec)
         config = train_config(preset.source, strategy.removeprefix("meml-"), seed)
         held_out = probe_envs(preset, spec.env_paths)
         if held_out:
@@ -243,8 +239,19 @@ def train_source(spec: SourceSpec) -> float:
     return wall
 
 
+def _source_envs(spec: SourceSpec) -> list[str]:
+    """The environments a MEML or meta source trains over: its source set's, or the
+    preset's `source_envs`."""
+    set_name = source_set_of(spec.name)
+    if set_name:
+        return source_set_envs(spec.preset, set_name, spec.env_paths, spec.seed)
+    return list(spec.preset.source_envs)
+
+
 def _train_meta_source(spec: SourceSpec, seed: int) -> float:
-    """A MAML / TB-MAML source: backbone.pt and head.pt (the meta-learned head init)."""
+    """A MAML / TB-MAML source: backbone.pt and head.pt (the meta-learned head init). Over
+    a source set it trains on the set's environments; it has no transfer probe (its state
+    is chosen on the sources' own validation, `training.meta`)."""
     t0 = time.perf_counter()
     preset = spec.preset
     variant, loss = meta_variant(spec.name)
@@ -255,7 +262,7 @@ def _train_meta_source(spec: SourceSpec, seed: int) -> float:
             config.val_fraction,
             config.seed,
         )
-        for e in preset.source_envs
+        for e in _source_envs(spec)
     }
     result = train_meta(
         data,

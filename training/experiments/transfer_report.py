@@ -17,7 +17,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from training.experiments.aggregate import Stat, Summary
-from training.experiments.grid import SCRATCH, Preset, source_set_of
+from training.experiments.grid import SCRATCH, Preset, source_set_of, strategy_kind
 
 PROC_GROUP = "held-out procedural scenes"
 METRIC_NAMES = {"me": "ME (m)", "crps": "CRPS (m)", "within_1sigma": "share within 1 sigma"}
@@ -255,7 +255,11 @@ def transfer_section(
     if fig is not None:
         lines += ["### Gain over scratch, target by target", ""]
         lines += [f"![ratios](figures/{fig.name})", ""]
-    nb = {s: n for s, n in source_envs.items() if (source_set_of(s) or "").startswith("corpus")}
+    nb = {
+        s: n
+        for s, n in source_envs.items()
+        if (source_set_of(s) or "").startswith("corpus") and strategy_kind(s) == "meml"
+    }
     fig = plot_nb(summary, groups, nb, budgets, out_dir / "figures" / "transfer_nb.png")
     if fig is not None:
         lines += ["### ME against N_B", "", f"![N_B](figures/{fig.name})", ""]

@@ -11,7 +11,15 @@ import pytest
 from tests.training.toychannel import toy_fingerprints
 from training.data.fingerprints import EnvironmentMeta, write_environment
 from training.experiments import jobs, sources
-from training.experiments.grid import QUICK, TRANSFER, TRANSFER_2CORE, Run, SourceSet
+from training.experiments.grid import (
+    QUICK,
+    TRANSFER,
+    TRANSFER_2CORE,
+    Run,
+    SourceSet,
+    meta_variant,
+    strategy_kind,
+)
 from training.experiments.runner import run_experiment
 
 # Ten toy "scenes" of one or two BSs: s0000-s0005 sources, s0006 the probe, s0007-s0008 targets.
@@ -24,7 +32,7 @@ PRESET = dataclasses.replace(
     dtl_sources=(),
     modes=("finetune",),
     meml_losses=("nll",),
-    meta_losses=(),  # MAML/TB-MAML train over source_envs, not source sets
+    meta_losses=(),  # MAML/TB-MAML over a source set: their own test below
     labels=(20, 60, 500),
     folds=(0, 1),
     source_sets=(SourceSet("corpus3", ("proc/*",), 3), SourceSet("corpus", ("proc/*",))),
@@ -109,3 +117,36 @@ def test_transfer_grid_end_to_end(corpus: list[Path], tmp_path: Path) -> None:
     assert (tmp_path / "figures/transfer_nb.png").is_file()
     csv = (tmp_path / "results.csv").read_text().splitlines()
     assert csv[0].split(",")[4:6] == ["fraction", "labels"] and len(csv) == 1 + outcome.ran
+
+
+def test_meta_strategies_train_over_a_source_set(corpus: list[Path], tmp_path: Path) -> None:
+    preset = dataclasses.replace(
+        PRESET,
+        targets=("proc/s0007/bs0",),
+        labels=(20,),
+        folds=(0,),
+        meta_losses=("nll",),
+        meta_modes=("finetune",),
+        source_sets=(SourceSet("corpus3", ("proc/*",), 3),),
+    )
+    assert preset.strategies == (
+        "scratch",
+        "meml-nll@corpus3",
+        "maml-nll@corpus3",
+        "tbmaml-nll@corpus3",
+    )
+    assert strategy_kind("maml-nll@corpus3") == "meta"
+    assert meta_variant("tbmaml-nll@corpus3") == ("tb-maml", "nll")
+    assert {"maml-nll@corpus256", "tbmaml-nll@industrial"} <= set(TRANSFER.strategies)
+    assert not any(strategy_kind(s) == "meta" for s in TRANSFER_2CORE.strategies)
+
+    outcome = run_experiment(preset, corpus, tmp_path, workers=1, seed=0)
+    assert outcome.complete and outcome.ran == 4
+    meml = json.loads((tmp_path / "sources/meml-nll@corpus3/source.json").read_text())
+    for name in ("maml-nll@corpus3", "tbmaml-nll@corpus3"):
+        meta = json.loads((tmp_path / f"sources/{name}/source.json").read_text())
+        # The same three environments as MEML's set, none of a target's or probe's scene.
+        assert sorted(meta["samples"]) == sorted(meml["envs"])
+        assert (tmp_path / f"sources/{name}/head.pt").is_file()
+    # The N_B figure stays MEML's: two corpus sources would draw a line, one does not.
+    assert not (tmp_path / "figures/transfer_nb.png").exists()
