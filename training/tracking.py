@@ -292,8 +292,7 @@ def track(
     n = t.shape[0] if t.ndim == 1 else -1
     if n < 0 or m.shape != (n, 2) or c.shape != (n, 2, 2):
         raise ValueError(
-            f"expected times [N], means [N, 2], covs [N, 2, 2]; got {t.shape}, {m.shape}, "
-            f"{c.shape}"
+            f"expected times [N], means [N, 2], covs [N, 2, 2]; got {t.shape}, {m.shape}, {c.shape}"
         )
     out = TrackResult(
         position=np.empty((n, 2)),
