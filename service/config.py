@@ -153,9 +153,14 @@ class Settings(BaseSettings):
     track_expiry_s: float = Field(default=10.0, gt=0)
     """A UE track with no measurement for this long restarts (and is dropped from the store)."""
 
-    track_accel_psd: float = Field(default=1.0, gt=0)
+    track_accel_psd: float = Field(default=0.3, gt=0)
     """Tracking: acceleration noise spectral density (m^2/s^3 per axis) of the
-    constant-velocity Kalman filter; ~1 suits walking and forklift motion (0.5-3 m/s)."""
+    constant-velocity Kalman filter; 0.3 suits walking and forklift motion (0.5-3 m/s,
+    bench/tracking.md)."""
+
+    track_noise_scale: float = Field(default=1.0, gt=0)
+    """Tracking: multiplies each measurement's covariance; > 1 where a site's snapshot
+    errors are correlated along a track (the filter assumes independent errors)."""
 
     track_gate_probability: float = Field(default=0.99, gt=0, lt=1)
     """Tracking: a measurement outside this chi-square (2 dof) probability mass of the

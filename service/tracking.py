@@ -317,6 +317,7 @@ def make_tracker(settings: Settings) -> Tracker:
         gate_probability=settings.track_gate_probability,
         max_gated=settings.track_max_gated,
         expiry_s=settings.track_expiry_s,
+        noise_scale=settings.track_noise_scale,
     )
     store: TrackStore
     if settings.redis_url:

@@ -12,9 +12,10 @@ Tracking and Navigation*, 2001, sec. 6.2.2):
 
     F = [[1, dt], [0, 1]],   Q = q [[dt^3/3, dt^2/2], [dt^2/2, dt]]   (per axis)
 
-The velocity's standard deviation grows by ``sqrt(q dt)`` in ``dt``: with ``q = 1``
-about 1 m/s in a second, what a person turning or stopping, or a forklift braking from
-3 m/s in 2-3 s, changes. `TrackerConfig.accel_psd` documents the measured choice.
+The velocity's standard deviation grows by ``sqrt(q dt)`` in ``dt``: with the default
+``q = 0.3`` by 0.55 m/s in a second and 1.2 m/s in five, the scale of a person starting,
+turning or stopping (1 m/s^2) or a forklift braking from 3 m/s in 2 s (1.5 m/s^2).
+`TrackerConfig.accel_psd` documents the measured choice.
 
 Measurement. A position estimate ``z`` [2] with its covariance ``R`` [2, 2] as the
 measurement noise: the fused covariance of a multi-BS site, ``diag(sigma_x^2,
@@ -58,10 +59,10 @@ def chi2_2dof_quantile(probability: float) -> float:
 class TrackerConfig:
     """Settings of the filter (the service maps `CSIPOS_TRACK_*` onto them)."""
 
-    accel_psd: float = 1.0
-    """Acceleration noise spectral density q (m^2/s^3, per axis). 1.0 gave the lowest
-    error on simulated walking and forklift trajectories with 0.5-2 m measurement noise
-    (docs/architecture.md, "Tracking", has the sweep)."""
+    accel_psd: float = 0.3
+    """Acceleration noise spectral density q (m^2/s^3, per axis). 0.3 gave the lowest
+    error and calibrated 1/2-sigma coverage on simulated walking and forklift
+    trajectories with 0.3-2 m measurement noise (bench/tracking.md has the sweep)."""
     gate_probability: float = 0.99
     """Measurements outside this probability mass of the predicted distribution are gated."""
     max_gated: int = 3
@@ -70,9 +71,14 @@ class TrackerConfig:
     """A measurement this long after the track's last one restarts the track."""
     init_speed_sigma: float = 1.5
     """Prior standard deviation (m/s, per axis) of the velocity of a new track."""
+    noise_scale: float = 1.0
+    """Multiplies every measurement covariance. The filter assumes independent errors;
+    fingerprint errors at nearby spots are alike (correlated in time along a track), so a
+    site can inflate R by about (1 + rho) / (1 - rho) for an AR(1) correlation rho between
+    successive measurements to keep the track's covariance honest."""
 
     def __post_init__(self) -> None:
-        for name in ("accel_psd", "expiry_s", "init_speed_sigma"):
+        for name in ("accel_psd", "expiry_s", "init_speed_sigma", "noise_scale"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name}: expected a positive number, got {value}")
@@ -242,6 +248,7 @@ def step(
     if not math.isfinite(time):
         raise ValueError(f"time: expected a finite number, got {time}")
     zz, rr = check_measurement(z, r)
+    rr = rr * config.noise_scale
     if state is None:
         return Step(start(time, zz, rr, config), reset="new")
     if time <= state.time:

@@ -156,3 +156,10 @@ def test_config_is_validated() -> None:
     with pytest.raises(ValueError):
         TrackerConfig(gate_probability=1.5)
     assert TrackerConfig().gate == pytest.approx(9.2103, abs=1e-4)
+
+
+def test_noise_scale_inflates_the_measurement_covariance() -> None:
+    r = np.diag([0.5, 0.2])
+    plain = step(None, 0.0, [1.0, 2.0], r, TrackerConfig()).state
+    scaled = step(None, 0.0, [1.0, 2.0], r, TrackerConfig(noise_scale=4.0)).state
+    assert np.allclose(plain.cov[:2, :2], r) and np.allclose(scaled.cov[:2, :2], 4 * r)
