@@ -8,6 +8,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -16,7 +17,7 @@ from service.app import create_app
 from service.config import Settings
 from service.errors import Unavailable
 from service.tracking import MemoryTrackStore, RedisTrackStore, Tracker, mse_sigma
-from tests.service.conftest import LOCATE, csi_batch, free_port
+from tests.service.conftest import LOCATE, Server, csi_batch, free_port
 from tests.service.models import expected, publish_linear
 from training.repository import ModelRepository
 from training.tracking import TrackerConfig, TrackState, step, track
@@ -251,3 +252,32 @@ def test_an_unreachable_redis_is_a_503() -> None:
     transition = lambda p: step(p, 1.0, [0.0, 0.0], np.eye(2), TrackerConfig())  # noqa: E731
     with pytest.raises(Unavailable, match="track store"):
         asyncio.run(store.apply("s:u", transition))
+
+
+@needs_redis
+@pytest.mark.timeout(120)
+def test_two_live_servers_share_tracks_through_redis(
+    redis_url: str, start_server: Callable[..., Server], client: TestClient
+) -> None:
+    csi = csi_batch(8, seed=21)
+    alone = _replay([client], csi, "walker")
+    servers = [start_server(redis_url=redis_url), start_server(redis_url=redis_url)]
+    answers = []
+    for i in range(len(csi)):
+        body = {
+            "site": "lab-nll",
+            "csi": csi[i].tolist(),
+            "ue": "walker",
+            "timestamp": 10.0 + 0.1 * i,
+        }
+        r = httpx.post(servers[i % 2].url + "/locate", json=body, headers=LOCATE, timeout=10)
+        assert r.status_code == 200, r.text
+        answers.append(r.json()["track"])
+    for got, want in zip(answers, alone, strict=True):
+        assert got["updates"] == want["updates"]
+        assert np.allclose(
+            [got["x"], got["y"], got["vx"], got["vy"]],
+            [want["x"], want["y"], want["vx"], want["vy"]],
+            atol=1e-9,
+        )
+    assert answers[-1]["updates"] == 8
