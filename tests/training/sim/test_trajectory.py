@@ -100,5 +100,7 @@ def test_simulate_writes_time_and_track(tmp_path: Path) -> None:
     for k in (0, 1):
         t = data.time[data.track == k]
         assert np.all(np.diff(t) > 0) and np.allclose(np.round(t * 10), t * 10)
+    info = CliRunner().invoke(app, ["data", "info", str(out)])
+    assert info.exit_code == 0 and "2 trajectories over 1.4 s" in info.output, info.output
     spec = lab_los()
     assert all(spec.ue_allowed(float(x), float(y), spec.ue_area.height) for x, y in data.pos)
