@@ -21,6 +21,7 @@ from service.positioning import Positioner
 from service.routes import health, jobs, locate, sites, v2
 from service.schemas import install_openapi
 from service.store import ModelStore
+from service.tracking import make_tracker
 from training.repository import ModelRepository, csipos_version
 
 
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await grpc_server.stop(grace=2)
             app.state.store.unload()
             await app.state.positioner.aclose()
+            await app.state.tracker.store.aclose()
             app.state.jobs.close()
 
     app = FastAPI(
@@ -71,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_batch=settings.batching_max_batch,
         max_delay_us=settings.batching_max_queue_delay_us,
     )
+    app.state.tracker = make_tracker(settings)
     app.state.catalog = Catalog(ModelRepository(settings.model_dir), store)
     app.state.jobs = JobManager(settings)
 

@@ -95,7 +95,14 @@ def serve(
     if grpc_port is not None:
         os.environ["CSIPOS_GRPC_PORT"] = str(grpc_port)
     os.environ.setdefault("CSIPOS_GRPC_HOST", host)  # gRPC on the HTTP interface by default
-    _prepare_repository(_settings_or_exit())
+    settings = _settings_or_exit()
+    _prepare_repository(settings)
+    if workers > 1 and not settings.redis_url:
+        typer.echo(
+            "warning: without CSIPOS_REDIS_URL each worker keeps its own UE tracks, so "
+            "/locate requests with a `ue` may continue different tracks",
+            err=True,
+        )
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Several workers need a shared sample directory for correct /metrics.
         mp_dir = Path(tempfile.mkdtemp(prefix="csipos-prom-"))

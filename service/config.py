@@ -146,6 +146,32 @@ class Settings(BaseSettings):
     """Torch threads per adaptation job; 0: the machine's cores / `max_concurrent_jobs`, so
     concurrent jobs do not oversubscribe the CPU (recorded in the site's manifest)."""
 
+    track_max_ues: int = Field(default=10_000, gt=0)
+    """Most UE tracks kept (`/locate` with `ue`): the in-process store evicts the least
+    recently updated beyond it; with Redis the shared store is trimmed to it."""
+
+    track_expiry_s: float = Field(default=10.0, gt=0)
+    """A UE track with no measurement for this long restarts (and is dropped from the store)."""
+
+    track_accel_psd: float = Field(default=0.3, gt=0)
+    """Tracking: acceleration noise spectral density (m^2/s^3 per axis) of the
+    constant-velocity Kalman filter; 0.3 suits walking and forklift motion (0.5-3 m/s,
+    bench/tracking.md)."""
+
+    track_noise_scale: float = Field(default=1.0, gt=0)
+    """Tracking: multiplies each measurement's covariance; > 1 where a site's snapshot
+    errors are correlated along a track (the filter assumes independent errors)."""
+
+    track_gate_probability: float = Field(default=0.99, gt=0, lt=1)
+    """Tracking: a measurement outside this chi-square (2 dof) probability mass of the
+    predicted position is gated (not applied, reported)."""
+
+    track_max_gated: int = Field(default=3, ge=0)
+    """Tracking: consecutive gated measurements tolerated; the next one restarts the track."""
+
+    track_mse_sigma_m: float = Field(default=1.0, gt=0)
+    """Tracking: 1-sigma (m) of MSE models' positions when the manifest has no validation ME."""
+
     log_level: str = "INFO"
     """Log level of the service's loggers."""
 

@@ -104,6 +104,33 @@ MODEL_INFO = Gauge(
     multiprocess_mode="livemax",
 )
 
+TRACKED_UES = Gauge(
+    "csipos_tracked_ues",
+    "UE tracks held in this process's in-process store (sum over processes).",
+    multiprocess_mode="livesum",
+)
+TRACKED_UES_SHARED = Gauge(
+    "csipos_tracked_ues_shared",
+    "UE tracks in the shared Redis store, as counted at this process's latest update "
+    "(the same on every replica: aggregate with max).",
+    multiprocess_mode="livemostrecent",
+)
+TRACK_GATED = Counter(
+    "csipos_track_gated_measurements",
+    "Tracked measurements refused by the Mahalanobis gate (not applied to the track).",
+    ["site"],
+)
+TRACK_STALE = Counter(
+    "csipos_track_stale_measurements",
+    "Tracked measurements at or before their track's time (repeats, out of order): ignored.",
+    ["site"],
+)
+TRACK_RESETS = Counter(
+    "csipos_track_restarts",
+    "Tracks (re)started, by reason (new: no track; expired: idle too long; gated: too many "
+    "consecutive gated measurements).",
+    ["site", "reason"],
+)
 
 EXPOSE_SITES = True
 """Settings.expose_site_lists of this process: False folds every site label into `all`

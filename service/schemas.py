@@ -58,6 +58,28 @@ class Position(_Open):
     ellipse: Ellipse | None = None
 
 
+class Track(_Open):
+    """A UE's filtered state after this request's measurement (requests with `ue`)."""
+
+    ue: str
+    time: float = Field(description="Seconds: the track's time (this measurement's, unless stale).")
+    x: float
+    y: float
+    vx: float = Field(description="Velocity, m/s.")
+    vy: float
+    cov: list[list[float]] = Field(description="2x2 covariance of (x, y), m^2.")
+    gated: bool = Field(description="The measurement failed the outlier gate: not applied.")
+    stale: bool = Field(description="At or before the track's time (repeat): not applied.")
+    reset: Literal["new", "expired", "gated"] | None = Field(
+        description="Why the track (re)started at this measurement, if it did."
+    )
+    age_s: float = Field(description="Seconds since the track (re)started.")
+    updates: int = Field(description="Measurements applied since the track (re)started.")
+    measurement_noise: Literal["predicted", "validation_me", "setting"] = Field(
+        description="Where the measurement's covariance came from (MSE models have no sigma)."
+    )
+
+
 class LocateResponse(_Open):
     site: str
     model_version: str
@@ -65,6 +87,7 @@ class LocateResponse(_Open):
     sigma_available: bool
     positions: list[Position]
     note: str | None = None
+    track: Track | None = None
 
 
 class SiteSummary(_Open):

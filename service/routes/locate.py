@@ -16,11 +16,13 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from service import metrics
 from service.config import Settings
 from service.deps import authorize
 from service.errors import BadRequest, InvalidInput, UnsupportedMediaType
 from service.positioning import Positioner, Prediction, as_csi_batch, ellipse
 from service.schemas import LocateResponse
+from service.tracking import UE_PATTERN, Tracker, check_timestamp, check_ue, measurement
 from service.uploads import parse_json, read_body
 from training.repository import NAME_PATTERN
 
@@ -51,6 +53,22 @@ _OPENAPI: dict[str, Any] = {
             "schema": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
             "description": "Add an axis-aligned confidence ellipse with this confidence (0-1).",
         },
+        {
+            "name": "ue",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string", "pattern": UE_PATTERN.pattern},
+            "description": "UE id: track this UE (one fingerprint per request); the answer "
+            "carries `track`.",
+        },
+        {
+            "name": "timestamp",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "number", "minimum": 0, "exclusiveMaximum": 1e11},
+            "description": "Measurement time in seconds (with `ue`; default: the server's "
+            "receive time, Unix).",
+        },
     ],
     "requestBody": {
         "required": True,
@@ -67,6 +85,8 @@ _OPENAPI: dict[str, Any] = {
                             "exclusiveMinimum": 0,
                             "exclusiveMaximum": 1,
                         },
+                        "ue": {"type": "string", "pattern": UE_PATTERN.pattern},
+                        "timestamp": {"type": "number", "minimum": 0, "exclusiveMaximum": 1e11},
                     },
                 }
             },
@@ -156,6 +176,8 @@ async def locate(request: Request) -> Response:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     body = await read_body(request, settings.max_body_bytes)
     confidence = _query_confidence(request.query_params.get("ellipse_confidence"))
+    ue: Any = request.query_params.get("ue")
+    stamp: Any = request.query_params.get("timestamp")
     if ctype == "application/json":
         doc = (
             await run_in_threadpool(parse_json, body)
@@ -170,6 +192,7 @@ async def locate(request: Request) -> Response:
         site = doc.get("site", site)
         if "ellipse_confidence" in doc:
             confidence = _confidence(doc["ellipse_confidence"])
+        ue, stamp = doc.get("ue", ue), doc.get("timestamp", stamp)
         raw: Any = doc["csi"]
     elif ctype in ("application/x-npy", "application/octet-stream"):
         raw = parse_npy(body)
@@ -180,10 +203,36 @@ async def locate(request: Request) -> Response:
         )
     if not isinstance(site, str) or not site:
         raise InvalidInput("missing site id", {"expected": "'site' in the body or ?site="})
+    if ue is not None:
+        ue = check_ue(ue)
+        stamp = None if stamp is None else check_timestamp(stamp)
+    elif stamp is not None:
+        raise InvalidInput("timestamp needs a ue id", {"expected": "'ue' with 'timestamp'"})
     # Big batches are parsed off the event loop so other requests keep flowing.
     if len(body) > _INLINE_PARSE_BYTES:
         csi = await run_in_threadpool(as_csi_batch, raw, settings.max_batch)
     else:
         csi = as_csi_batch(raw, settings.max_batch)
+    if ue is not None and csi.shape[0] != 1:
+        raise InvalidInput(
+            "a tracked request (with ue) carries one fingerprint",
+            {"got": int(csi.shape[0]), "expected": "[8,103,2] or [1,8,103,2]"},
+        )
     pred = await positioner.locate(site, csi)
-    return Response(orjson.dumps(positions_json(pred, confidence)), media_type="application/json")
+    answer = positions_json(pred, confidence)
+    if ue is not None:
+        answer["track"] = await _track(request, settings, pred, ue, stamp)
+    return Response(orjson.dumps(answer), media_type="application/json")
+
+
+async def _track(
+    request: Request, settings: Settings, pred: Prediction, ue: str, stamp: float | None
+) -> dict[str, Any]:
+    """Feed the (only) position of `pred` to the UE's track; the answer's `track`."""
+    positioner: Positioner = request.app.state.positioner
+    tracker: Tracker = request.app.state.tracker
+    served = positioner.store.get(pred.site)
+    manifest = served.manifest if served.version == pred.version else {}
+    mean, cov, noise = measurement(pred, 0, manifest, settings.track_mse_sigma_m)
+    label = metrics.site_label(pred.site, positioner.store.knows)
+    return await tracker.update(pred.site, label, ue, stamp, mean, cov, noise)

@@ -162,3 +162,36 @@ def start_server(repo: ModelRepository, tmp_path: Path) -> Iterator[Callable[...
     yield start
     for s in servers:
         s.stop()
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """A real `redis-server` on a free loopback port, without persistence."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+    )
+    from redis import Redis
+
+    conn = Redis(port=port)
+    for _ in range(100):
+        try:
+            conn.ping()
+            break
+        except Exception:
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(timeout=10)

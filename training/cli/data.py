@@ -42,6 +42,8 @@ def _summary(env: LazyEnvironment, check: bool) -> dict[str, Any]:
     pos = env.read_field("pos")
     los = env.read_field("los")
     snr = env.read_field("snr_db")
+    track = env.read_field("track")
+    time = env.read_field("time")
     assert pos is not None
     source = env.meta.source
     generator = source.get("generator") or source.get("dataset") or "?"
@@ -53,6 +55,8 @@ def _summary(env: LazyEnvironment, check: bool) -> dict[str, Any]:
         "y": (float(pos[:, 1].min()), float(pos[:, 1].max())) if len(pos) else None,
         "snr": None if snr is None or not len(snr) else (float(snr.min()), float(snr.max())),
         "source": f"{generator} {version}" if version else str(generator),
+        "tracks": None if track is None or not len(track) else len(np.unique(track)),
+        "span_s": None if time is None or not len(time) else float(np.ptp(time)),
     }
 
 
@@ -97,6 +101,9 @@ def info(
     console.print(table)
     for name, meta, s in rows:
         detail = f" ({meta.description})" if meta.description else ""
+        if s["tracks"] is not None:
+            span = "" if s["span_s"] is None else f" over {s['span_s']:.1f} s"
+            detail += f"; {s['tracks']} trajectories{span}"
         console.print(f"[bold]{name}[/]: source {s['source']}{detail}", highlight=False)
     if not names:
         console.print("no environments in this file")

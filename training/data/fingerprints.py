@@ -2,7 +2,9 @@
 
 Layout (design.md, "Data"): ``/<env>/csi`` float32 [M,8,103,2], ``/<env>/pos``
 float32 [M,2], optional ``/<env>/los`` bool [M] and ``/<env>/snr_db`` float32 [M],
-group attrs from `REQUIRED_GROUP_ATTRS`, root attr ``schema_version``.
+optional ``/<env>/time`` float64 [M] (seconds) and ``/<env>/track`` int32 [M] (trajectory
+id) for samples along trajectories (docs/data.md), group attrs from
+`REQUIRED_GROUP_ATTRS`, root attr ``schema_version``.
 
 Every reader validates before it hands data out and raises `SchemaError` naming
 the file, the group and the field, so a bad file fails at the door instead of as
@@ -67,8 +69,10 @@ _FIELDS: dict[str, tuple[np.dtype[Any], tuple[int, ...]]] = {
     "pos": (np.dtype(np.float32), (2,)),
     "los": (np.dtype(np.bool_), ()),
     "snr_db": (np.dtype(np.float32), ()),
+    "time": (np.dtype(np.float64), ()),
+    "track": (np.dtype(np.int32), ()),
 }
-_OPTIONAL = ("los", "snr_db")
+_OPTIONAL = ("los", "snr_db", "time", "track")
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:
@@ -106,13 +110,21 @@ class Fingerprints:
     """Labelled CSI fingerprints of one environment, in memory.
 
     `csi` float32 [M,8,103,2] (antenna, subcarrier, real/imag), `pos` float32 [M,2]
-    metres in the site's own frame, optional `los` bool [M] and `snr_db` float32 [M].
+    metres in the site's own frame, optional `los` bool [M] and `snr_db` float32 [M];
+    samples along trajectories also carry `time` float64 [M] (seconds since the
+    recording started) and `track` int32 [M] (which trajectory).
     """
 
     csi: npt.NDArray[np.float32]
     pos: npt.NDArray[np.float32]
     los: npt.NDArray[np.bool_] | None = None
     snr_db: npt.NDArray[np.float32] | None = None
+    time: npt.NDArray[np.float64] | None = None
+    track: npt.NDArray[np.int32] | None = None
+
+    def arrays(self) -> dict[str, npt.NDArray[Any] | None]:
+        """Every schema field by name (None where an optional one is absent)."""
+        return {name: getattr(self, name) for name in _FIELDS}
 
     def __len__(self) -> int:
         return int(self.csi.shape[0])
@@ -120,16 +132,15 @@ class Fingerprints:
     def subset(self, idx: npt.ArrayLike | slice) -> Fingerprints:
         """Samples `idx` (slice, int array or bool mask), as a new object (arrays are copies)."""
         key: Any = idx if isinstance(idx, slice) else np.asarray(idx)
-        return Fingerprints(
-            csi=np.ascontiguousarray(self.csi[key]),
-            pos=np.ascontiguousarray(self.pos[key]),
-            los=None if self.los is None else np.ascontiguousarray(self.los[key]),
-            snr_db=None if self.snr_db is None else np.ascontiguousarray(self.snr_db[key]),
-        )
+        parts: dict[str, Any] = {
+            name: None if values is None else np.ascontiguousarray(values[key])
+            for name, values in self.arrays().items()
+        }
+        return Fingerprints(**parts)
 
     def validate(self, path: str = _MEMORY, group: str = _MEMORY) -> None:
         """Raise `SchemaError` unless shapes, dtypes, lengths and values follow the schema."""
-        arrays = {"csi": self.csi, "pos": self.pos, "los": self.los, "snr_db": self.snr_db}
+        arrays = self.arrays()
         for name, values in arrays.items():
             if values is None:
                 if name in _OPTIONAL:
@@ -155,16 +166,12 @@ class Fingerprints:
         """Join parts sample-wise; optional fields survive only if every part has them."""
         if not parts:
             raise ValueError("Fingerprints.concat needs at least one part")
-        has_los = all(p.los is not None for p in parts)
-        has_snr = all(p.snr_db is not None for p in parts)
-        return cls(
-            csi=np.concatenate([p.csi for p in parts]),
-            pos=np.concatenate([p.pos for p in parts]),
-            los=np.concatenate([p.los for p in parts if p.los is not None]) if has_los else None,
-            snr_db=np.concatenate([p.snr_db for p in parts if p.snr_db is not None])
-            if has_snr
-            else None,
-        )
+        joined: dict[str, Any] = {}
+        for name in _FIELDS:
+            values = [p.arrays()[name] for p in parts]
+            present = [v for v in values if v is not None]
+            joined[name] = np.concatenate(present) if len(present) == len(parts) else None
+        return cls(**joined)
 
 
 @dataclass
@@ -330,7 +337,7 @@ def _create_datasets(
     group: h5py.Group, data: Fingerprints, *, resizable: bool
 ) -> dict[str, h5py.Dataset]:
     out: dict[str, h5py.Dataset] = {}
-    arrays = {"csi": data.csi, "pos": data.pos, "los": data.los, "snr_db": data.snr_db}
+    arrays = data.arrays()
     n = len(data)
     for name, values in arrays.items():
         if values is None:
@@ -436,7 +443,7 @@ class EnvironmentWriter:
             self._datasets = _create_datasets(self._group, data, resizable=True)
             self._count = len(data)
             return
-        arrays = {"csi": data.csi, "pos": data.pos, "los": data.los, "snr_db": data.snr_db}
+        arrays = data.arrays()
         for name in _OPTIONAL:
             if (arrays[name] is None) != (name not in self._datasets):
                 state = "has" if name in self._datasets else "lacks"
@@ -602,14 +609,13 @@ class LazyEnvironment:
         data = Fingerprints(
             csi=arrays["csi"],
             pos=arrays["pos"],
-            los=arrays.get("los"),
-            snr_db=arrays.get("snr_db"),
+            **{name: arrays.get(name) for name in _OPTIONAL},
         )
         data.validate(spath, self.env)
         return data
 
     def read_field(self, name: str) -> npt.NDArray[Any] | None:
-        """One whole field (`pos`, `los`, `snr_db`) without reading the CSI; None if absent."""
+        """One whole field (`pos`, `los`, `time`, ...) without reading the CSI; None if absent."""
         if name not in _FIELDS:
             raise ValueError(f"unknown field {name!r}; expected one of {', '.join(_FIELDS)}")
         if name not in self._fields:

@@ -64,6 +64,17 @@ def simulate(
         bool, typer.Option(help="Replace environments of these scenes already in the file.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    trajectories: Annotated[
+        int | None,
+        typer.Option(
+            help="UEs along N seeded trajectories (walking/forklift, 10 Hz) instead of "
+            "independent positions; the samples get `time` and `track` (docs/data.md)."
+        ),
+    ] = None,
+    duration: Annotated[float, typer.Option(help="Trajectories: seconds per trajectory.")] = 60.0,
+    motion: Annotated[
+        str, typer.Option(help="Trajectories: walk, forklift or mixed (one draw per track).")
+    ] = "mixed",
     executor: ExecutorOption = "local",
     address: AddressOption = None,
     task_cpus: TaskCpusOption = 1,
@@ -73,14 +84,33 @@ def simulate(
     `--scene procedural --count N --seed S` traces procedural scenes S..S+N-1 (one
     environment per scene and BS, `proc/sNNNN/bsK`); a killed run resumes where it
     stopped when started again with the same options. `--executor ray` traces the
-    scenes as Ray tasks on a cluster (docs/cluster.md).
+    scenes as Ray tasks on a cluster (docs/cluster.md). `--trajectories N --duration S`
+    moves the UEs along N trajectories of S seconds at 10 Hz (for tracking); for a
+    procedural scene, write it with `csipos data scenes` and pass its YAML file.
     """
     from training.sim.builtin import resolve_scene
     from training.sim.generate import generate
     from training.sim.raytrace import SimulatorUnavailableError
     from training.sim.scene import SceneSpecError
+    from training.sim.trajectory import TrajectoryConfig
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    tracks: TrajectoryConfig | None = None
+    if trajectories is not None:
+        if "procedural" in scene:
+            console.print(
+                "[red]error:[/red] --trajectories needs scene names or files; write procedural "
+                "scenes with `csipos data scenes` and pass their YAML files"
+            )
+            raise typer.Exit(code=2)
+        if positions is not None:
+            console.print("[red]error:[/red] --positions and --trajectories: give one")
+            raise typer.Exit(code=2)
+        try:
+            tracks = TrajectoryConfig(trajectories, duration, motion=motion)
+        except ValueError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(code=2) from exc
     if "procedural" in scene:
         if len(scene) != 1:
             console.print("[red]error:[/red] --scene procedural cannot be mixed with other scenes")
@@ -107,6 +137,7 @@ def simulate(
                 positions=positions,
                 overwrite=overwrite,
                 quiet=quiet,
+                trajectories=tracks,
             )
             total += report.wall_s
             for env in report.environments:

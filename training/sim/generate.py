@@ -27,6 +27,7 @@ from training.sim.positions import sample_ue_positions
 from training.sim.presets import Preset, get_preset
 from training.sim.raytrace import RayTracer, SolverConfig, simulator_versions
 from training.sim.scene import SceneSpec
+from training.sim.trajectory import Trajectories, TrajectoryConfig, sample_trajectories
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ def generate(
     overwrite: bool = False,
     quiet: bool = False,
     on_positions: Callable[[int], None] | None = None,
+    trajectories: TrajectoryConfig | None = None,
 ) -> GenerationReport:
     """Simulate every base station of `scene` and write one environment per BS to `out`.
 
@@ -93,7 +95,9 @@ def generate(
     the fixed presets' data unchanged); UE heights always follow `measurement`.
     Existing groups of other scenes in `out` are kept; an existing group of this
     scene is an error unless `overwrite`. `quiet` hides the progress bar (library use);
-    `on_positions(k)` is called as k more positions are traced.
+    `on_positions(k)` is called as k more positions are traced. `trajectories` samples
+    the UEs along seeded trajectories instead of independently (`training.sim.trajectory`);
+    the samples then carry `time` and `track` (instead of `positions`).
     """
     if seed < 0:
         raise ValueError(f"seed: expected a non-negative integer, got {seed}")
@@ -115,13 +119,24 @@ def generate(
         raise ValueError(
             f"chains: expected one per base station ({len(scene.base_stations)}), got {len(chains)}"
         )
+    if trajectories is not None and positions is not None:
+        raise ValueError("positions and trajectories: give one (trajectories set the count)")
     n = positions if positions is not None else chosen.positions_for(scene)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
     pos_rng, meas_seqs = _rngs(seed, scene.name)
-    ue = sample_ue_positions(scene, n, pos_rng, height_jitter_std_m=measurement.height_jitter_std_m)
+    tracks: Trajectories | None = None
+    if trajectories is not None:
+        tracks = sample_trajectories(
+            scene, trajectories, pos_rng, height_jitter_std_m=measurement.height_jitter_std_m
+        )
+        ue, n = tracks.pos, len(tracks)
+    else:
+        ue = sample_ue_positions(
+            scene, n, pos_rng, height_jitter_std_m=measurement.height_jitter_std_m
+        )
     tracer = RayTracer(scene, solver)
     versions = simulator_versions()
     report = GenerationReport(path=out)
@@ -160,6 +175,7 @@ def generate(
                 },
                 "chain": "randomised" if chains is not None else "nominal",
                 "timing": chain.measurement.timing,
+                **_trajectory_source(trajectories, tracks),
                 "los": "the path solver found the direct BS-UE path",
                 "subcarriers": "103 offsets (k - 51) * subcarrier_spacing_hz around carrier_hz",
                 "csi_unit": "complex baseband path gain (unitless), tx power not applied",
@@ -216,6 +232,8 @@ def generate(
                             pos=block[ok_idx, :2].astype(np.float32),
                             los=traced.los[ok_idx],
                             snr_db=snr_db[keep],
+                            time=None if tracks is None else tracks.time[start + ok_idx],
+                            track=None if tracks is None else tracks.track[start + ok_idx],
                         )
                     )
                 written = writer.count
@@ -241,3 +259,19 @@ def generate(
             report.environments.append(env_report)
     report.wall_s = time.perf_counter() - started
     return report
+
+
+def _trajectory_source(
+    config: TrajectoryConfig | None, tracks: Trajectories | None
+) -> dict[str, Any]:
+    """The `source` entry of trajectory samples (nothing for independent positions)."""
+    if config is None or tracks is None:
+        return {}
+    return {
+        "trajectories": {
+            **config.to_dict(),
+            "motions": tracks.motion,
+            "time": "seconds since the start; every track starts at 0",
+            "generator": "training.sim.trajectory",
+        }
+    }

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
-from tests.service.conftest import ADMIN, LOCATE, REPO_ROOT, free_port, settings_env
+from tests.service.conftest import ADMIN, LOCATE, REPO_ROOT, settings_env
 from tests.service.jobs.test_adapt_jobs import labelled, wait_job
 from tests.service.jobs.test_fencing import gone, wait_for
 from training.repository import ModelRepository
@@ -27,38 +27,6 @@ pytestmark = [
     ),
     pytest.mark.timeout(120),  # redis-server and `csipos worker` subprocesses
 ]
-
-
-@pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-    )
-    from redis import Redis
-
-    conn = Redis(port=port)
-    for _ in range(100):
-        try:
-            conn.ping()
-            break
-        except Exception:
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(timeout=10)
 
 
 class RQWorker:

@@ -330,3 +330,55 @@ def test_concat_and_subset() -> None:
     np.testing.assert_array_equal(joined.csi[3:], b.csi)
     sub = a.subset(np.array([True, False, True]))
     assert len(sub) == 2 and sub.los is not None
+
+
+# ---------------------------------------------------------------- trajectories
+
+
+def _with_tracks(data: Fingerprints) -> Fingerprints:
+    n = len(data)
+    data.time = np.arange(n, dtype=np.float64) / 10.0
+    data.track = (np.arange(n) // 10).astype(np.int32)
+    return data
+
+
+def test_time_and_track_round_trip_and_stay_optional(
+    tmp_path: Path, make_data: MakeData, meta: EnvironmentMeta
+) -> None:
+    path = tmp_path / "tracks.h5"
+    walked = _with_tracks(make_data(25, seed=3))
+    write_environment(path, "walked", walked, meta)
+    write_environment(path, "plain", make_data(5, seed=4), meta)
+    back = read_environment(path, "walked")
+    assert back.time is not None and back.track is not None
+    np.testing.assert_array_equal(back.time, walked.time)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(back.track, walked.track)  # type: ignore[arg-type]
+    assert back.time.dtype == np.float64 and back.track.dtype == np.int32
+    plain = read_environment(path, "plain")
+    assert plain.time is None and plain.track is None
+    with open_environment(path, "walked") as env:
+        part = env.read(np.array([12, 3]))
+        assert part.time is not None and part.time.tolist() == [1.2, 0.3]
+        assert env.read_field("track") is not None
+    with open_environment(path, "plain") as env:
+        assert env.read_field("time") is None
+    sub = back.subset(slice(10, 20))
+    assert sub.track is not None and set(sub.track.tolist()) == {1}
+    joined = Fingerprints.concat([back, plain])
+    assert joined.time is None and len(joined) == 30  # only where every part has it
+    assert data_fingerprint(back) != data_fingerprint(make_data(25, seed=3))
+
+
+def test_time_and_track_are_validated(make_data: MakeData) -> None:
+    data = _with_tracks(make_data(10, seed=5))
+    data.time = data.time.astype(np.float32)  # type: ignore[union-attr]
+    with pytest.raises(SchemaError, match="float64"):
+        data.validate()
+    data = _with_tracks(make_data(10, seed=5))
+    data.time[3] = np.nan  # type: ignore[index]
+    with pytest.raises(SchemaError, match="NaN"):
+        data.validate()
+    data = _with_tracks(make_data(10, seed=5))
+    data.track = data.track[:5]  # type: ignore[index]
+    with pytest.raises(SchemaError, match="lengths must match"):
+        data.validate()

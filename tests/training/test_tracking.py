@@ -1,0 +1,165 @@
+"""The constant-velocity Kalman filter: hand-computed steps, smoothing, gating, expiry, time."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training.tracking import (
+    TrackerConfig,
+    TrackState,
+    chi2_2dof_quantile,
+    predict,
+    process_noise,
+    start,
+    step,
+    track,
+    update,
+)
+
+EYE2 = np.eye(2)
+
+
+def test_chi2_quantile_matches_known_values() -> None:
+    assert chi2_2dof_quantile(0.99) == pytest.approx(9.2103, abs=1e-4)
+    assert chi2_2dof_quantile(0.95) == pytest.approx(5.9915, abs=1e-4)
+    with pytest.raises(ValueError):
+        chi2_2dof_quantile(1.0)
+
+
+def test_predict_and_update_match_a_hand_computation() -> None:
+    config = TrackerConfig(accel_psd=1.0, init_speed_sigma=1.0)
+    s0 = start(0.0, np.zeros(2), EYE2, config)
+    assert np.allclose(s0.cov, np.eye(4)) and np.allclose(s0.mean, 0.0)
+    p = predict(s0, 1.0, config)
+    # per axis: F P F' = [[2, 1], [1, 1]], Q = [[1/3, 1/2], [1/2, 1]]
+    assert p.cov[0, 0] == pytest.approx(7 / 3) and p.cov[0, 2] == pytest.approx(1.5)
+    assert p.cov[2, 2] == pytest.approx(2.0) and p.cov[0, 1] == pytest.approx(0.0)
+    u = update(p, np.array([1.0, 0.0]), EYE2)
+    # S = 7/3 + 1 = 10/3, K = [0.7, 0.45] on the x axis
+    assert u.mean == pytest.approx([0.7, 0.0, 0.45, 0.0])
+    assert u.cov[0, 0] == pytest.approx(0.7) and u.cov[0, 2] == pytest.approx(0.45)
+    assert u.cov[2, 2] == pytest.approx(2.0 - 0.45 * 1.5)
+    assert u.updates == 2 and u.time == 1.0
+    r = step(s0, 1.0, [1.0, 0.0], EYE2, config)
+    assert r.distance2 == pytest.approx(0.3) and not r.gated
+    assert np.allclose(r.state.mean, u.mean) and np.allclose(r.state.cov, u.cov)
+
+
+def test_process_noise_is_the_white_acceleration_model() -> None:
+    q = process_noise(0.5, 2.0)
+    assert q[0, 0] == pytest.approx(2.0 * 0.5**3 / 3) and q[1, 3] == pytest.approx(2.0 * 0.125)
+    assert np.allclose(q, q.T) and np.all(np.linalg.eigvalsh(q) >= -1e-12)
+
+
+def _line(n: int, sigma: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    t = np.arange(n) / 10.0
+    truth = np.column_stack([2.0 + 1.2 * t, 3.0 + 0.5 * t])
+    noisy = truth + np.random.default_rng(seed).normal(0.0, sigma, truth.shape)
+    return t, truth, noisy
+
+
+def test_straight_line_filtered_error_is_well_below_the_measurement_error() -> None:
+    t, truth, noisy = _line(600, 1.0, seed=0)
+    out = track(t, noisy, np.repeat(EYE2[None], len(t), axis=0))
+    burn = 20
+    raw = np.linalg.norm(noisy - truth, axis=1)[burn:].mean()
+    filtered = np.linalg.norm(out.position - truth, axis=1)[burn:].mean()
+    assert filtered < 0.5 * raw, (filtered, raw)
+    assert np.allclose(out.velocity[-100:].mean(axis=0), [1.2, 0.5], atol=0.2)
+    # a 99 % gate drops about 1 % of measurements that do follow the model
+    assert out.gated.mean() < 0.03 and out.reset[0] == "new" and "gated" not in out.reset
+
+
+def test_filtered_covariance_is_consistent_on_a_constant_velocity_process() -> None:
+    # Truth follows the filter's own model: the squared Mahalanobis error averages 2.
+    rng = np.random.default_rng(3)
+    config = TrackerConfig(accel_psd=0.5)
+    dt, n = 0.1, 4000
+    x = np.zeros(4)
+    truth = np.empty((n, 2))
+    for i in range(n):
+        x = x + np.array([x[2] * dt, x[3] * dt, 0.0, 0.0])
+        x[2:] += rng.normal(0.0, np.sqrt(config.accel_psd * dt), 2)
+        truth[i] = x[:2]
+    noisy = truth + rng.normal(0.0, 0.8, truth.shape)
+    out = track(np.arange(n) * dt, noisy, np.repeat(0.64 * EYE2[None], n, axis=0), config)
+    err = out.position - truth
+    nees = np.einsum("ni,nij,nj->n", err, np.linalg.inv(out.cov), err)[100:]
+    assert 1.7 < nees.mean() < 2.3, nees.mean()
+    assert 0.82 < np.mean(nees <= 4.0) < 0.91  # 2-sigma: 86.5 %
+
+
+def test_a_50_m_jump_is_gated_then_the_track_restarts_after_max_gated() -> None:
+    config = TrackerConfig(max_gated=3)
+    rng = np.random.default_rng(1)
+    state = None
+    t = 0.0
+    for _ in range(30):
+        state = step(state, t, rng.normal(5.0, 0.3, 2), 0.09 * EYE2, config).state
+        t += 0.1
+    assert state is not None
+    before = state.mean[:2].copy()
+    for k in range(3):
+        r = step(state, t, [55.0, 5.0], 0.09 * EYE2, config)
+        assert r.gated and r.reset is None and r.distance2 is not None and r.distance2 > 100
+        assert np.linalg.norm(r.state.mean[:2] - before) < 1.0
+        assert r.state.gated_run == k + 1
+        state, t = r.state, t + 0.1
+    r = step(state, t, [55.0, 5.0], 0.09 * EYE2, config)
+    assert r.gated and r.reset == "gated"
+    assert np.allclose(r.state.mean, [55.0, 5.0, 0.0, 0.0]) and r.state.gated_run == 0
+    # one good measurement in between ends the gated run
+    r2 = step(r.state, t + 0.1, [55.1, 5.0], 0.09 * EYE2, config)
+    assert not r2.gated and r2.state.gated_run == 0
+
+
+def test_expiry_restarts_and_stale_measurements_are_ignored() -> None:
+    config = TrackerConfig(expiry_s=10.0)
+    s = step(None, 100.0, [1.0, 1.0], EYE2, config).state
+    s = step(s, 101.0, [2.0, 1.0], EYE2, config).state
+    for t in (101.0, 100.5):
+        r = step(s, t, [9.0, 9.0], EYE2, config)
+        assert r.stale and not r.gated and r.state is s
+    r = step(s, 111.5, [30.0, 1.0], EYE2, config)
+    assert r.reset == "expired" and r.state.started == 111.5 and r.state.age_s == 0.0
+    assert np.allclose(r.state.mean, [30.0, 1.0, 0.0, 0.0])
+    assert step(s, 110.9, [2.5, 1.0], EYE2, config).reset is None
+
+
+def test_state_round_trips_through_json_data() -> None:
+    s = step(None, 5.0, [1.0, 2.0], np.diag([0.5, 0.2]), TrackerConfig()).state
+    back = TrackState.from_dict(s.to_dict())
+    assert np.array_equal(back.mean, s.mean) and np.array_equal(back.cov, s.cov)
+    assert (back.time, back.started, back.updates) == (5.0, 5.0, 1)
+    with pytest.raises(ValueError, match="malformed"):
+        TrackState.from_dict({"mean": [1, 2], "cov": [], "time": 0, "started": 0})
+
+
+@pytest.mark.parametrize(
+    ("z", "r"),
+    [
+        ([1.0, np.nan], EYE2),
+        ([1.0, 2.0, 3.0], EYE2),
+        ([1.0, 2.0], np.diag([1.0, -1.0])),
+        ([1.0, 2.0], np.zeros((2, 2))),
+    ],
+)
+def test_bad_measurements_are_refused(z: list[float], r: np.ndarray) -> None:
+    with pytest.raises(ValueError):
+        step(None, 0.0, z, r, TrackerConfig())
+
+
+def test_config_is_validated() -> None:
+    with pytest.raises(ValueError, match="accel_psd"):
+        TrackerConfig(accel_psd=0.0)
+    with pytest.raises(ValueError):
+        TrackerConfig(gate_probability=1.5)
+    assert TrackerConfig().gate == pytest.approx(9.2103, abs=1e-4)
+
+
+def test_noise_scale_inflates_the_measurement_covariance() -> None:
+    r = np.diag([0.5, 0.2])
+    plain = step(None, 0.0, [1.0, 2.0], r, TrackerConfig()).state
+    scaled = step(None, 0.0, [1.0, 2.0], r, TrackerConfig(noise_scale=4.0)).state
+    assert np.allclose(plain.cov[:2, :2], r) and np.allclose(scaled.cov[:2, :2], 4 * r)

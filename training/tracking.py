@@ -1,0 +1,321 @@
+"""Tracking one UE over time: a 2-D constant-velocity Kalman filter fed with snapshot estimates.
+
+Pure numpy, so the service (`service/tracking.py`, one filter step per `/locate` with a
+`ue` id) and the offline evaluation (`track`, a whole trajectory at once) run the same
+arithmetic.
+
+Model. State ``[x, y, vx, vy]`` (metres, m/s) in the site's frame. Between two
+measurements ``dt`` apart the velocity takes a random walk driven by white acceleration
+noise of spectral density ``q`` (m^2/s^3, per axis), the "continuous white noise
+acceleration" model (Bar-Shalom, Li, Kirubarajan, *Estimation with Applications to
+Tracking and Navigation*, 2001, sec. 6.2.2):
+
+    F = [[1, dt], [0, 1]],   Q = q [[dt^3/3, dt^2/2], [dt^2/2, dt]]   (per axis)
+
+The velocity's standard deviation grows by ``sqrt(q dt)`` in ``dt``: with the default
+``q = 0.3`` by 0.55 m/s in a second and 1.2 m/s in five, the scale of a person starting,
+turning or stopping (1 m/s^2) or a forklift braking from 3 m/s in 2 s (1.5 m/s^2).
+`TrackerConfig.accel_psd` documents the measured choice.
+
+Measurement. A position estimate ``z`` [2] with its covariance ``R`` [2, 2] as the
+measurement noise: the fused covariance of a multi-BS site, ``diag(sigma_x^2,
+sigma_y^2)`` of a single-BS NLL model (for MSE models see `service/tracking.py`).
+
+Gating. The innovation's squared Mahalanobis distance ``d2 = y' S^-1 y`` is chi-square
+with 2 degrees of freedom when the model holds; a measurement with ``d2`` above the
+`gate_probability` quantile (99 %: 9.21) is *gated*: it does not update the state (the
+state is only predicted to its time) but is reported. After `max_gated` consecutive
+gated measurements the next one that fails the gate restarts the track from itself, so
+a track that lost its UE (or was wrong) cannot lock out the truth forever.
+
+Time. A measurement at or before the track's time (a repeat or out of order) is
+*stale*: it is not applied and the state is returned unchanged. A measurement more than
+`expiry_s` after the track's time restarts the track (the old velocity means nothing).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+Array = npt.NDArray[np.float64]
+Reset = Literal["new", "expired", "gated"]
+
+_H = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+
+
+def chi2_2dof_quantile(probability: float) -> float:
+    """The chi-square quantile with 2 degrees of freedom: ``-2 ln(1 - p)`` (exact)."""
+    if not 0.0 < probability < 1.0:
+        raise ValueError(f"probability: expected strictly between 0 and 1, got {probability}")
+    return -2.0 * math.log1p(-probability)
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    """Settings of the filter (the service maps `CSIPOS_TRACK_*` onto them)."""
+
+    accel_psd: float = 0.3
+    """Acceleration noise spectral density q (m^2/s^3, per axis). 0.3 gave the lowest
+    error and calibrated 1/2-sigma coverage on simulated walking and forklift
+    trajectories with 0.3-2 m measurement noise (bench/tracking.md has the sweep)."""
+    gate_probability: float = 0.99
+    """Measurements outside this probability mass of the predicted distribution are gated."""
+    max_gated: int = 3
+    """Consecutive gated measurements tolerated; the next gated one restarts the track."""
+    expiry_s: float = 10.0
+    """A measurement this long after the track's last one restarts the track."""
+    init_speed_sigma: float = 1.5
+    """Prior standard deviation (m/s, per axis) of the velocity of a new track."""
+    noise_scale: float = 1.0
+    """Multiplies every measurement covariance. The filter assumes independent errors;
+    fingerprint errors at nearby spots are alike (correlated in time along a track), so a
+    site can inflate R by about (1 + rho) / (1 - rho) for an AR(1) correlation rho between
+    successive measurements to keep the track's covariance honest."""
+
+    def __post_init__(self) -> None:
+        for name in ("accel_psd", "expiry_s", "init_speed_sigma", "noise_scale"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name}: expected a positive number, got {value}")
+        chi2_2dof_quantile(self.gate_probability)
+        if self.max_gated < 0:
+            raise ValueError(f"max_gated: expected >= 0, got {self.max_gated}")
+
+    @property
+    def gate(self) -> float:
+        """The gate on the squared Mahalanobis distance."""
+        return chi2_2dof_quantile(self.gate_probability)
+
+
+@dataclass(frozen=True)
+class TrackState:
+    """One UE's filter state at `time` (seconds on the caller's clock)."""
+
+    mean: Array
+    """[4]: x, y (m), vx, vy (m/s)."""
+    cov: Array
+    """[4, 4] covariance of `mean`."""
+    time: float
+    started: float
+    """Time of the measurement that (re)started the track."""
+    gated_run: int = 0
+    """Consecutive gated measurements up to `time`."""
+    updates: int = 1
+    """Measurements applied since the track (re)started."""
+
+    @property
+    def age_s(self) -> float:
+        """Seconds since the track (re)started."""
+        return self.time - self.started
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data (the service keeps states in Redis as JSON)."""
+        return {
+            "mean": self.mean.tolist(),
+            "cov": self.cov.tolist(),
+            "time": self.time,
+            "started": self.started,
+            "gated_run": self.gated_run,
+            "updates": self.updates,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrackState:
+        """The inverse of `to_dict`; raises ValueError on a malformed record."""
+        try:
+            mean = np.asarray(data["mean"], dtype=np.float64)
+            cov = np.asarray(data["cov"], dtype=np.float64)
+            state = cls(
+                mean=mean,
+                cov=cov,
+                time=float(data["time"]),
+                started=float(data["started"]),
+                gated_run=int(data["gated_run"]),
+                updates=int(data["updates"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed track state: {exc}") from exc
+        if mean.shape != (4,) or cov.shape != (4, 4):
+            raise ValueError(f"malformed track state: shapes {mean.shape} and {cov.shape}")
+        return state
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one measurement did to a track."""
+
+    state: TrackState
+    gated: bool = False
+    """The measurement failed the gate and was not applied."""
+    stale: bool = False
+    """The measurement was at or before the track's time and was not applied."""
+    reset: Reset | None = None
+    """Why the track (re)started at this measurement, if it did."""
+    distance2: float | None = None
+    """Squared Mahalanobis distance of the innovation (None when the track started)."""
+
+
+def check_measurement(z: npt.ArrayLike, r: npt.ArrayLike) -> tuple[Array, Array]:
+    """`z` as a finite [2] and `r` as a symmetric positive definite [2, 2] (float64)."""
+    zz = np.asarray(z, dtype=np.float64)
+    rr = np.asarray(r, dtype=np.float64)
+    if zz.shape != (2,) or not np.isfinite(zz).all():
+        raise ValueError(f"measurement: expected 2 finite numbers, got shape {zz.shape}")
+    if rr.shape != (2, 2) or not np.isfinite(rr).all():
+        raise ValueError(f"measurement covariance: expected a finite [2, 2], got {rr.shape}")
+    rr = 0.5 * (rr + rr.T)
+    if rr[0, 0] <= 0 or np.linalg.det(rr) <= 0:
+        raise ValueError("measurement covariance: expected positive definite")
+    return zz, rr
+
+
+def transition(dt: float) -> Array:
+    """The constant-velocity state transition over `dt` seconds."""
+    f = np.eye(4)
+    f[0, 2] = f[1, 3] = dt
+    return f
+
+
+def process_noise(dt: float, accel_psd: float) -> Array:
+    """Q over `dt` for white acceleration noise of density `accel_psd` on each axis."""
+    a, b, c = dt**3 / 3.0, dt**2 / 2.0, dt
+    q = np.zeros((4, 4))
+    for i in (0, 1):
+        q[i, i], q[i, i + 2], q[i + 2, i], q[i + 2, i + 2] = a, b, b, c
+    return accel_psd * q
+
+
+def start(time: float, z: Array, r: Array, config: TrackerConfig) -> TrackState:
+    """A new track at measurement `z` (covariance `r`), velocity unknown around zero."""
+    cov = np.zeros((4, 4))
+    cov[:2, :2] = r
+    cov[2, 2] = cov[3, 3] = config.init_speed_sigma**2
+    return TrackState(np.array([z[0], z[1], 0.0, 0.0]), cov, time, time)
+
+
+def predict(state: TrackState, time: float, config: TrackerConfig) -> TrackState:
+    """The state moved forward to `time` (>= state.time) without a measurement."""
+    dt = time - state.time
+    f = transition(dt)
+    cov = f @ state.cov @ f.T + process_noise(dt, config.accel_psd)
+    return TrackState(
+        f @ state.mean,
+        0.5 * (cov + cov.T),
+        time,
+        state.started,
+        state.gated_run,
+        state.updates,
+    )
+
+
+def innovation(state: TrackState, z: Array, r: Array) -> tuple[Array, Array, float]:
+    """(y, S, d2): residual, its covariance and its squared Mahalanobis distance."""
+    y = z - _H @ state.mean
+    s = _H @ state.cov @ _H.T + r
+    d2 = float(y @ np.linalg.solve(s, y))
+    return y, s, d2
+
+
+def update(state: TrackState, z: Array, r: Array) -> TrackState:
+    """The Kalman update with measurement `z` (covariance `r`), Joseph form (stays PSD)."""
+    y, s, _ = innovation(state, z, r)
+    k = np.linalg.solve(s, _H @ state.cov).T  # P H' S^-1 (S, P symmetric)
+    a = np.eye(4) - k @ _H
+    cov = a @ state.cov @ a.T + k @ r @ k.T
+    return TrackState(
+        state.mean + k @ y,
+        0.5 * (cov + cov.T),
+        state.time,
+        state.started,
+        0,
+        state.updates + 1,
+    )
+
+
+def step(
+    state: TrackState | None,
+    time: float,
+    z: npt.ArrayLike,
+    r: npt.ArrayLike,
+    config: TrackerConfig,
+) -> Step:
+    """One measurement `z` with covariance `r` at `time` applied to `state` (None: no track)."""
+    if not math.isfinite(time):
+        raise ValueError(f"time: expected a finite number, got {time}")
+    zz, rr = check_measurement(z, r)
+    rr = rr * config.noise_scale
+    if state is None:
+        return Step(start(time, zz, rr, config), reset="new")
+    if time <= state.time:
+        return Step(state, stale=True)
+    if time - state.time > config.expiry_s:
+        return Step(start(time, zz, rr, config), reset="expired")
+    predicted = predict(state, time, config)
+    _, _, d2 = innovation(predicted, zz, rr)
+    if d2 > config.gate:
+        if predicted.gated_run >= config.max_gated:
+            return Step(start(time, zz, rr, config), gated=True, reset="gated", distance2=d2)
+        held = TrackState(
+            predicted.mean,
+            predicted.cov,
+            time,
+            predicted.started,
+            predicted.gated_run + 1,
+            predicted.updates,
+        )
+        return Step(held, gated=True, distance2=d2)
+    return Step(update(predicted, zz, rr), distance2=d2)
+
+
+@dataclass
+class TrackResult:
+    """A whole trajectory filtered (`track`), one row per measurement."""
+
+    position: Array  # [N, 2]
+    cov: Array  # [N, 2, 2]
+    velocity: Array  # [N, 2]
+    gated: npt.NDArray[np.bool_]  # [N]
+    stale: npt.NDArray[np.bool_]  # [N]
+    reset: list[Reset | None] = field(default_factory=list)
+
+
+def track(
+    times: npt.ArrayLike,
+    means: npt.ArrayLike,
+    covs: npt.ArrayLike,
+    config: TrackerConfig | None = None,
+) -> TrackResult:
+    """Filter one UE's measurements in the given order (times [N], means [N, 2], covs
+    [N, 2, 2]): row i is the track after measurement i, as the service would answer."""
+    config = config or TrackerConfig()
+    t = np.asarray(times, dtype=np.float64)
+    m = np.asarray(means, dtype=np.float64)
+    c = np.asarray(covs, dtype=np.float64)
+    n = t.shape[0] if t.ndim == 1 else -1
+    if n < 0 or m.shape != (n, 2) or c.shape != (n, 2, 2):
+        raise ValueError(
+            f"expected times [N], means [N, 2], covs [N, 2, 2]; got {t.shape}, {m.shape}, {c.shape}"
+        )
+    out = TrackResult(
+        position=np.empty((n, 2)),
+        cov=np.empty((n, 2, 2)),
+        velocity=np.empty((n, 2)),
+        gated=np.zeros(n, dtype=bool),
+        stale=np.zeros(n, dtype=bool),
+    )
+    state: TrackState | None = None
+    for i in range(n):
+        result = step(state, float(t[i]), m[i], c[i], config)
+        state = result.state
+        out.position[i] = state.mean[:2]
+        out.velocity[i] = state.mean[2:]
+        out.cov[i] = state.cov[:2, :2]
+        out.gated[i] = result.gated
+        out.stale[i] = result.stale
+        out.reset.append(result.reset)
+    return out
