@@ -24,7 +24,7 @@ import onnxruntime as ort
 from service import metrics
 from service.errors import InvalidInput, SiteLoading, SiteNotFound, Unavailable
 from training.novelty import FILE as NOVELTY_FILE
-from training.novelty import SINGLE_HEAD, NoveltyModel, read_novelty
+from training.novelty import SINGLE_HEAD, NoveltyModel, inflate_sigma, read_novelty
 from training.repository import NAME_PATTERN as SITE_ID
 from training.repository import ModelRepository, RepositoryError
 
@@ -132,8 +132,7 @@ class ServedSite:
             return position, sigma, None
         score = novelty.score(result[-1])
         if sigma is not None and novelty.inflates and (score > 1.0).any():
-            out = score > 1.0
-            sigma[out] = np.maximum(sigma[out], novelty.site_sigma.astype(np.float32))
+            sigma = inflate_sigma(sigma, score, novelty.site_sigma)
         return position, sigma, score
 
     def unload(self) -> None:

@@ -38,7 +38,7 @@ import numpy.typing as npt
 
 if TYPE_CHECKING:  # the API process scores features with numpy alone: no torch import
     from training.data.fingerprints import Fingerprints
-    from training.nets import Backbone
+    from training.nets import Backbone, SiteModel
 
 METHOD = "mahalanobis-lw"
 FILE = "novelty.npz"
@@ -275,3 +275,61 @@ def read_novelty(data: bytes, name: str = FILE) -> dict[str, NoveltyModel]:
             int(n_val),
         )
     return models
+
+
+def inflate_sigma(
+    sigma: npt.ArrayLike, score: npt.ArrayLike, site_sigma: npt.ArrayLike
+) -> npt.NDArray[np.float32]:
+    """``sigma`` [B, 2] with out-of-site rows (score > 1) raised to at least ``site_sigma``
+    per axis: what the service answers."""
+    out = np.array(sigma, dtype=np.float32)
+    far = np.asarray(score) > 1.0
+    out[far] = np.maximum(out[far], np.asarray(site_sigma, dtype=np.float32))
+    return out
+
+
+def evaluate_out_of_site(
+    model: SiteModel,
+    novelty: NoveltyModel,
+    own: Fingerprints,
+    foreign: Mapping[str, Fingerprints],
+) -> dict[str, Any]:
+    """False alarms on ``own`` (the site's test fingerprints) and detection on each
+    ``foreign`` set, with positioning metrics per set: ``model`` with the model's sigma,
+    ``answered`` with the sigma the service answers (inflated where out of site)."""
+    from training.metrics import evaluate
+
+    def one(data: Fingerprints) -> dict[str, Any]:
+        import torch
+
+        model.eval()
+        with torch.no_grad():
+            feats = backbone_features(model.backbone, data.csi)
+            pos_t, sig_t = model.head(torch.from_numpy(feats).float())
+        pos = pos_t.double().numpy()
+        sigma = None if sig_t is None else sig_t.double().numpy()
+        score = novelty.score(feats)
+        row: dict[str, Any] = {
+            "n": len(data),
+            "out_of_site": float(np.mean(score > 1.0)),
+            "novelty_median": float(np.median(score)),
+            "model": evaluate(pos, sigma, data.pos),
+        }
+        if sigma is not None and novelty.inflates:
+            answered = inflate_sigma(sigma, score, novelty.site_sigma)
+            row["answered"] = evaluate(pos, answered, data.pos)
+        return row
+
+    own_row = one(own)
+    rows = {name: one(data) for name, data in foreign.items()}
+    detection = [r["out_of_site"] for r in rows.values()]
+    return {
+        "method": METHOD,
+        "threshold": novelty.threshold,
+        "false_alarm_target": novelty.false_alarm,
+        "false_alarm": own_row["out_of_site"],
+        "detection_min": float(min(detection)) if detection else math.nan,
+        "detection_mean": float(np.mean(detection)) if detection else math.nan,
+        "own": own_row,
+        "foreign": rows,
+    }
