@@ -7,36 +7,25 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
 from tests.service.conftest import LOCATE, csi_batch
+from tests.service.models import publish_novelty_site
 from tests.training.toychannel import toy_fingerprints
 from training.checkpoint import save_site_model
 from training.nets import Backbone, Head, SiteModel
-from training.novelty import fit_site_novelty
 from training.repository import ModelRepository
 
 SITE = toy_fingerprints(400, (5.0, -2.0), seed=7, size=(8.0, 6.0))
-TRAIN, VAL, OWN = (
-    SITE.subset(np.arange(200)),
-    SITE.subset(np.arange(200, 300)),
-    SITE.subset(np.arange(300, 400)),
-)
+TRAIN = SITE.subset(np.arange(200))
+OWN = SITE.subset(np.arange(300, 400))
 
 
-def publish_toy_site(repo: ModelRepository, site: str) -> SiteModel:
-    """An untrained but real site model (random backbone, NLL head) with its novelty model."""
-    torch.manual_seed(0)
-    head = Head(loss="nll", seed=1)
-    head.fit_position_normalisation(TRAIN.pos)
-    model = SiteModel(Backbone(seed=0), head).eval()
-    novelty = fit_site_novelty(model.backbone, TRAIN, VAL)
-    assert novelty is not None
-    save_site_model(repo, site, model, parent=None, novelty={"site": novelty})
-    return model
+def publish_toy_site(repo: ModelRepository, site: str) -> None:
+    own = publish_novelty_site(repo, site)
+    assert np.array_equal(own.csi, OWN.csi)  # the same room as TRAIN and OWN here
 
 
 @pytest.fixture
