@@ -493,6 +493,15 @@ def _adapt_cli(
         f"(mode {result.chosen_mode}; steps: {steps}; val ME {val['me']:.3f} m)",
         soft_wrap=True,
     )
+    novelty = result.metrics.get("novelty")
+    if isinstance(novelty, dict):
+        tested = novelty.get("test_false_alarm")
+        console.print(
+            f"out-of-site detector: threshold {novelty['threshold']:.2f} (Mahalanobis, "
+            f"{100 * novelty['false_alarm']:.0f} % false alarms on {novelty['n_val']} validation "
+            "points)" + ("" if tested is None else f"; test-set false alarms {100 * tested:.1f} %"),
+            soft_wrap=True,
+        )
     if val.get("degenerate"):
         err_console.print(
             "[yellow]warning:[/yellow] degenerate run: validation ME within 5 % of the "
