@@ -1,12 +1,15 @@
 """Out-of-site detectors compared on one published site: the product's Mahalanobis
-distance with Ledoit-Wolf shrinkage against a fixed-ridge Mahalanobis and kNN distance.
+distance with Ledoit-Wolf shrinkage against a fixed-ridge Mahalanobis and kNN distance
+on the same features, and the same Mahalanobis on other layers of the backbone.
 
 Every detector sees the same features (the site version's backbone) and the same
 splits: fitted on the site's training split, its threshold the split-conformal
 quantile of the validation split at the same false-alarm target (1 %), false alarms
 counted on the held-out test set (`csipos train site --holdout`, same --seed) and
 detection on other sites' environments. The baseline is the product's detector; the
-other rows print their detection and false alarms beside it.
+other rows print their detection and false alarms beside it. Other layers: ``pre`` is
+the dense layer before its activation (128), ``conv`` the flattened output of the
+convolution blocks (800 for the default backbone).
 
     python3 bench/out_of_site.py --model REPO/sites/SITE --data FILE --env ENV \\
         --ood-data FILE... --ood-env 'lab-nlos,proc/*/bs0' [--max-foreign 2000]
@@ -28,6 +31,8 @@ from training.checkpoint import load_site_model
 from training.cli.train import _expand_envs, parse_model_ref
 from training.data.fingerprints import Fingerprints, read_environment
 from training.data.splits import split_train_val
+from training.inputs import apply_inputs
+from training.nets import Backbone, normalise_power
 from training.novelty import DEFAULT_FALSE_ALARM, backbone_features, conformal_threshold
 from training.novelty import fit_novelty as fit_lw
 from training.repository import ModelRepository
@@ -59,6 +64,17 @@ def knn(train: F64, k: int = 10, standardise: bool = False) -> Scorer:
     return score
 
 
+@torch.no_grad()
+def inner_layers(backbone: Backbone, csi: npt.ArrayLike) -> tuple[F64, F64]:
+    """(flattened convolution output, dense layer before its activation), as in
+    `Backbone.forward`."""
+    backbone.eval()
+    x = torch.as_tensor(np.asarray(csi, dtype=np.float32))
+    x = apply_inputs(normalise_power(x), backbone.config.inputs).permute(0, 3, 1, 2)
+    conv = backbone.blocks(x).flatten(1)
+    return conv.double().numpy(), backbone.dense(conv).double().numpy()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
@@ -82,10 +98,13 @@ def main() -> None:
     train, val = split_train_val(pool, config["val_fraction"], config["seed"])
     assert test is not None, "the site was adapted without --holdout: no test set"
 
-    def feats(fp: Fingerprints) -> F64:
+    layers: dict[str, dict[str, F64]] = {"pre": {}, "conv": {}}
+
+    def feats(fp: Fingerprints, key: str) -> F64:
+        layers["conv"][key], layers["pre"][key] = inner_layers(model.backbone, fp.csi)
         return backbone_features(model.backbone, fp.csi)
 
-    f_train, f_val, f_test = feats(train), feats(val), feats(test)
+    f_train, f_val, f_test = feats(train, "train"), feats(val, "val"), feats(test, "test")
     rng = np.random.default_rng(0)
     foreign: dict[str, F64] = {}
     where = _expand_envs(args.ood_data or [args.data], args.ood_env, "--ood-env")
@@ -95,7 +114,7 @@ def main() -> None:
         fp = read_environment(path, name)
         if len(fp) > args.max_foreign:
             fp = fp.subset(np.sort(rng.choice(len(fp), args.max_foreign, replace=False)))
-        foreign[name] = feats(fp)
+        foreign[name] = feats(fp, name)
 
     lw = fit_lw(f_train, f_val)
     detectors: dict[str, Scorer] = {
@@ -104,12 +123,18 @@ def main() -> None:
         "knn-10": knn(f_train),
         "knn-10-standardised": knn(f_train, standardise=True),
     }
+    sets = {"val": f_val, "test": f_test, **foreign}
+    inputs: dict[str, dict[str, F64]] = dict.fromkeys(detectors, sets)
+    for layer, values in layers.items():
+        detectors[f"mahalanobis-lw on {layer}"] = fit_lw(values["train"], values["val"]).distance
+        inputs[f"mahalanobis-lw on {layer}"] = values
     rows: dict[str, dict[str, float]] = {}
     for name, score in detectors.items():
-        threshold = conformal_threshold(score(f_val), DEFAULT_FALSE_ALARM)
-        row = {"false_alarm": float(np.mean(score(f_test) > threshold))}
-        for env, f in foreign.items():
-            row[env] = float(np.mean(score(f) > threshold))
+        x = inputs[name]
+        threshold = conformal_threshold(score(x["val"]), DEFAULT_FALSE_ALARM)
+        row = {"false_alarm": float(np.mean(score(x["test"]) > threshold))}
+        for env in foreign:
+            row[env] = float(np.mean(score(x[env]) > threshold))
         det = [row[e] for e in foreign]
         row["detection_min"], row["detection_mean"] = float(min(det)), float(np.mean(det))
         rows[name] = row
@@ -118,11 +143,11 @@ def main() -> None:
     print(f"site {ref.name} {version}: train {len(train)}, val {len(val)}, test {len(test)}")
     print(f"shrinkage (Ledoit-Wolf) {lw.shrinkage:.3f}; foreign sets: {len(foreign)}")
     head = ("false al.", "det. min", "det. mean", "mean/base")
-    print(f"{'detector':28s} " + " ".join(f"{h:>9s}" for h in head))
+    print(f"{'detector':30s} " + " ".join(f"{h:>9s}" for h in head))
     for name, row in rows.items():
         ratio = row["detection_mean"] / max(base["detection_mean"], 1e-9)
         print(
-            f"{name:28s} {100 * row['false_alarm']:8.1f}% {100 * row['detection_min']:8.1f}%"
+            f"{name:30s} {100 * row['false_alarm']:8.1f}% {100 * row['detection_min']:8.1f}%"
             f" {100 * row['detection_mean']:8.1f}% {ratio:9.3f}"
         )
     print("per foreign set (detection, %):")
