@@ -17,8 +17,9 @@ The threshold is calibrated on the validation split, which the features were not
 fitted on (training features sit closer to their own mean than new fingerprints
 of the same site do): the split-conformal quantile, the ``ceil((n + 1)(1 - a))``-th
 smallest validation distance, so a new fingerprint of the site exceeds it with
-probability at most ``a`` (``false_alarm``, 1 % by default; with fewer than
-``1/a - 1`` validation points it is the largest one). Scores are reported as
+probability at most ``a`` on average over validation draws (``false_alarm``, 1 % by
+default; with fewer than ``1/a - 1`` validation points it is the largest one, and
+one site's realised rate varies: docs/results/out-of-site). Scores are reported as
 ``d / threshold``: above 1 is out of site, whatever the method.
 
 One novelty model per head, keyed by head name in one ``novelty.npz`` per site
