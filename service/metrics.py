@@ -75,6 +75,12 @@ PREDICTIONS = Counter(
     "Positions predicted (one per fingerprint).",
     ["site"],
 )
+OUT_OF_SITE = Counter(
+    "csipos_locate_out_of_site",
+    "Fingerprints judged not from their site (novelty above the site's threshold); "
+    "divided by csipos_locate_predictions_total it is the out-of-site share.",
+    ["site"],
+)
 PREDICTED_SIGMA = Histogram(
     "csipos_predicted_sigma_meters",
     "Predicted 1-sigma position uncertainty per axis (nll models only).",

@@ -33,11 +33,21 @@ class Prediction:
     loss: str
     position: np.ndarray  # [B, 2]
     sigma: np.ndarray | None  # [B, 2], None for MSE models
+    novelty: np.ndarray | None = None
+    """[B] out-of-site score (above 1: not from this site); None without a novelty model."""
+
+    @property
+    def in_site(self) -> np.ndarray | None:
+        """[B] bool, False where the fingerprint does not look like the site; None if unknown."""
+        return None if self.novelty is None else self.novelty <= 1.0
 
     def rows(self, start: int, stop: int) -> Prediction:
         """Rows `start:stop` of this batch (one caller's share of a batched call)."""
         sigma = None if self.sigma is None else self.sigma[start:stop]
-        return Prediction(self.site, self.version, self.loss, self.position[start:stop], sigma)
+        novelty = None if self.novelty is None else self.novelty[start:stop]
+        return Prediction(
+            self.site, self.version, self.loss, self.position[start:stop], sigma, novelty
+        )
 
 
 def as_csi_batch(values: Any, max_batch: int) -> np.ndarray:
@@ -134,22 +144,25 @@ class Positioner:
         served = self.store.get(site)
         start = time.perf_counter()
         if inline:
-            position, sigma = served.predict(csi)
+            position, sigma, novelty = served.predict_scored(csi)
         else:
             loop = asyncio.get_running_loop()
-            position, sigma = await loop.run_in_executor(self._pool, served.predict, csi)
+            run = served.predict_scored
+            position, sigma, novelty = await loop.run_in_executor(self._pool, run, csi)
         elapsed = time.perf_counter() - start
         label = metrics.site_label(site, self.store.knows)
         metrics.INFERENCE_DURATION.labels(label).observe(elapsed)
         metrics.INFERENCE_BATCH.labels(label).observe(csi.shape[0])
         metrics.PREDICTIONS.labels(label).inc(csi.shape[0])
+        if novelty is not None:
+            metrics.OUT_OF_SITE.labels(label).inc(int((novelty > 1.0).sum()))
         if sigma is not None:
             hx = metrics.PREDICTED_SIGMA.labels(label, "x")
             hy = metrics.PREDICTED_SIGMA.labels(label, "y")
             for sx, sy in sigma.tolist():
                 hx.observe(sx)
                 hy.observe(sy)
-        return Prediction(site, served.version, served.loss, position, sigma)
+        return Prediction(site, served.version, served.loss, position, sigma, novelty)
 
     async def aclose(self) -> None:
         """Stop batching (queued callers are cancelled) and the inference pool."""

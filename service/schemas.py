@@ -55,6 +55,18 @@ class Position(_Open):
     y: float
     sigma_x: float | None
     sigma_y: float | None
+    in_site: bool | None = Field(
+        None,
+        description="False when the fingerprint does not look like the site's training "
+        "fingerprints (its sigma is then at least the site's position spread); null when the "
+        "site version has no out-of-site detector (published before it).",
+    )
+    novelty: float | None = Field(
+        None,
+        description="Out-of-site score: Mahalanobis distance of the backbone features from "
+        "the site's training features over the site's calibrated threshold (above 1: "
+        "out of site); null without a detector.",
+    )
     ellipse: Ellipse | None = None
 
 

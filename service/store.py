@@ -23,6 +23,8 @@ import onnxruntime as ort
 
 from service import metrics
 from service.errors import InvalidInput, SiteLoading, SiteNotFound, Unavailable
+from training.novelty import FILE as NOVELTY_FILE
+from training.novelty import SINGLE_HEAD, NoveltyModel, inflate_sigma, read_novelty
 from training.repository import NAME_PATTERN as SITE_ID
 from training.repository import ModelRepository, RepositoryError
 
@@ -54,6 +56,8 @@ class ServedSite:
     loss: str = "mse"
     outputs: tuple[str, ...] = ()
     manifest: dict[str, Any] = field(default_factory=dict)
+    novelty: NoveltyModel | None = None
+    """Out-of-site detector (`training.novelty`); None for versions published without one."""
     _session: ort.InferenceSession | None = None
 
     @property
@@ -84,19 +88,52 @@ class ServedSite:
         self.manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
         self.outputs = outputs
         self.loss = str(meta.get("csipos.loss") or self.manifest.get("loss") or "mse")
+        self.novelty = self._load_novelty()
         self._session = session
         return self
 
+    def _load_novelty(self) -> NoveltyModel | None:
+        """The single head's novelty model when the version has one and the graph gives
+        the features it scores (a broken file fails the load: the old version serves on)."""
+        path = self.path / NOVELTY_FILE
+        if not path.is_file():
+            return None
+        model = read_novelty(path.read_bytes(), f"{self.site}/{self.version}/{NOVELTY_FILE}")
+        if "features" not in self.outputs or SINGLE_HEAD not in model:
+            log.warning(
+                "site %s %s: novelty model not usable, serving without", self.site, self.version
+            )
+            return None
+        return model[SINGLE_HEAD]
+
     def predict(self, csi: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Positions [B,2] and sigma [B,2] (None for MSE models) in metres, one batch."""
+        position, sigma, _ = self.predict_scored(csi)
+        return position, sigma
+
+    def predict_scored(
+        self, csi: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """`predict` plus each fingerprint's novelty (Mahalanobis distance / threshold;
+        above 1 is out of site; None without a novelty model). An out-of-site
+        fingerprint's sigma is raised to at least the site's position spread: the
+        model's own sigma means nothing there (docs/architecture.md, "Out-of-site")."""
         session = self._session
         if session is None:
             raise Unavailable(f"site {self.site!r} version {self.version} is not loaded")
+        novelty = self.novelty
         names = ["position", "sigma"] if self.has_sigma else ["position"]
+        if novelty is not None:
+            names.append("features")
         result = session.run(names, {INPUT_NAME: csi})
         position = np.asarray(result[0], dtype=np.float32)
         sigma = np.asarray(result[1], dtype=np.float32) if self.has_sigma else None
-        return position, sigma
+        if novelty is None:
+            return position, sigma, None
+        score = novelty.score(result[-1])
+        if sigma is not None and novelty.inflates and (score > 1.0).any():
+            sigma = inflate_sigma(sigma, score, novelty.site_sigma)
+        return position, sigma, score
 
     def unload(self) -> None:
         """Drop the session; in-flight `predict` calls keep their own reference."""

@@ -26,6 +26,8 @@ import torch
 
 from training.export import export_site_model
 from training.nets import Backbone, BackboneConfig, Head, HeadConfig, SiteModel
+from training.novelty import FILE as NOVELTY_FILE
+from training.novelty import NoveltyModel, novelty_bytes, read_novelty
 from training.repository import (
     ModelRepository,
     RepositoryError,
@@ -134,22 +136,33 @@ def save_site_model(
     data_fingerprint: str | None = None,
     metrics: Mapping[str, Any] | None = None,
     activate: bool = True,
+    novelty: Mapping[str, NoveltyModel] | None = None,
 ) -> str:
     """Publish ``model`` as a new version of ``site`` (ONNX + weights); returns the version.
 
     ``parent`` is the (backbone name, version) the model was trained from, or None
-    for a model trained from scratch. The loss comes from the model's head.
+    for a model trained from scratch. The loss comes from the model's head. The ONNX
+    model also outputs the backbone's ``features``; ``novelty`` (one model per head,
+    `training.novelty`) goes into ``novelty.npz``.
     """
     backbone_ref = _parent_ref(parent)
     head_ckpt = _checkpoint(model.head.config, model.head)
     backbone_ckpt = _checkpoint(model.backbone.config, model.backbone)
+    novelty_data = novelty_bytes(novelty) if novelty else None
 
     def write(directory: Path, version: str) -> None:
         export_site_model(
-            model, directory / "model.onnx", site=site, version=version, backbone_ref=backbone_ref
+            model,
+            directory / "model.onnx",
+            site=site,
+            version=version,
+            backbone_ref=backbone_ref,
+            features=True,
         )
         _save_pt(head_ckpt, directory / "head.pt")
         _save_pt(backbone_ckpt, directory / "backbone.pt")
+        if novelty_data is not None:
+            (directory / NOVELTY_FILE).write_bytes(novelty_data)
 
     return repo.publish_site(
         site,
@@ -185,3 +198,17 @@ def load_site_model(
     _restore(head, head_obj, vdir / "head.pt")
     _restore(backbone, backbone_obj, vdir / "backbone.pt")
     return SiteModel(backbone, head).eval()
+
+
+def load_novelty(
+    repo: ModelRepository, site: str, version: str | None = None
+) -> dict[str, NoveltyModel] | None:
+    """The novelty models (by head) of ``site`` at ``version``; None for a version
+    published without one (before out-of-site detection, or too little validation data)."""
+    path = repo.path("site", site, version) / NOVELTY_FILE
+    if not path.is_file():
+        return None
+    try:
+        return read_novelty(path.read_bytes(), str(path))
+    except ValueError as exc:
+        raise RepositoryError(str(exc)) from exc

@@ -2,7 +2,8 @@
 
 Contract (docs/architecture.md, "ONNX site model"): input ``csi`` float32
 [batch, 8, 103, 2], outputs ``position`` [batch, 2] metres and, for nll models,
-``sigma`` [batch, 2] metres; a dynamic batch axis; ``csipos.*`` metadata props
+``sigma`` [batch, 2] metres, then (published site versions) ``features``
+[batch, 128]; a dynamic batch axis; ``csipos.*`` metadata props
 that the service reads instead of guessing.
 
 We use torch's TorchScript-based exporter (``dynamo=False``): the torch.export
@@ -33,15 +34,19 @@ META_PREFIX = "csipos."
 
 
 class _SiteGraph(nn.Module):
-    """SiteModel with tensor-only outputs (ONNX has no None)."""
+    """SiteModel with tensor-only outputs (ONNX has no None); with ``features``, the
+    backbone's output as a last output too (what out-of-site scoring needs)."""
 
-    def __init__(self, model: SiteModel) -> None:
+    def __init__(self, model: SiteModel, features: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.features = features
 
     def forward(self, csi: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        position, sigma = self.model(csi)
-        return (position,) if sigma is None else (position, sigma)
+        feats = self.model.backbone(csi)
+        position, sigma = self.model.head(feats)
+        out = (position,) if sigma is None else (position, sigma)
+        return (*out, feats) if self.features else out
 
 
 class _HeadGraph(nn.Module):
@@ -120,22 +125,33 @@ def _csi_example(module: nn.Module, backbone: Backbone) -> torch.Tensor:
 
 
 def site_model_onnx(
-    model: SiteModel, *, site: str, version: str, backbone_ref: str, opset: int = OPSET
+    model: SiteModel,
+    *,
+    site: str,
+    version: str,
+    backbone_ref: str,
+    opset: int = OPSET,
+    features: bool = False,
 ) -> bytes:
-    """The serialised ONNX site model (backbone + head in one graph) with its metadata."""
+    """The serialised ONNX site model (backbone + head in one graph) with its metadata.
+
+    ``features=True`` adds a last output ``features`` [batch, 128] (the backbone's
+    output, which the service scores for out-of-site detection, `training.novelty`).
+    """
     check_name(site, "site name")
     check_version(version)
+    outputs = (*model.outputs, "features") if features else model.outputs
     metadata = {
         "kind": "site",
         "site": site,
         "version": version,
         "loss": model.loss,
-        "outputs": ",".join(model.outputs),
+        "outputs": ",".join(outputs),
         "input_shape": ",".join(map(str, model.backbone.config.input_shape)),
         "backbone": backbone_ref,
     }
     example = _csi_example(model, model.backbone)
-    return _to_onnx(_SiteGraph(model), example, "csi", model.outputs, metadata, opset)
+    return _to_onnx(_SiteGraph(model, features), example, "csi", outputs, metadata, opset)
 
 
 def export_site_model(
@@ -146,10 +162,16 @@ def export_site_model(
     version: str,
     backbone_ref: str,
     opset: int = OPSET,
+    features: bool = False,
 ) -> Path:
     """Write the site model to ``path`` (atomically); ``backbone_ref`` is "name:version"."""
     data = site_model_onnx(
-        model, site=site, version=version, backbone_ref=backbone_ref, opset=opset
+        model,
+        site=site,
+        version=version,
+        backbone_ref=backbone_ref,
+        opset=opset,
+        features=features,
     )
     target = Path(path)
     atomic_write_bytes(target, data)

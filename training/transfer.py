@@ -54,6 +54,7 @@ from training.fit import FitReport, Phase, PhaseReport, ProgressFn, Task, fit, p
 from training.meml import RETRY_SEED_OFFSET, SourceData, train_sources
 from training.metrics import evaluate_model, finish_head, nll_per_point
 from training.nets import Backbone, BackboneConfig, Head, HeadConfig, SiteModel
+from training.novelty import DEFAULT_FALSE_ALARM, SINGLE_HEAD, backbone_features, fit_site_novelty
 from training.repository import ModelRepository, check_name, parse_ref
 
 __all__ = [
@@ -485,6 +486,7 @@ def adapt_site(
     source_repo: ModelRepository | None = None,
     backbone_config: BackboneConfig | None = None,
     extra: dict[str, Any] | None = None,
+    novelty_false_alarm: float = DEFAULT_FALSE_ALARM,
 ) -> AdaptResult:
     """Train, publish and (unless ``activate=False``) activate a new version of ``site``.
 
@@ -496,7 +498,10 @@ def adapt_site(
     out for early stopping, the mode choice and the reported metrics.
     ``config`` sets the other hyper-parameters; its loss, seed and val_fraction
     are replaced by the arguments here. ``extra`` goes into the manifest's
-    training config (e.g. where the data came from).
+    training config (e.g. where the data came from). The site's out-of-site detector
+    (`training.novelty`: feature mean and covariance on the train split, threshold at
+    ``novelty_false_alarm`` on the validation split) is published with the model;
+    ``metrics["novelty"]`` summarises it (and its false-alarm rate on the test set).
     """
     t0 = time.perf_counter()
     check_name(site, "site id")
@@ -528,10 +533,16 @@ def adapt_site(
         progress=progress,
     )
     metrics: dict[str, Any] = dict(result.metrics)
+    novelty = fit_site_novelty(result.model.backbone, train, val, false_alarm=novelty_false_alarm)
+    if novelty is not None:
+        metrics["novelty"] = novelty.summary()
     test = None
     if test_data is not None:
         test = evaluate_model(result.model.backbone, result.model.head, test_data)
         metrics["test"] = test
+        if novelty is not None:
+            scores = novelty.score(backbone_features(result.model.backbone, test_data.csi))
+            metrics["novelty"]["test_false_alarm"] = float(np.mean(scores > 1.0))
     training: dict[str, Any] = {
         **cfg.to_dict(),
         **result.summary(),
@@ -554,6 +565,7 @@ def adapt_site(
         data_fingerprint=data_fingerprint(pool),
         metrics=metrics,
         activate=activate,
+        novelty=None if novelty is None else {SINGLE_HEAD: novelty},
     )
     wall = time.perf_counter() - t0
     log.info(

@@ -112,8 +112,12 @@ def positions_json(pred: Prediction, confidence: float | None) -> dict[str, Any]
     out: list[dict[str, Any]] = []
     pos = pred.position.tolist()
     sig = pred.sigma.tolist() if pred.sigma is not None else None
+    novelty = pred.novelty.tolist() if pred.novelty is not None else None
     for i, (x, y) in enumerate(pos):
         item: dict[str, Any] = {"x": x, "y": y, "sigma_x": None, "sigma_y": None}
+        # Out-of-site detection: null for site versions published without a novelty model.
+        item["in_site"] = None if novelty is None else novelty[i] <= 1.0
+        item["novelty"] = None if novelty is None else novelty[i]
         if sig is not None:
             item["sigma_x"], item["sigma_y"] = sig[i]
             if confidence is not None:

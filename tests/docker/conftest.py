@@ -56,12 +56,13 @@ def scraped_series(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
     """
     from service.app import create_app
     from service.config import Settings
-    from tests.service.models import publish_linear
+    from tests.service.models import publish_linear, publish_novelty_site
     from training.repository import ModelRepository
 
     root = tmp_path_factory.mktemp("scrape")
     repo = ModelRepository(root / "models")
     publish_linear(repo, "lab", "nll", seed=1, bias=(1.0, 2.0))
+    own = publish_novelty_site(repo, "toy")  # a site with an out-of-site detector
     settings = Settings(
         model_dir=root / "models",
         job_dir=root / "jobs",
@@ -74,6 +75,12 @@ def scraped_series(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
         r = client.post(
             "/locate",
             json={"site": "lab", "csi": csi.tolist()},
+            headers={"Authorization": f"Bearer {LOCATE_KEY}"},
+        )
+        assert r.status_code == 200, r.text
+        r = client.post(
+            "/locate",
+            json={"site": "toy", "csi": own.csi[:2].tolist()},
             headers={"Authorization": f"Bearer {LOCATE_KEY}"},
         )
         assert r.status_code == 200, r.text

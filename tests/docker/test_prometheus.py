@@ -32,6 +32,7 @@ def test_promtool_rule_unit_tests() -> None:
         (") > 0.05", ") > 0.5"),  # error-rate threshold
         ("> 1.5 * site:", "> 5 * site:"),  # sigma drift ratio
         ("== 0\n        for: 1m", "== 0\n        for: 10m"),  # replica down delay
+        ("ratio_rate10m > 0.1", "ratio_rate10m > 0.3"),  # out-of-site share
     ],
 )
 def test_rule_unit_tests_catch_a_changed_rule(tmp_path: Path, find: str, replace: str) -> None:
@@ -57,6 +58,7 @@ def test_every_alert_has_a_firing_unit_test() -> None:
         "CsiposSiteSigmaDrift",
         "CsiposAdaptJobsFailing",
         "CsiposReplicaDown",
+        "CsiposSiteOutOfSite",
     } <= alerts
     tested = {
         case["alertname"]

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from training.data.fingerprints import Fingerprints
 from training.repository import ModelRepository
 
 FEATURES = 8 * 103 * 2
@@ -110,3 +111,25 @@ def publish_linear(
         metrics=metrics or {"val_me": 1.0},
         activate=activate,
     )
+
+
+def publish_novelty_site(repo: ModelRepository, site: str) -> Fingerprints:
+    """Publish a real (untrained) NLL site model with its out-of-site detector, fitted on
+    toy fingerprints of one room; returns 100 more fingerprints of that room (in site)."""
+    import torch
+
+    from tests.training.toychannel import toy_fingerprints
+    from training.checkpoint import save_site_model
+    from training.nets import Backbone, Head, SiteModel
+    from training.novelty import SINGLE_HEAD, fit_site_novelty
+
+    data = toy_fingerprints(400, (5.0, -2.0), seed=7, size=(8.0, 6.0))
+    train, val = data.subset(np.arange(200)), data.subset(np.arange(200, 300))
+    torch.manual_seed(0)
+    head = Head(loss="nll", seed=1)
+    head.fit_position_normalisation(train.pos)
+    model = SiteModel(Backbone(seed=0), head).eval()
+    novelty = fit_site_novelty(model.backbone, train, val)
+    assert novelty is not None
+    save_site_model(repo, site, model, parent=None, novelty={SINGLE_HEAD: novelty})
+    return data.subset(np.arange(300, 400))

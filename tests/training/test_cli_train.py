@@ -88,6 +88,22 @@ def test_evaluate_prints_a_table(trained: tuple[Path, Path, float]) -> None:
         assert word in out
 
 
+def test_evaluate_reports_out_of_site_detection(trained: tuple[Path, Path, float]) -> None:
+    data, repo, _ = trained
+    args = ("evaluate", "--model", f"{repo}/sites/lab", "--data", str(data), "--env", "lab-los",
+            "--holdout", "0.2", "--ood-env", "lab-los,industrial/*")  # fmt: skip
+    report = json.loads(invoke(*args, "--json"))
+    ood = report["out_of_site"]
+    manifest = json.loads((repo / "sites/lab/versions/v1/manifest.json").read_text())
+    assert ood["threshold"] == manifest["metrics"]["novelty"]["threshold"]
+    assert ood["false_alarm"] == manifest["metrics"]["novelty"]["test_false_alarm"]
+    assert ood["own"]["n"] == report["metrics"]["n"]
+    assert set(ood["foreign"]) == {f"industrial/bs{k}" for k in range(4)}  # own env skipped
+    for row in ood["foreign"].values():
+        assert 0.0 <= row["out_of_site"] <= 1.0 and "within_1sigma" in row["answered"]
+    assert "out of site" in invoke(*args)
+
+
 def test_export_writes_onnx_with_metadata(
     trained: tuple[Path, Path, float], tmp_path: Path
 ) -> None:

@@ -493,6 +493,15 @@ def _adapt_cli(
         f"(mode {result.chosen_mode}; steps: {steps}; val ME {val['me']:.3f} m)",
         soft_wrap=True,
     )
+    novelty = result.metrics.get("novelty")
+    if isinstance(novelty, dict):
+        tested = novelty.get("test_false_alarm")
+        console.print(
+            f"out-of-site detector: threshold {novelty['threshold']:.2f} (Mahalanobis, "
+            f"{100 * novelty['false_alarm']:.0f} % false alarms on {novelty['n_val']} validation "
+            "points)" + ("" if tested is None else f"; test-set false alarms {100 * tested:.1f} %"),
+            soft_wrap=True,
+        )
     if val.get("degenerate"):
         err_console.print(
             "[yellow]warning:[/yellow] degenerate run: validation ME within 5 % of the "
@@ -572,12 +581,30 @@ def evaluate(
     ] = 0.0,
     seed: Seed = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    ood_env: Annotated[
+        str | None,
+        typer.Option(
+            help="Out-of-site check: environments of other sites (comma list, shell patterns) "
+            "to score with the site's novelty model; reports their detection rate and the "
+            "false-alarm rate on --env (its --holdout share)."
+        ),
+    ] = None,
+    ood_data: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="HDF5 file(s) holding --ood-env (repeatable; default: --data).",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
 ) -> None:
-    """Test a site model: ME, median, p90 (metres); CRPS, NLL, calibration for nll models."""
-    from training.checkpoint import load_site_model
+    """Test a site model: ME, median, p90 (metres); CRPS, NLL, calibration for nll models;
+    with --ood-env, out-of-site detection against other sites' fingerprints."""
+    from training.checkpoint import load_novelty, load_site_model
     from training.data.fingerprints import read_environment
     from training.data.splits import train_val_test
     from training.metrics import CALIBRATION_EXPECTED, evaluate_model
+    from training.novelty import SINGLE_HEAD, evaluate_out_of_site
     from training.repository import ModelRepository
 
     _setup_logging(True)
@@ -592,8 +619,26 @@ def evaluate(
         if holdout > 0:
             fp = fp.subset(train_val_test(len(fp), 0.0, holdout, seed).test)
         metrics = evaluate_model(site_model.backbone, site_model.head, fp)
+        ood: dict[str, Any] | None = None
+        if ood_env is not None:
+            novelty = (load_novelty(repo, ref.name, version) or {}).get(SINGLE_HEAD)
+            if novelty is None:
+                raise ValueError(
+                    f"{ref.name} {version} has no novelty model (published before out-of-site "
+                    "detection, or with too little validation data): re-adapt the site"
+                )
+            where = _expand_envs(ood_data or [data], ood_env, "--ood-env")
+            # A pattern may match the site's own environment: that is not another site.
+            foreign = {
+                name: read_environment(path, name)
+                for name, path in where.items()
+                if not (name == env and path.resolve() == data.resolve())
+            }
+            ood = evaluate_out_of_site(site_model, novelty, fp, foreign)
     if as_json:
         payload = {"site": ref.name, "version": version, "env": env, "metrics": metrics}
+        if ood is not None:
+            payload["out_of_site"] = ood
         typer.echo(json.dumps(payload, indent=2))
         return
     table = Table(title=f"{ref.name} {version} on {env} ({int(metrics['n'])} points)")
@@ -608,6 +653,28 @@ def evaluate(
         if key in metrics:
             table.add_row(key, f"{100 * metrics[key]:.1f} %", f"{100 * expected:.1f} %")
     console.print(table)
+    if ood is not None:
+        console.print(_out_of_site_table(ref.name, env, ood))
+
+
+def _out_of_site_table(site: str, env: str, ood: dict[str, Any]) -> Table:
+    """Out-of-site share per set: false alarms on the site's own, detection on others."""
+    table = Table(
+        title=f"{site}: out of site (threshold {ood['threshold']:.2f}, "
+        f"target {100 * ood['false_alarm_target']:.0f} % false alarms)"
+    )
+    for col in ("set", "n", "out of site", "ME", "in 1σ model", "in 1σ answered"):
+        table.add_column(col, justify="left" if col == "set" else "right")
+
+    def row(name: str, r: dict[str, Any]) -> None:
+        m, a = r["model"], r.get("answered", {})
+        cov = [f"{100 * x['within_1sigma']:.1f} %" if "within_1sigma" in x else "-" for x in (m, a)]
+        table.add_row(name, str(r["n"]), f"{100 * r['out_of_site']:.1f} %", f"{m['me']:.2f}", *cov)
+
+    row(f"{env} (own: false alarms)", ood["own"])
+    for name, r in ood["foreign"].items():
+        row(name, r)
+    return table
 
 
 def export(

@@ -1,0 +1,144 @@
+"""Out-of-site detection: the Mahalanobis score, its calibrated threshold, the novelty
+file, and what adaptation publishes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from tests.training.toychannel import toy_fingerprints
+from training.checkpoint import load_novelty, load_site_model, save_backbone
+from training.config import TrainConfig
+from training.nets import Backbone
+from training.novelty import (
+    FILE,
+    SINGLE_HEAD,
+    backbone_features,
+    conformal_threshold,
+    evaluate_out_of_site,
+    fit_novelty,
+    inflate_sigma,
+    ledoit_wolf,
+    novelty_bytes,
+    read_novelty,
+)
+from training.repository import ModelRepository
+from training.transfer import adapt_site
+
+D = 32
+
+
+def gaussian_features(n: int, seed: int, shift: float = 0.0) -> np.ndarray:
+    """Correlated Gaussian features (one fixed mixing matrix); ``shift`` moves every
+    feature's mean by that many of its own standard deviations."""
+    mix = np.random.default_rng(1234).normal(size=(D, D)) / np.sqrt(D)
+    x = np.random.default_rng(seed).normal(size=(n, D)) @ mix
+    return x + shift * np.sqrt((mix**2).sum(axis=0))
+
+
+def test_the_score_separates_a_shifted_distribution() -> None:
+    model = fit_novelty(gaussian_features(400, 0), gaussian_features(200, 1))
+    own = model.score(gaussian_features(5000, 2))
+    shifted = model.score(gaussian_features(5000, 3, shift=1.0))
+    assert np.mean(own > 1) <= 0.03
+    assert np.mean(shifted > 1) >= 0.95
+    assert np.median(shifted) > 2 * np.median(own)
+
+
+@pytest.mark.parametrize("alpha", [0.01, 0.05])
+def test_the_threshold_gives_about_the_chosen_false_alarm_rate(alpha: float) -> None:
+    model = fit_novelty(gaussian_features(1000, 0), gaussian_features(2000, 1), false_alarm=alpha)
+    rate = float(np.mean(model.score(gaussian_features(40_000, 2)) > 1))
+    assert alpha * 0.6 <= rate <= alpha * 1.5
+    assert model.false_alarm == alpha and model.n_train == 1000 and model.n_val == 2000
+
+
+def test_conformal_threshold_is_the_right_order_statistic() -> None:
+    scores = np.arange(1.0, 201.0)  # 1..200
+    assert conformal_threshold(scores, 0.05) == 191.0  # ceil(201 * 0.95) = 191
+    assert conformal_threshold(scores[:50], 0.01) == 50.0  # too few points: the largest
+    with pytest.raises(ValueError, match="false_alarm"):
+        conformal_threshold(scores, 0.0)
+
+
+def test_ledoit_wolf_shrinks_and_copes_with_dead_features() -> None:
+    x = gaussian_features(60, 0)
+    x[:, :4] = 0.0  # ReLU units that never fire on the site
+    mean, cov, shrinkage = ledoit_wolf(x)
+    assert np.allclose(mean, x.mean(axis=0))
+    assert 0.0 < shrinkage < 1.0
+    assert np.linalg.eigvalsh(cov).min() > 0
+    sample = np.cov(x, rowvar=False, bias=True)
+    assert np.allclose(cov, (1 - shrinkage) * sample + shrinkage * np.trace(sample) / D * np.eye(D))
+    model = fit_novelty(x, gaussian_features(40, 1) * np.r_[np.zeros(4), np.ones(D - 4)])
+    firing = np.zeros((1, D))
+    firing[0, 0] = 10.0  # a dead unit fires strongly: that is new
+    assert model.score(firing)[0] > 1 and np.isfinite(model.score(x)).all()
+
+
+def test_the_novelty_file_round_trips_and_refuses_junk() -> None:
+    a = fit_novelty(gaussian_features(100, 0), gaussian_features(50, 1), site_sigma=(2.0, 1.5))
+    b = fit_novelty(gaussian_features(100, 2), gaussian_features(50, 3))
+    back = read_novelty(novelty_bytes({"bs0": a, "bs1": b}))
+    assert sorted(back) == ["bs0", "bs1"]
+    probe = gaussian_features(10, 4)
+    assert np.allclose(back["bs0"].score(probe), a.score(probe))
+    assert back["bs0"].inflates and not back["bs1"].inflates
+    with pytest.raises(ValueError, match="not a novelty file"):
+        read_novelty(b"not a zip")
+    with pytest.raises(ValueError, match="head name"):
+        novelty_bytes({"a/b": a})
+
+
+def test_inflate_sigma_raises_only_out_of_site_rows() -> None:
+    sigma = np.array([[0.2, 0.3], [0.2, 5.0]], dtype=np.float32)
+    out = inflate_sigma(sigma, np.array([0.5, 3.0]), np.array([2.0, 1.0]))
+    assert out.tolist() == [[pytest.approx(0.2), pytest.approx(0.3)], [2.0, 5.0]]
+
+
+TARGET = toy_fingerprints(160, (5.0, -2.0), seed=7, size=(8.0, 6.0))
+CFG = TrainConfig(
+    loss="nll", epochs=3, min_steps=0, patience=2, batch_size=32, lr=2e-3, head_warmup_steps=4
+)
+
+
+def test_adaptation_publishes_a_novelty_model_and_features(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    repo = ModelRepository(tmp_path / "models")
+    save_backbone(repo, "meml", Backbone(seed=0), loss="mse")
+    result = adapt_site(
+        repo, "lab", TARGET, mode="head", val_fraction=0.25, holdout=0.25, config=CFG
+    )
+    summary = result.metrics["novelty"]
+    assert summary["method"] == "mahalanobis-lw" and summary["n_val"] == 30
+    assert 0.0 <= summary["test_false_alarm"] <= 1.0
+    manifest = repo.manifest("site", "lab", result.version)
+    assert FILE in manifest["files"] and manifest["metrics"]["novelty"] == summary
+    novelty = load_novelty(repo, "lab")
+    assert novelty is not None and novelty[SINGLE_HEAD].threshold == summary["threshold"]
+
+    model = load_site_model(repo, "lab")
+    session = ort.InferenceSession(str(repo.path("site", "lab") / "model.onnx"))
+    assert [o.name for o in session.get_outputs()] == ["position", "sigma", "features"]
+    features = session.run(["features"], {"csi": TARGET.csi[:5]})[0]
+    assert np.allclose(features, backbone_features(model.backbone, TARGET.csi[:5]), atol=1e-4)
+
+    noise = TARGET.subset(np.arange(40))
+    noise.csi = np.random.default_rng(0).normal(size=noise.csi.shape).astype(np.float32)
+    report = evaluate_out_of_site(model, novelty[SINGLE_HEAD], TARGET, {"noise": noise})
+    assert report["foreign"]["noise"]["out_of_site"] == 1.0
+    assert report["false_alarm"] < 0.2
+    answered = report["foreign"]["noise"]["answered"]
+    assert answered["within_2sigma"] >= report["foreign"]["noise"]["model"]["within_2sigma"]
+
+
+def test_a_version_without_a_novelty_model_reads_as_none(tmp_path: Path) -> None:
+    repo = ModelRepository(tmp_path / "models")
+    save_backbone(repo, "meml", Backbone(seed=0), loss="mse")
+    tiny = TARGET.subset(np.arange(40))  # 10 validation points: below MIN_VAL
+    result = adapt_site(repo, "lab", tiny, mode="head", val_fraction=0.25, config=CFG)
+    assert "novelty" not in result.metrics and load_novelty(repo, "lab") is None
