@@ -188,7 +188,7 @@ def _check_size(lazy: LazyEnvironment, env: str, limits: UploadLimits) -> None:
         )
     decoded = 0
     group = lazy._handle()[env]
-    for name in ("csi", "pos", "los", "snr_db"):
+    for name in ("csi", "pos", "los", "snr_db", "sample_id"):
         if name in group:
             dset = group[name]
             decoded += math.prod(dset.shape) * dset.dtype.itemsize
