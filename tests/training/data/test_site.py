@@ -82,7 +82,7 @@ def test_bad_sites_are_refused(tmp_path: Path) -> None:
     with pytest.raises(SchemaError, match="sample_id appears twice"):
         SiteFingerprints.join(twice)
     bad = {"bs.0": site.station("bs0")}
-    with pytest.raises(SchemaError, match="base-station id 'bs.0'"):
+    with pytest.raises(SchemaError, match=r"base-station id 'bs\.0'"):
         SiteFingerprints.join(bad)
     path = tmp_path / "wrongtype.h5"
     d = site.station("bs0").subset(slice(None))
