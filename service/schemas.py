@@ -140,6 +140,9 @@ class SiteDetail(_Open):
     serving_version: str | None
     sigma_available: bool | None
     versions: list[VersionSummary]
+    base_stations: list[str] | None = Field(
+        None, description="Multi-BS sites: the served version's base stations."
+    )
 
 
 class JobView(_Open):
