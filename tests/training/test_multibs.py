@@ -101,3 +101,32 @@ def test_too_few_samples_for_a_bs_is_refused(repo: ModelRepository) -> None:
     site.validate()
     with pytest.raises(ValueError, match="base station 'bs1'"):
         adapt_site(repo, "few", site, mode="head", config=CFG)
+
+
+def test_cli_train_site_on_a_group_adapts_every_bs(repo: ModelRepository, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from training.cli import app
+    from training.data.site import write_site
+
+    data = tmp_path / "hall.h5"
+    write_site(data, "hall", toy_site(90, seed=8, drop=0.1))
+    result = CliRunner().invoke(
+        app,
+        [
+            "train", "site", "--data", str(data), "--env", "hall", "--site", "hall",
+            "--out", str(repo.root), "--mode", "head", "--epochs", "2", "--min-steps", "0",
+            "--head-warmup-steps", "2", "--quiet",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "bs2 validation" in result.stdout and "published" in result.stdout
+    manifest = repo.manifest("site", "hall")
+    assert manifest["base_stations"] == ["bs0", "bs1", "bs2"]
+    assert manifest["config"]["data"] == str(data) and manifest["config"]["env"] == "hall"
+    bad = CliRunner().invoke(
+        app,
+        ["train", "site", "--data", str(data), "--env", "nope", "--site", "x",
+         "--out", str(repo.root), "--quiet"],
+    )  # fmt: skip
+    assert bad.exit_code != 0 and "holds no environments" in bad.output
