@@ -21,9 +21,7 @@ LOCATE = {"authorization": f"Bearer {LOCATE_KEY}"}
 STATIONS = {"bs0": (11, (1.0, 2.0)), "bs1": (12, (3.0, 1.0)), "bs2": (13, (2.0, 5.0))}
 
 
-def test_one_input_per_bs(
-    repo: ModelRepository, start_server: Callable[..., Any]
-) -> None:
+def test_one_input_per_bs(repo: ModelRepository, start_server: Callable[..., Any]) -> None:
     publish_linear_multi_bs(repo, "hall", "nll", STATIONS)
     port = free_port()
     start_server(grpc_port=port)
