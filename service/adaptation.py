@@ -241,7 +241,17 @@ def prepare_h5(path: Path, env: str | None, limits: UploadLimits, directory: Pat
         raise _unreadable(exc, path) from None
     site_group = _site_group(path, envs, env)
     if site_group is not None:
-        return _prepare_site(path, site_group, limits, directory)
+        try:
+            return _prepare_site(path, site_group, limits, directory)
+        except InvalidInput as exc:
+            if env is not None:
+                raise
+            # Guessed, not asked for: say what else the upload could have meant.
+            raise InvalidInput(
+                f"upload holds {len(envs)} environments that do not join as the base "
+                f"stations of one site ({exc.message}); name one with the 'env' field",
+                {"environments": envs, "site": exc.detail},
+            ) from None
     if env is None:
         if len(envs) != 1:
             raise InvalidInput(
