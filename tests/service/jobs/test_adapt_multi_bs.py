@@ -94,7 +94,18 @@ def test_bad_multi_bs_uploads_are_422(tmp_path: Path) -> None:
         d = st.data.subset(slice(None))
         d.pos = d.pos + (0.5 if bs == "bs2" else 0.0)
         write_environment(moved_path, f"g/{bs}", d, st.meta)
+    two_labs = tmp_path / "labs.h5"  # one-BS scenes side by side: not one site
+    for k, bs in enumerate(("lab-a", "lab-b")):
+        d = toy_site(30, seed=10 + k, stations={"x": (0.0, 0.0)}, drop=0.0).station("x")
+        write_environment(two_labs, bs, d, moved.stations["bs0"].meta)
     with TestClient(create_app(_settings(tmp_path)), raise_server_exceptions=False) as c:
+        r = _upload(c, "hall", two_labs)
+        assert (
+            r.status_code == 422 and "name one with the 'env' field" in r.json()["error"]["message"]
+        )
+        r = _upload(c, "lab", two_labs, env="lab-a")  # naming one: a single-BS site
+        assert r.status_code == 202, r.text
+        assert wait_job(c, r.json()["job_id"], timeout=240)["state"] == "succeeded"
         r = _upload(c, "hall", few_path)
         assert r.status_code == 422 and "base station 'bs1' has 5" in r.json()["error"]["message"]
         r = _upload(c, "hall", moved_path, env="g")
