@@ -120,3 +120,18 @@ def test_site_detail_lists_base_stations(multi: ModelRepository, client: TestCli
     assert body["base_stations"] == ["bs0", "bs1", "bs2"]
     assert set(body["versions"][0]["metrics"]["bs"]) == {"bs0", "bs1", "bs2"}
     assert client.get("/sites/lab-nll", headers=ADMIN).json()["base_stations"] is None
+
+
+def test_tracking_takes_the_fused_covariance(multi: ModelRepository, client: TestClient) -> None:
+    csi = {"bs0": csi_batch(1, seed=1), "bs1": csi_batch(1, seed=2)}
+    body = {"site": "hall", "csi": {k: v[0].tolist() for k, v in csi.items()}}
+    r = _post(client, {**body, "ue": "tag-1", "timestamp": 10.0})
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    track, fused = answer["track"], answer["positions"][0]
+    assert track["reset"] == "new" and track["measurement_noise"] == "predicted"
+    assert np.allclose([track["x"], track["y"]], [fused["x"], fused["y"]], atol=1e-4)
+    assert np.allclose(track["cov"], fused["cov"], rtol=1e-4)  # the fused 2x2 as noise
+    two = {"site": "hall", "csi": {"bs0": csi_batch(2).tolist()}, "ue": "tag-1"}
+    r = _post(client, two)
+    assert r.status_code == 422 and "one fingerprint per base station" in r.text
