@@ -8,6 +8,11 @@ a 422 that names the dataset; the sample count and the decoded size are capped (
 from the shapes alone. The data are then read, validated and copied in small batches
 into a compressed HDF5 file for the job, so the peak memory does not grow with the
 upload (a 1.4 MB gzip file can hold 200k fingerprints, 1.3 GB decoded).
+
+A multi-BS upload (`training.data.site`) is one file whose environments are the base
+stations of the site: the environments directly inside one group, each with a
+`sample_id`, or any group named by the `env` field. It is joined, checked and written
+as the group `JOB_SITE_GROUP` of the job's file; the job then adapts one model per BS.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from training.data.fingerprints import (
     list_environments,
 )
 from training.data.schema import SchemaError
+from training.data.site import SiteFingerprints, has_sample_ids, read_site, site_groups, write_site
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -46,6 +52,8 @@ if TYPE_CHECKING:
 
 JOB_DATA_ENV = "data"
 """The environment (group) name of a job's training data file."""
+JOB_SITE_GROUP = "site"
+"""The group of a multi-BS job's data file: one environment per base station inside it."""
 
 _ALLOWED_FILTERS = {
     h5py.h5z.FILTER_DEFLATE: "gzip",
@@ -188,7 +196,7 @@ def _check_size(lazy: LazyEnvironment, env: str, limits: UploadLimits) -> None:
         )
     decoded = 0
     group = lazy._handle()[env]
-    for name in ("csi", "pos", "los", "snr_db"):
+    for name in ("csi", "pos", "los", "snr_db", "sample_id"):
         if name in group:
             dset = group[name]
             decoded += math.prod(dset.shape) * dset.dtype.itemsize
@@ -231,10 +239,24 @@ def prepare_h5(path: Path, env: str | None, limits: UploadLimits, directory: Pat
         raise _schema_error(exc, "upload") from None
     except (OSError, ValueError, KeyError, RuntimeError, UnicodeDecodeError) as exc:
         raise _unreadable(exc, path) from None
+    site_group = _site_group(path, envs, env)
+    if site_group is not None:
+        try:
+            return _prepare_site(path, site_group, limits, directory)
+        except InvalidInput as exc:
+            if env is not None:
+                raise
+            # Guessed, not asked for: say what else the upload could have meant.
+            raise InvalidInput(
+                f"upload holds {len(envs)} environments that do not join as the base "
+                f"stations of one site ({exc.message}); name one with the 'env' field",
+                {"environments": envs, "site": exc.detail},
+            ) from None
     if env is None:
         if len(envs) != 1:
             raise InvalidInput(
-                f"upload holds {len(envs)} environments; name one with the 'env' field",
+                f"upload holds {len(envs)} environments; name one with the 'env' field "
+                "(or give each a sample_id to upload them as the base stations of one site)",
                 {"environments": envs},
             )
         env = envs[0]
@@ -261,6 +283,81 @@ def prepare_h5(path: Path, env: str | None, limits: UploadLimits, directory: Pat
     except (OSError, ValueError, KeyError, RuntimeError, UnicodeDecodeError) as exc:
         out.unlink(missing_ok=True)
         raise _unreadable(exc, path, dataset) from None
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+
+
+def _site_group(path: Path, envs: list[str], env: str | None) -> str | None:
+    """The group whose environments are a multi-BS upload's base stations, or None.
+
+    `env` naming a group (not an environment) that holds environments picks it; with no
+    `env`, a file whose environments (two or more, each with a `sample_id`) all sit in
+    one group is a multi-BS upload. Anything else is a single-BS upload, as before.
+    """
+    try:
+        groups = site_groups(path)
+        if env is not None:
+            key = env.strip("/")
+            return key if env not in envs and key in groups else None
+        if len(envs) >= 2 and len(groups) == 1 and has_sample_ids(path, envs):
+            return next(iter(groups))
+    except SchemaError as exc:
+        raise _schema_error(exc, "upload") from None
+    except (OSError, ValueError, KeyError, RuntimeError, UnicodeDecodeError) as exc:
+        raise _unreadable(exc, path) from None
+    return None
+
+
+def _prepare_site(path: Path, group: str, limits: UploadLimits, directory: Path) -> PreparedData:
+    """A multi-BS upload: size-checked per BS (summed), joined, written as `JOB_SITE_GROUP`."""
+    envs = site_groups(path)[group]
+    rows = 0
+    decoded = 0
+    with h5py.File(path, "r") as f:
+        for env in envs:
+            for name in ("csi", "pos", "los", "snr_db", "sample_id"):
+                node = f[env].get(name)
+                if isinstance(node, h5py.Dataset):
+                    decoded += math.prod(node.shape) * node.dtype.itemsize
+                    rows = rows + int(node.shape[0]) if name == "csi" and node.ndim else rows
+    if rows > limits.max_samples:
+        raise PayloadTooLarge(
+            f"upload holds {rows} fingerprints; at most {limits.max_samples} are accepted",
+            {"max_samples": limits.max_samples, "got": rows},
+        )
+    if decoded > limits.max_decoded_bytes:
+        raise PayloadTooLarge(
+            f"upload decodes to {decoded} bytes; at most {limits.max_decoded_bytes} are accepted",
+            {"max_decoded_bytes": limits.max_decoded_bytes, "got": decoded},
+        )
+    out = _new_data_file(directory)
+    try:
+        site = read_site(path, group)
+        for bs in site.bs_ids:
+            if len(site.station(bs)) < limits.min_samples:
+                raise InvalidInput(
+                    f"base station {bs!r} has {len(site.station(bs))} labelled fingerprints; "
+                    f"adaptation needs at least {limits.min_samples} per base station",
+                    {"bs": bs, "min_samples": limits.min_samples, "got": len(site.station(bs))},
+                )
+        if len(site) < limits.min_samples:
+            raise InvalidInput(
+                f"{len(site)} labelled positions; adaptation needs at least {limits.min_samples}",
+                {"min_samples": limits.min_samples, "got": len(site)},
+            )
+        with _storage_errors():
+            write_site(out, JOB_SITE_GROUP, site)
+        return PreparedData(out, len(site))
+    except SchemaError as exc:
+        out.unlink(missing_ok=True)
+        raise _schema_error(exc, "upload") from None
+    except ServiceError:
+        out.unlink(missing_ok=True)
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError, UnicodeDecodeError) as exc:
+        out.unlink(missing_ok=True)
+        raise _unreadable(exc, path, group) from None
     except BaseException:
         out.unlink(missing_ok=True)
         raise
@@ -315,8 +412,11 @@ def prepare_json(
     return PreparedData(out, n), parsed
 
 
-def load_job_data(path: Path) -> Fingerprints:
-    """A job's training data (written by `prepare_h5` / `prepare_json`), in memory."""
+def load_job_data(path: Path) -> Fingerprints | SiteFingerprints:
+    """A job's training data (written by `prepare_h5` / `prepare_json`), in memory: a
+    `SiteFingerprints` for a multi-BS upload."""
+    if JOB_SITE_GROUP in site_groups(path):
+        return read_site(path, JOB_SITE_GROUP)
     with LazyEnvironment(path, JOB_DATA_ENV) as lazy:
         return lazy.read(slice(None))
 

@@ -55,6 +55,7 @@ def _version_summary(repo: ModelRepository, site: str, version: str) -> dict[str
         "parent": m.get("parent"),
         "metrics": m.get("metrics", {}),
         "data_fingerprint": m.get("data_fingerprint"),
+        "base_stations": m.get("base_stations"),
         # How the version was trained: the asked mode, what `auto` chose and why, every
         # candidate's validation score, and whether the run was degenerate.
         "training": {k: config.get(k) for k in _TRAINING_KEYS if k in config},
@@ -116,6 +117,7 @@ class Catalog:
             "active_version": active,
             "serving_version": s.version if s else None,
             "sigma_available": s.has_sigma if s else None,
+            "base_stations": list(s.base_stations) if s and s.multi_bs else None,
             "versions": [_version_summary(self.repo, site, v) for v in versions],
         }
 

@@ -3,6 +3,10 @@
 Each transport unpacks its own framing (JSON + binary extension, or protobuf) and hands
 the pieces here: which site version, the one input tensor, the outputs asked for. The
 checks and their 4xx answers are the same whichever way a request came in.
+
+A multi-BS site takes one input per base station, named ``csi_<bs>`` (any non-empty
+subset, the same batch size each), and answers the fused `position`, its marginal
+`sigma` and the full `covariance` FP32 [B,2,2].
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ from typing import Any
 import numpy as np
 
 from service.errors import InvalidInput, PayloadTooLarge, SiteNotFound
-from service.positioning import CSI_SHAPE, Prediction, as_csi_batch
+from service.positioning import CSI_SHAPE, FusedPrediction, Prediction, as_csi_batch
 from service.store import ModelStore, ServedSite
 
 INPUT = "csi"
+BS_INPUT_PREFIX = "csi_"
+"""A multi-BS site's inputs: ``csi_<bs id>``, one per base station."""
+FUSED_OUTPUTS = ["position", "sigma", "covariance"]
 DTYPES: dict[str, type[np.floating[Any]]] = {
     "FP32": np.float32,
     "FP64": np.float64,
@@ -45,20 +52,52 @@ def served(store: ModelStore, site: str, version: str | None = None) -> ServedSi
 
 
 def output_names(model: ServedSite) -> list[str]:
+    if model.multi_bs:
+        return list(FUSED_OUTPUTS)
     return ["position", "sigma"] if model.has_sigma else ["position"]
 
 
+def input_names(model: ServedSite) -> list[str]:
+    """`csi`, or ``csi_<bs>`` per base station of a multi-BS site."""
+    if model.multi_bs:
+        return [BS_INPUT_PREFIX + bs for bs in model.base_stations]
+    return [INPUT]
+
+
+def input_bs(model: ServedSite, name: Any) -> str:
+    """The BS id of a multi-BS site's input tensor name; 422 for names the site lacks."""
+    names = input_names(model)
+    if not isinstance(name, str) or name not in names:
+        raise InvalidInput(
+            f"unknown input {name!r}", {"expected": f"any non-empty subset of {names}"}
+        )
+    return name[len(BS_INPUT_PREFIX) :]
+
+
 def model_metadata(model: ServedSite) -> dict[str, Any]:
-    """The model's V2 metadata: one FP32 input `csi`, outputs `position` (and `sigma`)."""
+    """The model's V2 metadata: one FP32 input `csi` (one per BS, ``csi_<bs>``, for a
+    multi-BS site), outputs `position` (and `sigma`; `covariance` when fused)."""
+    params: dict[str, Any] = {"loss": model.loss}
+    if model.multi_bs:
+        params["base_stations"] = list(model.base_stations)
+        params["inputs"] = "any non-empty subset, the same batch size each"
     return {
         "name": model.site,
         "versions": [model.version],
         "platform": "onnxruntime_onnx",
-        "inputs": [{"name": INPUT, "datatype": "FP32", "shape": [-1, *CSI_SHAPE]}],
-        "outputs": [
-            {"name": name, "datatype": "FP32", "shape": [-1, 2]} for name in output_names(model)
+        "inputs": [
+            {"name": name, "datatype": "FP32", "shape": [-1, *CSI_SHAPE]}
+            for name in input_names(model)
         ],
-        "parameters": {"loss": model.loss},
+        "outputs": [
+            {
+                "name": name,
+                "datatype": "FP32",
+                "shape": [-1, 2, 2] if name == "covariance" else [-1, 2],
+            }
+            for name in output_names(model)
+        ],
+        "parameters": params,
     }
 
 
@@ -79,6 +118,18 @@ def input_csi(
     """
     if name != INPUT:
         raise InvalidInput(f"unknown input {name!r}", {"expected": INPUT})
+    return input_tensor(datatype, shape, max_batch=max_batch, raw=raw, values=values)
+
+
+def input_tensor(
+    datatype: Any,
+    shape: Any,
+    *,
+    max_batch: int,
+    raw: bytes | None = None,
+    values: Any = None,
+) -> np.ndarray:
+    """`input_csi` without the name check (multi-BS inputs are checked by `input_bs`)."""
     dtype = DTYPES.get(datatype) if isinstance(datatype, str) else None
     if dtype is None:
         raise InvalidInput(f"unsupported datatype {datatype!r}", {"expected": sorted(DTYPES)})
@@ -127,7 +178,22 @@ def select_outputs(requested: Sequence[Any] | None, model: ServedSite) -> list[s
     return list(requested)
 
 
-def output_arrays(pred: Prediction, names: Sequence[str]) -> list[tuple[str, np.ndarray]]:
-    """(name, little-endian float32 [B,2]) for each output asked for."""
-    arrays = {"position": pred.position, "sigma": pred.sigma}
+def same_batch(per_bs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """422 unless the inputs of a multi-BS request have one batch size."""
+    sizes = {bs: int(arr.shape[0]) for bs, arr in per_bs.items()}
+    if len(set(sizes.values())) > 1:
+        raise InvalidInput(
+            "every base station's input needs the same batch size (one row per UE)",
+            {"batch_sizes": sizes},
+        )
+    return per_bs
+
+
+def output_arrays(
+    pred: Prediction | FusedPrediction, names: Sequence[str]
+) -> list[tuple[str, np.ndarray]]:
+    """(name, little-endian float32 [B,2], or [B,2,2] for `covariance`) per output asked for."""
+    arrays: dict[str, np.ndarray | None] = {"position": pred.position, "sigma": pred.sigma}
+    if isinstance(pred, FusedPrediction):
+        arrays["covariance"] = pred.cov
     return [(name, np.ascontiguousarray(arrays[name], dtype="<f4")) for name in names]

@@ -3,6 +3,11 @@
 `/locate`, KServe V2 over HTTP and over gRPC are thin transports over `Positioner.locate`,
 which, with dynamic batching on (`batching_max_batch` > 0), coalesces concurrent requests
 for a site into one model call (service/batching.py).
+
+A multi-BS site answers `Positioner.locate_bs`: CSI per base station for the same UEs
+(any non-empty subset of the site's BSs), one model call per BS present, and the
+estimates fused by product of Gaussians (`training.fusion`) into one position with a
+full 2x2 covariance. Those requests bypass the batcher: they already batch per BS.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import numpy as np
 from service import metrics
 from service.batching import Batcher
 from service.errors import InvalidInput, PayloadTooLarge
-from service.store import ModelStore
+from service.store import ModelStore, ServedSite
+from training import fusion
 
 CSI_SHAPE = (8, 103, 2)
 
@@ -47,6 +53,72 @@ class Prediction:
         novelty = None if self.novelty is None else self.novelty[start:stop]
         return Prediction(
             self.site, self.version, self.loss, self.position[start:stop], sigma, novelty
+        )
+
+
+@dataclass(frozen=True)
+class FusedPrediction:
+    """One batch of UEs of a multi-BS site: per-BS estimates and their fusion (metres).
+
+    `cov` is the fused 2x2 covariance per UE, inflation included; `sigma_source` says
+    where the per-BS sigmas came from (`predicted`, or `validation_rmse` for MSE models).
+    """
+
+    site: str
+    version: str
+    loss: str
+    per_bs: dict[str, Prediction]
+    position: np.ndarray  # [B, 2]
+    cov: np.ndarray  # [B, 2, 2]
+    sigma_source: str
+    inflation: float
+
+    @property
+    def sigma(self) -> np.ndarray:
+        """The fused marginal 1-sigma per axis, [B, 2]."""
+        sigma: np.ndarray = np.sqrt(np.diagonal(self.cov, axis1=1, axis2=2))
+        return sigma
+
+
+def as_csi_per_bs(values: Any, max_batch: int) -> dict[str, np.ndarray]:
+    """{bs id: float32 [B,8,103,2]} from a JSON object of per-BS CSI, validated: at least
+    one BS, the same B for every BS present."""
+    if not isinstance(values, dict) or not values:
+        raise InvalidInput(
+            "csi per base station must be a non-empty object {bs id: [8][103][2] or "
+            "[B][8][103][2]}",
+            {"got": type(values).__name__ if values != {} else "{}"},
+        )
+    out: dict[str, np.ndarray] = {}
+    for bs, raw in values.items():
+        try:
+            out[bs] = as_csi_batch(raw, max_batch)
+        except InvalidInput as exc:
+            detail = exc.detail if isinstance(exc.detail, dict) else {"detail": exc.detail}
+            raise InvalidInput(
+                f"base station {bs!r}: {exc.message}", {"bs": bs, **detail}
+            ) from None
+    sizes = {bs: int(arr.shape[0]) for bs, arr in out.items()}
+    if len(set(sizes.values())) > 1:
+        raise InvalidInput(
+            "every base station needs the same number of fingerprints (one per UE)",
+            {"batch_sizes": sizes},
+        )
+    return out
+
+
+def check_base_stations(served: ServedSite, csi: dict[str, np.ndarray]) -> None:
+    """422 unless the site has several BSs and knows every BS id of the request."""
+    if not served.multi_bs:
+        raise InvalidInput(
+            f"site {served.site!r} has one base station; send csi as one array",
+            {"expected": "[8][103][2] or [B][8][103][2]"},
+        )
+    unknown = sorted(set(csi) - set(served.base_stations))
+    if unknown:
+        raise InvalidInput(
+            f"unknown base station(s) {unknown} for site {served.site!r}",
+            {"unknown": unknown, "base_stations": list(served.base_stations)},
         )
 
 
@@ -131,7 +203,13 @@ class Positioner:
 
     async def locate(self, site: str, csi: np.ndarray) -> Prediction:
         """Predict positions for a validated [B,8,103,2] batch."""
-        self.store.get(site)  # unknown site: 404 now, not after queueing
+        served = self.store.get(site)  # unknown site: 404 now, not after queueing
+        if served.multi_bs:
+            raise InvalidInput(
+                f"site {site!r} has {len(served.base_stations)} base stations; send csi per "
+                'base station, e.g. {"csi": {"' + served.base_stations[0] + '": [...]}}',
+                {"base_stations": list(served.base_stations)},
+            )
         batcher = self._batcher
         if batcher is None:
             return await self._infer(site, csi, inline=csi.shape[0] <= self.INLINE_ROWS)
@@ -163,6 +241,53 @@ class Positioner:
                 hx.observe(sx)
                 hy.observe(sy)
         return Prediction(site, served.version, served.loss, position, sigma, novelty)
+
+    async def locate_bs(self, site: str, csi: dict[str, np.ndarray]) -> FusedPrediction:
+        """Fused positions for CSI per base station (validated by `as_csi_per_bs`)."""
+        served = self.store.get(site)
+        check_base_stations(served, csi)
+        start = time.perf_counter()
+        rows = next(iter(csi.values())).shape[0]
+        order = [bs for bs in served.base_stations if bs in csi]
+        if rows * len(order) <= self.INLINE_ROWS:
+            results = [served.predict_bs(bs, csi[bs]) for bs in order]
+        else:
+            loop = asyncio.get_running_loop()
+            futures = [
+                loop.run_in_executor(self._pool, served.predict_bs, bs, csi[bs]) for bs in order
+            ]
+            results = list(await asyncio.gather(*futures))
+        per_bs: dict[str, Prediction] = {}
+        means = np.zeros((len(order), rows, 2))
+        covs = np.zeros((len(order), rows, 2, 2))
+        for k, (bs, (position, sigma)) in enumerate(zip(order, results, strict=True)):
+            per_bs[bs] = Prediction(site, served.version, served.loss, position, sigma)
+            means[k] = position
+            sig = sigma if sigma is not None else np.tile(served.bs_rmse[bs], (rows, 1))
+            covs[k] = fusion.diag_cov(sig)
+        mean, cov = fusion.fuse(means, covs)
+        cov = cov * served.inflation
+        fused = FusedPrediction(
+            site,
+            served.version,
+            served.loss,
+            per_bs,
+            mean.astype(np.float32),
+            cov,
+            "predicted" if served.has_sigma else "validation_rmse",
+            served.inflation,
+        )
+        elapsed = time.perf_counter() - start
+        label = metrics.site_label(site, self.store.knows)
+        metrics.INFERENCE_DURATION.labels(label).observe(elapsed)
+        metrics.INFERENCE_BATCH.labels(label).observe(rows)
+        metrics.PREDICTIONS.labels(label).inc(rows)
+        hx = metrics.PREDICTED_SIGMA.labels(label, "x")
+        hy = metrics.PREDICTED_SIGMA.labels(label, "y")
+        for sx, sy in fused.sigma.tolist():
+            hx.observe(sx)
+            hy.observe(sy)
+        return fused
 
     async def aclose(self) -> None:
         """Stop batching (queued callers are cancelled) and the inference pool."""

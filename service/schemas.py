@@ -50,6 +50,24 @@ class Ellipse(_Open):
     k: float
 
 
+class RotatedEllipse(_Open):
+    """The ellipse of a full covariance (multi-BS sites): major axis at `orientation_deg`
+    counter-clockwise from the x axis, in [0, 180)."""
+
+    semi_major: float
+    semi_minor: float
+    orientation_deg: float
+    confidence: float
+    k: float
+
+
+class BsEstimate(_Open):
+    x: float
+    y: float
+    sigma_x: float | None
+    sigma_y: float | None
+
+
 class Position(_Open):
     x: float
     y: float
@@ -67,7 +85,13 @@ class Position(_Open):
         "the site's training features over the site's calibrated threshold (above 1: "
         "out of site); null without a detector.",
     )
-    ellipse: Ellipse | None = None
+    ellipse: Ellipse | RotatedEllipse | None = None
+    cov: list[list[float]] | None = Field(
+        None, description="Multi-BS sites: the fused 2x2 covariance (m^2)."
+    )
+    bs: dict[str, BsEstimate] | None = Field(
+        None, description="Multi-BS sites: each present base station's own estimate."
+    )
 
 
 class Track(_Open):
@@ -100,6 +124,10 @@ class LocateResponse(_Open):
     positions: list[Position]
     note: str | None = None
     track: Track | None = None
+    base_stations: list[str] | None = Field(
+        None, description="Multi-BS sites: the base stations fused, in the site's order."
+    )
+    fusion: dict[str, Any] | None = None
 
 
 class SiteSummary(_Open):
@@ -124,6 +152,9 @@ class SiteDetail(_Open):
     serving_version: str | None
     sigma_available: bool | None
     versions: list[VersionSummary]
+    base_stations: list[str] | None = Field(
+        None, description="Multi-BS sites: the served version's base stations."
+    )
 
 
 class JobView(_Open):

@@ -6,6 +6,11 @@ model. A watcher thread polls the active pointers; when a site's active version
 changes, the new session is loaded *beside* the old one and swapped in under a lock,
 so requests never see a missing site while it is being replaced. A site whose active
 version exists but is not loaded here yet answers 503 "loading", not 404.
+
+A multi-BS site version (its manifest lists `base_stations`) has one `model.<bs>.onnx`
+per base station; `ServedSite` then holds one session per BS (`predict_bs`) and what
+fusion needs from the manifest: each BS's validation RMSE (the sigma of MSE models) and
+the covariance inflation fitted on validation.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import onnxruntime as ort
 
 from service import metrics
 from service.errors import InvalidInput, SiteLoading, SiteNotFound, Unavailable
+from training.fusion import sigma_from_rmse
 from training.novelty import FILE as NOVELTY_FILE
 from training.novelty import SINGLE_HEAD, NoveltyModel, inflate_sigma, read_novelty
 from training.repository import NAME_PATTERN as SITE_ID
@@ -58,7 +64,14 @@ class ServedSite:
     manifest: dict[str, Any] = field(default_factory=dict)
     novelty: NoveltyModel | None = None
     """Out-of-site detector (`training.novelty`); None for versions published without one."""
+    base_stations: tuple[str, ...] = ()
+    """Empty for a single-BS site; else the BS ids, in the manifest's order."""
+    bs_rmse: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Validation RMSE per axis of each BS's model (multi-BS sites)."""
+    inflation: float = 1.0
+    """Covariance inflation of the fused estimate, fitted on validation (multi-BS sites)."""
     _session: ort.InferenceSession | None = None
+    _sessions: dict[str, ort.InferenceSession] = field(default_factory=dict)
 
     @property
     def has_sigma(self) -> bool:
@@ -66,26 +79,38 @@ class ServedSite:
 
     @property
     def loaded(self) -> bool:
-        return self._session is not None
+        return self._session is not None or bool(self._sessions)
 
-    def load(self) -> ServedSite:
-        """Open the ONNX session and check that it honours the site-model contract."""
+    @property
+    def multi_bs(self) -> bool:
+        return bool(self.base_stations)
+
+    def _open(self, name: str) -> tuple[ort.InferenceSession, tuple[str, ...]]:
+        """One ONNX session, checked against the site-model contract."""
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.intra_op_threads
         opts.inter_op_num_threads = 1
         session = ort.InferenceSession(
-            str(self.path / "model.onnx"), opts, providers=["CPUExecutionProvider"]
+            str(self.path / name), opts, providers=["CPUExecutionProvider"]
         )
         inputs = [i.name for i in session.get_inputs()]
         outputs = tuple(o.name for o in session.get_outputs())
         if inputs != [INPUT_NAME] or "position" not in outputs:
             raise ValueError(
-                f"{self.path / 'model.onnx'}: expected input 'csi' and output 'position', "
+                f"{self.path / name}: expected input 'csi' and output 'position', "
                 f"found inputs {inputs} and outputs {list(outputs)}"
             )
-        meta = session.get_modelmeta().custom_metadata_map
+        return session, outputs
+
+    def load(self) -> ServedSite:
+        """Open the ONNX session(s) and check that they honour the site-model contract."""
         manifest_file = self.path / "manifest.json"
         self.manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
+        stations = self.manifest.get("base_stations") or []
+        if stations:
+            return self._load_stations([str(bs) for bs in stations])
+        session, outputs = self._open("model.onnx")
+        meta = session.get_modelmeta().custom_metadata_map
         self.outputs = outputs
         self.loss = str(meta.get("csipos.loss") or self.manifest.get("loss") or "mse")
         self.novelty = self._load_novelty()
@@ -106,6 +131,42 @@ class ServedSite:
             return None
         return model[SINGLE_HEAD]
 
+    def _load_stations(self, stations: list[str]) -> ServedSite:
+        sessions: dict[str, ort.InferenceSession] = {}
+        outputs: set[tuple[str, ...]] = set()
+        for bs in stations:
+            session, outs = self._open(f"model.{bs}.onnx")
+            sessions[bs] = session
+            outputs.add(outs)
+        if len(outputs) != 1:
+            raise ValueError(f"{self.path}: the base stations' models differ in their outputs")
+        self.outputs = outputs.pop()
+        self.loss = str(self.manifest.get("loss") or "mse")
+        metrics = self.manifest.get("metrics") or {}
+        per_bs = metrics.get("bs") or {}
+        for bs in stations:
+            sigma = sigma_from_rmse(per_bs.get(bs) or {})
+            if sigma is None and "sigma" not in self.outputs:
+                raise ValueError(f"{self.path}: MSE model of {bs!r} has no validation rmse_x/y")
+            if sigma is not None:
+                self.bs_rmse[bs] = sigma
+        inflation = (metrics.get("fusion") or {}).get("inflation", 1.0)
+        self.inflation = float(inflation) if isinstance(inflation, int | float) else 1.0
+        self.base_stations = tuple(stations)
+        self._sessions = sessions
+        return self
+
+    def predict_bs(self, bs: str, csi: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """`predict` with base station `bs`'s model of a multi-BS site."""
+        session = self._sessions.get(bs)
+        if session is None:
+            raise Unavailable(f"site {self.site!r} version {self.version} has no model for {bs!r}")
+        names = ["position", "sigma"] if self.has_sigma else ["position"]
+        result = session.run(names, {INPUT_NAME: csi})
+        position = np.asarray(result[0], dtype=np.float32)
+        sigma = np.asarray(result[1], dtype=np.float32) if self.has_sigma else None
+        return position, sigma
+
     def predict(self, csi: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Positions [B,2] and sigma [B,2] (None for MSE models) in metres, one batch."""
         position, sigma, _ = self.predict_scored(csi)
@@ -120,6 +181,12 @@ class ServedSite:
         model's own sigma means nothing there (docs/architecture.md, "Out-of-site")."""
         session = self._session
         if session is None:
+            if self._sessions:
+                raise InvalidInput(
+                    f"site {self.site!r} has {len(self._sessions)} base stations; send csi per "
+                    "base station",
+                    {"base_stations": list(self._sessions)},
+                )
             raise Unavailable(f"site {self.site!r} version {self.version} is not loaded")
         novelty = self.novelty
         names = ["position", "sigma"] if self.has_sigma else ["position"]
@@ -136,8 +203,9 @@ class ServedSite:
         return position, sigma, score
 
     def unload(self) -> None:
-        """Drop the session; in-flight `predict` calls keep their own reference."""
+        """Drop the session(s); in-flight `predict` calls keep their own reference."""
         self._session = None
+        self._sessions = {}
 
 
 def _forget_info(old: ServedSite) -> None:

@@ -176,17 +176,77 @@ def save_site_model(
     )
 
 
+def site_model_files(bs: str | None) -> tuple[str, str, str]:
+    """(ONNX, head, backbone) file names of a site version: one set per BS of a multi-BS site."""
+    if bs is None:
+        return "model.onnx", "head.pt", "backbone.pt"
+    return f"model.{bs}.onnx", f"head.{bs}.pt", f"backbone.{bs}.pt"
+
+
+def save_multi_bs_site_model(
+    repo: ModelRepository,
+    site: str,
+    models: Mapping[str, SiteModel],
+    *,
+    parent: tuple[str, str] | None,
+    config: Mapping[str, Any] | None = None,
+    data_fingerprint: str | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    activate: bool = True,
+) -> str:
+    """Publish one model per base station as one version of ``site`` (files per
+    `site_model_files`); the manifest lists the BSs in order. Every model has one loss."""
+    losses = {m.loss for m in models.values()}
+    if len(losses) != 1:
+        raise ValueError(f"the base stations' models must share one loss, got {sorted(losses)}")
+    backbone_ref = _parent_ref(parent)
+    ckpts = {
+        bs: (_checkpoint(m.head.config, m.head), _checkpoint(m.backbone.config, m.backbone))
+        for bs, m in models.items()
+    }
+
+    def write(directory: Path, version: str) -> None:
+        for bs, model in models.items():
+            onnx_name, head_name, backbone_name = site_model_files(bs)
+            export_site_model(
+                model, directory / onnx_name, site=site, version=version, backbone_ref=backbone_ref
+            )
+            _save_pt(ckpts[bs][0], directory / head_name)
+            _save_pt(ckpts[bs][1], directory / backbone_name)
+
+    return repo.publish_site(
+        site,
+        write,
+        loss=losses.pop(),
+        parent=parent,
+        config=config,
+        data_fingerprint=data_fingerprint,
+        metrics=metrics,
+        activate=activate,
+        base_stations=list(models),
+    )
+
+
 def load_site_model(
     repo: ModelRepository,
     site: str,
     version: str | None = None,
     *,
     map_location: str | torch.device = "cpu",
+    bs: str | None = None,
 ) -> SiteModel:
-    """The site model of ``site`` at ``version`` (the active one when None), in eval mode."""
+    """The site model of ``site`` at ``version`` (the active one when None), in eval mode;
+    ``bs`` picks one base station's model of a multi-BS site."""
     vdir = repo.path("site", site, version)
-    head_obj = _load_pt(vdir / "head.pt", map_location)
-    backbone_obj = _load_pt(vdir / "backbone.pt", map_location)
+    _, head_name, backbone_name = site_model_files(bs)
+    if bs is None and not (vdir / head_name).exists():
+        stations = repo.manifest("site", site, version).get("base_stations")
+        if stations:
+            raise RepositoryError(
+                f"site {site} {vdir.name} has one model per base station {stations}; name one"
+            )
+    head_obj = _load_pt(vdir / head_name, map_location)
+    backbone_obj = _load_pt(vdir / backbone_name, map_location)
     try:
         head = Head(HeadConfig(**head_obj["config"]))
     except (KeyError, TypeError, ValueError) as exc:
@@ -195,8 +255,8 @@ def load_site_model(
         backbone = Backbone(BackboneConfig(**backbone_obj["config"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise RepositoryError(f"{vdir / 'backbone.pt'}: bad backbone config: {exc}") from exc
-    _restore(head, head_obj, vdir / "head.pt")
-    _restore(backbone, backbone_obj, vdir / "backbone.pt")
+    _restore(head, head_obj, vdir / head_name)
+    _restore(backbone, backbone_obj, vdir / backbone_name)
     return SiteModel(backbone, head).eval()
 
 

@@ -5,6 +5,9 @@ Layout (docs/architecture.md, "Model repository")::
     <root>/backbones/<name>/versions/v<N>/{backbone.pt, manifest.json}
     <root>/backbones/<name>/active.json
     <root>/sites/<site>/versions/v<N>/{model.onnx, head.pt, backbone.pt, manifest.json}
+    <root>/sites/<site>/versions/v<N>/{model.<bs>.onnx, head.<bs>.pt, backbone.<bs>.pt, ...}
+                                           a multi-BS site: one model per base station,
+                                           listed in the manifest's ``base_stations``
     <root>/sites/<site>/active.json        {"version": "v<N>", "updated": ISO time}
     <root>/repository.json                 {"default_backbone": name}  (optional)
     <root>/.locks/<kind>-<name>.lock       per-name publish lock (fcntl.flock)
@@ -32,7 +35,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -416,10 +419,16 @@ class ModelRepository:
         data_fingerprint: str | None = None,
         metrics: Mapping[str, Any] | None = None,
         activate: bool = True,
+        base_stations: Sequence[str] | None = None,
     ) -> str:
-        """Publish a new site version; ``parent`` is the (backbone, version) it was trained from."""
+        """Publish a new site version; ``parent`` is the (backbone, version) it was trained from.
+
+        ``base_stations`` (a multi-BS site) goes into the manifest: the service then loads
+        ``model.<bs>.onnx`` per BS instead of ``model.onnx``.
+        """
+        extra = None if base_stations is None else {"base_stations": list(base_stations)}
         return self._publish(
-            "site", site, files, loss, config, data_fingerprint, metrics, parent, activate
+            "site", site, files, loss, config, data_fingerprint, metrics, parent, activate, extra
         )
 
     def _publish(
@@ -433,6 +442,7 @@ class ModelRepository:
         metrics: Mapping[str, Any] | None,
         parent: tuple[str, str] | None,
         activate: bool,
+        extra: Mapping[str, Any] | None = None,
     ) -> str:
         name_dir = self._name_dir(kind, name)
         if loss not in ("mse", "nll"):
@@ -477,6 +487,7 @@ class ModelRepository:
                     "metrics": metrics_entry,
                     "files": described,
                     "csipos_version": csipos_version(),
+                    **_json_safe(extra, "manifest"),
                 }
                 text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
                 _write_file_synced(tmp / MANIFEST, text.encode())

@@ -49,6 +49,7 @@ from training.config import (
     check_mode,
 )
 from training.data.fingerprints import Fingerprints, data_fingerprint
+from training.data.site import SiteFingerprints
 from training.data.splits import fraction_subset, split_train_val, train_val_test
 from training.fit import FitReport, Phase, PhaseReport, ProgressFn, Task, fit, predict
 from training.meml import RETRY_SEED_OFFSET, SourceData, train_sources
@@ -469,7 +470,7 @@ class AdaptResult:
 def adapt_site(
     repo: ModelRepository,
     site: str,
-    data: Fingerprints,
+    data: Fingerprints | SiteFingerprints,
     *,
     backbone: str | None = None,
     mode: TargetMode = DEFAULT_TARGET_MODE,
@@ -502,13 +503,39 @@ def adapt_site(
     (`training.novelty`: feature mean and covariance on the train split, threshold at
     ``novelty_false_alarm`` on the validation split) is published with the model;
     ``metrics["novelty"]`` summarises it (and its false-alarm rate on the test set).
+
+    ``data`` may be a `SiteFingerprints` (a multi-BS upload): with two or more base
+    stations each gets its own model, trained the same way on one split of the
+    positions (`training.multibs`); with one it is that BS's fingerprints.
     """
     t0 = time.perf_counter()
     check_name(site, "site id")
     mode = check_mode(mode)
     loss = check_loss_name(loss)
-    data.validate(group=site)
     cfg = (config or TrainConfig()).replace(loss=loss, seed=seed, val_fraction=val_fraction)
+    if isinstance(data, SiteFingerprints):
+        if len(data.stations) > 1:
+            from training.multibs import adapt_multi_bs_site
+
+            return adapt_multi_bs_site(
+                repo,
+                site,
+                data,
+                cfg=cfg,
+                mode=mode,
+                backbone=backbone,
+                activate=activate,
+                progress=progress,
+                quiet=quiet,
+                scratch=scratch,
+                holdout=holdout,
+                fraction=fraction,
+                source_repo=source_repo,
+                backbone_config=backbone_config,
+                extra=extra,
+            )
+        data = next(iter(data.stations.values())).data
+    data.validate(group=site)
     pool, test_data = holdout_split(data, holdout, fraction, seed)
     train, val = split_train_val(pool, cfg.val_fraction, cfg.seed)
 

@@ -27,7 +27,7 @@ from service.deps import check_bearer
 from service.errors import InvalidInput, ServiceError, SiteNotFound
 from service.grpc import inference_pb2 as pb
 from service.positioning import Positioner
-from service.store import ModelStore
+from service.store import ModelStore, ServedSite
 
 log = logging.getLogger("csipos.service.grpc")
 T = TypeVar("T")
@@ -168,6 +168,8 @@ class InferenceService:
     async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         site = request.model_name
         model = dataplane.served(self.store, site, request.model_version)
+        if model.multi_bs:
+            return await self._infer_per_bs(request, model)
         if len(request.inputs) != 1:
             raise InvalidInput(
                 "expected exactly one input tensor named 'csi'",
@@ -192,6 +194,38 @@ class InferenceService:
         )
         names = dataplane.select_outputs([o.name for o in request.outputs], model)
         pred = await self.positioner.locate(site, csi)
+        answer = pb.ModelInferResponse(model_name=site, model_version=pred.version, id=request.id)
+        for name, arr in dataplane.output_arrays(pred, names):
+            answer.outputs.add(name=name, datatype="FP32", shape=arr.shape)
+            answer.raw_output_contents.append(arr.tobytes())
+        return answer
+
+    async def _infer_per_bs(
+        self, request: pb.ModelInferRequest, model: ServedSite
+    ) -> pb.ModelInferResponse:
+        """A multi-BS site: one input per base station (`csi_<bs>`), fused outputs."""
+        site = request.model_name
+        raws = list(request.raw_input_contents)
+        if not request.inputs or (raws and len(raws) != len(request.inputs)):
+            raise InvalidInput(
+                "expected one input tensor per base station (any non-empty subset of "
+                f"{dataplane.input_names(model)}) and, if raw, one raw_input_contents entry each",
+                {"inputs": [t.name for t in request.inputs], "raw_input_contents": len(raws)},
+            )
+        per_bs = {}
+        for i, tensor in enumerate(request.inputs):
+            bs = dataplane.input_bs(model, tensor.name)
+            if bs in per_bs:
+                raise InvalidInput(f"input {tensor.name!r} given twice")
+            per_bs[bs] = dataplane.input_tensor(
+                tensor.datatype,
+                list(tensor.shape),
+                max_batch=self.settings.max_batch,
+                raw=raws[i] if raws else None,
+                values=None if raws else _values(tensor),
+            )
+        names = dataplane.select_outputs([o.name for o in request.outputs], model)
+        pred = await self.positioner.locate_bs(site, dataplane.same_batch(per_bs))
         answer = pb.ModelInferResponse(model_name=site, model_version=pred.version, id=request.id)
         for name, arr in dataplane.output_arrays(pred, names):
             answer.outputs.add(name=name, datatype="FP32", shape=arr.shape)

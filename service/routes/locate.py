@@ -4,6 +4,11 @@ The route takes only the `Request`: no dependency injection or query-parameter m
 (FastAPI runs those per request, about as long as the model), and it answers with orjson
 bytes rather than a dict for FastAPI to encode (bench/protocols.md has the profile). The
 parameters are documented in `_OPENAPI`.
+
+A multi-BS site takes `csi` as an object of per-BS CSI (`{"bs0": [...], "bs2": [...]}`,
+any non-empty subset of its base stations, the same batch size for each) and answers,
+per UE, the fused position with its 2x2 covariance and rotated ellipse, plus each BS's
+own estimate under `bs` (docs/architecture.md, "Multi-BS sites").
 """
 
 from __future__ import annotations
@@ -20,16 +25,27 @@ from service import metrics
 from service.config import Settings
 from service.deps import authorize
 from service.errors import BadRequest, InvalidInput, UnsupportedMediaType
-from service.positioning import Positioner, Prediction, as_csi_batch, ellipse
+from service.positioning import (
+    FusedPrediction,
+    Positioner,
+    Prediction,
+    as_csi_batch,
+    as_csi_per_bs,
+    ellipse,
+)
 from service.schemas import LocateResponse
 from service.tracking import UE_PATTERN, Tracker, check_timestamp, check_ue, measurement
 from service.uploads import parse_json, read_body
+from training import fusion
 from training.repository import NAME_PATTERN
 
 router = APIRouter(tags=["locate"])
 _INLINE_PARSE_BYTES = 64 * 1024
 SITE_PATTERN = NAME_PATTERN.pattern
 NPY_DTYPES = (np.dtype("<f4"), np.dtype(">f4"), np.dtype("<f8"), np.dtype(">f8"))
+
+FUSED_CONFIDENCE = 0.95
+"""Confidence of the fused ellipse when the request names none (multi-BS sites)."""
 
 NO_SIGMA_NOTE = (
     "this site's model was trained with MSE loss and predicts no uncertainty; "
@@ -79,7 +95,11 @@ _OPENAPI: dict[str, Any] = {
                     "required": ["site", "csi"],
                     "properties": {
                         "site": {"type": "string", "pattern": SITE_PATTERN},
-                        "csi": {"description": "[8][103][2] or [B][8][103][2] floats"},
+                        "csi": {
+                            "description": "[8][103][2] or [B][8][103][2] floats; for a "
+                            "multi-BS site an object {bs id: [8][103][2] or [B][8][103][2]} "
+                            "with any non-empty subset of its base stations"
+                        },
                         "ellipse_confidence": {
                             "type": "number",
                             "exclusiveMinimum": 0,
@@ -132,6 +152,52 @@ def positions_json(pred: Prediction, confidence: float | None) -> dict[str, Any]
     }
     if pred.sigma is None:
         body["note"] = NO_SIGMA_NOTE
+    return body
+
+
+def _estimate(x: float, y: float, sigma: list[float] | None) -> dict[str, Any]:
+    sx, sy = (sigma[0], sigma[1]) if sigma is not None else (None, None)
+    return {"x": x, "y": y, "sigma_x": sx, "sigma_y": sy}
+
+
+def fused_json(pred: FusedPrediction, confidence: float | None) -> dict[str, Any]:
+    """The /locate answer of a multi-BS site: per UE the fused position (x, y, marginal
+    sigmas, full `cov`, rotated `ellipse`) and each present BS's estimate under `bs`."""
+    conf = confidence if confidence is not None else FUSED_CONFIDENCE
+    per_bs = {
+        bs: (p.position.tolist(), p.sigma.tolist() if p.sigma is not None else None)
+        for bs, p in pred.per_bs.items()
+    }
+    sigma = pred.sigma.tolist()
+    out: list[dict[str, Any]] = []
+    for i, (x, y) in enumerate(pred.position.tolist()):
+        cov = pred.cov[i]
+        item = _estimate(x, y, sigma[i])
+        item["cov"] = cov.tolist()
+        item["ellipse"] = fusion.ellipse(cov, conf)
+        item["bs"] = {
+            bs: _estimate(pos[i][0], pos[i][1], None if sig is None else sig[i])
+            for bs, (pos, sig) in per_bs.items()
+        }
+        out.append(item)
+    body: dict[str, Any] = {
+        "site": pred.site,
+        "model_version": pred.version,
+        "loss": pred.loss,
+        "sigma_available": True,
+        "base_stations": list(pred.per_bs),
+        "fusion": {
+            "method": "product_of_gaussians",
+            "sigma_source": pred.sigma_source,
+            "inflation": pred.inflation,
+        },
+        "positions": out,
+    }
+    if pred.sigma_source == "validation_rmse":
+        body["note"] = (
+            "this site's models were trained with MSE loss: each base station's validation "
+            "RMSE stands in for its sigma in the fusion; per-BS sigma_x and sigma_y are null"
+        )
     return body
 
 
@@ -212,6 +278,22 @@ async def locate(request: Request) -> Response:
         stamp = None if stamp is None else check_timestamp(stamp)
     elif stamp is not None:
         raise InvalidInput("timestamp needs a ue id", {"expected": "'ue' with 'timestamp'"})
+    if isinstance(raw, dict):  # CSI per base station: a multi-BS site
+        if len(body) > _INLINE_PARSE_BYTES:
+            per_bs = await run_in_threadpool(as_csi_per_bs, raw, settings.max_batch)
+        else:
+            per_bs = as_csi_per_bs(raw, settings.max_batch)
+        rows = next(iter(per_bs.values())).shape[0]
+        if ue is not None and rows != 1:
+            raise InvalidInput(
+                "a tracked request (with ue) carries one fingerprint per base station",
+                {"got": rows, "expected": "[8,103,2] or [1,8,103,2] per base station"},
+            )
+        fused = await positioner.locate_bs(site, per_bs)
+        fused_answer = fused_json(fused, confidence)
+        if ue is not None:
+            fused_answer["track"] = await _track_fused(request, fused, ue, stamp)
+        return Response(orjson.dumps(fused_answer), media_type="application/json")
     # Big batches are parsed off the event loop so other requests keep flowing.
     if len(body) > _INLINE_PARSE_BYTES:
         csi = await run_in_threadpool(as_csi_batch, raw, settings.max_batch)
@@ -227,6 +309,19 @@ async def locate(request: Request) -> Response:
     if ue is not None:
         answer["track"] = await _track(request, settings, pred, ue, stamp)
     return Response(orjson.dumps(answer), media_type="application/json")
+
+
+async def _track_fused(
+    request: Request, fused: FusedPrediction, ue: str, stamp: float | None
+) -> dict[str, Any]:
+    """Feed the fused position and its full covariance (the measurement noise) to the
+    UE's track (multi-BS sites)."""
+    positioner: Positioner = request.app.state.positioner
+    tracker: Tracker = request.app.state.tracker
+    mean = fused.position[0].astype(np.float64)
+    noise = "predicted" if fused.sigma_source == "predicted" else "validation_me"
+    label = metrics.site_label(fused.site, positioner.store.knows)
+    return await tracker.update(fused.site, label, ue, stamp, mean, fused.cov[0], noise)
 
 
 async def _track(

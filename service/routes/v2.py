@@ -3,6 +3,10 @@
 Supports JSON tensors and the binary tensor extension: the request (and, when an output
 asks for `binary_data`, the response) is a JSON header of `Inference-Header-Content-Length`
 bytes followed by raw little-endian tensor bytes, so Triton/KServe clients work unchanged.
+
+A multi-BS site takes one input per base station (``csi_<bs>``; with the binary
+extension their bytes follow the header in input order) and answers the fused
+`position`, `sigma` and `covariance` (`service.dataplane`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from service.config import Settings
 from service.deps import LocateKey, Store, authorize
 from service.errors import BadRequest, InvalidInput, Unavailable
 from service.positioning import Positioner
+from service.store import ServedSite
 from service.uploads import parse_json, read_body
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
@@ -80,9 +85,56 @@ def _parameters(item: dict[str, Any], what: str) -> dict[str, Any]:
     return params
 
 
-def _parse(head: bytes, binary: bytes, max_batch: int) -> tuple[dict[str, Any], Any]:
-    """The request header and its validated `csi` batch (JSON data or binary extension)."""
+def _parse_per_bs(
+    doc: Any, binary: bytes, max_batch: int, served: ServedSite
+) -> tuple[dict[str, Any], Any]:
+    """A multi-BS request: one input per base station (`csi_<bs>`), binary parts in order."""
+    inputs = doc.get("inputs") if isinstance(doc, dict) else None
+    names = dataplane.input_names(served)
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(t, dict) for t in inputs):
+        raise InvalidInput(
+            f"expected one input tensor per base station, any non-empty subset of {names}",
+            {"got": inputs},
+        )
+    per_bs: dict[str, Any] = {}
+    offset = 0
+    for tensor in inputs:
+        bs = dataplane.input_bs(served, tensor.get("name"))
+        if bs in per_bs:
+            raise InvalidInput(f"input {tensor.get('name')!r} given twice", {"expected": names})
+        size = _parameters(tensor, "input").get("binary_data_size")
+        raw = None
+        if size is not None:
+            if type(size) is not int or size < 0 or offset + size > len(binary):
+                raise InvalidInput(
+                    "binary_data_size does not match the bytes after the header",
+                    {"binary_data_size": size, "got_bytes": len(binary) - offset},
+                )
+            raw = binary[offset : offset + size]
+            offset += size
+        per_bs[bs] = dataplane.input_tensor(
+            tensor.get("datatype"),
+            tensor.get("shape"),
+            max_batch=max_batch,
+            raw=raw,
+            values=tensor.get("data"),
+        )
+    if offset != len(binary):
+        raise InvalidInput(
+            "binary_data_size does not match the bytes after the header",
+            {"declared_bytes": offset, "got_bytes": len(binary)},
+        )
+    return doc, dataplane.same_batch(per_bs)
+
+
+def _parse(
+    head: bytes, binary: bytes, max_batch: int, served: ServedSite | None = None
+) -> tuple[dict[str, Any], Any]:
+    """The request header and its validated `csi` batch (JSON data or binary extension);
+    for a multi-BS site the batch per base station, {bs id: [B,8,103,2]}."""
     doc = parse_json(head, "inference request header")
+    if served is not None and served.multi_bs:
+        return _parse_per_bs(doc, binary, max_batch, served)
     inputs = doc.get("inputs") if isinstance(doc, dict) else None
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise InvalidInput("expected exactly one input tensor named 'csi'", {"got": inputs})
@@ -121,7 +173,8 @@ def _wanted_outputs(doc: dict[str, Any], served: Any) -> list[tuple[str, bool]]:
 @router.post("/models/{site}/infer")
 @router.post("/models/{site}/versions/{version}/infer")
 async def infer(site: str, request: Request, version: str | None = None) -> Response:
-    """Run the site model; outputs `position` and (nll models) `sigma`, FP32 [B,2]."""
+    """Run the site model; outputs `position` and (nll models) `sigma`, FP32 [B,2]; a
+    multi-BS site takes `csi_<bs>` inputs and adds `covariance` [B,2,2]."""
     # No dependencies: FastAPI's solver costs about as much as this whole route's own
     # work for one fingerprint (bench/protocols.md).
     settings: Settings = request.app.state.settings
@@ -131,11 +184,15 @@ async def infer(site: str, request: Request, version: str | None = None) -> Resp
     body = await read_body(request, settings.max_body_bytes)  # inflated, capped: uploads.py
     head, binary = _header_and_binary(request, body)
     if len(body) > _INLINE_PARSE_BYTES:  # big batches parse off the event loop
-        doc, csi = await run_in_threadpool(_parse, head, binary, settings.max_batch)
+        doc, csi = await run_in_threadpool(_parse, head, binary, settings.max_batch, served)
     else:
-        doc, csi = _parse(head, binary, settings.max_batch)
+        doc, csi = _parse(head, binary, settings.max_batch, served)
     wanted = _wanted_outputs(doc, served)
-    pred = await positioner.locate(site, csi)
+    pred = (
+        await positioner.locate_bs(site, csi)
+        if isinstance(csi, dict)
+        else await positioner.locate(site, csi)
+    )
     outputs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
     arrays = dataplane.output_arrays(pred, [name for name, _binary in wanted])

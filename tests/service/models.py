@@ -133,3 +133,33 @@ def publish_novelty_site(repo: ModelRepository, site: str) -> Fingerprints:
     assert novelty is not None
     save_site_model(repo, site, model, parent=None, novelty={SINGLE_HEAD: novelty})
     return data.subset(np.arange(300, 400))
+
+
+def publish_linear_multi_bs(
+    repo: ModelRepository,
+    site: str,
+    loss: str,
+    stations: dict[str, tuple[int, tuple[float, float]]],
+    *,
+    rmse: tuple[float, float] = (1.0, 2.0),
+    inflation: float = 1.0,
+    activate: bool = True,
+) -> str:
+    """A multi-BS site of linear models: {bs id: (seed, bias)}; MSE ones fuse with `rmse`."""
+
+    def write(directory: Path, version: str) -> None:
+        for bs, (seed, bias) in stations.items():
+            onnx_bytes = linear_site_onnx(site, version, loss, seed=seed, bias=bias)
+            (directory / f"model.{bs}.onnx").write_bytes(onnx_bytes)
+
+    per_bs = {bs: {"me": 1.0, "rmse_x": rmse[0], "rmse_y": rmse[1]} for bs in stations}
+    return repo.publish_site(
+        site,
+        write,
+        loss=loss,
+        parent=("test", "v1"),
+        config={"base_stations": list(stations)},
+        metrics={"me": 0.5, "bs": per_bs, "fusion": {"inflation": inflation}},
+        activate=activate,
+        base_stations=list(stations),
+    )

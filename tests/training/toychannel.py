@@ -8,11 +8,15 @@ and the amplitude falls with distance. Small and fast; not physics.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from training.data.fingerprints import EnvironmentMeta, Fingerprints, write_environment
 from training.data.schema import N_ANTENNAS, N_SUBCARRIERS, SUBCARRIER_SPACING_HZ
+
+if TYPE_CHECKING:
+    from training.data.site import SiteFingerprints
 
 C = 299_792_458.0
 
@@ -54,3 +58,52 @@ def write_toy_file(path: Path, n: int = 240, sizes: dict[str, int] | None = None
         )
         write_environment(path, env, toy_fingerprints(m, bs, seed=k), meta)
     return path
+
+
+TOY_SITE_BS: dict[str, tuple[float, float]] = {
+    "bs0": (0.0, 0.0),
+    "bs1": (8.0, 0.0),
+    "bs2": (4.0, 6.0),
+}
+
+
+def toy_site(
+    n: int,
+    seed: int = 0,
+    stations: dict[str, tuple[float, float]] | None = None,
+    drop: float = 0.1,
+    size: tuple[float, float] = (8.0, 6.0),
+) -> SiteFingerprints:
+    """A multi-BS site: ``n`` shared UE positions, each BS missing about ``drop`` of them."""
+    from training.data.site import SiteFingerprints
+
+    rng = np.random.default_rng(seed)
+    pos = rng.uniform((0.0, 0.0), size, (n, 2)).astype(np.float32)
+    parts: dict[str, Fingerprints] = {}
+    metas: dict[str, EnvironmentMeta] = {}
+    for k, (bs, where) in enumerate((stations or TOY_SITE_BS).items()):
+        heard = np.flatnonzero(rng.random(n) >= drop)
+        full = _toy_at(pos, where, seed * 100 + k)  # `toy_fingerprints`' channel, shared pos
+        sub = full.subset(heard)
+        sub.sample_id = heard.astype(np.int64)
+        parts[bs] = sub
+        metas[bs] = EnvironmentMeta(
+            bs_position=(where[0], where[1], 3.0), description=f"toy {bs}", source={"toy": 1}
+        )
+    return SiteFingerprints.join(parts, metas)
+
+
+def _toy_at(pos: np.ndarray, bs: tuple[float, float], seed: int) -> Fingerprints:
+    rng = np.random.default_rng(seed)
+    d = np.hypot(pos[:, 0] - bs[0], pos[:, 1] - bs[1]) + 1.0
+    angle = np.arctan2(pos[:, 1] - bs[1], pos[:, 0] - bs[0])
+    f = np.arange(N_SUBCARRIERS) * SUBCARRIER_SPACING_HZ
+    ant = np.arange(N_ANTENNAS)
+    phase = (
+        -2 * np.pi * f[None, None, :] * d[:, None, None] / C
+        - np.pi * ant[None, :, None] * np.sin(angle)[:, None, None]
+    )
+    h = np.exp(1j * phase) / d[:, None, None]
+    h = h + 0.01 * (rng.standard_normal(h.shape) + 1j * rng.standard_normal(h.shape)) / d.mean()
+    csi = np.stack([h.real, h.imag], axis=-1).astype(np.float32)
+    return Fingerprints(csi=csi, pos=pos.astype(np.float32))

@@ -441,8 +441,10 @@ def _adapt_cli(
     backbone_config: Any = None,
 ) -> None:
     """`csipos train site|scratch`: the one site pipeline (`training.transfer.adapt_site`),
-    then the validation and test tables."""
-    from training.data.fingerprints import read_environment
+    then the validation and test tables. `env` naming a group of environments (not an
+    environment) adapts a multi-BS site: its environments are the base stations."""
+    from training.data.fingerprints import list_environments, read_environment
+    from training.data.site import read_site
     from training.repository import ModelRepository
     from training.transfer import adapt_site, check_mode
 
@@ -465,10 +467,11 @@ def _adapt_cli(
                 highlight=False,
             )
 
+    target = read_environment(data, env) if env in list_environments(data) else read_site(data, env)
     result = adapt_site(
         repo,
         site,
-        read_environment(data, env),
+        target,
         backbone=ref_text,
         mode=target_mode,
         loss=config.loss,
@@ -486,6 +489,8 @@ def _adapt_cli(
     )
     val = {k: v for k, v in result.metrics.items() if isinstance(v, float)}
     rows = {"validation": val} | ({"test": result.test} if result.test is not None else {})
+    for bs, per_bs in (result.metrics.get("bs") or {}).items():
+        rows[f"{bs} validation"] = {k: v for k, v in per_bs.items() if isinstance(v, float)}
     console.print(_metrics_table(f"site {site} (metres)", rows))
     steps = ", ".join(f"{name} {n}" for name, n in result.steps.items())
     console.print(
@@ -514,7 +519,13 @@ def _adapt_cli(
 @train_options(loss="nll", val_fraction=0.2, calibrate_sigma=True)
 def site_cmd(
     data: Annotated[Path, _OPT_DATA],
-    env: Annotated[str, typer.Option(help="Target environment in --data.")],
+    env: Annotated[
+        str,
+        typer.Option(
+            help="Target environment in --data, or a group of environments: the base "
+            "stations of a multi-BS site (one model each, fused at /locate)."
+        ),
+    ],
     site: Annotated[str, typer.Option(help="Site id to publish as.")],
     config: TrainConfig,
     out: SiteOut = Path("models"),

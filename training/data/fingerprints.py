@@ -3,8 +3,10 @@
 Layout (design.md, "Data"): ``/<env>/csi`` float32 [M,8,103,2], ``/<env>/pos``
 float32 [M,2], optional ``/<env>/los`` bool [M] and ``/<env>/snr_db`` float32 [M],
 optional ``/<env>/time`` float64 [M] (seconds) and ``/<env>/track`` int32 [M] (trajectory
-id) for samples along trajectories (docs/data.md), group attrs from
-`REQUIRED_GROUP_ATTRS`, root attr ``schema_version``.
+id) for samples along trajectories (docs/data.md), optional ``/<env>/sample_id`` int64
+[M] (which UE measurement a row is: it joins the base stations of a multi-BS site,
+`training.data.site`), group attrs from `REQUIRED_GROUP_ATTRS`, root attr
+``schema_version``.
 
 Every reader validates before it hands data out and raises `SchemaError` naming
 the file, the group and the field, so a bad file fails at the door instead of as
@@ -71,8 +73,9 @@ _FIELDS: dict[str, tuple[np.dtype[Any], tuple[int, ...]]] = {
     "snr_db": (np.dtype(np.float32), ()),
     "time": (np.dtype(np.float64), ()),
     "track": (np.dtype(np.int32), ()),
+    "sample_id": (np.dtype(np.int64), ()),
 }
-_OPTIONAL = ("los", "snr_db", "time", "track")
+_OPTIONAL = ("los", "snr_db", "time", "track", "sample_id")
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:
@@ -112,7 +115,9 @@ class Fingerprints:
     `csi` float32 [M,8,103,2] (antenna, subcarrier, real/imag), `pos` float32 [M,2]
     metres in the site's own frame, optional `los` bool [M] and `snr_db` float32 [M];
     samples along trajectories also carry `time` float64 [M] (seconds since the
-    recording started) and `track` int32 [M] (which trajectory).
+    recording started) and `track` int32 [M] (which trajectory). `sample_id` int64 [M]
+    says which UE measurement a row is: rows of different base stations of one site
+    with the same id are the same UE at the same time (`training.data.site`).
     """
 
     csi: npt.NDArray[np.float32]
@@ -121,6 +126,7 @@ class Fingerprints:
     snr_db: npt.NDArray[np.float32] | None = None
     time: npt.NDArray[np.float64] | None = None
     track: npt.NDArray[np.int32] | None = None
+    sample_id: npt.NDArray[np.int64] | None = None
 
     def arrays(self) -> dict[str, npt.NDArray[Any] | None]:
         """Every schema field by name (None where an optional one is absent)."""
@@ -598,6 +604,10 @@ class LazyEnvironment:
     @property
     def has_snr(self) -> bool:
         return "snr_db" in self._fields
+
+    @property
+    def has_sample_id(self) -> bool:
+        return "sample_id" in self._fields
 
     def read(self, idx: slice | npt.ArrayLike) -> Fingerprints:
         """Read samples `idx` (a slice or an int array; unsorted and repeated ints are fine)."""

@@ -78,6 +78,14 @@ def simulate(
     executor: ExecutorOption = "local",
     address: AddressOption = None,
     task_cpus: TaskCpusOption = 1,
+    min_bs: Annotated[
+        int | None,
+        typer.Option(
+            "--min-bs",
+            help="Procedural scenes: at least this many base stations each (1-4), e.g. 3 for "
+            "a multi-BS evaluation site (other scenes than without it).",
+        ),
+    ] = None,
 ) -> None:
     """Ray-trace scenes with Sionna RT and write one fingerprint environment per base station.
 
@@ -86,7 +94,9 @@ def simulate(
     stopped when started again with the same options. `--executor ray` traces the
     scenes as Ray tasks on a cluster (docs/cluster.md). `--trajectories N --duration S`
     moves the UEs along N trajectories of S seconds at 10 Hz (for tracking); for a
-    procedural scene, write it with `csipos data scenes` and pass its YAML file.
+    procedural scene, write it with `csipos data scenes` and pass its YAML file. Every
+    environment carries `sample_id`, so the BSs of a scene (`proc/sNNNN`) are one
+    multi-BS site file (`csipos train site --env proc/sNNNN`).
     """
     from training.sim.builtin import resolve_scene
     from training.sim.generate import generate
@@ -116,8 +126,13 @@ def simulate(
             console.print("[red]error:[/red] --scene procedural cannot be mixed with other scenes")
             raise typer.Exit(code=2)
         cluster = executor_config(executor, workers, address, task_cpus)
-        _simulate_procedural(out, preset, seed, positions, count, cluster, chain, overwrite, quiet)
+        _simulate_procedural(
+            out, preset, seed, positions, count, cluster, chain, overwrite, quiet, min_bs
+        )
         return
+    if min_bs is not None:
+        console.print("[red]error:[/red] --min-bs needs --scene procedural")
+        raise typer.Exit(code=2)
     if executor != "local":
         console.print("[red]error:[/red] --executor needs --scene procedural")
         raise typer.Exit(code=2)
@@ -168,6 +183,7 @@ def _simulate_procedural(
     chain: str,
     overwrite: bool,
     quiet: bool,
+    min_bs: int | None = None,
 ) -> None:
     from rich.progress import (
         BarColumn,
@@ -180,6 +196,7 @@ def _simulate_procedural(
 
     from training.cluster import ClusterUnavailableError
     from training.sim.corpus import simulate_procedural
+    from training.sim.procedural import ProceduralPreset, get_procedural_preset
     from training.sim.raytrace import SimulatorUnavailableError
 
     if count is None:
@@ -188,6 +205,13 @@ def _simulate_procedural(
     if chain not in ("random", "nominal"):
         console.print(f"[red]error:[/red] --chain: expected random or nominal, got {chain!r}")
         raise typer.Exit(code=2)
+    chosen: str | ProceduralPreset = preset
+    if min_bs is not None:
+        try:
+            chosen = get_procedural_preset(preset).with_min_base_stations(min_bs)
+        except ValueError as exc:
+            console.print(f"[red]error:[/red] --min-bs: {exc}")
+            raise typer.Exit(code=2) from exc
     progress = Progress(
         TextColumn("positions x BS"),
         BarColumn(),
@@ -204,7 +228,7 @@ def _simulate_procedural(
                 out,
                 count=count,
                 seed=seed,
-                preset=preset,
+                preset=chosen,
                 randomise_chain=chain == "random",
                 positions=positions,
                 overwrite=overwrite,

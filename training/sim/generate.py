@@ -234,6 +234,8 @@ def generate(
                             snr_db=snr_db[keep],
                             time=None if tracks is None else tracks.time[start + ok_idx],
                             track=None if tracks is None else tracks.track[start + ok_idx],
+                            # the UE's index in the scene: joins its BSs (training.data.site)
+                            sample_id=(start + ok_idx).astype(np.int64),
                         )
                     )
                 written = writer.count

@@ -52,6 +52,13 @@ class ProceduralPreset:
     """Traced with refraction on: without it inner walls are opaque and a BS reaches the
     other rooms only through the doors (9 % of a multi-room floor's positions got no
     path at all at depth 3; with it none, at no measurable extra time)."""
+    min_base_stations: int = 1
+    """At least this many BSs per scene (`with_min_base_stations`: multi-BS targets). With
+    the default 1 the scenes are the same as before the field existed."""
+
+    def with_min_base_stations(self, n: int) -> ProceduralPreset:
+        """This preset with at least `n` base stations per scene (raising the maximum to it)."""
+        return replace(self, min_base_stations=n, max_base_stations=max(n, self.max_base_stations))
 
     def solver_for(self, spec: SceneSpec) -> SolverConfig:
         """The solver settings for one of this preset's scenes."""
@@ -67,11 +74,19 @@ class ProceduralPreset:
             raise ValueError(f"max_side_m: expected 4..100 m, got {self.max_side_m}")
         if not 1 <= self.max_base_stations <= 4:
             raise ValueError(f"max_base_stations: expected 1..4, got {self.max_base_stations}")
+        if not 1 <= self.min_base_stations <= self.max_base_stations:
+            raise ValueError(
+                f"min_base_stations: expected 1..{self.max_base_stations}, "
+                f"got {self.min_base_stations}"
+            )
         if self.max_obstacles < 0 or self.positions < 1:
             raise ValueError("max_obstacles must be >= 0 and positions >= 1")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.min_base_stations == 1:
+            del out["min_base_stations"]  # runs recorded before the field stay resumable
+        return out
 
 
 PROCEDURAL_PRESETS: dict[str, ProceduralPreset] = {
@@ -510,7 +525,7 @@ class _Builder:
     # --- base stations -----------------------------------------------------------------------
 
     def _base_stations(self) -> list[BaseStation] | None:
-        n = int(self.rng.integers(1, self.preset.max_base_stations + 1))
+        n = int(self.rng.integers(self.preset.min_base_stations, self.preset.max_base_stations + 1))
         stations: list[BaseStation] = []
         for _ in range(60):
             if len(stations) == n:
@@ -521,6 +536,8 @@ class _Builder:
             if any(math.dist(bs.position, o.position) < 1.0 for o in stations):
                 continue
             stations.append(bs)
+        if len(stations) < self.preset.min_base_stations:
+            return None
         return stations or None
 
     def _one_bs(self, name: str) -> BaseStation | None:

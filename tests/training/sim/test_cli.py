@@ -56,6 +56,8 @@ def test_procedural_options_are_checked(tmp_path: Path) -> None:
         (["--scene", "lab-los", "--count", "2"], "--count needs --scene procedural"),
         (["--scene", "procedural", "--count", "2", "--chain", "odd"], "random or nominal"),
         (["--scene", "procedural", "--count", "2", "--preset", "paper"], "procedural preset"),
+        (["--scene", "lab-los", "--min-bs", "3"], "--min-bs needs --scene procedural"),
+        (["--scene", "procedural", "--count", "1", "--min-bs", "5"], "--min-bs: max_base"),
     ]
     for args, message in cases:
         result = runner.invoke(app, ["data", "simulate", *args, "--out", out])

@@ -162,3 +162,23 @@ def test_multi_room_floors_are_traced_with_refraction() -> None:
         inner_walls = spec.extra["family"] == "multi-room"
         assert preset.solver_for(spec).refraction == inner_walls, spec.name
     assert not preset.solver.refraction  # closed halls keep it off
+
+
+def test_min_base_stations_makes_multi_bs_targets() -> None:
+    from dataclasses import replace
+
+    from training.sim.procedural import get_procedural_preset, procedural_scene
+
+    corpus = get_procedural_preset("corpus")
+    three = corpus.with_min_base_stations(3)
+    counts = [len(procedural_scene(k, three).base_stations) for k in range(100000, 100008)]
+    assert min(counts) >= 3 and max(counts) <= 4
+    # the default keeps every scene (and the recorded options of earlier runs) as they were
+    assert procedural_scene(5, replace(corpus, min_base_stations=1)) == procedural_scene(5, corpus)
+    assert "min_base_stations" not in corpus.to_dict()
+    assert three.to_dict()["min_base_stations"] == 3
+    tiny = get_procedural_preset("tiny").with_min_base_stations(3)
+    assert tiny.max_base_stations == 3
+    assert all(len(procedural_scene(k, tiny).base_stations) == 3 for k in range(4))
+    with pytest.raises(ValueError, match=r"max_base_stations: expected 1\.\.4"):
+        corpus.with_min_base_stations(5)

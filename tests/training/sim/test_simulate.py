@@ -140,3 +140,19 @@ def test_plot_writes_pngs(sim_file: Path, tmp_path: Path) -> None:
     for png in written:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert png.stat().st_size > 20_000
+
+
+def test_a_scene_with_several_bs_is_a_multi_bs_site_file(sim_file: Path) -> None:
+    from training.data.schema import SchemaError
+    from training.data.site import read_site
+
+    site = read_site(sim_file, "industrial")  # 4 BSs, shared UE positions
+    assert site.bs_ids == ["bs0", "bs1", "bs2", "bs3"]
+    assert len(site) <= POSITIONS["industrial"] and site.mask().any(axis=1).all()
+    for bs in site.bs_ids:
+        ids = site.station(bs).sample_id
+        assert ids is not None and np.all(np.diff(ids) > 0)
+        assert np.array_equal(site.station(bs).pos, site.pos[site.stations[bs].rows])
+    # two one-BS scenes at the root are not one site: their samples do not agree
+    with pytest.raises(SchemaError, match="differs from the other base stations"):
+        read_site(sim_file, "")

@@ -1,0 +1,137 @@
+"""POST /locate on a multi-BS site: CSI per BS (any subset), fused answer, bad input."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.service.conftest import LOCATE, csi_batch
+from tests.service.models import expected, publish_linear_multi_bs
+from training import fusion
+from training.repository import ModelRepository
+
+STATIONS = {"bs0": (11, (1.0, 2.0)), "bs1": (12, (3.0, 1.0)), "bs2": (13, (2.0, 5.0))}
+
+
+@pytest.fixture
+def multi(repo: ModelRepository) -> ModelRepository:
+    """`repo` plus `hall` (3 BSs, nll) and `hall-mse` (2 BSs, mse, inflation 2)."""
+    publish_linear_multi_bs(repo, "hall", "nll", STATIONS)
+    publish_linear_multi_bs(
+        repo, "hall-mse", "mse", {k: STATIONS[k] for k in ("bs0", "bs1")}, inflation=2.0
+    )
+    return repo
+
+
+def _post(client: TestClient, body: dict[str, Any]) -> Any:
+    return client.post("/locate", json=body, headers=LOCATE)
+
+
+def test_subset_of_base_stations_is_fused(multi: ModelRepository, client: TestClient) -> None:
+    csi = {"bs0": csi_batch(3, seed=1), "bs2": csi_batch(3, seed=2)}
+    r = _post(client, {"site": "hall", "csi": {k: v.tolist() for k, v in csi.items()}})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["base_stations"] == ["bs0", "bs2"] and body["sigma_available"] is True
+    assert body["fusion"]["method"] == "product_of_gaussians"
+    est = {bs: expected(csi[bs], *STATIONS[bs]) for bs in csi}
+    means = np.stack([est[bs][0] for bs in csi])
+    covs = np.stack([fusion.diag_cov(est[bs][1]) for bs in csi])
+    mean, cov = fusion.fuse(means, covs)
+    for i, p in enumerate(body["positions"]):
+        assert np.allclose([p["x"], p["y"]], mean[i], atol=1e-4)
+        assert np.allclose(p["cov"], cov[i], rtol=1e-4)
+        assert p["ellipse"]["confidence"] == 0.95
+        assert p["ellipse"]["semi_major"] == pytest.approx(
+            fusion.ellipse(cov[i], 0.95)["semi_major"], rel=1e-4
+        )
+        assert set(p["bs"]) == {"bs0", "bs2"}
+        assert np.allclose([p["bs"]["bs2"]["x"], p["bs"]["bs2"]["y"]], est["bs2"][0][i], atol=1e-4)
+        # the fused sigma is below each BS's
+        assert p["sigma_x"] < min(p["bs"][b]["sigma_x"] for b in p["bs"])
+
+
+def test_one_fingerprint_per_bs_and_confidence(multi: ModelRepository, client: TestClient) -> None:
+    one = csi_batch(1, seed=5)[0].tolist()
+    r = _post(
+        client,
+        {"site": "hall", "csi": {"bs1": one}, "ellipse_confidence": 0.5},
+    )
+    assert r.status_code == 200, r.text
+    p = r.json()["positions"][0]
+    pos, sigma = expected(np.asarray([one], dtype=np.float32), *STATIONS["bs1"])
+    assert np.allclose([p["x"], p["y"]], pos[0], atol=1e-4)  # one BS: its own estimate
+    assert np.allclose([p["sigma_x"], p["sigma_y"]], sigma[0], atol=1e-4)
+    assert p["ellipse"]["confidence"] == 0.5
+
+
+def test_mse_site_fuses_with_validation_rmse(multi: ModelRepository, client: TestClient) -> None:
+    csi = {"bs0": csi_batch(2, seed=1).tolist(), "bs1": csi_batch(2, seed=2).tolist()}
+    body = _post(client, {"site": "hall-mse", "csi": csi}).json()
+    assert body["fusion"]["sigma_source"] == "validation_rmse" and "RMSE" in body["note"]
+    p = body["positions"][0]
+    # two BSs with sigma (1, 2): fused var (0.5, 2), inflated x2 -> (1, 4)
+    assert np.allclose(p["cov"], [[1.0, 0.0], [0.0, 4.0]], atol=1e-6)
+    assert p["bs"]["bs0"]["sigma_x"] is None
+
+
+@pytest.mark.parametrize(
+    ("site", "csi", "status", "needle"),
+    [
+        ("hall", {}, 422, "non-empty object"),
+        ("hall", {"bs9": "ONE"}, 422, "unknown base station(s) ['bs9']"),
+        ("hall", {"bs0": "ONE", "bs1": "TWO"}, 422, "same number of fingerprints"),
+        ("hall", {"bs0": [[1.0, 2.0]]}, 422, "base station 'bs0': csi has the wrong shape"),
+        ("hall", {"bs0": "NAN"}, 422, "base station 'bs0': csi contains NaN"),
+        ("hall", "ONE", 422, "send csi per base station"),
+        ("lab-nll", {"bs0": "ONE"}, 422, "has one base station"),
+        ("nope", {"bs0": "ONE"}, 404, "nope"),
+    ],
+)
+def test_bad_input_is_a_clear_4xx(
+    multi: ModelRepository, client: TestClient, site: str, csi: Any, status: int, needle: str
+) -> None:
+    one = csi_batch(1)[0].tolist()
+    nan = csi_batch(1)[0]
+    nan[0, 0, 0] = np.nan
+    fill = {"ONE": one, "TWO": csi_batch(2).tolist(), "NAN": nan.tolist()}
+    if isinstance(csi, dict):
+        csi = {k: fill.get(v, v) if isinstance(v, str) else v for k, v in csi.items()}
+    else:
+        csi = fill[csi]
+    r = client.post(
+        "/locate",
+        content=json.dumps({"site": site, "csi": csi}, allow_nan=True),
+        headers={**LOCATE, "Content-Type": "application/json"},
+    )
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert needle in error["message"] and error["code"]
+
+
+def test_site_detail_lists_base_stations(multi: ModelRepository, client: TestClient) -> None:
+    from tests.service.conftest import ADMIN
+
+    body = client.get("/sites/hall", headers=ADMIN).json()
+    assert body["base_stations"] == ["bs0", "bs1", "bs2"]
+    assert set(body["versions"][0]["metrics"]["bs"]) == {"bs0", "bs1", "bs2"}
+    assert client.get("/sites/lab-nll", headers=ADMIN).json()["base_stations"] is None
+
+
+def test_tracking_takes_the_fused_covariance(multi: ModelRepository, client: TestClient) -> None:
+    csi = {"bs0": csi_batch(1, seed=1), "bs1": csi_batch(1, seed=2)}
+    body = {"site": "hall", "csi": {k: v[0].tolist() for k, v in csi.items()}}
+    r = _post(client, {**body, "ue": "tag-1", "timestamp": 10.0})
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    track, fused = answer["track"], answer["positions"][0]
+    assert track["reset"] == "new" and track["measurement_noise"] == "predicted"
+    assert np.allclose([track["x"], track["y"]], [fused["x"], fused["y"]], atol=1e-4)
+    assert np.allclose(track["cov"], fused["cov"], rtol=1e-4)  # the fused 2x2 as noise
+    two = {"site": "hall", "csi": {"bs0": csi_batch(2).tolist()}, "ue": "tag-1"}
+    r = _post(client, two)
+    assert r.status_code == 422 and "one fingerprint per base station" in r.text

@@ -1,0 +1,85 @@
+"""Product-of-Gaussians fusion, the full-covariance ellipse and calibration helpers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from training.fusion import (
+    coverage,
+    diag_cov,
+    ellipse,
+    fit_inflation,
+    fuse,
+    k_for_confidence,
+    sigma_from_rmse,
+)
+
+
+def test_product_of_two_gaussians_by_hand() -> None:
+    # 1-D per axis: x: N(0, 1) * N(2, 1) -> N(1, 1/2); y: N(0, 4) * N(3, 1) -> N(2.4, 0.8)
+    means = np.array([[[0.0, 0.0]], [[2.0, 3.0]]])
+    covs = np.stack([diag_cov([[1.0, 2.0]]), diag_cov([[1.0, 1.0]])])
+    mean, cov = fuse(means, covs)
+    assert mean[0] == pytest.approx([1.0, 2.4])
+    assert cov[0] == pytest.approx(np.array([[0.5, 0.0], [0.0, 0.8]]))
+
+
+def test_fused_covariance_is_smaller_than_each_input() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((2, 2))
+    b = rng.standard_normal((2, 2))
+    c1, c2 = a @ a.T + 0.1 * np.eye(2), b @ b.T + 0.1 * np.eye(2)
+    _, cov = fuse(np.zeros((2, 1, 2)), np.stack([c1[None], c2[None]]))
+    for c in (c1, c2):  # C - P is positive semi-definite: every direction shrank
+        assert np.linalg.eigvalsh(c - cov[0]).min() >= -1e-12
+    assert np.linalg.det(cov[0]) < min(np.linalg.det(c1), np.linalg.det(c2))
+
+
+def test_absent_base_stations_are_left_out() -> None:
+    means = np.array([[[0.0, 0.0], [5.0, 5.0]], [[2.0, 2.0], [9.0, 9.0]]])
+    covs = np.broadcast_to(np.eye(2), (2, 2, 2, 2)).copy()
+    present = np.array([[True, False], [True, True]])
+    mean, cov = fuse(means, covs, present)
+    assert mean[0] == pytest.approx([1.0, 1.0]) and mean[1] == pytest.approx([9.0, 9.0])
+    assert cov[1] == pytest.approx(np.eye(2))  # one estimate: unchanged
+    with pytest.raises(ValueError, match="at least one base station"):
+        fuse(means, covs, np.array([[True, False], [True, False]]))
+    with pytest.raises(ValueError, match=r"means \[K,B,2\]"):
+        fuse(means[0], covs[0])
+
+
+def test_ellipse_orientation_of_a_rotated_covariance() -> None:
+    theta = math.radians(30.0)
+    r = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+    cov = r @ np.diag([4.0, 1.0]) @ r.T  # major axis (sd 2) at 30 degrees
+    e = ellipse(cov, 0.95)
+    k = k_for_confidence(0.95)
+    assert e["orientation_deg"] == pytest.approx(30.0)
+    assert e["semi_major"] == pytest.approx(2.0 * k) and e["semi_minor"] == pytest.approx(k)
+    assert ellipse(r @ np.diag([1.0, 4.0]) @ r.T, 0.5)["orientation_deg"] == pytest.approx(120.0)
+    # axis-aligned like service.positioning.ellipse: 0 or 90 degrees
+    assert ellipse(np.diag([1.0, 9.0]), 0.9)["orientation_deg"] == pytest.approx(90.0)
+    assert ellipse(np.diag([9.0, 1.0]), 0.9)["orientation_deg"] == pytest.approx(0.0)
+    assert k_for_confidence(1 - math.exp(-0.5)) == pytest.approx(1.0)
+
+
+def test_coverage_and_inflation_on_gaussian_errors() -> None:
+    rng = np.random.default_rng(1)
+    covs = np.broadcast_to(diag_cov([2.0, 0.5]), (20000, 2, 2))
+    errors = rng.standard_normal((20000, 2)) * [2.0, 0.5]
+    assert coverage(errors, covs, 1.0) == pytest.approx(1 - math.exp(-0.5), abs=0.01)
+    assert coverage(errors, covs, 2.0) == pytest.approx(1 - math.exp(-2.0), abs=0.01)
+    assert fit_inflation(errors, covs) == pytest.approx(1.0, abs=0.03)
+    s = fit_inflation(3.0 * errors, covs)  # errors 3x too large for their sigma: ~9
+    assert s == pytest.approx(9.0, rel=0.05)
+    assert coverage(3.0 * errors, covs * s, 1.0) == pytest.approx(0.393, abs=0.01)
+    assert fit_inflation(0.1 * errors, covs) == 1.0  # never shrinks
+
+
+def test_sigma_from_rmse() -> None:
+    assert sigma_from_rmse({"rmse_x": 1.5, "rmse_y": 0.5}) == (1.5, 0.5)
+    assert sigma_from_rmse({"me": 1.0}) is None
+    assert sigma_from_rmse({"rmse_x": 0.0, "rmse_y": 1.0}) is None

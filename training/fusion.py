@@ -1,0 +1,140 @@
+"""Late fusion of per-BS position estimates: product of Gaussians, pure numpy.
+
+Each base station's head gives a 2-D Gaussian (mean, sigma_x, sigma_y; the axes are
+independent, so its covariance is diagonal). The BSs see the UE through different
+channels and their models are trained separately, so their errors are treated as
+independent, and the fused estimate is their product: in information form
+``P = sum_k C_k^-1`` and ``m = P^-1 sum_k C_k^-1 m_k``, a full 2x2 covariance ``P^-1``
+whose ellipse is rotated towards the geometry of the BSs that heard the UE.
+
+MSE heads predict no sigma: their site version stores each BS's validation RMSE per
+axis, which stands in as a constant sigma (`sigma_from_rmse`). A covariance that is
+too small for its errors can be widened by one factor fitted on validation errors
+(`fit_inflation`); the service applies it when the manifest holds one.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "coverage",
+    "diag_cov",
+    "ellipse",
+    "fit_inflation",
+    "fuse",
+    "k_for_confidence",
+    "mahalanobis2",
+]
+
+Array = npt.NDArray[np.float64]
+
+MIN_SIGMA_M = 1e-3
+"""Sigmas below this are raised to it, so one over-confident BS cannot make P singular."""
+
+
+def diag_cov(sigma: npt.ArrayLike) -> Array:
+    """Diagonal covariances [..., 2, 2] from per-axis 1-sigma values [..., 2]."""
+    s = np.maximum(np.asarray(sigma, dtype=np.float64), MIN_SIGMA_M)
+    out = np.zeros((*s.shape[:-1], 2, 2))
+    out[..., 0, 0] = s[..., 0] ** 2
+    out[..., 1, 1] = s[..., 1] ** 2
+    return out
+
+
+def fuse(
+    means: npt.ArrayLike, covs: npt.ArrayLike, present: npt.ArrayLike | None = None
+) -> tuple[Array, Array]:
+    """Product of Gaussians over the BS axis: means [K,B,2], covs [K,B,2,2] -> [B,2], [B,2,2].
+
+    `present` bool [K,B] leaves out the BSs that did not hear a UE; every UE needs at
+    least one. With one estimate the result is that estimate.
+    """
+    m = np.asarray(means, dtype=np.float64)
+    c = np.asarray(covs, dtype=np.float64)
+    if m.ndim != 3 or m.shape[-1] != 2 or c.shape != (*m.shape, 2):
+        raise ValueError(f"means [K,B,2] and covs [K,B,2,2] expected, got {m.shape} {c.shape}")
+    mask = np.ones(m.shape[:2], dtype=bool) if present is None else np.asarray(present, bool)
+    if mask.shape != m.shape[:2]:
+        raise ValueError(f"present must be [K,B] = {m.shape[:2]}, got {mask.shape}")
+    if not mask.any(axis=0).all():
+        raise ValueError("every UE needs an estimate from at least one base station")
+    info = np.linalg.inv(c) * mask[..., None, None]  # [K,B,2,2], zero where absent
+    total = info.sum(axis=0)  # [B,2,2]
+    cov = np.linalg.inv(total)
+    weighted = np.einsum("kbij,kbj->bi", info, m)
+    mean = np.einsum("bij,bj->bi", cov, weighted)
+    cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))  # exactly symmetric for the ellipse
+    return mean, cov
+
+
+def k_for_confidence(confidence: float) -> float:
+    """Scale of the k-sigma ellipse holding `confidence` of a 2-D Gaussian (chi2, 2 dof)."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    return math.sqrt(-2.0 * math.log(1.0 - confidence))
+
+
+def ellipse(cov: npt.ArrayLike, confidence: float) -> dict[str, float]:
+    """The confidence ellipse of a full 2x2 covariance.
+
+    Semi-axes are k * sqrt(eigenvalues), k from `k_for_confidence`; the orientation is
+    the angle of the major axis, counter-clockwise from the site's x axis, in [0, 180)
+    degrees (the axis-aligned case gives 0 or 90, like `service.positioning.ellipse`).
+    """
+    c = np.asarray(cov, dtype=np.float64)
+    if c.shape != (2, 2):
+        raise ValueError(f"covariance must be 2x2, got {c.shape}")
+    values, vectors = np.linalg.eigh(0.5 * (c + c.T))
+    values = np.maximum(values, 0.0)
+    k = k_for_confidence(confidence)
+    major = vectors[:, 1]  # eigh sorts ascending: the last is the major axis
+    angle = math.degrees(math.atan2(major[1], major[0])) % 180.0
+    if values[1] - values[0] <= 1e-12 * max(values[1], 1e-300):
+        angle = 0.0  # a circle has no orientation
+    return {
+        "semi_major": k * math.sqrt(values[1]),
+        "semi_minor": k * math.sqrt(values[0]),
+        "orientation_deg": 0.0 if angle >= 180.0 - 1e-9 else angle,
+        "confidence": confidence,
+        "k": k,
+    }
+
+
+def mahalanobis2(errors: npt.ArrayLike, covs: npt.ArrayLike) -> Array:
+    """Squared Mahalanobis distance of each error [N,2] under its covariance [N,2,2]."""
+    e = np.asarray(errors, dtype=np.float64)
+    c = np.asarray(covs, dtype=np.float64)
+    solved = np.linalg.solve(c, e[..., None])[..., 0]
+    return np.asarray(np.einsum("ni,ni->n", e, solved))
+
+
+def coverage(errors: npt.ArrayLike, covs: npt.ArrayLike, k: float) -> float:
+    """Share of errors inside their k-sigma ellipse (a Gaussian gives 1 - exp(-k^2/2))."""
+    d2 = mahalanobis2(errors, covs)
+    return float(np.mean(d2 <= k * k)) if d2.size else float("nan")
+
+
+def fit_inflation(errors: npt.ArrayLike, covs: npt.ArrayLike) -> float:
+    """The factor s (>= 1) for covariances s*C that maximises the Gaussian likelihood of
+    `errors`: s = mean(d^2) / 2 for 2-D errors; never shrinks (a too-wide ellipse on a
+    small validation set is left as it is)."""
+    d2 = mahalanobis2(errors, covs)
+    if d2.size == 0:
+        return 1.0
+    return max(1.0, float(np.mean(d2)) / 2.0)
+
+
+def sigma_from_rmse(metrics: dict[str, Any]) -> tuple[float, float] | None:
+    """A per-axis sigma for an MSE head from its validation metrics (`rmse_x`, `rmse_y`)."""
+    try:
+        sx, sy = float(metrics["rmse_x"]), float(metrics["rmse_y"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not (math.isfinite(sx) and math.isfinite(sy)) or sx <= 0 or sy <= 0:
+        return None
+    return sx, sy

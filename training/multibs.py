@@ -1,0 +1,279 @@
+"""Adapting a multi-BS site: one model per base station from one upload, then fusion.
+
+Every BS gets the same target training as a single-BS site (`train_target`: same mode,
+loss and options, `auto` by default) on the same split of the *positions*: a UE sample
+is in train, validation or test for every BS that heard it, so no BS validates on a
+point another BS trained on, and the fused validation metrics are honest. The version
+holds one model per BS (`training.checkpoint.save_multi_bs_site_model`); its manifest
+keeps each BS's validation metrics under ``metrics["bs"]`` and the fused ones at the
+top level, with the covariance inflation fitted on validation (`training.fusion`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from training.checkpoint import load_backbone, save_multi_bs_site_model
+from training.config import TargetMode, TrainConfig
+from training.data.fingerprints import data_fingerprint
+from training.data.site import SiteFingerprints
+from training.data.splits import fraction_subset, train_val_indices, train_val_test
+from training.fit import ProgressFn, predict
+from training.fusion import coverage, diag_cov, fit_inflation, fuse
+from training.metrics import evaluate
+from training.nets import Backbone, BackboneConfig, SiteModel
+from training.repository import ModelRepository, parse_ref
+
+if TYPE_CHECKING:
+    from training.transfer import AdaptResult
+
+log = logging.getLogger(__name__)
+
+MIN_TRAIN_PER_BS = 2
+MIN_VAL_PER_BS = 1
+
+Array = npt.NDArray[np.float64]
+
+
+def split_site(
+    data: SiteFingerprints, val_fraction: float, holdout: float, fraction: float, seed: int
+) -> tuple[SiteFingerprints, SiteFingerprints, SiteFingerprints | None]:
+    """(train, val, test or None) over the shared samples, the same for every BS.
+
+    The same index calls as `holdout_split` + `split_train_val` of a single-BS site.
+    """
+    if not 0.0 <= holdout < 1.0:
+        raise ValueError(f"holdout={holdout}, expected in [0, 1)")
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction={fraction}, expected in (0, 1]")
+    split = train_val_test(len(data), 0.0, holdout, seed)
+    pool = data.subset(fraction_subset(split.train, fraction, seed))
+    train_idx, val_idx = train_val_indices(len(pool), val_fraction, seed)
+    test = data.subset(split.test) if len(split.test) else None
+    return pool.subset(train_idx), pool.subset(val_idx), test
+
+
+def station_estimates(
+    models: dict[str, SiteModel], data: SiteFingerprints, rmse: dict[str, tuple[float, float]]
+) -> tuple[Array, Array, npt.NDArray[np.bool_]]:
+    """Per-BS means [K,N,2], covariances [K,N,2,2] and presence [K,N] on `data`'s samples.
+
+    MSE models have no sigma: their validation RMSE per axis stands in (`rmse`).
+    """
+    n, k = len(data), len(models)
+    means = np.zeros((k, n, 2))
+    covs = np.tile(np.eye(2), (k, n, 1, 1))
+    present = np.zeros((k, n), dtype=bool)
+    for j, (bs, model) in enumerate(models.items()):
+        st = data.stations[bs]
+        if len(st.data) == 0:
+            continue
+        pos, sigma = predict(model.backbone, model.head, torch.from_numpy(st.data.csi))
+        means[j, st.rows] = pos.numpy()
+        sig = sigma.numpy() if sigma is not None else np.tile(rmse[bs], (len(st.rows), 1))
+        covs[j, st.rows] = diag_cov(sig)
+        present[j, st.rows] = True
+    return means, covs, present
+
+
+def fused_metrics(
+    models: dict[str, SiteModel],
+    data: SiteFingerprints,
+    rmse: dict[str, tuple[float, float]],
+    inflation: float = 1.0,
+) -> dict[str, float]:
+    """ME, p90 and 1/2-sigma coverage of the fused estimate on `data`."""
+    means, covs, present = station_estimates(models, data, rmse)
+    heard = present.any(axis=0)
+    mean, cov = fuse(means[:, heard], covs[:, heard], present[:, heard])
+    cov = cov * inflation
+    truth = data.pos[heard].astype(np.float64)
+    out = evaluate(mean, np.sqrt(np.diagonal(cov, axis1=1, axis2=2)), truth)
+    err = mean - truth
+    out["within_1sigma"] = coverage(err, cov, 1.0)
+    out["within_2sigma"] = coverage(err, cov, 2.0)
+    out["heard_by_mean"] = float(present[:, heard].sum(axis=0).mean())
+    return out
+
+
+def _rmse(models: dict[str, SiteModel], val: SiteFingerprints) -> dict[str, tuple[float, float]]:
+    out: dict[str, tuple[float, float]] = {}
+    for bs, model in models.items():
+        d = val.station(bs)
+        pos, _ = predict(model.backbone, model.head, torch.from_numpy(d.csi))
+        err = pos.numpy().astype(np.float64) - d.pos
+        rx, ry = np.sqrt(np.mean(err**2, axis=0))
+        out[bs] = (float(rx), float(ry))
+    return out
+
+
+def _check_sizes(train: SiteFingerprints, val: SiteFingerprints) -> None:
+    for bs in train.bs_ids:
+        n_train, n_val = len(train.station(bs)), len(val.station(bs))
+        if n_train < MIN_TRAIN_PER_BS or n_val < MIN_VAL_PER_BS:
+            raise ValueError(
+                f"base station {bs!r}: {n_train} training and {n_val} validation fingerprints "
+                f"after the split; at least {MIN_TRAIN_PER_BS} and {MIN_VAL_PER_BS} are needed"
+            )
+
+
+def _site_fingerprint(data: SiteFingerprints) -> str:
+    h = hashlib.sha256(b"csipos-multi-bs-site;")
+    for bs, st in data.stations.items():
+        d = st.data.subset(slice(None))
+        d.sample_id = data.sample_id[st.rows]
+        h.update(f"{bs}:{data_fingerprint(d)};".encode())
+    return h.hexdigest()
+
+
+def adapt_multi_bs_site(
+    repo: ModelRepository,
+    site: str,
+    data: SiteFingerprints,
+    *,
+    cfg: TrainConfig,
+    mode: TargetMode,
+    backbone: str | None,
+    activate: bool,
+    progress: ProgressFn | None,
+    quiet: bool,
+    scratch: bool,
+    holdout: float,
+    fraction: float,
+    source_repo: ModelRepository | None,
+    backbone_config: BackboneConfig | None,
+    extra: dict[str, Any] | None,
+) -> AdaptResult:
+    """`adapt_site` for a site of two or more base stations (see the module docstring)."""
+    from training.transfer import AdaptResult, train_target
+
+    t0 = time.perf_counter()
+    data.validate(group=site)
+    train, val, test = split_site(data, cfg.val_fraction, holdout, fraction, cfg.seed)
+    _check_sizes(train, val)
+
+    parent: tuple[str, str] | None = None
+    start: Backbone | None = None
+    if not scratch:
+        source = source_repo or repo
+        name, version = (
+            parse_ref(backbone) if backbone is not None else (source.default_backbone(), None)
+        )
+        version = source.resolve("backbone", name, version)
+        parent = (name, version)
+        start = load_backbone(source, name, version)
+
+    models: dict[str, SiteModel] = {}
+    per_bs: dict[str, dict[str, Any]] = {}
+    summaries: dict[str, dict[str, Any]] = {}
+    epochs: dict[str, int] = {}
+    steps: dict[str, int] = {}
+    for bs in data.bs_ids:
+
+        def report(info: dict[str, Any], bs: str = bs) -> None:
+            if progress is not None:
+                progress({**info, "phase": f"{bs}:{info.get('phase', '')}", "bs": bs})
+
+        result = train_target(
+            start,
+            train.station(bs),
+            val.station(bs),
+            cfg,
+            mode=mode,
+            backbone_config=backbone_config,
+            quiet=quiet,
+            progress=report,
+        )
+        models[bs] = result.model
+        per_bs[bs] = dict(result.metrics)
+        summaries[bs] = {
+            **result.summary(),
+            "train_samples": len(train.station(bs)),
+            "val_samples": len(val.station(bs)),
+        }
+        epochs.update({f"{bs}:{k}": v for k, v in result.report.epochs.items()})
+        steps.update({f"{bs}:{k}": v for k, v in result.report.steps.items()})
+
+    rmse = _rmse(models, val)
+    for bs, (rx, ry) in rmse.items():
+        per_bs[bs]["rmse_x"], per_bs[bs]["rmse_y"] = rx, ry
+    means, covs, present = station_estimates(models, val, rmse)
+    heard = present.any(axis=0)
+    mean, cov = fuse(means[:, heard], covs[:, heard], present[:, heard])
+    inflation = fit_inflation(mean - val.pos[heard], cov)
+    metrics: dict[str, Any] = fused_metrics(models, val, rmse, inflation)
+    metrics["fusion"] = {
+        "method": "product_of_gaussians",
+        "inflation": inflation,
+        "sigma_source": "predicted" if cfg.loss == "nll" else "validation_rmse",
+        "uninflated": fused_metrics(models, val, rmse, 1.0),
+    }
+    metrics["bs"] = per_bs
+    test_metrics = None
+    if test is not None:
+        test_metrics = fused_metrics(models, test, rmse, inflation)
+        metrics["test"] = test_metrics
+        for bs in data.bs_ids:
+            d = test.station(bs)
+            if len(d):
+                m = models[bs]
+                pos, sigma = predict(m.backbone, m.head, torch.from_numpy(d.csi))
+                sig = None if sigma is None else sigma.numpy()
+                per_bs[bs]["test"] = evaluate(pos.numpy(), sig, d.pos)
+
+    chosen = ",".join(f"{bs}={s['chosen_mode']}" for bs, s in summaries.items())
+    training: dict[str, Any] = {
+        **cfg.to_dict(),
+        "mode": "scratch" if scratch else mode,
+        "chosen_mode": chosen,
+        "backbone": None if parent is None else f"{parent[0]}:{parent[1]}",
+        "base_stations": data.bs_ids,
+        "bs": summaries,
+        "train_samples": len(train),
+        "val_samples": len(val),
+        "holdout": holdout,
+        "fraction": fraction,
+        "torch_threads": torch.get_num_threads(),
+        "inputs": next(iter(models.values())).backbone.config.inputs,
+        **(extra or {}),
+    }
+    pool_samples = len(train) + len(val)
+    site_version = save_multi_bs_site_model(
+        repo,
+        site,
+        models,
+        parent=parent,
+        config=training,
+        data_fingerprint=_site_fingerprint(data),
+        metrics=metrics,
+        activate=activate,
+    )
+    wall = time.perf_counter() - t0
+    log.info(
+        "site %s %s: %d base stations (%s), fused val ME %.3f m in %.1f s",
+        site,
+        site_version,
+        len(models),
+        chosen,
+        metrics["me"],
+        wall,
+    )
+    return AdaptResult(
+        site=site,
+        version=site_version,
+        parent=parent,
+        metrics=metrics,
+        epochs=epochs,
+        samples=pool_samples,
+        wall_s=wall,
+        steps=steps,
+        chosen_mode=chosen,
+        test=test_metrics,
+    )
