@@ -222,6 +222,26 @@ def _storage_errors() -> Iterator[None]:
         raise
 
 
+@contextlib.contextmanager
+def _job_data(out: Path, path: Path, dataset: str) -> Iterator[None]:
+    """Writing a job's copy of an upload: any failure removes the partial copy, and what
+    the upload got wrong becomes a 422 naming ``dataset``."""
+    try:
+        yield
+    except SchemaError as exc:
+        out.unlink(missing_ok=True)
+        raise _schema_error(exc, "upload") from None
+    except ServiceError:
+        out.unlink(missing_ok=True)
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError, UnicodeDecodeError) as exc:
+        out.unlink(missing_ok=True)
+        raise _unreadable(exc, path, dataset) from None
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+
+
 def _new_data_file(directory: Path) -> Path:
     fd, name = tempfile.mkstemp(prefix=".job-data-", suffix=".h5", dir=directory)
     os.close(fd)
@@ -263,29 +283,15 @@ def prepare_h5(path: Path, env: str | None, limits: UploadLimits, directory: Pat
     if env not in envs:
         raise InvalidInput(f"no environment {env!r} in the upload", {"environments": envs})
     out = _new_data_file(directory)
-    dataset = f"{env}/csi"
-    try:
-        with LazyEnvironment(path, env, cache_bytes=_READ_CACHE_BYTES) as lazy:
-            _check_size(lazy, env, limits)
-            with (
-                _storage_errors(),
-                EnvironmentWriter(out, JOB_DATA_ENV, lazy.meta) as writer,
-            ):
-                for batch in lazy.iter_batches(_COPY_BATCH):
-                    writer.append(batch)
-            return PreparedData(out, writer.count)
-    except SchemaError as exc:
-        out.unlink(missing_ok=True)
-        raise _schema_error(exc, "upload") from None
-    except ServiceError:
-        out.unlink(missing_ok=True)
-        raise
-    except (OSError, ValueError, KeyError, RuntimeError, UnicodeDecodeError) as exc:
-        out.unlink(missing_ok=True)
-        raise _unreadable(exc, path, dataset) from None
-    except BaseException:
-        out.unlink(missing_ok=True)
-        raise
+    with (
+        _job_data(out, path, f"{env}/csi"),
+        LazyEnvironment(path, env, cache_bytes=_READ_CACHE_BYTES) as lazy,
+    ):
+        _check_size(lazy, env, limits)
+        with _storage_errors(), EnvironmentWriter(out, JOB_DATA_ENV, lazy.meta) as writer:
+            for batch in lazy.iter_batches(_COPY_BATCH):
+                writer.append(batch)
+        return PreparedData(out, writer.count)
 
 
 def _site_group(path: Path, envs: list[str], env: str | None) -> str | None:
@@ -332,7 +338,7 @@ def _prepare_site(path: Path, group: str, limits: UploadLimits, directory: Path)
             {"max_decoded_bytes": limits.max_decoded_bytes, "got": decoded},
         )
     out = _new_data_file(directory)
-    try:
+    with _job_data(out, path, group):
         site = read_site(path, group)
         for bs in site.bs_ids:
             if len(site.station(bs)) < limits.min_samples:
@@ -349,18 +355,6 @@ def _prepare_site(path: Path, group: str, limits: UploadLimits, directory: Path)
         with _storage_errors():
             write_site(out, JOB_SITE_GROUP, site)
         return PreparedData(out, len(site))
-    except SchemaError as exc:
-        out.unlink(missing_ok=True)
-        raise _schema_error(exc, "upload") from None
-    except ServiceError:
-        out.unlink(missing_ok=True)
-        raise
-    except (OSError, ValueError, KeyError, RuntimeError, UnicodeDecodeError) as exc:
-        out.unlink(missing_ok=True)
-        raise _unreadable(exc, path, group) from None
-    except BaseException:
-        out.unlink(missing_ok=True)
-        raise
 
 
 def prepare_json(

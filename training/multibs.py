@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from training.checkpoint import load_backbone, save_multi_bs_site_model
+from training.checkpoint import save_multi_bs_site_model
 from training.config import TargetMode, TrainConfig
 from training.data.fingerprints import data_fingerprint
 from training.data.site import SiteFingerprints
@@ -28,8 +28,8 @@ from training.data.splits import fraction_subset, train_val_indices, train_val_t
 from training.fit import ProgressFn, predict
 from training.fusion import coverage, diag_cov, fit_inflation, fuse
 from training.metrics import evaluate
-from training.nets import Backbone, BackboneConfig, SiteModel
-from training.repository import ModelRepository, parse_ref
+from training.nets import BackboneConfig, SiteModel
+from training.repository import ModelRepository
 
 if TYPE_CHECKING:
     from training.transfer import AdaptResult
@@ -152,23 +152,14 @@ def adapt_multi_bs_site(
     extra: dict[str, Any] | None,
 ) -> AdaptResult:
     """`adapt_site` for a site of two or more base stations (see the module docstring)."""
-    from training.transfer import AdaptResult, train_target
+    from training.transfer import AdaptResult, starting_backbone, train_target
 
     t0 = time.perf_counter()
     data.validate(group=site)
     train, val, test = split_site(data, cfg.val_fraction, holdout, fraction, cfg.seed)
     _check_sizes(train, val)
 
-    parent: tuple[str, str] | None = None
-    start: Backbone | None = None
-    if not scratch:
-        source = source_repo or repo
-        name, version = (
-            parse_ref(backbone) if backbone is not None else (source.default_backbone(), None)
-        )
-        version = source.resolve("backbone", name, version)
-        parent = (name, version)
-        start = load_backbone(source, name, version)
+    parent, start = starting_backbone(repo, backbone, source_repo, scratch)
 
     models: dict[str, SiteModel] = {}
     per_bs: dict[str, dict[str, Any]] = {}

@@ -66,6 +66,7 @@ __all__ = [
     "adapt_site",
     "check_mode",
     "holdout_split",
+    "starting_backbone",
     "target_phases",
     "train_target",
 ]
@@ -467,6 +468,25 @@ class AdaptResult:
     test: dict[str, float] | None = None
 
 
+def starting_backbone(
+    repo: ModelRepository,
+    backbone: str | None,
+    source_repo: ModelRepository | None = None,
+    scratch: bool = False,
+) -> tuple[tuple[str, str] | None, Backbone | None]:
+    """The (name, version) and loaded backbone a site adapts from: ``backbone`` (``name`` or
+    ``name:vN``) in ``source_repo`` (default ``repo``), the default backbone when None,
+    nothing with ``scratch``."""
+    if scratch:
+        return None, None
+    source = source_repo or repo
+    name, version = (
+        parse_ref(backbone) if backbone is not None else (source.default_backbone(), None)
+    )
+    version = source.resolve("backbone", name, version)
+    return (name, version), load_backbone(source, name, version)
+
+
 def adapt_site(
     repo: ModelRepository,
     site: str,
@@ -539,16 +559,7 @@ def adapt_site(
     pool, test_data = holdout_split(data, holdout, fraction, seed)
     train, val = split_train_val(pool, cfg.val_fraction, cfg.seed)
 
-    parent: tuple[str, str] | None = None
-    start: Backbone | None = None
-    if not scratch:
-        source = source_repo or repo
-        name, version = (
-            parse_ref(backbone) if backbone is not None else (source.default_backbone(), None)
-        )
-        version = source.resolve("backbone", name, version)
-        parent = (name, version)
-        start = load_backbone(source, name, version)
+    parent, start = starting_backbone(repo, backbone, source_repo, scratch)
     result = train_target(
         start,
         train,
