@@ -27,6 +27,11 @@ def toy_fingerprints(
     """``n`` fingerprints of UEs uniform in a ``size`` room, seen from a BS at ``bs``."""
     rng = np.random.default_rng(seed)
     pos = rng.uniform((0.0, 0.0), size, (n, 2)).astype(np.float32)
+    return _channel(pos, bs, rng)
+
+
+def _channel(pos: np.ndarray, bs: tuple[float, float], rng: np.random.Generator) -> Fingerprints:
+    """The toy line-of-sight CSI of UEs at ``pos`` seen from ``bs``, noise drawn from ``rng``."""
     d = np.hypot(pos[:, 0] - bs[0], pos[:, 1] - bs[1]) + 1.0
     angle = np.arctan2(pos[:, 1] - bs[1], pos[:, 0] - bs[0])
     f = np.arange(N_SUBCARRIERS) * SUBCARRIER_SPACING_HZ
@@ -38,7 +43,7 @@ def toy_fingerprints(
     h = np.exp(1j * phase) / d[:, None, None]
     h = h + 0.01 * (rng.standard_normal(h.shape) + 1j * rng.standard_normal(h.shape)) / d.mean()
     csi = np.stack([h.real, h.imag], axis=-1).astype(np.float32)
-    return Fingerprints(csi=csi, pos=pos)
+    return Fingerprints(csi=csi, pos=pos.astype(np.float32))
 
 
 TOY_ENVS: dict[str, tuple[float, float]] = {
@@ -94,16 +99,4 @@ def toy_site(
 
 
 def _toy_at(pos: np.ndarray, bs: tuple[float, float], seed: int) -> Fingerprints:
-    rng = np.random.default_rng(seed)
-    d = np.hypot(pos[:, 0] - bs[0], pos[:, 1] - bs[1]) + 1.0
-    angle = np.arctan2(pos[:, 1] - bs[1], pos[:, 0] - bs[0])
-    f = np.arange(N_SUBCARRIERS) * SUBCARRIER_SPACING_HZ
-    ant = np.arange(N_ANTENNAS)
-    phase = (
-        -2 * np.pi * f[None, None, :] * d[:, None, None] / C
-        - np.pi * ant[None, :, None] * np.sin(angle)[:, None, None]
-    )
-    h = np.exp(1j * phase) / d[:, None, None]
-    h = h + 0.01 * (rng.standard_normal(h.shape) + 1j * rng.standard_normal(h.shape)) / d.mean()
-    csi = np.stack([h.real, h.imag], axis=-1).astype(np.float32)
-    return Fingerprints(csi=csi, pos=pos.astype(np.float32))
+    return _channel(pos, bs, np.random.default_rng(seed))
