@@ -29,10 +29,13 @@ Tasks may hold their training rows on disk (`training.data.lazy.LazyRows`).
 
 Budgets count steps, not epochs (see `training.config`): every ``eval_every``
 steps the loop validates; a phase stops after ``patience`` validations without
-a better score, but never before ``min_steps``; a plateau schedule halves the
-rate after ``lr_patience`` (>= 3) validations without improvement. The score
-is the plain validation loss (NLL with beta = 0, or MSE), never the
-beta-weighted training loss, or, when a ``selector`` is given (MEML with a
+a better score, but never before ``min_steps``. The schedule is per phase: a
+plateau schedule halves the rate after ``lr_patience`` (>= 3) validations
+without a better validation loss, or a cosine schedule decays it to 0 over the
+phase's ``max_steps``. The score is per phase too: the plain validation loss
+(NLL with beta = 0, or MSE; never the beta-weighted training loss) or the
+validation ME (target training: the NLL of a few hundred labels peaks long
+before the error stops falling), or, when a ``selector`` is given (MEML with a
 `training.probe.TransferProbe`), the selector's score of the backbone: then
 early stopping and the restored state follow transfer to held-out scenes, and
 the plateau schedule still follows the source validation loss. Each phase is
@@ -66,7 +69,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from training.config import DEGENERATE_RATIO, LossName, StepBudget
+from training.config import DEGENERATE_RATIO, LossName, Schedule, Selection, StepBudget
 from training.data.fingerprints import Fingerprints
 from training.data.lazy import LazyRows
 from training.losses import batched_position_loss, position_loss
@@ -107,6 +110,12 @@ class Phase:
     lr_patience: int = 4
     """Validations without improvement before the rate drops."""
     mse_warmup_steps: int = 0
+    select: Selection = "loss"
+    """What keeps a checkpoint and stops the phase: the plain validation ``loss`` or the
+    validation ``me`` (a ``selector`` given to `fit` overrides both)."""
+    schedule: Schedule = "plateau"
+    """``plateau`` (halve after ``lr_patience`` validations without a better validation
+    loss) or ``cosine`` (decay to 0 over the phase's ``max_steps``, every step)."""
 
     def __post_init__(self) -> None:
         if self.train not in ("all", "head"):
@@ -179,7 +188,8 @@ class PhaseReport:
     stopped_early: bool
     steps_per_epoch: int = 1
     best_score: float = math.inf
-    """What selection compared: ``best_val_loss``, or the selector's score when one was given."""
+    """What selection compared: ``best_val_loss`` or ``best_val_me`` (the phase's ``select``),
+    or the selector's score when one was given."""
 
     @property
     def epochs(self) -> int:
@@ -220,6 +230,12 @@ class FitReport:
         """Validation score of the restored final state."""
         final = self.final
         return final.best_val_loss if final else math.inf
+
+    @property
+    def best_score(self) -> float:
+        """What selection compared in the final phase (validation loss, ME or selector)."""
+        final = self.final
+        return final.best_score if final else math.inf
 
     @property
     def best_val_me(self) -> float:
@@ -353,11 +369,17 @@ def fit(
             params = list(heads.parameters())
             params += list(backbone.parameters()) if train_backbone else []
             opts = [torch.optim.Adam(params, lr=phase.lr, weight_decay=weight_decay)]
-        scheds = [
+        plateaus = [
             torch.optim.lr_scheduler.ReduceLROnPlateau(
                 o, factor=phase.lr_factor, patience=phase.lr_patience
             )
             for o in opts
+            if phase.schedule == "plateau"
+        ]
+        cosines = [
+            torch.optim.lr_scheduler.LambdaLR(o, functools.partial(_cosine, max(1, max_steps)))
+            for o in opts
+            if phase.schedule == "cosine"
         ]
         # Head-only phases train on cached features of the frozen backbone.
         cached = not train_backbone and not distributed and not lazy
@@ -412,6 +434,8 @@ def fit(
                 row_opt.rows = env_index
             for o in opts:
                 o.step()
+            for cos in cosines:
+                cos.step()
             running += total.detach()
             since_eval += 1
             report.samples += sum(sizes)
@@ -432,15 +456,18 @@ def fit(
                 joint, head_fns, names, val_sets, scales, loss, distributed, val_feats
             )
             me_mean = float(np.mean(list(val_me.values())))
-            score = val_loss if selector is None else selector(backbone)
+            if selector is not None:
+                score = selector(backbone)
+            else:
+                score = me_mean if phase.select == "me" else val_loss
             improved = score < best.score
             if improved:
                 best = _Best(val_loss, me_mean, val_me, step, _snapshot(joint), score)
                 evals_since_best = 0
             else:
                 evals_since_best += 1
-            for sched in scheds:
-                sched.step(val_loss)
+            for plateau in plateaus:
+                plateau.step(val_loss)
             row = {
                 "phase": phase.name,
                 "step": step,
@@ -707,6 +734,11 @@ class _IndexStream:
         return torch.cat([tail, self._perm[: self._pos]])
 
 
+def _cosine(horizon: int, step: int) -> float:
+    """The cosine schedule's factor on the initial rate after ``step`` of ``horizon`` steps."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, horizon) / horizon))
+
+
 @dataclass
 class _Best:
     loss: float
@@ -715,7 +747,7 @@ class _Best:
     step: int
     state: dict[str, torch.Tensor]
     score: float
-    """What selection compares: the validation loss, or the selector's score."""
+    """What selection compares: the validation loss or ME, or the selector's score."""
 
 
 @torch.no_grad()

@@ -155,8 +155,14 @@ def combined_fingerprint(parts: Mapping[str, str]) -> str:
     return h.hexdigest()
 
 
-def source_phases(config: TrainConfig, n_train: int, n_envs: int = 1) -> list[Phase]:
+def source_phases(
+    config: TrainConfig, n_train: int, n_envs: int = 1, *, target_recipe: bool = False
+) -> list[Phase]:
     """Source training is one all-parameter phase (with the optional NLL's MSE warm-up).
+
+    It selects by the validation loss on a plateau schedule; ``target_recipe`` (scratch
+    at a site, the fair baseline of fine-tuning) takes the target training's
+    ``config.select`` and ``config.schedule`` instead.
 
     When a step draws ``config.envs_per_step`` of ``n_envs`` environments, an epoch is
     ``n_envs / envs_per_step`` times as many steps (each environment seen once in
@@ -173,6 +179,8 @@ def source_phases(config: TrainConfig, n_train: int, n_envs: int = 1) -> list[Ph
             config.budget(n_train),
             lr_patience=config.lr_patience,
             mse_warmup_steps=config.mse_warmup_steps if config.loss == "nll" else 0,
+            select=config.select if target_recipe else "loss",
+            schedule=config.schedule if target_recipe else "plateau",
         )
     ]
 
@@ -188,6 +196,7 @@ def train_sources(
     shard: Shard | None = None,
     device: torch.device | str = "cpu",
     probe: TransferProbe | None = None,
+    target_recipe: bool = False,
 ) -> SourceResult:
     """Train a fresh backbone and one fresh head per environment of ``sources``.
 
@@ -201,7 +210,8 @@ def train_sources(
     ``probe``: held-out environments that measure transfer (`training.probe`);
     early stopping and the kept checkpoint then follow their mean ME, not the
     source validation loss, and `SourceResult.probe_me` holds the final ME per
-    held-out environment.
+    held-out environment. ``target_recipe``: train with target training's selection
+    and schedule (see `source_phases`).
     """
     if not sources:
         raise ValueError("no environments to train on: expected at least one")
@@ -218,12 +228,13 @@ def train_sources(
             shard=shard,
             device=device,
             probe=probe,
+            target_recipe=target_recipe,
         )
 
     result = once(config.seed)
     if result.degenerate and config.retry_degenerate and len(sources) == 1:
         again = once(config.seed + RETRY_SEED_OFFSET)
-        if again.report.best_val_loss < result.report.best_val_loss:
+        if again.report.best_score < result.report.best_score:
             result = again
         result.retried = True
     return result
@@ -241,6 +252,7 @@ def _train_once(
     shard: Shard | None,
     device: torch.device | str,
     probe: TransferProbe | None = None,
+    target_recipe: bool = False,
 ) -> SourceResult:
     backbone = Backbone(backbone_config, seed=init_seed)
     heads: dict[str, Head] = {}
@@ -258,7 +270,7 @@ def _train_once(
     report = fit(
         backbone,
         tasks,
-        source_phases(config, n_train, len(tasks)),
+        source_phases(config, n_train, len(tasks), target_recipe=target_recipe),
         loss=config.loss,
         beta=config.beta,
         batch_size=config.batch_size,

@@ -76,6 +76,7 @@ def test_meml_then_gradual_site_then_evaluate_beats_the_mean(
     assert manifest["parent"] == {"backbone": "meml", "version": "v1"}
     assert set(manifest["config"]["epochs_run"]) == {"warmup", "unfrozen"}
     assert manifest["config"]["min_steps"] == 30 and manifest["config"]["beta"] == 0.5
+    assert (manifest["config"]["select"], manifest["config"]["schedule"]) == ("me", "cosine")
     assert manifest["metrics"]["test"]["me"] == pytest.approx(m["me"], rel=1e-6)
 
 
@@ -210,6 +211,12 @@ def test_bad_input_is_one_clear_line(tmp_path: Path, trained: tuple[Path, Path, 
          "--site", "x", "--beta", "2"],
     )  # fmt: skip
     assert result.exit_code == 2 and "beta=2.0, expected in [0, 1]" in result.output
+    result = runner.invoke(
+        app,
+        ["train", "site", "--data", str(data), "--env", "lab-los", "--out", str(repo),
+         "--site", "x", "--select", "nll"],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "select='nll', expected one of me, loss" in result.output
 
 
 def test_meml_lazy_with_sampled_environments(tmp_path: Path, tiny_h5: Path) -> None:

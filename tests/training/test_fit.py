@@ -134,6 +134,34 @@ def test_early_stopping_and_best_restore() -> None:
     assert evaluate(pos, None, task.val[1])["me"] == pytest.approx(ph.best_val_me, rel=1e-4)
 
 
+def test_select_me_keeps_the_checkpoint_of_the_best_validation_error() -> None:
+    torch.manual_seed(0)
+    backbone, task = TinyBackbone(), make_task("a", 200, 3, out=4)
+    steps = phase("t", "all", 3e-3, 200, every=10)
+    me_phase = Phase("t", "all", 3e-3, steps.budget, select="me")
+    report = fit(backbone, [task], [me_phase], loss="nll", quiet=True)
+    ph = report.phases[0]
+    best_row = report.history[ph.best_step // 10 - 1]
+    assert best_row["val_me"] == min(r["val_me"] for r in report.history)
+    assert ph.best_score == pytest.approx(ph.best_val_me)
+    pos, _ = predict(backbone, task.head, task.val[0])
+    assert evaluate(pos, None, task.val[1])["me"] == pytest.approx(ph.best_val_me, rel=1e-4)
+    # The NLL's own choice would be another checkpoint in this run (its minimum comes earlier).
+    by_loss = min(report.history, key=lambda r: r["val_loss"])
+    assert by_loss["step"] != best_row["step"]
+
+
+def test_cosine_schedule_decays_to_zero_over_the_phase() -> None:
+    torch.manual_seed(0)
+    backbone, task = TinyBackbone(), make_task("a", 150, 2)
+    cos = Phase("t", "all", 1e-2, budget(100, every=10), schedule="cosine")
+    report = fit(backbone, [task], [cos], loss="mse", quiet=True)
+    lrs = [r["lr"] for r in report.history]
+    assert lrs == sorted(lrs, reverse=True) and lrs[0] < 1e-2
+    assert lrs[4] == pytest.approx(1e-2 * 0.5 * (1 + np.cos(np.pi * 50 / 100)))
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)
+
+
 def test_multi_task_progress_and_console_line(caplog: pytest.LogCaptureFixture) -> None:
     torch.manual_seed(0)
     tasks = [make_task("big", 200, 4), make_task("small", 40, 5)]

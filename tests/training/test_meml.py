@@ -115,6 +115,10 @@ def test_config_and_split_errors_are_clear() -> None:
         train_sources({}, FAST)
     with pytest.raises(ValueError, match=r"lr_patience=2, expected >= 3"):
         TrainConfig(lr_patience=2)
+    with pytest.raises(ValueError, match="select='mae', expected one of me, loss"):
+        TrainConfig(select="mae")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="schedule='step', expected one of cosine, plateau"):
+        TrainConfig(schedule="step")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="at least 2 samples"):
         split_train_val(ENVS["a"].subset(slice(0, 1)), 0.2, 0)
     one = Fingerprints(csi=ENVS["a"].csi[:3], pos=ENVS["a"].pos[:3])

@@ -113,7 +113,7 @@ def test_auto_trains_every_candidate_and_reports_the_choice() -> None:
     assert result.mode == "auto" and result.chosen in ("finetune", "gradual")
     assert set(result.candidates) == {"finetune", "gradual", "head"}
     c = result.candidates
-    assert c["head"]["val_loss"] > c[result.chosen]["val_loss"]
+    assert c["head"]["val_score"] > c[result.chosen]["val_score"]
     assert c["head"]["val_me"] > 1.2 * c[result.chosen]["val_me"]
     assert result.reason and result.summary()["chosen_mode"] == result.chosen
     assert c["finetune"]["folds"] == 1.0

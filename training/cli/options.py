@@ -46,6 +46,8 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("mse_warmup_steps", int, "nll: train positions with the MSE for this many steps."),
     _Option("head_warmup_steps", int, "gradual: head-only warm-up steps before unfreezing."),
     _Option("unfreeze_lr_factor", float, "gradual: learning-rate factor once all layers train."),
+    _Option("select", str, "Target training: select the checkpoint by validation me or loss."),
+    _Option("schedule", str, "Target training: learning-rate schedule, cosine or plateau."),
 )
 _SIGMA = _Option(
     "calibrate_sigma",

@@ -302,6 +302,12 @@ class Preset:
             for key, default in _META_CONFIG_DEFAULTS.items():
                 if config[part].get(key) == default:
                     del config[part][key]
+        # Sources ignore the target recipe's fields; a target on the recipe from before
+        # they existed (select by the loss, plateau schedule) keeps its old fingerprint.
+        for key, before in _TARGET_RECIPE_BEFORE.items():
+            config["source"].pop(key, None)
+            if config["target"].get(key) == before:
+                del config["target"][key]
         text = json.dumps(config, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -309,6 +315,9 @@ class Preset:
 _META_CONFIG_DEFAULTS = {
     name: getattr(TrainConfig(), name) for name in ("inner_lr", "inner_steps", "first_order")
 }
+
+
+_TARGET_RECIPE_BEFORE = {"select": "loss", "schedule": "plateau"}
 
 
 def derive_seed(base: int, *parts: object) -> int:

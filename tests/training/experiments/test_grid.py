@@ -62,12 +62,24 @@ def test_meta_strategies_name_their_variant_and_loss() -> None:
     assert plain.fingerprint() != Preset(name="x", source=TrainConfig(inner_lr=0.1)).fingerprint()
     # Nor did label budgets, source sets and probes change it: `paper-meta` made before them
     # (docs/results/meta) resumes.
-    assert get_preset("paper-meta").fingerprint() == "c9586681613c31ae"
+    # The target recipe (select, schedule) changed after it: pinned to the old one, it
+    # still resumes; on the new default it is another experiment. Sources ignore both.
+    meta = get_preset("paper-meta")
+    before = TrainConfig(select="loss", schedule="plateau")
+    old_recipe = dataclasses.replace(meta, target=meta.target.replace(**_recipe(before)))
+    assert old_recipe.fingerprint() == "c9586681613c31ae" != meta.fingerprint()
+    assert (
+        dataclasses.replace(old_recipe, source=meta.source.replace(**_recipe(before)))
+    ).fingerprint() == "c9586681613c31ae"
     assert plain.fingerprint() != Preset(name="x", labels=(500,)).fingerprint()
     probed = Preset(
         name="x", probe_envs=("proc/s0012/*",), source_sets=(SourceSet("c", ("proc/*",)),)
     )
     assert probed.fingerprint() != dataclasses.replace(probed, probe_labels=50).fingerprint()
+
+
+def _recipe(config: TrainConfig) -> dict[str, str]:
+    return {"select": config.select, "schedule": config.schedule}
 
 
 def test_run_id_is_readable_and_stable() -> None:
