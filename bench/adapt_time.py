@@ -3,8 +3,11 @@
 The training issue's target: `auto` adaptation of 600 labelled samples in under 60 s on
 2 idle cores. `auto` trains three candidates (finetune, gradual, head) and keeps the best,
 so its cost is printed as a ratio to one `finetune` run on the same data in the same
-process (the baseline), alongside the absolute seconds. Data: a ray-traced-like toy
-channel (the training tests' `toychannel`), so the run needs no simulator.
+process (the baseline), alongside the absolute seconds, and to `auto` on the recipe
+before the target recipe changed (``select="loss"``, plateau schedule: the one that
+measured 52.9 s on idle cores), so a loaded machine still tells what the change costs.
+Data: a ray-traced-like toy channel (the training tests' `toychannel`), so the run
+needs no simulator.
 
     python3 bench/adapt_time.py [--samples 600] [--threads 2] [--rounds 2]
 """
@@ -22,7 +25,7 @@ import torch
 
 from tests.training.toychannel import toy_fingerprints
 from training.checkpoint import save_backbone
-from training.config import TrainConfig
+from training.config import TargetMode, TrainConfig
 from training.nets import Backbone
 from training.repository import ModelRepository
 from training.transfer import adapt_site
@@ -37,20 +40,21 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     data = toy_fingerprints(args.samples, (5.0, -2.0), seed=7, size=(12.0, 9.0))
-    times: dict[str, list[float]] = {"finetune": [], "auto": []}
+    times: dict[str, list[float]] = {"finetune": [], "auto": [], "auto-before": []}
+    before = TrainConfig(select="loss", schedule="plateau")
     chosen: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         repo = ModelRepository(Path(tmp) / "models")
         save_backbone(repo, "meml", Backbone(seed=0), loss="nll")
         for r in range(args.rounds):
             # Alternate the two so load from other processes hits both alike.
-            for mode in ("finetune", "auto"):
+            for arm in ("finetune", "auto", "auto-before"):
+                mode: TargetMode = "finetune" if arm == "finetune" else "auto"
+                config = before if arm == "auto-before" else TrainConfig()
                 t0 = time.perf_counter()
-                result = adapt_site(
-                    repo, f"{mode}-{r}", data, mode=mode, loss="nll", config=TrainConfig()
-                )
-                times[mode].append(time.perf_counter() - t0)
-                if mode == "auto":
+                result = adapt_site(repo, f"{arm}-{r}", data, mode=mode, loss="nll", config=config)
+                times[arm].append(time.perf_counter() - t0)
+                if arm == "auto":
                     chosen.append(result.chosen_mode)
     ft, auto = statistics.median(times["finetune"]), statistics.median(times["auto"])
     print(
@@ -60,7 +64,10 @@ def main() -> None:
     )
     print(f"finetune adaptation  median {ft:6.1f} s  (runs {times['finetune']})")
     print(f"auto adaptation      median {auto:6.1f} s  (chose {chosen})")
+    old = statistics.median(times["auto-before"])
+    print(f"auto, recipe before  median {old:6.1f} s  (select loss, plateau)")
     print(f"ratio auto / finetune       {auto / ft:6.2f}")
+    print(f"ratio auto / auto before    {auto / old:6.2f}")
 
 
 if __name__ == "__main__":
