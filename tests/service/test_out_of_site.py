@@ -4,6 +4,7 @@ of out-of-site answers, the out-of-site counter, and versions without a novelty 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -99,3 +100,87 @@ def test_a_real_model_without_a_novelty_model_answers_null(
     client.app.state.store.refresh()  # type: ignore[attr-defined]
     positions = locate(client, "bare", OWN.csi[:2])
     assert [p["in_site"] for p in positions] == [None, None]
+
+
+def _v2_outputs(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {o["name"]: o for o in body["outputs"]}
+
+
+def test_v2_http_answers_novelty_and_in_site_like_locate(ood_client: TestClient) -> None:
+    csi = np.concatenate([OWN.csi[:4], csi_batch(2, seed=3)])
+    want = locate(ood_client, "toy", csi)
+    meta = ood_client.get("/v2/models/toy", headers=LOCATE).json()
+    outs = {o["name"]: (o["datatype"], o["shape"]) for o in meta["outputs"]}
+    assert outs["novelty"] == ("FP32", [-1]) and outs["in_site"] == ("BOOL", [-1])
+    tensor = {"name": "csi", "datatype": "FP32", "shape": list(csi.shape)}
+    r = ood_client.post(
+        "/v2/models/toy/infer",
+        json={"inputs": [{**tensor, "data": csi.reshape(-1).tolist()}]},
+        headers=LOCATE,
+    )
+    assert r.status_code == 200, r.text
+    got = _v2_outputs(r.json())
+    assert got["in_site"]["datatype"] == "BOOL" and got["in_site"]["shape"] == [6]
+    assert got["in_site"]["data"] == [p["in_site"] for p in want]
+    assert got["in_site"]["data"][4:] == [False, False]
+    np.testing.assert_allclose(got["novelty"]["data"], [p["novelty"] for p in want], rtol=1e-5)
+    # binary outputs: BOOL is one byte per element, after the FP32 novelty
+    r = ood_client.post(
+        "/v2/models/toy/infer",
+        json={
+            "inputs": [{**tensor, "data": csi.reshape(-1).tolist()}],
+            "outputs": [
+                {"name": "novelty", "parameters": {"binary_data": True}},
+                {"name": "in_site", "parameters": {"binary_data": True}},
+            ],
+        },
+        headers=LOCATE,
+    )
+    assert r.status_code == 200, r.text
+    head = int(r.headers["inference-header-content-length"])
+    blob = r.content[head:]
+    assert len(blob) == 6 * 4 + 6
+    assert np.frombuffer(blob[24:], dtype=np.bool_).tolist() == [p["in_site"] for p in want]
+
+
+def test_v2_sites_without_a_detector_list_no_novelty_output(client: TestClient) -> None:
+    meta = client.get("/v2/models/lab-nll", headers=LOCATE).json()
+    assert [o["name"] for o in meta["outputs"]] == ["position", "sigma"]
+    csi = csi_batch(1)
+    r = client.post(
+        "/v2/models/lab-nll/infer",
+        json={
+            "inputs": [
+                {
+                    "name": "csi",
+                    "datatype": "FP32",
+                    "shape": list(csi.shape),
+                    "data": csi.reshape(-1).tolist(),
+                }
+            ],
+            "outputs": [{"name": "in_site"}],
+        },
+        headers=LOCATE,
+    )
+    assert r.status_code == 422 and "unknown output 'in_site'" in r.json()["error"]
+
+
+@pytest.mark.timeout(60)
+def test_v2_grpc_answers_in_site(repo: ModelRepository, start_server: Callable[..., Any]) -> None:
+    import tritonclient.grpc as triton
+
+    from tests.service.conftest import free_port
+
+    publish_toy_site(repo, "toy")
+    port = free_port()
+    start_server(grpc_port=port)
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{port}")
+    csi = np.concatenate([OWN.csi[:3], csi_batch(2, seed=3)])
+    inp = triton.InferInput("csi", list(csi.shape), "FP32")
+    inp.set_data_from_numpy(csi)
+    grpc_key = {k.lower(): v for k, v in LOCATE.items()}  # gRPC metadata keys are lower case
+    result = client.infer("toy", [inp], headers=grpc_key)
+    in_site, novelty = result.as_numpy("in_site"), result.as_numpy("novelty")
+    assert in_site.dtype == np.bool_ and in_site.shape == (5,)
+    assert in_site[3:].tolist() == [False, False] and in_site[:3].sum() >= 2
+    assert ((novelty <= 1.0) == in_site).all()
