@@ -6,8 +6,9 @@ for a site into one model call (service/batching.py).
 
 A multi-BS site answers `Positioner.locate_bs`: CSI per base station for the same UEs
 (any non-empty subset of the site's BSs), one model call per BS present, and the
-estimates fused by product of Gaussians (`training.fusion`) into one position with a
-full 2x2 covariance. Those requests bypass the batcher: they already batch per BS.
+estimates fused by the method the site version names (`training.fusion`: product of
+Gaussians, or its robust Student-t variant) into one position with a full 2x2
+covariance. Those requests bypass the batcher: they already batch per BS.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ class FusedPrediction:
     cov: np.ndarray  # [B, 2, 2]
     sigma_source: str
     inflation: float
+    method: str = fusion.PRODUCT
+    """The fusion method (`training.fusion.METHODS`) the site version names."""
 
     @property
     def sigma(self) -> np.ndarray:
@@ -265,7 +268,7 @@ class Positioner:
             means[k] = position
             sig = sigma if sigma is not None else np.tile(served.bs_rmse[bs], (rows, 1))
             covs[k] = fusion.diag_cov(sig)
-        mean, cov = fusion.fuse(means, covs)
+        mean, cov = fusion.fuse_by(served.fusion_method, means, covs)
         cov = cov * served.inflation
         fused = FusedPrediction(
             site,
@@ -276,6 +279,7 @@ class Positioner:
             cov,
             "predicted" if served.has_sigma else "validation_rmse",
             served.inflation,
+            served.fusion_method,
         )
         elapsed = time.perf_counter() - start
         label = metrics.site_label(site, self.store.knows)

@@ -28,7 +28,8 @@ import onnxruntime as ort
 
 from service import metrics
 from service.errors import InvalidInput, SiteLoading, SiteNotFound, Unavailable
-from training.fusion import sigma_from_rmse
+from training.fusion import METHODS as FUSION_METHODS
+from training.fusion import PRODUCT, sigma_from_rmse
 from training.novelty import FILE as NOVELTY_FILE
 from training.novelty import SINGLE_HEAD, NoveltyModel, inflate_sigma, read_novelty
 from training.repository import NAME_PATTERN as SITE_ID
@@ -70,6 +71,9 @@ class ServedSite:
     """Validation RMSE per axis of each BS's model (multi-BS sites)."""
     inflation: float = 1.0
     """Covariance inflation of the fused estimate, fitted on validation (multi-BS sites)."""
+    fusion_method: str = PRODUCT
+    """How the BSs' estimates are fused (`training.fusion.METHODS`): the manifest's
+    ``metrics.fusion.method``, the product of Gaussians for versions without one."""
     _session: ort.InferenceSession | None = None
     _sessions: dict[str, ort.InferenceSession] = field(default_factory=dict)
 
@@ -150,8 +154,13 @@ class ServedSite:
                 raise ValueError(f"{self.path}: MSE model of {bs!r} has no validation rmse_x/y")
             if sigma is not None:
                 self.bs_rmse[bs] = sigma
-        inflation = (metrics.get("fusion") or {}).get("inflation", 1.0)
+        fusion = metrics.get("fusion") or {}
+        inflation = fusion.get("inflation", 1.0)
         self.inflation = float(inflation) if isinstance(inflation, int | float) else 1.0
+        method = fusion.get("method", PRODUCT)
+        if method not in FUSION_METHODS:
+            raise ValueError(f"{self.path}: unknown fusion method {method!r}")
+        self.fusion_method = str(method)
         self.base_stations = tuple(stations)
         self._sessions = sessions
         return self

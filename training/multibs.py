@@ -26,7 +26,7 @@ from training.data.fingerprints import data_fingerprint
 from training.data.site import SiteFingerprints
 from training.data.splits import fraction_subset, train_val_indices, train_val_test
 from training.fit import ProgressFn, predict
-from training.fusion import coverage, diag_cov, fit_inflation, fuse
+from training.fusion import ROBUST, coverage, diag_cov, fit_inflation, fuse_by
 from training.metrics import evaluate
 from training.nets import BackboneConfig, SiteModel
 from training.repository import ModelRepository
@@ -35,6 +35,11 @@ if TYPE_CHECKING:
     from training.transfer import AdaptResult
 
 log = logging.getLogger(__name__)
+
+FUSION = ROBUST
+"""How a new version fuses its BSs (`training.fusion`): Student-t down-weighting of a
+disagreeing BS measured better than the product of Gaussians on two held-out sites
+(docs/results/site-trust); recorded as ``metrics.fusion.method`` for the service."""
 
 MIN_TRAIN_PER_BS = 2
 MIN_VAL_PER_BS = 1
@@ -88,11 +93,12 @@ def fused_metrics(
     data: SiteFingerprints,
     rmse: dict[str, tuple[float, float]],
     inflation: float = 1.0,
+    method: str = FUSION,
 ) -> dict[str, float]:
     """ME, p90 and 1/2-sigma coverage of the fused estimate on `data`."""
     means, covs, present = station_estimates(models, data, rmse)
     heard = present.any(axis=0)
-    mean, cov = fuse(means[:, heard], covs[:, heard], present[:, heard])
+    mean, cov = fuse_by(method, means[:, heard], covs[:, heard], present[:, heard])
     cov = cov * inflation
     truth = data.pos[heard].astype(np.float64)
     out = evaluate(mean, np.sqrt(np.diagonal(cov, axis1=1, axis2=2)), truth)
@@ -197,11 +203,11 @@ def adapt_multi_bs_site(
         per_bs[bs]["rmse_x"], per_bs[bs]["rmse_y"] = rx, ry
     means, covs, present = station_estimates(models, val, rmse)
     heard = present.any(axis=0)
-    mean, cov = fuse(means[:, heard], covs[:, heard], present[:, heard])
+    mean, cov = fuse_by(FUSION, means[:, heard], covs[:, heard], present[:, heard])
     inflation = fit_inflation(mean - val.pos[heard], cov)
     metrics: dict[str, Any] = fused_metrics(models, val, rmse, inflation)
     metrics["fusion"] = {
-        "method": "product_of_gaussians",
+        "method": FUSION,
         "inflation": inflation,
         "sigma_source": "predicted" if cfg.loss == "nll" else "validation_rmse",
         "uninflated": fused_metrics(models, val, rmse, 1.0),

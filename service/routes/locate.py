@@ -187,7 +187,7 @@ def fused_json(pred: FusedPrediction, confidence: float | None) -> dict[str, Any
         "sigma_available": True,
         "base_stations": list(pred.per_bs),
         "fusion": {
-            "method": "product_of_gaussians",
+            "method": pred.method,
             "sigma_source": pred.sigma_source,
             "inflation": pred.inflation,
         },
