@@ -29,6 +29,7 @@ from training.fit import ProgressFn, predict
 from training.fusion import ROBUST, coverage, diag_cov, fit_inflation, fuse_by
 from training.metrics import evaluate
 from training.nets import BackboneConfig, SiteModel
+from training.novelty import NoveltyModel, backbone_features, fit_site_novelty
 from training.repository import ModelRepository
 
 if TYPE_CHECKING:
@@ -213,6 +214,12 @@ def adapt_multi_bs_site(
         "uninflated": fused_metrics(models, val, rmse, 1.0),
     }
     metrics["bs"] = per_bs
+    novelty: dict[str, NoveltyModel] = {}
+    for bs in data.bs_ids:  # per BS: its backbone's features of its own train/val split
+        model_k = fit_site_novelty(models[bs].backbone, train.station(bs), val.station(bs))
+        if model_k is not None:
+            novelty[bs] = model_k
+            per_bs[bs]["novelty"] = model_k.summary()
     test_metrics = None
     if test is not None:
         test_metrics = fused_metrics(models, test, rmse, inflation)
@@ -224,6 +231,9 @@ def adapt_multi_bs_site(
                 pos, sigma = predict(m.backbone, m.head, torch.from_numpy(d.csi))
                 sig = None if sigma is None else sigma.numpy()
                 per_bs[bs]["test"] = evaluate(pos.numpy(), sig, d.pos)
+                if bs in novelty:
+                    scores = novelty[bs].score(backbone_features(m.backbone, d.csi))
+                    per_bs[bs]["novelty"]["test_false_alarm"] = float(np.mean(scores > 1.0))
 
     chosen = ",".join(f"{bs}={s['chosen_mode']}" for bs, s in summaries.items())
     training: dict[str, Any] = {
@@ -251,6 +261,7 @@ def adapt_multi_bs_site(
         data_fingerprint=_site_fingerprint(data),
         metrics=metrics,
         activate=activate,
+        novelty=novelty or None,
     )
     wall = time.perf_counter() - t0
     log.info(
