@@ -57,7 +57,9 @@ def _estimates(
     return est, sig
 
 
-def accuracy(sigma: float, rho: float, outliers: float, seed: int, scale: float) -> None:
+def accuracy(
+    sigma: float, rho: float, outliers: float, seed: int, scale: float, share: float
+) -> None:
     rng = np.random.default_rng(seed)
     tracks = []
     for k in range(7):
@@ -71,12 +73,12 @@ def accuracy(sigma: float, rho: float, outliers: float, seed: int, scale: float)
     raw = np.concatenate([np.linalg.norm(e - t, axis=1) for _, t, e, _ in tracks])
     print(
         f"\nsigma {sigma} m, rho {rho}, outliers {outliers:.0%}: {len(tracks)} tracks, "
-        f"{len(raw)} samples, noise_scale {scale}; snapshot ME {raw.mean():.3f} m, "
-        f"p90 {np.quantile(raw, 0.9):.3f} m"
+        f"{len(raw)} samples, noise_scale {scale}, error_share {share}; "
+        f"snapshot ME {raw.mean():.3f} m, p90 {np.quantile(raw, 0.9):.3f} m"
     )
     print(f"{'q m2/s3':>8} {'ME':>7} {'ratio':>6} {'p90':>7} {'1sig':>6} {'2sig':>6} {'gated':>6}")
     for q in Q_GRID:
-        config = TrackerConfig(accel_psd=q, noise_scale=scale)
+        config = TrackerConfig(accel_psd=q, noise_scale=scale, error_share=share)
         errs, m2, gated = [], [], []
         for t, truth, est, sig in tracks:
             covs = np.zeros((len(t), 2, 2))
@@ -153,12 +155,20 @@ def main() -> None:
     ap.add_argument("--updates", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--noise-scale", type=float, nargs="+", default=[1.0])
+    ap.add_argument(
+        "--error-share",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="TrackerConfig.error_share (0: the white-noise filter, as in bench/tracking.md)",
+    )
     ap.add_argument("--no-store", action="store_true", help="Skip the store timing.")
     args = ap.parse_args()
     print(f"load: {os.getloadavg()}")
     for rho in args.rho:
         for scale in args.noise_scale:
-            accuracy(args.sigma, rho, args.outliers, args.seed, scale)
+            for share in args.error_share:
+                accuracy(args.sigma, rho, args.outliers, args.seed, scale, share)
     if not args.no_store:
         store_cost(args.updates)
 

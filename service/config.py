@@ -159,8 +159,15 @@ class Settings(BaseSettings):
     bench/tracking.md)."""
 
     track_noise_scale: float = Field(default=1.0, gt=0)
-    """Tracking: multiplies each measurement's covariance; > 1 where a site's snapshot
-    errors are correlated along a track (the filter assumes independent errors)."""
+    """Tracking: multiplies each measurement's covariance (1: the estimate's own)."""
+
+    track_error_share: float = Field(default=0.55, ge=0, lt=1)
+    """Tracking: share of a measurement's error variance that is correlated along a track
+    (a field over space, decaying over `track_error_length_m`); 0: independent errors, the
+    plain filter. Measured on held-out sites in docs/results/site-trust."""
+
+    track_error_length_m: float = Field(default=1.8, gt=0)
+    """Tracking: distance (m) over which the correlated part of the error decays by 1/e."""
 
     track_gate_probability: float = Field(default=0.99, gt=0, lt=1)
     """Tracking: a measurement outside this chi-square (2 dof) probability mass of the

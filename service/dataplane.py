@@ -7,6 +7,9 @@ checks and their 4xx answers are the same whichever way a request came in.
 A multi-BS site takes one input per base station, named ``csi_<bs>`` (any non-empty
 subset, the same batch size each), and answers the fused `position`, its marginal
 `sigma` and the full `covariance` FP32 [B,2,2].
+
+A site version with an out-of-site detector also answers `novelty` FP32 [B] (above 1:
+not from this site) and `in_site` BOOL [B], as `/locate` does.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ INPUT = "csi"
 BS_INPUT_PREFIX = "csi_"
 """A multi-BS site's inputs: ``csi_<bs id>``, one per base station."""
 FUSED_OUTPUTS = ["position", "sigma", "covariance"]
+NOVELTY_OUTPUTS = ["novelty", "in_site"]
+"""Outputs of a site version with an out-of-site detector (`training.novelty`)."""
 DTYPES: dict[str, type[np.floating[Any]]] = {
     "FP32": np.float32,
     "FP64": np.float64,
@@ -54,7 +59,19 @@ def served(store: ModelStore, site: str, version: str | None = None) -> ServedSi
 def output_names(model: ServedSite) -> list[str]:
     if model.multi_bs:
         return list(FUSED_OUTPUTS)
-    return ["position", "sigma"] if model.has_sigma else ["position"]
+    names = ["position", "sigma"] if model.has_sigma else ["position"]
+    return names + NOVELTY_OUTPUTS if model.novelty is not None else names
+
+
+def output_datatype(arr: np.ndarray) -> str:
+    """The V2 datatype of an output array (`output_arrays` gives FP32 or BOOL)."""
+    return "BOOL" if arr.dtype == np.bool_ else "FP32"
+
+
+def _output_shape(name: str) -> list[int]:
+    if name == "covariance":
+        return [-1, 2, 2]
+    return [-1] if name in NOVELTY_OUTPUTS else [-1, 2]
 
 
 def input_names(model: ServedSite) -> list[str]:
@@ -92,8 +109,8 @@ def model_metadata(model: ServedSite) -> dict[str, Any]:
         "outputs": [
             {
                 "name": name,
-                "datatype": "FP32",
-                "shape": [-1, 2, 2] if name == "covariance" else [-1, 2],
+                "datatype": "BOOL" if name == "in_site" else "FP32",
+                "shape": _output_shape(name),
             }
             for name in output_names(model)
         ],
@@ -192,8 +209,19 @@ def same_batch(per_bs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def output_arrays(
     pred: Prediction | FusedPrediction, names: Sequence[str]
 ) -> list[tuple[str, np.ndarray]]:
-    """(name, little-endian float32 [B,2], or [B,2,2] for `covariance`) per output asked for."""
+    """(name, array) per output asked for: little-endian float32 [B,2] (`covariance`
+    [B,2,2], `novelty` [B]), or bool [B] for `in_site` (one byte each, as V2 BOOL)."""
     arrays: dict[str, np.ndarray | None] = {"position": pred.position, "sigma": pred.sigma}
     if isinstance(pred, FusedPrediction):
         arrays["covariance"] = pred.cov
-    return [(name, np.ascontiguousarray(arrays[name], dtype="<f4")) for name in names]
+    else:
+        arrays["novelty"] = pred.novelty
+        arrays["in_site"] = pred.in_site
+    out = []
+    for name in names:
+        arr = arrays.get(name)
+        if arr is None:  # asked for, but this prediction has none (validated before)
+            raise InvalidInput(f"output {name!r} is not available for this site version")
+        dtype = np.bool_ if name == "in_site" else np.dtype("<f4")
+        out.append((name, np.ascontiguousarray(arr, dtype=dtype)))
+    return out

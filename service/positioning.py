@@ -6,8 +6,9 @@ for a site into one model call (service/batching.py).
 
 A multi-BS site answers `Positioner.locate_bs`: CSI per base station for the same UEs
 (any non-empty subset of the site's BSs), one model call per BS present, and the
-estimates fused by product of Gaussians (`training.fusion`) into one position with a
-full 2x2 covariance. Those requests bypass the batcher: they already batch per BS.
+estimates fused by the method the site version names (`training.fusion`: product of
+Gaussians, or its robust Student-t variant) into one position with a full 2x2
+covariance. Those requests bypass the batcher: they already batch per BS.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from service.batching import Batcher
 from service.errors import InvalidInput, PayloadTooLarge
 from service.store import ModelStore, ServedSite
 from training import fusion
+from training.novelty import combine_scores
 
 CSI_SHAPE = (8, 103, 2)
 
@@ -72,6 +74,16 @@ class FusedPrediction:
     cov: np.ndarray  # [B, 2, 2]
     sigma_source: str
     inflation: float
+    method: str = fusion.PRODUCT
+    """The fusion method (`training.fusion.METHODS`) the site version names."""
+    novelty: np.ndarray | None = None
+    """[B] the median of the present BSs' out-of-site scores (`training.novelty.
+    combine_scores`: above 1 is out of site); None without per-BS detectors."""
+
+    @property
+    def in_site(self) -> np.ndarray | None:
+        """[B] bool: at least half of the BSs that heard the UE say it is in the site."""
+        return None if self.novelty is None else self.novelty <= 1.0
 
     @property
     def sigma(self) -> np.ndarray:
@@ -249,23 +261,23 @@ class Positioner:
         start = time.perf_counter()
         rows = next(iter(csi.values())).shape[0]
         order = [bs for bs in served.base_stations if bs in csi]
+        run = served.predict_bs_scored
         if rows * len(order) <= self.INLINE_ROWS:
-            results = [served.predict_bs(bs, csi[bs]) for bs in order]
+            results = [run(bs, csi[bs]) for bs in order]
         else:
             loop = asyncio.get_running_loop()
-            futures = [
-                loop.run_in_executor(self._pool, served.predict_bs, bs, csi[bs]) for bs in order
-            ]
+            futures = [loop.run_in_executor(self._pool, run, bs, csi[bs]) for bs in order]
             results = list(await asyncio.gather(*futures))
         per_bs: dict[str, Prediction] = {}
         means = np.zeros((len(order), rows, 2))
         covs = np.zeros((len(order), rows, 2, 2))
-        for k, (bs, (position, sigma)) in enumerate(zip(order, results, strict=True)):
-            per_bs[bs] = Prediction(site, served.version, served.loss, position, sigma)
+        scores = [score for _, _, score in results if score is not None]
+        for k, (bs, (position, sigma, score)) in enumerate(zip(order, results, strict=True)):
+            per_bs[bs] = Prediction(site, served.version, served.loss, position, sigma, score)
             means[k] = position
             sig = sigma if sigma is not None else np.tile(served.bs_rmse[bs], (rows, 1))
             covs[k] = fusion.diag_cov(sig)
-        mean, cov = fusion.fuse(means, covs)
+        mean, cov = fusion.fuse_by(served.fusion_method, means, covs)
         cov = cov * served.inflation
         fused = FusedPrediction(
             site,
@@ -276,12 +288,16 @@ class Positioner:
             cov,
             "predicted" if served.has_sigma else "validation_rmse",
             served.inflation,
+            served.fusion_method,
+            combine_scores(np.stack(scores)) if len(scores) == len(order) else None,
         )
         elapsed = time.perf_counter() - start
         label = metrics.site_label(site, self.store.knows)
         metrics.INFERENCE_DURATION.labels(label).observe(elapsed)
         metrics.INFERENCE_BATCH.labels(label).observe(rows)
         metrics.PREDICTIONS.labels(label).inc(rows)
+        if fused.novelty is not None:
+            metrics.OUT_OF_SITE.labels(label).inc(int((fused.novelty > 1.0).sum()))
         hx = metrics.PREDICTED_SIGMA.labels(label, "x")
         hy = metrics.PREDICTED_SIGMA.labels(label, "y")
         for sx, sy in fused.sigma.tolist():

@@ -66,6 +66,10 @@ class BsEstimate(_Open):
     y: float
     sigma_x: float | None
     sigma_y: float | None
+    in_site: bool | None = Field(
+        None, description="This base station's own out-of-site judgement (null without one)."
+    )
+    novelty: float | None = Field(None, description="This base station's out-of-site score.")
 
 
 class Position(_Open):
@@ -77,7 +81,9 @@ class Position(_Open):
         None,
         description="False when the fingerprint does not look like the site's training "
         "fingerprints (its sigma is then at least the site's position spread); null when the "
-        "site version has no out-of-site detector (published before it).",
+        "site version has no out-of-site detector (published before it). Multi-BS sites: "
+        "true when at least half of the base stations that heard the UE say so (the median "
+        "of their novelty scores is at most 1).",
     )
     novelty: float | None = Field(
         None,

@@ -28,7 +28,8 @@ import onnxruntime as ort
 
 from service import metrics
 from service.errors import InvalidInput, SiteLoading, SiteNotFound, Unavailable
-from training.fusion import sigma_from_rmse
+from training.fusion import METHODS as FUSION_METHODS
+from training.fusion import PRODUCT, sigma_from_rmse
 from training.novelty import FILE as NOVELTY_FILE
 from training.novelty import SINGLE_HEAD, NoveltyModel, inflate_sigma, read_novelty
 from training.repository import NAME_PATTERN as SITE_ID
@@ -70,6 +71,11 @@ class ServedSite:
     """Validation RMSE per axis of each BS's model (multi-BS sites)."""
     inflation: float = 1.0
     """Covariance inflation of the fused estimate, fitted on validation (multi-BS sites)."""
+    bs_novelty: dict[str, NoveltyModel] = field(default_factory=dict)
+    """Out-of-site detector per base station of a multi-BS site (empty without)."""
+    fusion_method: str = PRODUCT
+    """How the BSs' estimates are fused (`training.fusion.METHODS`): the manifest's
+    ``metrics.fusion.method``, the product of Gaussians for versions without one."""
     _session: ort.InferenceSession | None = None
     _sessions: dict[str, ort.InferenceSession] = field(default_factory=dict)
 
@@ -150,22 +156,61 @@ class ServedSite:
                 raise ValueError(f"{self.path}: MSE model of {bs!r} has no validation rmse_x/y")
             if sigma is not None:
                 self.bs_rmse[bs] = sigma
-        inflation = (metrics.get("fusion") or {}).get("inflation", 1.0)
+        fusion = metrics.get("fusion") or {}
+        inflation = fusion.get("inflation", 1.0)
         self.inflation = float(inflation) if isinstance(inflation, int | float) else 1.0
+        method = fusion.get("method", PRODUCT)
+        if method not in FUSION_METHODS:
+            raise ValueError(f"{self.path}: unknown fusion method {method!r}")
+        self.fusion_method = str(method)
         self.base_stations = tuple(stations)
+        self.bs_novelty = self._load_bs_novelty(stations)
         self._sessions = sessions
         return self
 
+    def _load_bs_novelty(self, stations: list[str]) -> dict[str, NoveltyModel]:
+        """Every base station's novelty model, or none (the site then answers in_site
+        null): a fused in_site from some BSs only would silently change its meaning."""
+        path = self.path / NOVELTY_FILE
+        if not path.is_file():
+            return {}
+        models = read_novelty(path.read_bytes(), f"{self.site}/{self.version}/{NOVELTY_FILE}")
+        if "features" not in self.outputs or any(bs not in models for bs in stations):
+            log.warning(
+                "site %s %s: per-BS novelty models not usable, serving without",
+                self.site,
+                self.version,
+            )
+            return {}
+        return {bs: models[bs] for bs in stations}
+
     def predict_bs(self, bs: str, csi: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """`predict` with base station `bs`'s model of a multi-BS site."""
+        position, sigma, _ = self.predict_bs_scored(bs, csi)
+        return position, sigma
+
+    def predict_bs_scored(
+        self, bs: str, csi: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """`predict_bs` plus the BS's novelty scores (None without per-BS detectors); an
+        out-of-site fingerprint's sigma is raised to the site's spread, as for one BS, so
+        that BS weighs little in the fusion."""
         session = self._sessions.get(bs)
         if session is None:
             raise Unavailable(f"site {self.site!r} version {self.version} has no model for {bs!r}")
+        novelty = self.bs_novelty.get(bs)
         names = ["position", "sigma"] if self.has_sigma else ["position"]
+        if novelty is not None:
+            names.append("features")
         result = session.run(names, {INPUT_NAME: csi})
         position = np.asarray(result[0], dtype=np.float32)
         sigma = np.asarray(result[1], dtype=np.float32) if self.has_sigma else None
-        return position, sigma
+        if novelty is None:
+            return position, sigma, None
+        score = novelty.score(result[-1])
+        if sigma is not None and novelty.inflates and (score > 1.0).any():
+            sigma = inflate_sigma(sigma, score, novelty.site_sigma)
+        return position, sigma, score
 
     def predict(self, csi: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Positions [B,2] and sigma [B,2] (None for MSE models) in metres, one batch."""

@@ -10,9 +10,11 @@ Where tracks live:
   dropped `track_expiry_s` after its last measurement. Right for one API process; with
   several replicas or uvicorn workers a UE's requests would land on different stores.
 - in Redis when `CSIPOS_REDIS_URL` is set (`RedisTrackStore`): one JSON key per track
-  with a TTL of `track_expiry_s`, read-modify-written under WATCH/MULTI (retried on a
-  concurrent write), so any replica can take any request of any UE. An index (sorted
-  set by expiry) counts the tracks and trims the oldest beyond `track_max_ues`.
+  (versioned: a record of another `training.tracking.STATE_VERSION` is dropped and the
+  track restarts, so a rolling upgrade never crashes) with a TTL of `track_expiry_s`,
+  read-modify-written under WATCH/MULTI (retried on a concurrent write), so any
+  replica can take any request of any UE. An index (sorted set by expiry) counts the
+  tracks and trims the oldest beyond `track_max_ues`.
 
 Time. A request's `timestamp` (seconds, any clock the client keeps monotonic per UE,
 e.g. Unix time) orders its measurements; without one the server's receive time
@@ -215,12 +217,14 @@ class RedisTrackStore:
 
 
 def _decode(raw: bytes | None, name: str) -> TrackState | None:
+    """A stored track, or None (the track restarts) for a malformed record or one of
+    another `STATE_VERSION` (e.g. written by a replica before an upgrade)."""
     if raw is None:
         return None
     try:
         return TrackState.from_dict(orjson.loads(raw))
-    except (ValueError, TypeError) as exc:
-        log.warning("dropping malformed track state %s: %s", name, exc)
+    except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
+        log.warning("dropping track state %s: %s", name, exc)
         return None
 
 
@@ -292,7 +296,7 @@ class Tracker:
 def track_json(ue: str, result: Step, noise: str) -> dict[str, Any]:
     """The `track` object of a /locate answer."""
     s = result.state
-    x, y, vx, vy = s.mean.tolist()
+    x, y, vx, vy = s.mean[:4].tolist()
     return {
         "ue": ue,
         "time": s.time,
@@ -318,6 +322,8 @@ def make_tracker(settings: Settings) -> Tracker:
         max_gated=settings.track_max_gated,
         expiry_s=settings.track_expiry_s,
         noise_scale=settings.track_noise_scale,
+        error_share=settings.track_error_share,
+        error_length_m=settings.track_error_length_m,
     )
     store: TrackStore
     if settings.redis_url:

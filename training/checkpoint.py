@@ -193,9 +193,12 @@ def save_multi_bs_site_model(
     data_fingerprint: str | None = None,
     metrics: Mapping[str, Any] | None = None,
     activate: bool = True,
+    novelty: Mapping[str, NoveltyModel] | None = None,
 ) -> str:
     """Publish one model per base station as one version of ``site`` (files per
-    `site_model_files`); the manifest lists the BSs in order. Every model has one loss."""
+    `site_model_files`); the manifest lists the BSs in order. Every model has one loss.
+    With ``novelty`` (one model per BS id, `training.novelty`) every ONNX model also
+    outputs the backbone's ``features`` and the models go into ``novelty.npz``."""
     losses = {m.loss for m in models.values()}
     if len(losses) != 1:
         raise ValueError(f"the base stations' models must share one loss, got {sorted(losses)}")
@@ -205,14 +208,23 @@ def save_multi_bs_site_model(
         for bs, m in models.items()
     }
 
+    novelty_data = novelty_bytes(novelty) if novelty else None
+
     def write(directory: Path, version: str) -> None:
         for bs, model in models.items():
             onnx_name, head_name, backbone_name = site_model_files(bs)
             export_site_model(
-                model, directory / onnx_name, site=site, version=version, backbone_ref=backbone_ref
+                model,
+                directory / onnx_name,
+                site=site,
+                version=version,
+                backbone_ref=backbone_ref,
+                features=novelty_data is not None,
             )
             _save_pt(ckpts[bs][0], directory / head_name)
             _save_pt(ckpts[bs][1], directory / backbone_name)
+        if novelty_data is not None:
+            (directory / NOVELTY_FILE).write_bytes(novelty_data)
 
     return repo.publish_site(
         site,

@@ -11,6 +11,19 @@ MSE heads predict no sigma: their site version stores each BS's validation RMSE 
 axis, which stands in as a constant sigma (`sigma_from_rmse`). A covariance that is
 too small for its errors can be widened by one factor fitted on validation errors
 (`fit_inflation`); the service applies it when the manifest holds one.
+
+Robust fusion (`fuse_robust`, method ``robust_student_t``). A fingerprint model's
+errors have heavy tails: now and then one BS is confidently wrong by metres (a blocked
+path, a reflection it never saw in training), and the product of Gaussians then pulls
+the fused estimate towards it. Modelling each BS's estimate as Student-t with ``dof``
+degrees of freedom around the true position (Lange, Little and Taylor, *Robust
+statistical modeling using the t distribution*, JASA 1989) gives an EM fixed point: a
+product of Gaussians whose covariances are divided by the weights
+``w_k = (dof + 2) / (dof + d_k^2)``, with ``d_k^2`` BS k's squared Mahalanobis distance
+from the fused mean, iterated from the product of Gaussians. The weights are capped at 1,
+so a BS is only ever down-weighted when it disagrees by more than its own covariance
+says (a lone BS, or BSs that agree, give the product of Gaussians exactly). ``dof = 4``
+is the usual robust default (Lange et al.), not tuned per site.
 """
 
 from __future__ import annotations
@@ -22,16 +35,26 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "METHODS",
     "coverage",
     "diag_cov",
     "ellipse",
     "fit_inflation",
     "fuse",
+    "fuse_by",
+    "fuse_robust",
     "k_for_confidence",
     "mahalanobis2",
 ]
 
 Array = npt.NDArray[np.float64]
+
+PRODUCT = "product_of_gaussians"
+ROBUST = "robust_student_t"
+METHODS = (PRODUCT, ROBUST)
+"""Fusion methods a site version's manifest may name (``metrics.fusion.method``)."""
+ROBUST_DOF = 4.0
+ROBUST_ITERATIONS = 10
 
 MIN_SIGMA_M = 1e-3
 """Sigmas below this are raised to it, so one over-confident BS cannot make P singular."""
@@ -70,6 +93,40 @@ def fuse(
     mean = np.einsum("bij,bj->bi", cov, weighted)
     cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))  # exactly symmetric for the ellipse
     return mean, cov
+
+
+def fuse_robust(
+    means: npt.ArrayLike,
+    covs: npt.ArrayLike,
+    present: npt.ArrayLike | None = None,
+    dof: float = ROBUST_DOF,
+    iterations: int = ROBUST_ITERATIONS,
+) -> tuple[Array, Array]:
+    """`fuse` with Student-t down-weighting of the BSs that disagree (module docstring):
+    the same shapes in and out; the covariance is the weighted product's."""
+    if not math.isfinite(dof) or dof <= 0:
+        raise ValueError(f"dof must be a positive number, got {dof}")
+    m = np.asarray(means, dtype=np.float64)
+    c = np.asarray(covs, dtype=np.float64)
+    mean, cov = fuse(m, c, present)
+    inv = np.linalg.inv(c)
+    for _ in range(iterations):
+        e = m - mean[None]
+        d2 = np.einsum("kbi,kbij,kbj->kb", e, inv, e)
+        w = np.minimum(1.0, (dof + 2.0) / (dof + d2))
+        mean, cov = fuse(m, c / w[..., None, None], present)
+    return mean, cov
+
+
+def fuse_by(
+    method: str, means: npt.ArrayLike, covs: npt.ArrayLike, present: npt.ArrayLike | None = None
+) -> tuple[Array, Array]:
+    """`fuse` or `fuse_robust` by the method's name (`METHODS`)."""
+    if method == PRODUCT:
+        return fuse(means, covs, present)
+    if method == ROBUST:
+        return fuse_robust(means, covs, present)
+    raise ValueError(f"unknown fusion method {method!r}, expected one of {METHODS}")
 
 
 def k_for_confidence(confidence: float) -> float:

@@ -26,15 +26,21 @@ from training.data.fingerprints import data_fingerprint
 from training.data.site import SiteFingerprints
 from training.data.splits import fraction_subset, train_val_indices, train_val_test
 from training.fit import ProgressFn, predict
-from training.fusion import coverage, diag_cov, fit_inflation, fuse
+from training.fusion import ROBUST, coverage, diag_cov, fit_inflation, fuse_by
 from training.metrics import evaluate
 from training.nets import BackboneConfig, SiteModel
+from training.novelty import NoveltyModel, backbone_features, fit_site_novelty
 from training.repository import ModelRepository
 
 if TYPE_CHECKING:
     from training.transfer import AdaptResult
 
 log = logging.getLogger(__name__)
+
+FUSION = ROBUST
+"""How a new version fuses its BSs (`training.fusion`): Student-t down-weighting of a
+disagreeing BS measured better than the product of Gaussians on two held-out sites
+(docs/results/site-trust); recorded as ``metrics.fusion.method`` for the service."""
 
 MIN_TRAIN_PER_BS = 2
 MIN_VAL_PER_BS = 1
@@ -88,11 +94,12 @@ def fused_metrics(
     data: SiteFingerprints,
     rmse: dict[str, tuple[float, float]],
     inflation: float = 1.0,
+    method: str = FUSION,
 ) -> dict[str, float]:
     """ME, p90 and 1/2-sigma coverage of the fused estimate on `data`."""
     means, covs, present = station_estimates(models, data, rmse)
     heard = present.any(axis=0)
-    mean, cov = fuse(means[:, heard], covs[:, heard], present[:, heard])
+    mean, cov = fuse_by(method, means[:, heard], covs[:, heard], present[:, heard])
     cov = cov * inflation
     truth = data.pos[heard].astype(np.float64)
     out = evaluate(mean, np.sqrt(np.diagonal(cov, axis1=1, axis2=2)), truth)
@@ -197,16 +204,22 @@ def adapt_multi_bs_site(
         per_bs[bs]["rmse_x"], per_bs[bs]["rmse_y"] = rx, ry
     means, covs, present = station_estimates(models, val, rmse)
     heard = present.any(axis=0)
-    mean, cov = fuse(means[:, heard], covs[:, heard], present[:, heard])
+    mean, cov = fuse_by(FUSION, means[:, heard], covs[:, heard], present[:, heard])
     inflation = fit_inflation(mean - val.pos[heard], cov)
     metrics: dict[str, Any] = fused_metrics(models, val, rmse, inflation)
     metrics["fusion"] = {
-        "method": "product_of_gaussians",
+        "method": FUSION,
         "inflation": inflation,
         "sigma_source": "predicted" if cfg.loss == "nll" else "validation_rmse",
         "uninflated": fused_metrics(models, val, rmse, 1.0),
     }
     metrics["bs"] = per_bs
+    novelty: dict[str, NoveltyModel] = {}
+    for bs in data.bs_ids:  # per BS: its backbone's features of its own train/val split
+        model_k = fit_site_novelty(models[bs].backbone, train.station(bs), val.station(bs))
+        if model_k is not None:
+            novelty[bs] = model_k
+            per_bs[bs]["novelty"] = model_k.summary()
     test_metrics = None
     if test is not None:
         test_metrics = fused_metrics(models, test, rmse, inflation)
@@ -218,6 +231,9 @@ def adapt_multi_bs_site(
                 pos, sigma = predict(m.backbone, m.head, torch.from_numpy(d.csi))
                 sig = None if sigma is None else sigma.numpy()
                 per_bs[bs]["test"] = evaluate(pos.numpy(), sig, d.pos)
+                if bs in novelty:
+                    scores = novelty[bs].score(backbone_features(m.backbone, d.csi))
+                    per_bs[bs]["novelty"]["test_false_alarm"] = float(np.mean(scores > 1.0))
 
     chosen = ",".join(f"{bs}={s['chosen_mode']}" for bs, s in summaries.items())
     training: dict[str, Any] = {
@@ -245,6 +261,7 @@ def adapt_multi_bs_site(
         data_fingerprint=_site_fingerprint(data),
         metrics=metrics,
         activate=activate,
+        novelty=novelty or None,
     )
     wall = time.perf_counter() - t0
     log.info(

@@ -24,6 +24,13 @@ one site's realised rate varies: docs/results/out-of-site). Scores are reported 
 
 One novelty model per head, keyed by head name in one ``novelty.npz`` per site
 version, so a site with one head per base station gets one per base station.
+
+Several base stations (`combine_scores`). Each BS that heard a UE scores its own
+fingerprint; the UE's score is the *median* of those scores, so it is in site when at
+least half of the BSs that heard it (by score) say so: one BS whose view changed (a
+moved machine, a fault) neither throws every UE out of the site nor lets a foreign
+fingerprint in, and with one BS it is that BS's score. With two BSs the median is their
+mean.
 """
 
 from __future__ import annotations
@@ -221,6 +228,18 @@ def fit_site_novelty(
         false_alarm=false_alarm,
         site_sigma=np.asarray(train.pos, dtype=np.float64).std(axis=0),
     )
+
+
+def combine_scores(scores: npt.ArrayLike, present: npt.ArrayLike | None = None) -> F64:
+    """Per UE the median score [B] over the BSs that heard it (scores [K, B], present
+    bool [K, B]; every UE needs one): above 1 is out of site (module docstring)."""
+    s = np.asarray(scores, dtype=np.float64)
+    mask = np.ones(s.shape, dtype=bool) if present is None else np.asarray(present, dtype=bool)
+    if s.ndim != 2 or mask.shape != s.shape:
+        raise ValueError(f"scores [K, B] and present [K, B] expected, got {s.shape} {mask.shape}")
+    if not mask.any(axis=0).all():
+        raise ValueError("every UE needs a score from at least one base station")
+    return np.asarray(np.nanmedian(np.where(mask, s, np.nan), axis=0), dtype=np.float64)
 
 
 def novelty_bytes(models: Mapping[str, NoveltyModel]) -> bytes:

@@ -196,7 +196,7 @@ class InferenceService:
         pred = await self.positioner.locate(site, csi)
         answer = pb.ModelInferResponse(model_name=site, model_version=pred.version, id=request.id)
         for name, arr in dataplane.output_arrays(pred, names):
-            answer.outputs.add(name=name, datatype="FP32", shape=arr.shape)
+            answer.outputs.add(name=name, datatype=dataplane.output_datatype(arr), shape=arr.shape)
             answer.raw_output_contents.append(arr.tobytes())
         return answer
 
@@ -228,7 +228,7 @@ class InferenceService:
         pred = await self.positioner.locate_bs(site, dataplane.same_batch(per_bs))
         answer = pb.ModelInferResponse(model_name=site, model_version=pred.version, id=request.id)
         for name, arr in dataplane.output_arrays(pred, names):
-            answer.outputs.add(name=name, datatype="FP32", shape=arr.shape)
+            answer.outputs.add(name=name, datatype=dataplane.output_datatype(arr), shape=arr.shape)
             answer.raw_output_contents.append(arr.tobytes())
         return answer
 

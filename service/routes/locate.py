@@ -165,20 +165,30 @@ def fused_json(pred: FusedPrediction, confidence: float | None) -> dict[str, Any
     sigmas, full `cov`, rotated `ellipse`) and each present BS's estimate under `bs`."""
     conf = confidence if confidence is not None else FUSED_CONFIDENCE
     per_bs = {
-        bs: (p.position.tolist(), p.sigma.tolist() if p.sigma is not None else None)
+        bs: (
+            p.position.tolist(),
+            p.sigma.tolist() if p.sigma is not None else None,
+            p.novelty.tolist() if p.novelty is not None else None,
+        )
         for bs, p in pred.per_bs.items()
     }
     sigma = pred.sigma.tolist()
+    novelty = pred.novelty.tolist() if pred.novelty is not None else None
     out: list[dict[str, Any]] = []
     for i, (x, y) in enumerate(pred.position.tolist()):
         cov = pred.cov[i]
         item = _estimate(x, y, sigma[i])
         item["cov"] = cov.tolist()
         item["ellipse"] = fusion.ellipse(cov, conf)
-        item["bs"] = {
-            bs: _estimate(pos[i][0], pos[i][1], None if sig is None else sig[i])
-            for bs, (pos, sig) in per_bs.items()
-        }
+        # Out-of-site: the median of the BSs' scores (null without per-BS detectors).
+        item["in_site"] = None if novelty is None else novelty[i] <= 1.0
+        item["novelty"] = None if novelty is None else novelty[i]
+        item["bs"] = {}
+        for bs, (pos, sig, nov) in per_bs.items():
+            est = _estimate(pos[i][0], pos[i][1], None if sig is None else sig[i])
+            est["in_site"] = None if nov is None else nov[i] <= 1.0
+            est["novelty"] = None if nov is None else nov[i]
+            item["bs"][bs] = est
         out.append(item)
     body: dict[str, Any] = {
         "site": pred.site,
@@ -187,7 +197,7 @@ def fused_json(pred: FusedPrediction, confidence: float | None) -> dict[str, Any
         "sigma_available": True,
         "base_stations": list(pred.per_bs),
         "fusion": {
-            "method": "product_of_gaussians",
+            "method": pred.method,
             "sigma_source": pred.sigma_source,
             "inflation": pred.inflation,
         },

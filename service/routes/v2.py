@@ -173,8 +173,9 @@ def _wanted_outputs(doc: dict[str, Any], served: Any) -> list[tuple[str, bool]]:
 @router.post("/models/{site}/infer")
 @router.post("/models/{site}/versions/{version}/infer")
 async def infer(site: str, request: Request, version: str | None = None) -> Response:
-    """Run the site model; outputs `position` and (nll models) `sigma`, FP32 [B,2]; a
-    multi-BS site takes `csi_<bs>` inputs and adds `covariance` [B,2,2]."""
+    """Run the site model; outputs `position` and (nll models) `sigma`, FP32 [B,2], and
+    with an out-of-site detector `novelty` FP32 [B] and `in_site` BOOL [B]; a multi-BS
+    site takes `csi_<bs>` inputs and adds `covariance` [B,2,2]."""
     # No dependencies: FastAPI's solver costs about as much as this whole route's own
     # work for one fingerprint (bench/protocols.md).
     settings: Settings = request.app.state.settings
@@ -197,7 +198,11 @@ async def infer(site: str, request: Request, version: str | None = None) -> Resp
     blobs: list[bytes] = []
     arrays = dataplane.output_arrays(pred, [name for name, _binary in wanted])
     for (name, arr), (_name, as_binary) in zip(arrays, wanted, strict=True):
-        entry: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(arr.shape)}
+        entry: dict[str, Any] = {
+            "name": name,
+            "datatype": dataplane.output_datatype(arr),
+            "shape": list(arr.shape),
+        }
         if as_binary:
             data = arr.tobytes()
             entry["parameters"] = {"binary_data_size": len(data)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -84,5 +85,14 @@ def scraped_series(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
             headers={"Authorization": f"Bearer {LOCATE_KEY}"},
         )
         assert r.status_code == 200, r.text
+        # a tracked UE whose last measurement jumps 50 m: tracks, restarts and the gate
+        tracker = client.app.state.tracker  # type: ignore[attr-defined]
+
+        async def track() -> None:
+            for i, x in enumerate([1.0, 1.0, 1.0, 51.0]):
+                z = np.array([x, 0.0])
+                await tracker.update("lab", "lab", "ue", float(i), z, 0.04 * np.eye(2), "set")
+
+        asyncio.run(track())
         text = client.get("/metrics").text
     return {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}

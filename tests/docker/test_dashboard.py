@@ -165,6 +165,8 @@ def test_dashboard_structure() -> None:
         "csipos_locate_predictions_total",
         "csipos_predicted_sigma_meters_bucket",
         "csipos_locate_out_of_site_total",  # out-of-site share per site
+        "csipos_tracked_ues",  # tracking: tracks held, gated measurements
+        "csipos_track_gated_measurements_total",
         "csipos_adapt_jobs_total",
         "csipos_adapt_job_duration_seconds_bucket",
         "csipos_models_loaded",

@@ -144,8 +144,10 @@ def publish_linear_multi_bs(
     rmse: tuple[float, float] = (1.0, 2.0),
     inflation: float = 1.0,
     activate: bool = True,
+    method: str | None = None,
 ) -> str:
-    """A multi-BS site of linear models: {bs id: (seed, bias)}; MSE ones fuse with `rmse`."""
+    """A multi-BS site of linear models: {bs id: (seed, bias)}; MSE ones fuse with `rmse`;
+    `method` names the fusion method in the manifest (None: none, the product)."""
 
     def write(directory: Path, version: str) -> None:
         for bs, (seed, bias) in stations.items():
@@ -159,7 +161,11 @@ def publish_linear_multi_bs(
         loss=loss,
         parent=("test", "v1"),
         config={"base_stations": list(stations)},
-        metrics={"me": 0.5, "bs": per_bs, "fusion": {"inflation": inflation}},
+        metrics={
+            "me": 0.5,
+            "bs": per_bs,
+            "fusion": {"inflation": inflation, **({"method": method} if method else {})},
+        },
         activate=activate,
         base_stations=list(stations),
     )

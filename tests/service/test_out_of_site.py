@@ -4,6 +4,7 @@ of out-of-site answers, the out-of-site counter, and versions without a novelty 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,9 +14,11 @@ from service.app import create_app
 from service.config import Settings
 from tests.service.conftest import LOCATE, csi_batch
 from tests.service.models import publish_novelty_site
-from tests.training.toychannel import toy_fingerprints
-from training.checkpoint import save_site_model
+from tests.training.toychannel import toy_fingerprints, toy_site
+from training.checkpoint import save_multi_bs_site_model, save_site_model
+from training.data.site import SiteFingerprints
 from training.nets import Backbone, Head, SiteModel
+from training.novelty import fit_site_novelty
 from training.repository import ModelRepository
 
 SITE = toy_fingerprints(400, (5.0, -2.0), seed=7, size=(8.0, 6.0))
@@ -99,3 +102,140 @@ def test_a_real_model_without_a_novelty_model_answers_null(
     client.app.state.store.refresh()  # type: ignore[attr-defined]
     positions = locate(client, "bare", OWN.csi[:2])
     assert [p["in_site"] for p in positions] == [None, None]
+
+
+def _v2_outputs(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {o["name"]: o for o in body["outputs"]}
+
+
+def test_v2_http_answers_novelty_and_in_site_like_locate(ood_client: TestClient) -> None:
+    csi = np.concatenate([OWN.csi[:4], csi_batch(2, seed=3)])
+    want = locate(ood_client, "toy", csi)
+    meta = ood_client.get("/v2/models/toy", headers=LOCATE).json()
+    outs = {o["name"]: (o["datatype"], o["shape"]) for o in meta["outputs"]}
+    assert outs["novelty"] == ("FP32", [-1]) and outs["in_site"] == ("BOOL", [-1])
+    tensor = {"name": "csi", "datatype": "FP32", "shape": list(csi.shape)}
+    r = ood_client.post(
+        "/v2/models/toy/infer",
+        json={"inputs": [{**tensor, "data": csi.reshape(-1).tolist()}]},
+        headers=LOCATE,
+    )
+    assert r.status_code == 200, r.text
+    got = _v2_outputs(r.json())
+    assert got["in_site"]["datatype"] == "BOOL" and got["in_site"]["shape"] == [6]
+    assert got["in_site"]["data"] == [p["in_site"] for p in want]
+    assert got["in_site"]["data"][4:] == [False, False]
+    np.testing.assert_allclose(got["novelty"]["data"], [p["novelty"] for p in want], rtol=1e-5)
+    # binary outputs: BOOL is one byte per element, after the FP32 novelty
+    r = ood_client.post(
+        "/v2/models/toy/infer",
+        json={
+            "inputs": [{**tensor, "data": csi.reshape(-1).tolist()}],
+            "outputs": [
+                {"name": "novelty", "parameters": {"binary_data": True}},
+                {"name": "in_site", "parameters": {"binary_data": True}},
+            ],
+        },
+        headers=LOCATE,
+    )
+    assert r.status_code == 200, r.text
+    head = int(r.headers["inference-header-content-length"])
+    blob = r.content[head:]
+    assert len(blob) == 6 * 4 + 6
+    assert np.frombuffer(blob[24:], dtype=np.bool_).tolist() == [p["in_site"] for p in want]
+
+
+def test_v2_sites_without_a_detector_list_no_novelty_output(client: TestClient) -> None:
+    meta = client.get("/v2/models/lab-nll", headers=LOCATE).json()
+    assert [o["name"] for o in meta["outputs"]] == ["position", "sigma"]
+    csi = csi_batch(1)
+    r = client.post(
+        "/v2/models/lab-nll/infer",
+        json={
+            "inputs": [
+                {
+                    "name": "csi",
+                    "datatype": "FP32",
+                    "shape": list(csi.shape),
+                    "data": csi.reshape(-1).tolist(),
+                }
+            ],
+            "outputs": [{"name": "in_site"}],
+        },
+        headers=LOCATE,
+    )
+    assert r.status_code == 422 and "unknown output 'in_site'" in r.json()["error"]
+
+
+@pytest.mark.timeout(60)
+def test_v2_grpc_answers_in_site(repo: ModelRepository, start_server: Callable[..., Any]) -> None:
+    import tritonclient.grpc as triton
+
+    from tests.service.conftest import free_port
+
+    publish_toy_site(repo, "toy")
+    port = free_port()
+    start_server(grpc_port=port)
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{port}")
+    csi = np.concatenate([OWN.csi[:3], csi_batch(2, seed=3)])
+    inp = triton.InferInput("csi", list(csi.shape), "FP32")
+    inp.set_data_from_numpy(csi)
+    grpc_key = {k.lower(): v for k, v in LOCATE.items()}  # gRPC metadata keys are lower case
+    result = client.infer("toy", [inp], headers=grpc_key)
+    in_site, novelty = result.as_numpy("in_site"), result.as_numpy("novelty")
+    assert in_site.dtype == np.bool_ and in_site.shape == (5,)
+    assert in_site[3:].tolist() == [False, False] and in_site[:3].sum() >= 2
+    assert ((novelty <= 1.0) == in_site).all()
+
+
+def _publish_multi_bs_with_detectors(repo: ModelRepository) -> SiteFingerprints:
+    """`hall-ood`: 3 BSs on one untrained backbone, a novelty model each (toy site)."""
+    site = toy_site(330, seed=4, drop=0.0)
+    train, val = site.subset(np.arange(200)), site.subset(np.arange(200, 300))
+    models, novelty = {}, {}
+    for k, bs in enumerate(site.bs_ids):
+        head = Head(loss="nll", seed=k)
+        head.fit_position_normalisation(train.station(bs).pos)
+        models[bs] = SiteModel(Backbone(seed=0), head).eval()
+        found = fit_site_novelty(models[bs].backbone, train.station(bs), val.station(bs))
+        assert found is not None
+        novelty[bs] = found
+    save_multi_bs_site_model(repo, "hall-ood", models, parent=None, novelty=novelty)
+    return site.subset(np.arange(300, 330))
+
+
+def test_multi_bs_in_site_is_the_majority_of_the_bs_that_heard_the_ue(
+    repo: ModelRepository, client: TestClient
+) -> None:
+    own = _publish_multi_bs_with_detectors(repo)
+    client.app.state.store.refresh()  # type: ignore[attr-defined]
+    n = 6
+
+    def post(csi: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        body = {"site": "hall-ood", "csi": {bs: v.tolist() for bs, v in csi.items()}}
+        r = client.post("/locate", json=body, headers=LOCATE)
+        assert r.status_code == 200, r.text
+        positions: list[dict[str, Any]] = r.json()["positions"]
+        return positions
+
+    mine = {bs: own.station(bs).csi[:n] for bs in own.bs_ids}
+    foreign = {bs: csi_batch(n, seed=30 + k) for k, bs in enumerate(own.bs_ids)}
+    at_home = post(mine)
+    assert sum(p["in_site"] is True for p in at_home) >= n - 1
+    for p in at_home:
+        assert sorted(p["bs"]) == ["bs0", "bs1", "bs2"]
+        assert isinstance(p["novelty"], float) and isinstance(p["bs"]["bs0"]["novelty"], float)
+        votes = sorted(b["novelty"] for b in p["bs"].values())
+        assert p["novelty"] == pytest.approx(votes[1])  # the median of three
+    away = post(foreign)
+    assert all(p["in_site"] is False for p in away)
+    assert all(b["in_site"] is False for p in away for b in p["bs"].values())
+    # one BS hears a foreign fingerprint, two hear the site's: in site, by majority; the
+    # odd one out says so and its sigma is widened to the site's spread
+    mixed = post({**mine, "bs0": foreign["bs0"]})
+    for p, home in zip(mixed, at_home, strict=True):
+        assert p["bs"]["bs0"]["in_site"] is False
+        if home["bs"]["bs1"]["in_site"] and home["bs"]["bs2"]["in_site"]:
+            assert p["in_site"] is True
+    # only the foreign BS heard the UE: out
+    assert all(p["in_site"] is False for p in post({"bs0": foreign["bs0"]}))

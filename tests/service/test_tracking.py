@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 
@@ -245,6 +246,39 @@ def test_redis_store_is_trimmed_to_the_limit(redis_url: str) -> None:
     keys = sorted(k.decode() for k in conn.scan_iter(RedisTrackStore.PREFIX + "*"))
     assert keys == [RedisTrackStore.PREFIX + f"s:u{i}" for i in (3, 4, 5)]
     assert conn.zcard(RedisTrackStore.INDEX) == 3
+
+
+@needs_redis
+def test_an_old_or_broken_redis_record_restarts_the_track(redis_url: str) -> None:
+    from redis import Redis
+
+    conn = Redis.from_url(redis_url)
+    old = {  # a record of the 4-D filter before the correlated-error state (no version)
+        "mean": [1.0, 2.0, 0.5, 0.0],
+        "cov": np.eye(4).tolist(),
+        "time": 1.0,
+        "started": 0.0,
+        "gated_run": 0,
+        "updates": 7,
+    }
+    conn.set(RedisTrackStore.PREFIX + "s:old", orjson.dumps(old))
+    conn.set(RedisTrackStore.PREFIX + "s:junk", b"{not json")
+    config = TrackerConfig()
+
+    async def run() -> list[Any]:
+        store = RedisTrackStore(redis_url, max_tracks=10, ttl_s=30.0)
+        out = [
+            await store.apply(key, lambda p: step(p, 2.0, [3.0, 4.0], np.eye(2), config))
+            for key in ("s:old", "s:junk")
+        ]
+        again = await store.apply("s:old", lambda p: step(p, 2.5, [3.0, 4.0], np.eye(2), config))
+        await store.aclose()
+        return [*out, again]
+
+    old_step, junk_step, again = asyncio.run(run())
+    assert old_step.reset == "new" and junk_step.reset == "new" and old_step.state.updates == 1
+    assert again.reset is None and again.state.updates == 2  # the new record is read back
+    assert orjson.loads(conn.get(RedisTrackStore.PREFIX + "s:old"))["version"] == 2
 
 
 def test_an_unreachable_redis_is_a_503() -> None:

@@ -8,11 +8,15 @@ import numpy as np
 import pytest
 
 from training.fusion import (
+    PRODUCT,
+    ROBUST,
     coverage,
     diag_cov,
     ellipse,
     fit_inflation,
     fuse,
+    fuse_by,
+    fuse_robust,
     k_for_confidence,
     sigma_from_rmse,
 )
@@ -83,3 +87,34 @@ def test_sigma_from_rmse() -> None:
     assert sigma_from_rmse({"rmse_x": 1.5, "rmse_y": 0.5}) == (1.5, 0.5)
     assert sigma_from_rmse({"me": 1.0}) is None
     assert sigma_from_rmse({"rmse_x": 0.0, "rmse_y": 1.0}) is None
+
+
+def test_robust_fusion_equals_the_product_when_the_stations_agree() -> None:
+    means = np.array([[[1.0, 2.0]], [[1.2, 2.1]], [[0.9, 1.8]]])
+    covs = np.tile(np.eye(2), (3, 1, 1, 1))
+    m0, c0 = fuse(means, covs)
+    m1, c1 = fuse_robust(means, covs)
+    assert np.allclose(m0, m1) and np.allclose(c0, c1)
+    # a lone station is its own estimate
+    m, c = fuse_robust(means[:1], covs[:1] * 4.0)
+    assert np.allclose(m, means[0]) and np.allclose(c, 4.0 * np.eye(2))
+
+
+def test_robust_fusion_down_weights_a_confidently_wrong_station() -> None:
+    truth = np.array([5.0, 5.0])
+    offsets = np.array([[[0.3, -0.2]], [[-0.2, 0.4]], [[8.0, 0.0]]])
+    means = truth + offsets
+    covs = np.tile(np.eye(2), (3, 1, 1, 1))
+    plain, _ = fuse(means, covs)
+    robust, cov = fuse_robust(means, covs)
+    assert np.linalg.norm(plain[0] - truth) > 2.5  # the product is pulled 8/3 m away
+    assert np.linalg.norm(robust[0] - truth) < 0.8
+    assert 1 / 3 < cov[0, 0, 0] < 0.5  # the outlier still counts, a little
+    # absent stations stay absent; by name
+    present = np.array([[True], [True], [False]])
+    assert np.allclose(fuse_by(ROBUST, means, covs, present)[0], fuse(means, covs, present)[0])
+    assert np.allclose(fuse_by(PRODUCT, means, covs)[0], plain)
+    with pytest.raises(ValueError, match="unknown fusion method"):
+        fuse_by("median", means, covs)
+    with pytest.raises(ValueError, match="dof"):
+        fuse_robust(means, covs, dof=0.0)

@@ -69,7 +69,7 @@ def test_adapt_three_bs_site_publishes_one_model_per_bs(repo: ModelRepository) -
         assert per_bs["me"] > 0 and per_bs["rmse_x"] > 0 and "test" in per_bs
     assert "model.onnx" not in files
     metrics = manifest["metrics"]
-    assert metrics["fusion"]["method"] == "product_of_gaussians"
+    assert metrics["fusion"]["method"] == "robust_student_t"
     assert metrics["fusion"]["inflation"] >= 1.0 and metrics["test"]["n"] > 0
     assert manifest["config"]["chosen_mode"] == "bs0=head,bs1=head,bs2=head"
     assert {p["bs"] for p in progress} == {"bs0", "bs1", "bs2"}

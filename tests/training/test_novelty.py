@@ -16,8 +16,10 @@ from training.config import TrainConfig
 from training.nets import Backbone
 from training.novelty import (
     FILE,
+    MIN_VAL,
     SINGLE_HEAD,
     backbone_features,
+    combine_scores,
     conformal_threshold,
     evaluate_out_of_site,
     fit_novelty,
@@ -142,3 +144,41 @@ def test_a_version_without_a_novelty_model_reads_as_none(tmp_path: Path) -> None
     tiny = TARGET.subset(np.arange(40))  # 10 validation points: below MIN_VAL
     result = adapt_site(repo, "lab", tiny, mode="head", val_fraction=0.25, config=CFG)
     assert "novelty" not in result.metrics and load_novelty(repo, "lab") is None
+
+
+def test_several_base_stations_combine_by_the_median_score() -> None:
+    scores = np.array([[0.5, 0.5, 3.0, 0.9], [0.7, 2.0, 4.0, 1.5], [3.0, 2.5, 0.2, 1.2]])
+    combined = combine_scores(scores)
+    # UE 0: two of three in site -> in; UE 1: one of three -> out; UE 3: 2 of 3 out -> out
+    assert combined.tolist() == pytest.approx([0.7, 2.0, 3.0, 1.2])
+    assert (combined <= 1.0).tolist() == [True, False, False, False]
+    present = np.array([[True, True, True, True], [True, False, True, False], [False] * 4])
+    # absent BSs do not vote; with two the median is their mean, with one its own score
+    assert combine_scores(scores, present).tolist() == pytest.approx([0.6, 0.5, 3.5, 0.9])
+    with pytest.raises(ValueError, match="at least one"):
+        combine_scores(scores, np.zeros_like(present))
+    with pytest.raises(ValueError, match=r"\[K, B\]"):
+        combine_scores(scores[0])
+
+
+def test_a_multi_bs_adaptation_fits_one_detector_per_bs(tmp_path: Path) -> None:
+    from tests.training.toychannel import toy_site
+
+    torch.set_num_threads(1)
+    repo = ModelRepository(tmp_path / "models")
+    save_backbone(repo, "meml", Backbone(seed=0), loss="mse")
+    site = toy_site(200, seed=4, drop=0.0)
+    cfg = TrainConfig(
+        loss="nll", epochs=2, min_steps=0, patience=1, batch_size=32, val_fraction=0.25
+    )
+    result = adapt_site(repo, "hall", site, mode="head", config=cfg, holdout=0.2)
+    manifest = repo.manifest("site", "hall", result.version)
+    models = load_novelty(repo, "hall", result.version)
+    assert models is not None and set(models) == {"bs0", "bs1", "bs2"}
+    for bs in site.bs_ids:
+        summary = manifest["metrics"]["bs"][bs]["novelty"]
+        assert summary["n_val"] >= MIN_VAL and 0.0 <= summary["test_false_alarm"] <= 0.2
+        onnx = ort.InferenceSession(
+            str(repo.path("site", "hall", result.version) / f"model.{bs}.onnx")
+        )
+        assert [o.name for o in onnx.get_outputs()][-1] == "features"

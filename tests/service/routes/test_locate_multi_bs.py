@@ -135,3 +135,25 @@ def test_tracking_takes_the_fused_covariance(multi: ModelRepository, client: Tes
     two = {"site": "hall", "csi": {"bs0": csi_batch(2).tolist()}, "ue": "tag-1"}
     r = _post(client, two)
     assert r.status_code == 422 and "one fingerprint per base station" in r.text
+
+
+def test_a_robust_site_fuses_as_its_manifest_says(
+    repo: ModelRepository, client: TestClient
+) -> None:
+    # bs2's linear model is far from the others: the robust fusion down-weights it
+    publish_linear_multi_bs(repo, "hall-robust", "nll", STATIONS, method=fusion.ROBUST)
+    client.app.state.store.refresh()  # type: ignore[attr-defined]
+    csi = {bs: csi_batch(4, seed=k) for k, bs in enumerate(STATIONS)}
+    r = _post(client, {"site": "hall-robust", "csi": {k: v.tolist() for k, v in csi.items()}})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["fusion"]["method"] == "robust_student_t"
+    est = {bs: expected(csi[bs], *STATIONS[bs]) for bs in csi}
+    means = np.stack([est[bs][0] for bs in csi])
+    covs = np.stack([fusion.diag_cov(est[bs][1]) for bs in csi])
+    mean, cov = fusion.fuse_robust(means, covs)
+    plain, _ = fusion.fuse(means, covs)
+    assert not np.allclose(mean, plain, atol=1e-3)  # the test would not tell them apart
+    for i, p in enumerate(body["positions"]):
+        assert np.allclose([p["x"], p["y"]], mean[i], atol=1e-4)
+        assert np.allclose(p["cov"], cov[i], rtol=1e-4)
