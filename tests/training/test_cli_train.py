@@ -76,7 +76,7 @@ def test_meml_then_gradual_site_then_evaluate_beats_the_mean(
     assert manifest["parent"] == {"backbone": "meml", "version": "v1"}
     assert set(manifest["config"]["epochs_run"]) == {"warmup", "unfrozen"}
     assert manifest["config"]["min_steps"] == 30 and manifest["config"]["beta"] == 0.5
-    assert (manifest["config"]["select"], manifest["config"]["schedule"]) == ("me", "cosine")
+    assert (manifest["config"]["select"], manifest["config"]["schedule"]) == ("loss", "plateau")
     assert manifest["metrics"]["test"]["me"] == pytest.approx(m["me"], rel=1e-6)
 
 

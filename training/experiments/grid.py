@@ -302,8 +302,8 @@ class Preset:
             for key, default in _META_CONFIG_DEFAULTS.items():
                 if config[part].get(key) == default:
                     del config[part][key]
-        # Sources ignore the target recipe's fields; a target on the recipe from before
-        # they existed (select by the loss, plateau schedule) keeps its old fingerprint.
+        # Sources ignore the target recipe's fields; a target on the default recipe (the
+        # one from before they existed: the loss, plateau) keeps its old fingerprint.
         for key, before in _TARGET_RECIPE_BEFORE.items():
             config["source"].pop(key, None)
             if config["target"].get(key) == before:

@@ -62,14 +62,16 @@ def test_meta_strategies_name_their_variant_and_loss() -> None:
     assert plain.fingerprint() != Preset(name="x", source=TrainConfig(inner_lr=0.1)).fingerprint()
     # Nor did label budgets, source sets and probes change it: `paper-meta` made before them
     # (docs/results/meta) resumes.
-    # The target recipe (select, schedule) changed after it: pinned to the old one, it
-    # still resumes; on the new default it is another experiment. Sources ignore both.
+    # Nor did the target recipe's fields (select, schedule) at their defaults; another
+    # recipe is another experiment. Sources ignore both.
     meta = get_preset("paper-meta")
-    before = TrainConfig(select="loss", schedule="plateau")
-    old_recipe = dataclasses.replace(meta, target=meta.target.replace(**_recipe(before)))
-    assert old_recipe.fingerprint() == "c9586681613c31ae" != meta.fingerprint()
+    assert meta.fingerprint() == "c9586681613c31ae"
+    me = TrainConfig(select="me", schedule="cosine")
+    assert dataclasses.replace(meta, target=meta.target.replace(**_recipe(me))).fingerprint() != (
+        "c9586681613c31ae"
+    )
     assert (
-        dataclasses.replace(old_recipe, source=meta.source.replace(**_recipe(before)))
+        dataclasses.replace(meta, source=meta.source.replace(**_recipe(me)))
     ).fingerprint() == "c9586681613c31ae"
     assert plain.fingerprint() != Preset(name="x", labels=(500,)).fingerprint()
     probed = Preset(
