@@ -13,6 +13,12 @@ A multi-BS upload (`training.data.site`) is one file whose environments are the 
 stations of the site: the environments directly inside one group, each with a
 `sample_id`, or any group named by the `env` field. It is joined, checked and written
 as the group `JOB_SITE_GROUP` of the job's file; the job then adapts one model per BS.
+
+Unlabelled tracks (`training.data.unlabelled`: groups with the attribute
+``unlabelled=True`` holding ``csi``, ``time`` and ``track``) may ride in the same file
+beside a single-BS upload. They are size-checked, validated (time strictly increasing
+within each track, the CSI's shape) and copied as the group `JOB_UNLABELLED_GROUP`; the
+job passes them to the trainer, which records how many it used in the manifest.
 """
 
 from __future__ import annotations
@@ -42,6 +48,13 @@ from training.data.fingerprints import (
 )
 from training.data.schema import SchemaError
 from training.data.site import SiteFingerprints, has_sample_ids, read_site, site_groups, write_site
+from training.data.unlabelled import (
+    UnlabelledTracks,
+    list_unlabelled,
+    load_unlabelled,
+    read_unlabelled,
+    write_unlabelled,
+)
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -54,6 +67,8 @@ JOB_DATA_ENV = "data"
 """The environment (group) name of a job's training data file."""
 JOB_SITE_GROUP = "site"
 """The group of a multi-BS job's data file: one environment per base station inside it."""
+JOB_UNLABELLED_GROUP = "unlabelled"
+"""The group of a job's data file holding the upload's unlabelled tracks (all joined)."""
 
 _ALLOWED_FILTERS = {
     h5py.h5z.FILTER_DEFLATE: "gzip",
@@ -116,6 +131,8 @@ class PreparedData:
 
     path: Path
     samples: int
+    unlabelled: int = 0
+    """Unlabelled track samples copied beside the labelled data."""
 
 
 def _schema_error(exc: SchemaError, source: str) -> InvalidInput:
@@ -259,7 +276,19 @@ def prepare_h5(path: Path, env: str | None, limits: UploadLimits, directory: Pat
         raise _schema_error(exc, "upload") from None
     except (OSError, ValueError, KeyError, RuntimeError, UnicodeDecodeError) as exc:
         raise _unreadable(exc, path) from None
+    try:
+        unlabelled = list_unlabelled(path)
+    except SchemaError as exc:
+        raise _schema_error(exc, "upload") from None
+    except (OSError, ValueError, KeyError, RuntimeError, UnicodeDecodeError) as exc:
+        raise _unreadable(exc, path) from None
     site_group = _site_group(path, envs, env)
+    if site_group is not None and unlabelled:
+        raise InvalidInput(
+            "unlabelled tracks are supported beside single-BS uploads only; this upload is a "
+            f"multi-BS site ({site_group!r})",
+            {"unlabelled": unlabelled, "site": site_group},
+        )
     if site_group is not None:
         try:
             return _prepare_site(path, site_group, limits, directory)
@@ -291,7 +320,38 @@ def prepare_h5(path: Path, env: str | None, limits: UploadLimits, directory: Pat
         with _storage_errors(), EnvironmentWriter(out, JOB_DATA_ENV, lazy.meta) as writer:
             for batch in lazy.iter_batches(_COPY_BATCH):
                 writer.append(batch)
+        meta = lazy.meta
+    if not unlabelled:
         return PreparedData(out, writer.count)
+    with _job_data(out, path, unlabelled[0]):
+        tracks = _copy_unlabelled(path, unlabelled, limits, out, meta)
+    return PreparedData(out, writer.count, len(tracks))
+
+
+def _copy_unlabelled(
+    path: Path, groups: list[str], limits: UploadLimits, out: Path, meta: EnvironmentMeta
+) -> UnlabelledTracks:
+    """Size-check the unlabelled groups from their shapes, then read, validate and join them
+    into the job's file as `JOB_UNLABELLED_GROUP`."""
+    rows = 0
+    decoded = 0
+    with h5py.File(path, "r") as f:
+        for group in groups:
+            for name in ("csi", "time", "track"):
+                node = f[group].get(name)
+                if isinstance(node, h5py.Dataset):
+                    decoded += math.prod(node.shape) * node.dtype.itemsize
+                    rows += int(node.shape[0]) if name == "csi" and node.ndim else 0
+    if rows > limits.max_samples or decoded > limits.max_decoded_bytes:
+        raise PayloadTooLarge(
+            f"unlabelled tracks hold {rows} samples ({decoded} bytes decoded); at most "
+            f"{limits.max_samples} samples and {limits.max_decoded_bytes} bytes are accepted",
+            {"max_samples": limits.max_samples, "got": rows, "decoded": decoded},
+        )
+    tracks = UnlabelledTracks.concat([read_unlabelled(path, g) for g in groups])
+    with _storage_errors():
+        write_unlabelled(out, JOB_UNLABELLED_GROUP, tracks, meta)
+    return tracks
 
 
 def _site_group(path: Path, envs: list[str], env: str | None) -> str | None:
@@ -413,6 +473,13 @@ def load_job_data(path: Path) -> Fingerprints | SiteFingerprints:
         return read_site(path, JOB_SITE_GROUP)
     with LazyEnvironment(path, JOB_DATA_ENV) as lazy:
         return lazy.read(slice(None))
+
+
+def load_job_unlabelled(path: Path) -> UnlabelledTracks | None:
+    """A job's unlabelled tracks (`JOB_UNLABELLED_GROUP`), or None when the upload had none."""
+    if JOB_UNLABELLED_GROUP not in list_unlabelled(path):
+        return None
+    return load_unlabelled(path, JOB_UNLABELLED_GROUP)
 
 
 UPLOAD_TYPES = ("multipart/form-data", "application/x-hdf5", "application/octet-stream")

@@ -73,6 +73,10 @@ _TRAINING_KEYS = (
     "train_samples",
     "val_samples",
     "torch_threads",
+    "unlabelled_samples",
+    "unlabelled_tracks",
+    "track_pairs",
+    "track_weight",
 )
 
 

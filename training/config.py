@@ -167,6 +167,17 @@ class TrainConfig:
     """MAML outer gradient: False differentiates through the inner steps (second order,
     Hessian-vector products); True drops that term (FOMAML: cheaper, biased)."""
 
+    # --- unlabelled tracks at adaptation (`training.unlabelled`) ---
+    track_weight: float = 1.0
+    """Weight of the track-consistency hinge when unlabelled tracks are given (0: off; the
+    labelled loss has weight 1). Measured in docs/results/transfer ("Unlabelled tracks")."""
+    track_vmax: float = 3.0
+    """Fastest UE (m/s): consecutive samples dt apart must be within ``track_vmax * dt``."""
+    track_max_gap_s: float = 0.5
+    """Consecutive samples of a track further apart in time than this are not paired."""
+    track_slack_m: float = 0.05
+    """Added to every pair's bound (m): timing jitter, a UE a little faster than v_max."""
+
     def __post_init__(self) -> None:
         check_loss_name(self.loss)
         if self.select not in SELECTIONS:
@@ -204,6 +215,14 @@ class TrainConfig:
             raise ValueError(f"beta={self.beta}, expected in [0, 1]")
         if self.seed < 0:
             raise ValueError(f"seed={self.seed}, expected >= 0")
+        for name in ("track_weight", "track_slack_m"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name}={value}, expected a finite number >= 0")
+        for name in ("track_vmax", "track_max_gap_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name}={value}, expected > 0")
 
     def budget(self, n_train: int, *, patience: int | None = None) -> StepBudget:
         """The step budget of a phase whose largest environment has ``n_train`` samples."""

@@ -74,6 +74,7 @@ from training.data.fingerprints import Fingerprints
 from training.data.lazy import LazyRows
 from training.losses import batched_position_loss, position_loss
 from training.nets import BatchedHeads, Head
+from training.unlabelled import TrackPairs, track_hinge
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,9 @@ BATCH_HEADS_ABOVE = 8
 """By default heads are batched (`BatchedHeads`) when there are more tasks than this."""
 ENV_SEED_OFFSET = 613
 """Seed offset of the environment-sampling generator (``seed * 1000 + offset``, every rank)."""
+TRACK_SEED_OFFSET = 617
+"""Seed offset of the generator drawing unlabelled track pairs (``seed * 1000 + offset``): its
+own stream, so the labelled batches are the same with and without tracks."""
 
 
 @dataclass(frozen=True)
@@ -140,12 +144,15 @@ class Task:
     The head maps features to a `HeadOutput` in metres and must already hold
     the position normalisation of ``train`` (its ``pos_scale`` and ``pos_mean``
     buffers). Under torchrun, ``train`` and ``val`` are this rank's shard.
+    ``tracks``: unlabelled pairs of this environment for the track-consistency term
+    (`training.unlabelled`; used when `fit` gets ``track_weight`` > 0).
     """
 
     name: str
     head: nn.Module
     train: tuple[torch.Tensor, torch.Tensor] | LazyRows
     val: tuple[torch.Tensor, torch.Tensor]
+    tracks: TrackPairs | None = None
 
     @classmethod
     def from_fingerprints(
@@ -279,6 +286,7 @@ def fit(
     envs_per_step: int = 0,
     batched_heads: bool | None = None,
     selector: Selector | None = None,
+    track_weight: float = 0.0,
 ) -> FitReport:
     """Train ``backbone`` and the tasks' heads through ``phases``; return the report.
 
@@ -295,6 +303,9 @@ def fit(
     more than `BATCH_HEADS_ABOVE` tasks or environments are sampled, if they can be.
     ``selector``: a score of the backbone (lower is better; main process only) that
     replaces the validation loss for early stopping and the choice of the state.
+    ``track_weight`` > 0: every step also adds that weight times the track-consistency
+    hinge (`training.unlabelled`) on a batch of each drawn task's `Task.tracks` pairs,
+    drawn from their own seeded generator; 0 trains exactly as without tracks.
     """
     if selector is not None and shard is not None and shard.world > 1:
         raise ValueError("a selector scores on one process; it cannot run under torchrun")
@@ -314,6 +325,7 @@ def fit(
     gen = torch.Generator().manual_seed(seed * 1000 + shard.rank)
     # Which environments a step draws: the same on every rank (DDP syncs all heads).
     env_gen = torch.Generator().manual_seed(seed * 1000 + ENV_SEED_OFFSET)
+    tracks = _track_setup(tasks, track_weight, batch_size, seed, dev, distributed)
 
     sources = [_Source(t.train, dev, batch_size, gen) for t in tasks]
     lazy = any(s.data is None for s in sources)
@@ -385,6 +397,10 @@ def fit(
         cached = not train_backbone and not distributed and not lazy
         inputs = [_features(backbone, s.csi) for s in sources] if cached else None
         val_inputs = [_features(backbone, csi) for csi, _ in val_sets] if cached else None
+        track_inputs = [
+            None if t is None else (_features(backbone, t[0].csi) if cached else t[0].csi)
+            for t in tracks
+        ]
         model: nn.Module = joint
         if distributed and train_backbone:
             model = nn.parallel.DistributedDataParallel(joint, device_ids=_device_ids(dev))
@@ -427,6 +443,13 @@ def fit(
                 total = torch.zeros((), device=dev)
                 for (pos, sigma), (_, truth_e), e in zip(outs, parts, envs, strict=True):
                     total = total + position_loss(step_loss, pos, sigma, truth_e, scales[e], beta)
+            for e in envs:
+                track = tracks[e]
+                if track is not None:
+                    term = _track_term(
+                        track, track_inputs[e], cached, backbone, head_fns[e], scales[e]
+                    )
+                    total = total + track_weight * term
             for o in opts:
                 o.zero_grad(set_to_none=True)
             total.backward()  # type: ignore[no-untyped-call]
@@ -649,6 +672,53 @@ def _sample_envs(n: int, k: int, gen: torch.Generator) -> list[int]:
     if k >= n:
         return list(range(n))
     return sorted(torch.randperm(n, generator=gen)[:k].tolist())
+
+
+def _track_setup(
+    tasks: Sequence[Task],
+    weight: float,
+    batch_size: int,
+    seed: int,
+    dev: torch.device,
+    distributed: bool,
+) -> list[tuple[TrackPairs, _IndexStream] | None]:
+    """Per task: its track pairs (CSI on ``dev``) and their batch stream, or None."""
+    if not (math.isfinite(weight) and weight >= 0):
+        raise ValueError(f"track_weight={weight}, expected a finite number >= 0")
+    if weight == 0 or not any(t.tracks is not None and len(t.tracks) for t in tasks):
+        return [None for _ in tasks]
+    if distributed:
+        raise ValueError("unlabelled tracks train on one process; they cannot run under torchrun")
+    gen = torch.Generator().manual_seed(seed * 1000 + TRACK_SEED_OFFSET)
+    out: list[tuple[TrackPairs, _IndexStream] | None] = []
+    for t in tasks:
+        p = t.tracks
+        if p is None or not len(p):
+            out.append(None)
+            continue
+        moved = TrackPairs(p.csi.to(dev, torch.float32), p.a.to(dev), p.b.to(dev), p.bound.to(dev))
+        out.append((moved, _IndexStream(len(p), batch_size, gen)))
+    return out
+
+
+def _track_term(
+    track: tuple[TrackPairs, _IndexStream],
+    inputs: torch.Tensor | None,
+    cached: bool,
+    backbone: nn.Module,
+    head: HeadFn,
+    scale: torch.Tensor,
+) -> torch.Tensor:
+    """The hinge on the next batch of pairs, normalised by the mean of the head's position
+    scale: one backbone pass over both ends, or the cached features in head-only phases."""
+    pairs, stream = track
+    i = stream.next().to(pairs.a.device)
+    rows = torch.cat([pairs.a[i], pairs.b[i]])
+    assert inputs is not None
+    x = inputs[rows]
+    pos, _ = head(x if cached else backbone(x))
+    pos_a, pos_b = pos.chunk(2)
+    return track_hinge(pos_a, pos_b, pairs.bound[i], scale.mean())
 
 
 def _use_batched(tasks: Sequence[Task], wanted: bool | None, sampling: bool) -> bool:

@@ -34,10 +34,12 @@ from training.config import TrainConfig
 from training.data.fingerprints import Fingerprints, data_fingerprint, open_environment
 from training.data.lazy import LazyRows
 from training.data.splits import split_train_val, train_val_indices
+from training.data.unlabelled import UnlabelledTracks
 from training.fit import FitReport, Phase, ProgressFn, Shard, Task, fit
 from training.metrics import finish_head
 from training.nets import Backbone, BackboneConfig, Head, HeadConfig, SiteModel
 from training.probe import TransferProbe
+from training.unlabelled import TrackPairs
 
 RETRY_SEED_OFFSET = 7919
 """Seed offset of the second initialisation a degenerate run gets (a prime: no collisions
@@ -87,6 +89,8 @@ class SourceData:
     fingerprint: str
     val_full: Fingerprints | None = None
     """The whole validation split, for the final metrics (main process only)."""
+    tracks: UnlabelledTracks | None = None
+    """Unlabelled tracks of this environment (`training.unlabelled`; scratch on a site)."""
 
     @classmethod
     def in_memory(
@@ -265,6 +269,8 @@ def _train_once(
             tasks.append(Task.lazy(name, head, src.train, src.val))
         else:
             tasks.append(Task.from_fingerprints(name, head, src.train, src.val))
+        if src.tracks is not None:
+            tasks[-1].tracks = TrackPairs.for_config(src.tracks, config)
     # This rank's rows set the epoch: under torchrun an epoch is over the shard.
     n_train = max(len(src.train) for src in sources.values())
     report = fit(
@@ -283,6 +289,7 @@ def _train_once(
         envs_per_step=config.envs_per_step,
         batched_heads=config.batched_heads,
         selector=None if probe is None else probe.score,
+        track_weight=config.track_weight,
     )
     backbone.cpu()
     for head in heads.values():

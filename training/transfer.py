@@ -59,12 +59,14 @@ from training.config import (
 from training.data.fingerprints import Fingerprints, data_fingerprint
 from training.data.site import SiteFingerprints
 from training.data.splits import fraction_subset, split_train_val, train_val_test
+from training.data.unlabelled import UnlabelledTracks
 from training.fit import FitReport, Phase, PhaseReport, ProgressFn, Task, fit, predict
 from training.meml import RETRY_SEED_OFFSET, SourceData, train_sources
 from training.metrics import evaluate_model, finish_head, nll_per_point
 from training.nets import Backbone, BackboneConfig, Head, HeadConfig, SiteModel
 from training.novelty import DEFAULT_FALSE_ALARM, SINGLE_HEAD, backbone_features, fit_site_novelty
 from training.repository import ModelRepository, check_name, parse_ref
+from training.unlabelled import TrackPairs
 
 __all__ = [
     "AUTO_CANDIDATES",
@@ -178,6 +180,7 @@ def train_target(
     progress: ProgressFn | None = None,
     device: torch.device | str = "cpu",
     head_init: Head | None = None,
+    unlabelled: UnlabelledTracks | None = None,
 ) -> TargetResult:
     """Train a fresh head (and, by mode, the backbone) on the target's train split.
 
@@ -190,6 +193,9 @@ def train_target(
     ``head_init`` (a meta-learned head, `training.meta`) replaces the random head
     initialisation: its weights are copied, the target's own position normalisation
     fitted, its sigma scale reset. A degenerate run's retry starts from a random head.
+
+    ``unlabelled``: tracks of the same site without positions; every mode (and scratch)
+    then adds the track-consistency term (`training.unlabelled`, ``config.track_weight``).
     """
     mode = check_mode(mode)
     if head_init is not None and head_init.loss != config.loss:
@@ -197,10 +203,25 @@ def train_target(
     if backbone is None:
         if mode not in ("finetune", "auto"):
             raise ValueError(f"mode {mode!r} needs a pre-trained backbone; scratch trains all")
-        return _scratch(train, val, config, backbone_config, head_config, quiet, progress, device)
+        return _scratch(
+            train, val, config, backbone_config, head_config, quiet, progress, device, unlabelled
+        )
     if mode == "auto":
-        return _auto(backbone, train, val, config, head_config, quiet, progress, device, head_init)
-    run = _Trainer(backbone, train, val, config, head_config, quiet, progress, device, head_init)
+        return _auto(
+            backbone,
+            train,
+            val,
+            config,
+            head_config,
+            quiet,
+            progress,
+            device,
+            head_init,
+            unlabelled,
+        )
+    run = _Trainer(
+        backbone, train, val, config, head_config, quiet, progress, device, head_init, unlabelled
+    )
     model, report = run.mode(mode, config.seed)
     retried = False
     if report.degenerate_tasks and config.retry_degenerate:
@@ -230,9 +251,12 @@ def _scratch(
     quiet: bool,
     progress: ProgressFn | None,
     device: torch.device | str,
+    unlabelled: UnlabelledTracks | None = None,
 ) -> TargetResult:
+    source = SourceData.in_memory(train, val)
+    source.tracks = unlabelled
     result = train_sources(
-        {"target": SourceData.in_memory(train, val)},
+        {"target": source},
         config,
         backbone_config=backbone_config,
         head_config=head_config,
@@ -269,8 +293,10 @@ class _Trainer:
         progress: ProgressFn | None,
         device: torch.device | str,
         head_init: Head | None = None,
+        unlabelled: UnlabelledTracks | None = None,
     ) -> None:
         self.backbone, self.train, self.val, self.config = backbone, train, val, config
+        self.tracks = None if unlabelled is None else TrackPairs.for_config(unlabelled, config)
         self.head_init = head_init
         self.head_config, self.quiet, self.device = head_config, quiet, device
         self.progress = progress
@@ -291,9 +317,11 @@ class _Trainer:
             def progress(info: dict[str, Any]) -> None:
                 outer({**info, "candidate": label})
 
+        task = Task.from_fingerprints("target", model.head, self.train, self.val)
+        task.tracks = self.tracks
         report = fit(
             model.backbone,
-            [Task.from_fingerprints("target", model.head, self.train, self.val)],
+            [task],
             phases,
             loss=cfg.loss,
             beta=cfg.beta,
@@ -304,6 +332,7 @@ class _Trainer:
             progress=progress,
             device=self.device,
             start=start,
+            track_weight=cfg.track_weight,
         )
         model.cpu()
         return report
@@ -390,6 +419,7 @@ def _auto(
     progress: ProgressFn | None,
     device: torch.device | str,
     head_init: Head | None = None,
+    unlabelled: UnlabelledTracks | None = None,
 ) -> TargetResult:
     splits = _auto_splits(train, val, config)
     losses: dict[TargetMode, list[npt.NDArray[np.float64]]] = {m: [] for m in AUTO_CANDIDATES}
@@ -397,7 +427,7 @@ def _auto(
     first: dict[TargetMode, tuple[SiteModel, FitReport]] = {}
     for k, (tr, va) in enumerate(splits):
         trainer = _Trainer(
-            backbone, tr, va, config, head_config, quiet, progress, device, head_init
+            backbone, tr, va, config, head_config, quiet, progress, device, head_init, unlabelled
         )
         for mode in AUTO_CANDIDATES:
             label = mode if len(splits) == 1 else f"{mode}[{k + 1}/{len(splits)}]"
@@ -497,6 +527,18 @@ class AdaptResult:
     test: dict[str, float] | None = None
 
 
+def _unlabelled_summary(tracks: UnlabelledTracks | None, cfg: TrainConfig) -> dict[str, int]:
+    """What a manifest records about the unlabelled tracks a version was trained with."""
+    if tracks is None:
+        return {"unlabelled_samples": 0, "unlabelled_tracks": 0, "track_pairs": 0}
+    pairs = TrackPairs.for_config(tracks, cfg)
+    return {
+        "unlabelled_samples": len(tracks),
+        "unlabelled_tracks": tracks.tracks,
+        "track_pairs": len(pairs),
+    }
+
+
 def starting_backbone(
     repo: ModelRepository,
     backbone: str | None,
@@ -537,6 +579,7 @@ def adapt_site(
     backbone_config: BackboneConfig | None = None,
     extra: dict[str, Any] | None = None,
     novelty_false_alarm: float = DEFAULT_FALSE_ALARM,
+    unlabelled: UnlabelledTracks | None = None,
 ) -> AdaptResult:
     """Train, publish and (unless ``activate=False``) activate a new version of ``site``.
 
@@ -556,14 +599,26 @@ def adapt_site(
     ``data`` may be a `SiteFingerprints` (a multi-BS upload): with two or more base
     stations each gets its own model, trained the same way on one split of the
     positions (`training.multibs`); with one it is that BS's fingerprints.
+
+    ``unlabelled``: tracks the site's BS saw without positions (`training.data.unlabelled`),
+    used by the track-consistency term (`training.unlabelled`, ``config.track_weight``);
+    single-BS sites only. The manifest's training config records ``unlabelled_samples``,
+    ``unlabelled_tracks`` and ``track_pairs`` (0 without tracks).
     """
     t0 = time.perf_counter()
     check_name(site, "site id")
     mode = check_mode(mode)
     loss = check_loss_name(loss)
     cfg = (config or TrainConfig()).replace(loss=loss, seed=seed, val_fraction=val_fraction)
+    if unlabelled is not None:
+        unlabelled.validate(group="unlabelled")
     if isinstance(data, SiteFingerprints):
         if len(data.stations) > 1:
+            if unlabelled is not None:
+                raise ValueError(
+                    "unlabelled tracks are supported for single-BS sites only; this site has "
+                    f"{len(data.stations)} base stations"
+                )
             from training.multibs import adapt_multi_bs_site
 
             return adapt_multi_bs_site(
@@ -598,6 +653,7 @@ def adapt_site(
         backbone_config=backbone_config,
         quiet=quiet,
         progress=progress,
+        unlabelled=unlabelled,
     )
     metrics: dict[str, Any] = dict(result.metrics)
     novelty = fit_site_novelty(result.model.backbone, train, val, false_alarm=novelty_false_alarm)
@@ -621,6 +677,7 @@ def adapt_site(
         "fraction": fraction,
         "torch_threads": torch.get_num_threads(),
         "inputs": result.model.backbone.config.inputs,
+        **_unlabelled_summary(unlabelled, cfg),
         **(extra or {}),
     }
     site_version = save_site_model(

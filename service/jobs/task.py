@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from service.adaptation import load_job_data
+from service.adaptation import load_job_data, load_job_unlabelled
 from service.jobs.records import JobStore
 
 log = logging.getLogger("csipos.service.jobs")
@@ -109,6 +109,9 @@ def run_adapt_job(job_dir: str, job_id: str, model_dir: str, entrypoint: str) ->
         # when jobs run side by side, and was ~3x slower even alone on 2 busy cores.
         torch.set_num_threads(record.train.threads)
         data = load_job_data(store.data_path(job_id))
+        tracks = load_job_unlabelled(store.data_path(job_id))
+        # Only with tracks: custom entrypoints without the argument keep working.
+        extra: dict[str, Any] = {} if tracks is None else {"unlabelled": tracks}
         opts = record.options
         config = record.train.config(opts)
         result = adapt(
@@ -123,6 +126,7 @@ def run_adapt_job(job_dir: str, job_id: str, model_dir: str, entrypoint: str) ->
             activate=opts.activate,
             progress=progress,
             config=config,
+            **extra,
         )
         summary = dict(getattr(result, "metrics", {}) or {})
         summary.update(

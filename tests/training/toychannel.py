@@ -17,6 +17,7 @@ from training.data.schema import N_ANTENNAS, N_SUBCARRIERS, SUBCARRIER_SPACING_H
 
 if TYPE_CHECKING:
     from training.data.site import SiteFingerprints
+    from training.data.unlabelled import UnlabelledTracks
 
 C = 299_792_458.0
 
@@ -100,3 +101,35 @@ def toy_site(
 
 def _toy_at(pos: np.ndarray, bs: tuple[float, float], seed: int) -> Fingerprints:
     return _channel(pos, bs, np.random.default_rng(seed))
+
+
+def toy_tracks(
+    tracks: int,
+    steps: int,
+    bs: tuple[float, float],
+    seed: int,
+    size: tuple[float, float] = (20.0, 10.0),
+    speed: float = 1.0,
+) -> tuple[UnlabelledTracks, np.ndarray]:
+    """Unlabelled tracks in `toy_fingerprints`' room: ``tracks`` UEs walking at ``speed`` m/s
+    (bouncing off the walls), sampled at 10 Hz for ``steps`` samples each; also the true
+    positions [M, 2] (for checks only: unlabelled data has none)."""
+    from training.data.unlabelled import UnlabelledTracks
+
+    rng = np.random.default_rng(seed)
+    dt = 0.1
+    pos = np.empty((tracks, steps, 2))
+    for k in range(tracks):
+        p = rng.uniform((0.0, 0.0), size)
+        heading = rng.uniform(0, 2 * np.pi)
+        for t in range(steps):
+            pos[k, t] = p
+            heading += rng.normal(0.0, 0.2)
+            p = p + speed * dt * np.array([np.cos(heading), np.sin(heading)])
+            p = np.abs(p)  # reflect at the walls x=0, y=0 ...
+            p = np.asarray(size) - np.abs(np.asarray(size) - p)  # ... and x=W, y=H
+    flat = pos.reshape(-1, 2).astype(np.float32)
+    fp = _channel(flat, bs, rng)
+    time_s = np.tile(np.arange(steps) * dt, tracks).astype(np.float64)
+    track = np.repeat(np.arange(tracks), steps).astype(np.int32)
+    return UnlabelledTracks(fp.csi, time_s, track), flat

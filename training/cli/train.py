@@ -439,12 +439,16 @@ def _adapt_cli(
     holdout: float,
     quiet: bool,
     backbone_config: Any = None,
+    unlabelled: Path | None = None,
+    unlabelled_env: str | None = None,
 ) -> None:
     """`csipos train site|scratch`: the one site pipeline (`training.transfer.adapt_site`),
     then the validation and test tables. `env` naming a group of environments (not an
-    environment) adapts a multi-BS site: its environments are the base stations."""
+    environment) adapts a multi-BS site: its environments are the base stations.
+    `unlabelled`: a file of unlabelled tracks (`training.data.unlabelled`)."""
     from training.data.fingerprints import list_environments, read_environment
     from training.data.site import read_site
+    from training.data.unlabelled import load_unlabelled
     from training.repository import ModelRepository
     from training.transfer import adapt_site, check_mode
 
@@ -467,7 +471,13 @@ def _adapt_cli(
                 highlight=False,
             )
 
+    if unlabelled_env is not None and unlabelled is None:
+        raise ValueError("--unlabelled-env needs --unlabelled FILE")
+    tracks = None if unlabelled is None else load_unlabelled(unlabelled, unlabelled_env)
     target = read_environment(data, env) if env in list_environments(data) else read_site(data, env)
+    unlabelled_source = (
+        {"unlabelled": str(unlabelled), "unlabelled_env": unlabelled_env} if unlabelled else {}
+    )
     result = adapt_site(
         repo,
         site,
@@ -485,7 +495,8 @@ def _adapt_cli(
         fraction=fraction,
         source_repo=source_repo,
         backbone_config=backbone_config,
-        extra={"data": str(data), "env": env},
+        extra={"data": str(data), "env": env, **unlabelled_source},
+        unlabelled=tracks,
     )
     val = {k: v for k, v in result.metrics.items() if isinstance(v, float)}
     rows = {"validation": val} | ({"test": result.test} if result.test is not None else {})
@@ -498,6 +509,13 @@ def _adapt_cli(
         f"(mode {result.chosen_mode}; steps: {steps}; val ME {val['me']:.3f} m)",
         soft_wrap=True,
     )
+    if tracks is not None:
+        pairs = repo.manifest("site", site, result.version)["config"]["track_pairs"]
+        console.print(
+            f"unlabelled: {len(tracks)} samples on {tracks.tracks} tracks, {pairs} pairs "
+            f"(track weight {config.track_weight:g})",
+            soft_wrap=True,
+        )
     novelty = result.metrics.get("novelty")
     if isinstance(novelty, dict):
         tested = novelty.get("test_false_alarm")
@@ -513,6 +531,25 @@ def _adapt_cli(
             "centroid predictor's (after a second initialisation)",
             soft_wrap=True,
         )
+
+
+UnlabelledFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--unlabelled",
+        help="HDF5 file of unlabelled tracks from the same BS (csi, time, track; no positions): "
+        "its groups with attribute unlabelled=True, or the one --unlabelled-env names.",
+    ),
+]
+UnlabelledEnv = Annotated[
+    str | None,
+    typer.Option(help="Group of --unlabelled to use (may be labelled: its positions are ignored)."),
+]
+_TRACK_WEIGHT = TrainConfig().track_weight
+TrackWeight = Annotated[
+    float,
+    typer.Option(help="Weight of the track-consistency term with --unlabelled (0: off)."),
+]
 
 
 @app.command("site")
@@ -541,18 +578,23 @@ def site_cmd(
     ] = "auto",
     holdout: Holdout = 0.2,
     quiet: Quiet = False,
+    unlabelled: UnlabelledFile = None,
+    unlabelled_env: UnlabelledEnv = None,
+    track_weight: TrackWeight = _TRACK_WEIGHT,
 ) -> None:
     """Target training: a backbone plus a fresh head on a new site (eq. 6).
 
-    Without --backbone, the default backbone of the --out repository.
+    Without --backbone, the default backbone of the --out repository. --unlabelled adds
+    tracks without positions (docs/architecture.md, "Unlabelled tracks").
     """
     _setup_logging(quiet)
     with _cli_errors():
         if mode == "scratch":
             raise ValueError("mode 'scratch' is `csipos train scratch`")
         _adapt_cli(
-            data, env, out, site, config, backbone=backbone, mode=mode, fraction=fraction,
-            holdout=holdout, quiet=quiet,
+            data, env, out, site, config.replace(track_weight=track_weight), backbone=backbone,
+            mode=mode, fraction=fraction, holdout=holdout, quiet=quiet, unlabelled=unlabelled,
+            unlabelled_env=unlabelled_env,
         )  # fmt: skip
 
 
@@ -568,13 +610,18 @@ def scratch_cmd(
     holdout: Holdout = 0.2,
     inputs: Inputs = "raw",
     quiet: Quiet = False,
+    unlabelled: UnlabelledFile = None,
+    unlabelled_env: UnlabelledEnv = None,
+    track_weight: TrackWeight = _TRACK_WEIGHT,
 ) -> None:
     """Scratch: a full model from random initialisation on the target only."""
     _setup_logging(quiet)
     with _cli_errors():
         _adapt_cli(
-            data, env, out, site, config, backbone=None, mode="scratch", fraction=fraction,
-            holdout=holdout, quiet=quiet, backbone_config=_backbone_config(inputs),
+            data, env, out, site, config.replace(track_weight=track_weight), backbone=None,
+            mode="scratch", fraction=fraction, holdout=holdout, quiet=quiet,
+            backbone_config=_backbone_config(inputs), unlabelled=unlabelled,
+            unlabelled_env=unlabelled_env,
         )  # fmt: skip
 
 

@@ -320,6 +320,10 @@ def open_for_write(path: str | Path) -> h5py.File:
 
 def _get_group(f: h5py.File, env: str, path: str) -> h5py.Group:
     node = f.get(env)
+    if isinstance(node, h5py.Group) and node.attrs.get("unlabelled", False):
+        raise SchemaError(
+            path, env, "(group)", "unlabelled tracks (no positions); pass them as unlabelled data"
+        )
     if not isinstance(node, h5py.Group) or "csi" not in node:
         available = ", ".join(_walk_environments(f)) or "none"
         raise SchemaError(
@@ -332,7 +336,12 @@ def _walk_environments(f: h5py.File) -> list[str]:
     found: list[str] = []
 
     def visit(name: str, obj: Any) -> None:
-        if isinstance(obj, h5py.Group) and isinstance(obj.get("csi"), h5py.Dataset):
+        # Unlabelled tracks (attr `unlabelled`, `training.data.unlabelled`) are not environments.
+        if (
+            isinstance(obj, h5py.Group)
+            and isinstance(obj.get("csi"), h5py.Dataset)
+            and not obj.attrs.get("unlabelled", False)
+        ):
             found.append(name)
 
     f.visititems(visit)

@@ -1,0 +1,108 @@
+"""Unlabelled tracks in fingerprint files: layout, what readers see, and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from tests.training.toychannel import toy_fingerprints, toy_tracks
+from training.data.fingerprints import (
+    EnvironmentMeta,
+    list_environments,
+    read_environment,
+    write_environment,
+)
+from training.data.schema import SchemaError
+from training.data.unlabelled import (
+    UnlabelledTracks,
+    list_unlabelled,
+    load_unlabelled,
+    read_unlabelled,
+    write_unlabelled,
+)
+
+META = EnvironmentMeta(description="toy", source={"toy": 1})
+
+
+@pytest.fixture
+def site_file(tmp_path: Path) -> Path:
+    """A labelled environment `lab` and two unlabelled recordings beside it."""
+    path = tmp_path / "site.h5"
+    write_environment(path, "lab", toy_fingerprints(40, (0.0, 0.0), seed=0), META)
+    for k in range(2):
+        tracks, _ = toy_tracks(2, 10, (0.0, 0.0), seed=k)
+        write_unlabelled(path, f"walks/day{k}", tracks, META)
+    return path
+
+
+def test_unlabelled_groups_are_not_environments(site_file: Path) -> None:
+    assert list_environments(site_file) == ["lab"]
+    assert list_unlabelled(site_file) == ["walks/day0", "walks/day1"]
+    with pytest.raises(SchemaError, match="unlabelled tracks"):
+        read_environment(site_file, "walks/day0")
+
+
+def test_roundtrip_and_joined_recordings_keep_their_tracks_apart(site_file: Path) -> None:
+    day0 = read_unlabelled(site_file, "walks/day0")
+    assert len(day0) == 20 and day0.tracks == 2
+    both = load_unlabelled(site_file)
+    assert len(both) == 40 and both.tracks == 4  # both recordings use track ids 0 and 1
+    assert load_unlabelled(site_file, "walks/day1").csi.shape == (20, 8, 103, 2)
+
+
+def test_a_labelled_environment_with_tracks_reads_as_unlabelled(tmp_path: Path) -> None:
+    tracks, pos = toy_tracks(2, 10, (0.0, 0.0), seed=0)
+    fp = toy_fingerprints(20, (0.0, 0.0), seed=0)
+    fp.csi, fp.pos, fp.time, fp.track = tracks.csi, pos, tracks.time, tracks.track
+    path = tmp_path / "labelled.h5"
+    write_environment(path, "traj", fp, META)
+    got = load_unlabelled(path, "traj")
+    np.testing.assert_array_equal(got.time, tracks.time)
+    write_environment(path, "plain", toy_fingerprints(5, (0.0, 0.0), seed=1), META)
+    with pytest.raises(SchemaError, match="'time': missing dataset"):
+        read_unlabelled(path, "plain")
+    with pytest.raises(SchemaError, match="no unlabelled tracks"):
+        load_unlabelled(path)
+
+
+def _group(path: Path, **arrays: np.ndarray) -> None:
+    with h5py.File(path, "a") as f:
+        f.attrs["schema_version"] = 1
+        g = f.create_group("bad")
+        g.attrs.update(META.to_attrs())
+        g.attrs["unlabelled"] = True
+        for name, values in arrays.items():
+            g.create_dataset(name, data=values)
+
+
+CSI = np.zeros((3, 8, 103, 2), np.float32)
+TIME = np.array([0.0, 0.1, 0.2])
+TRACK = np.zeros(3, np.int32)
+
+
+@pytest.mark.parametrize(
+    ("arrays", "field", "message"),
+    [
+        ({"csi": CSI, "track": TRACK}, "time", "missing dataset"),
+        ({"csi": CSI[:, :4], "time": TIME, "track": TRACK}, "csi", r"expected \[M, 8, 103, 2\]"),
+        ({"csi": CSI, "time": TIME[::-1].copy(), "track": TRACK}, "time", "strictly increasing"),
+        ({"csi": CSI, "time": TIME, "track": TRACK[:2]}, "track", "lengths must match"),
+    ],
+)
+def test_malformed_unlabelled_groups_say_what_was_expected(
+    tmp_path: Path, arrays: dict[str, np.ndarray], field: str, message: str
+) -> None:
+    path = tmp_path / "bad.h5"
+    _group(path, **arrays)
+    with pytest.raises(SchemaError, match=message) as err:
+        load_unlabelled(path)
+    assert err.value.field == field and err.value.group == "bad"
+
+
+def test_in_memory_validation_names_the_track() -> None:
+    tracks = UnlabelledTracks(CSI, np.array([0.0, 0.5, 0.5]), np.array([4, 4, 4], np.int32))
+    with pytest.raises(SchemaError, match=r"track 4: time 0\.5 at sample 2"):
+        tracks.validate()

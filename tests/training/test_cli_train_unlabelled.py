@@ -1,0 +1,74 @@
+"""`csipos train scratch|site --unlabelled`: tracks reach the trainer and the manifest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tests.training.toychannel import toy_fingerprints, toy_tracks
+from training.cli import app
+from training.data.fingerprints import EnvironmentMeta, write_environment
+from training.data.unlabelled import write_unlabelled
+
+runner = CliRunner()
+META = EnvironmentMeta(description="toy", source={"toy": 1})
+TINY = ["--min-steps", "4", "--max-steps", "6", "--eval-every", "3", "--quiet"]
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> tuple[Path, Path]:
+    data, tracks = tmp_path / "site.h5", tmp_path / "tracks.h5"
+    write_environment(data, "lab", toy_fingerprints(80, (0.0, 0.0), seed=0), META)
+    walks, _ = toy_tracks(3, 20, (0.0, 0.0), seed=1)
+    write_unlabelled(tracks, "walks", walks, META)
+    return data, tracks
+
+
+def manifest(repo: Path, site: str) -> dict[str, object]:
+    config: dict[str, object] = json.loads(
+        (repo / "sites" / site / "versions" / "v1" / "manifest.json").read_text()
+    )["config"]
+    return config
+
+
+def test_scratch_with_tracks_records_the_counts(files: tuple[Path, Path], tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    data, tracks = files
+    repo = tmp_path / "models"
+    common = ["--data", str(data), "--env", "lab", "--out", str(repo), *TINY]
+    result = runner.invoke(
+        app, ["train", "scratch", *common, "--site", "walked", "--unlabelled", str(tracks)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "unlabelled: 60 samples on 3 tracks, 57 pairs" in result.stdout
+    config = manifest(repo, "walked")
+    assert config["unlabelled_samples"] == 60 and config["track_pairs"] == 57
+    assert config["unlabelled_tracks"] == 3 and config["unlabelled"] == str(tracks)
+    plain = runner.invoke(app, ["train", "scratch", *common, "--site", "plain"])
+    assert plain.exit_code == 0, plain.output
+    assert manifest(repo, "plain")["track_pairs"] == 0
+
+
+def test_tracks_without_time_are_a_clear_error(files: tuple[Path, Path], tmp_path: Path) -> None:
+    data, tracks = files
+    with h5py.File(tracks, "a") as f:
+        del f["walks/time"]
+    result = runner.invoke(
+        app,
+        ["train", "scratch", "--data", str(data), "--env", "lab", "--site", "x",
+         "--out", str(tmp_path / "m"), "--unlabelled", str(tracks), *TINY],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "group 'walks', field 'time': missing dataset" in result.output
+    assert "Traceback" not in result.output
+    lonely = runner.invoke(
+        app,
+        ["train", "scratch", "--data", str(data), "--env", "lab", "--site", "x",
+         "--out", str(tmp_path / "m"), "--unlabelled-env", "walks", *TINY],
+    )  # fmt: skip
+    assert lonely.exit_code == 2 and "--unlabelled-env needs --unlabelled" in lonely.output
