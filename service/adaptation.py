@@ -285,7 +285,7 @@ def prepare_h5(path: Path, env: str | None, limits: UploadLimits, directory: Pat
     site_group = _site_group(path, envs, env)
     if site_group is not None and unlabelled:
         raise InvalidInput(
-            "unlabelled tracks are supported beside single-BS uploads only; this upload is a "
+            "unlabelled tracks are supported for single-BS sites only; this upload is a "
             f"multi-BS site ({site_group!r})",
             {"unlabelled": unlabelled, "site": site_group},
         )

@@ -1,0 +1,118 @@
+"""`POST /sites/{id}/adapt` with unlabelled tracks in the upload: the real trainer uses them
+and the version records how many; malformed tracks are a 422 before anything is queued."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.config import Settings
+from tests.service.conftest import ADMIN, LOCATE
+from tests.service.jobs.test_adapt_jobs import wait_job
+from tests.service.test_adaptation import refused
+from tests.training.toychannel import toy_fingerprints, toy_site, toy_tracks
+from training.checkpoint import save_backbone
+from training.data.fingerprints import EnvironmentMeta, write_environment
+from training.data.site import write_site
+from training.data.unlabelled import write_unlabelled
+from training.nets import Backbone
+from training.repository import ModelRepository
+
+pytestmark = pytest.mark.timeout(300)
+H5 = {**ADMIN, "Content-Type": "application/x-hdf5"}
+META = EnvironmentMeta(description="toy", source={"toy": 1})
+
+
+def tracked_file(path: Path) -> Path:
+    """One labelled environment and one unlabelled recording (3 tracks x 20 samples)."""
+    write_environment(path, "lab", toy_fingerprints(60, (0.0, 0.0), seed=0), META)
+    tracks, _ = toy_tracks(3, 20, (0.0, 0.0), seed=1)
+    write_unlabelled(path, "walks", tracks, META)
+    return path
+
+
+@pytest.fixture
+def real(
+    repo: ModelRepository, make_settings: Callable[..., Settings]
+) -> Iterator[TestClient]:
+    """The real trainer on a tiny budget, from a random default backbone."""
+    save_backbone(repo, "rand", Backbone(seed=0), loss="nll")
+    repo.set_default_backbone("rand")
+    settings = make_settings(
+        adapt_entrypoint="training.transfer:adapt_site",
+        adapt_min_steps=4,
+        adapt_max_steps=6,
+        adapt_patience=2,
+        adapt_threads=1,
+    )
+    with TestClient(create_app(settings), raise_server_exceptions=True) as c:
+        yield c
+
+
+def test_tracks_in_the_upload_reach_the_manifest(real: TestClient, tmp_path: Path) -> None:
+    body = tracked_file(tmp_path / "up.h5").read_bytes()
+    r = real.post("/sites/walked/adapt?mode=finetune", content=body, headers=H5)
+    assert r.status_code == 202, r.text
+    job = wait_job(real, r.json()["job_id"], timeout=240)
+    assert job["state"] == "succeeded", job
+    training = real.get("/sites/walked", headers=LOCATE).json()["versions"][0]["training"]
+    assert training["unlabelled_samples"] == 60 and training["unlabelled_tracks"] == 3
+    assert training["track_pairs"] == 57 and training["track_weight"] == 1.0
+
+
+def _break(path: Path, change: Callable[[h5py.Group], None]) -> Path:
+    with h5py.File(path, "a") as f:
+        change(f["walks"])
+    return path
+
+
+def _no_time(g: h5py.Group) -> None:
+    del g["time"]
+
+
+def _backwards(g: h5py.Group) -> None:
+    t = g["time"][()]
+    g["time"][...] = t[::-1].copy()
+
+
+def _narrow_csi(g: h5py.Group) -> None:
+    csi = g["csi"][()]
+    del g["csi"]
+    g.create_dataset("csi", data=np.ascontiguousarray(csi[:, :, :50]))
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "says"),
+    [
+        (_no_time, "time", "missing dataset"),
+        (_backwards, "time", "strictly increasing time within each track"),
+        (_narrow_csi, "csi", "expected [M, 8, 103, 2]"),
+    ],
+)
+def test_malformed_tracks_are_a_422_naming_the_field(
+    client: TestClient,
+    tmp_path: Path,
+    change: Callable[[h5py.Group], None],
+    field: str,
+    says: str,
+) -> None:
+    body = _break(tracked_file(tmp_path / "bad.h5"), change).read_bytes()
+    err = refused(client.post("/sites/walked/adapt", content=body, headers=H5))
+    assert err["detail"]["group"] == "walks" and err["detail"]["field"] == field
+    assert says in err["message"]
+    assert client.get("/jobs", headers=ADMIN).json()["jobs"] == []
+
+
+def test_tracks_beside_a_multi_bs_upload_are_refused(client: TestClient, tmp_path: Path) -> None:
+    path = tmp_path / "multi.h5"
+    write_site(path, "hall", toy_site(40))
+    tracks, _ = toy_tracks(2, 10, (0.0, 0.0), seed=1)
+    write_unlabelled(path, "walks", tracks, META)
+    err = refused(client.post("/sites/hall/adapt", content=path.read_bytes(), headers=H5))
+    assert "single-BS sites only" in err["message"]
