@@ -313,7 +313,18 @@ class Preset:
 
 
 _META_CONFIG_DEFAULTS = {
-    name: getattr(TrainConfig(), name) for name in ("inner_lr", "inner_steps", "first_order")
+    name: getattr(TrainConfig(), name)
+    for name in (
+        "inner_lr",
+        "inner_steps",
+        "first_order",
+        # unlabelled tracks (`training.unlabelled`): the grid passes none, so they change
+        # nothing at their defaults
+        "track_weight",
+        "track_vmax",
+        "track_max_gap_s",
+        "track_slack_m",
+    )
 }
 
 
