@@ -38,9 +38,7 @@ def tracked_file(path: Path) -> Path:
 
 
 @pytest.fixture
-def real(
-    repo: ModelRepository, make_settings: Callable[..., Settings]
-) -> Iterator[TestClient]:
+def real(repo: ModelRepository, make_settings: Callable[..., Settings]) -> Iterator[TestClient]:
     """The real trainer on a tiny budget, from a random default backbone."""
     save_backbone(repo, "rand", Backbone(seed=0), loss="nll")
     repo.set_default_backbone("rand")
