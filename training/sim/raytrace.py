@@ -395,6 +395,8 @@ def _first_detectable_delay(
 
     `a` [rx, antennas, paths] (zero for invalid paths), `tau` [rx, paths]; 0 where no path.
     """
+    if a.shape[-1] == 0:  # a chunk in which no receiver has any path (the solver keeps none)
+        return np.zeros(a.shape[0])
     power = np.mean(np.abs(a) ** 2, axis=1)  # [rx, paths]
     peak = power.max(axis=1, keepdims=True)
     strong = (power > 0) & (power >= peak * 10 ** (-FIRST_PATH_THRESHOLD_DB / 10))
