@@ -272,11 +272,6 @@ def prepare_h5(path: Path, env: str | None, limits: UploadLimits, directory: Pat
     inspect_h5(path)
     try:
         envs = list_environments(path)
-    except SchemaError as exc:
-        raise _schema_error(exc, "upload") from None
-    except (OSError, ValueError, KeyError, RuntimeError, UnicodeDecodeError) as exc:
-        raise _unreadable(exc, path) from None
-    try:
         unlabelled = list_unlabelled(path)
     except SchemaError as exc:
         raise _schema_error(exc, "upload") from None

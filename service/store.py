@@ -199,18 +199,7 @@ class ServedSite:
         if session is None:
             raise Unavailable(f"site {self.site!r} version {self.version} has no model for {bs!r}")
         novelty = self.bs_novelty.get(bs)
-        names = ["position", "sigma"] if self.has_sigma else ["position"]
-        if novelty is not None:
-            names.append("features")
-        result = session.run(names, {INPUT_NAME: csi})
-        position = np.asarray(result[0], dtype=np.float32)
-        sigma = np.asarray(result[1], dtype=np.float32) if self.has_sigma else None
-        if novelty is None:
-            return position, sigma, None
-        score = novelty.score(result[-1])
-        if sigma is not None and novelty.inflates and (score > 1.0).any():
-            sigma = inflate_sigma(sigma, score, novelty.site_sigma)
-        return position, sigma, score
+        return self._run_scored(session, novelty, csi)
 
     def predict(self, csi: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Positions [B,2] and sigma [B,2] (None for MSE models) in metres, one batch."""
@@ -234,6 +223,13 @@ class ServedSite:
                 )
             raise Unavailable(f"site {self.site!r} version {self.version} is not loaded")
         novelty = self.novelty
+        return self._run_scored(session, novelty, csi)
+
+    def _run_scored(
+        self, session: ort.InferenceSession, novelty: NoveltyModel | None, csi: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """One session's positions, sigma and novelty scores; an out-of-site fingerprint's
+        sigma raised to the site's spread (one BS or a whole site alike)."""
         names = ["position", "sigma"] if self.has_sigma else ["position"]
         if novelty is not None:
             names.append("features")
