@@ -27,7 +27,7 @@ from service.batching import Batcher
 from service.errors import InvalidInput, PayloadTooLarge
 from service.store import ModelStore, ServedSite
 from training import fusion
-from training.novelty import combine_scores
+from training.novelty import combine_scores, inflate_cov
 
 CSI_SHAPE = (8, 103, 2)
 
@@ -62,7 +62,8 @@ class Prediction:
 class FusedPrediction:
     """One batch of UEs of a multi-BS site: per-BS estimates and their fusion (metres).
 
-    `cov` is the fused 2x2 covariance per UE, inflation included; `sigma_source` says
+    `cov` is the fused 2x2 covariance per UE, inflation included and, for a UE out of
+    site, widened to at least the site's spread per axis; `sigma_source` says
     where the per-BS sigmas came from (`predicted`, or `validation_rmse` for MSE models).
     """
 
@@ -279,6 +280,10 @@ class Positioner:
             covs[k] = fusion.diag_cov(sig)
         mean, cov = fusion.fuse_by(served.fusion_method, means, covs)
         cov = cov * served.inflation
+        novelty = combine_scores(np.stack(scores)) if len(scores) == len(order) else None
+        spread = served.site_spread
+        if novelty is not None and spread is not None:
+            cov = inflate_cov(cov, novelty, spread)
         fused = FusedPrediction(
             site,
             served.version,
@@ -289,7 +294,7 @@ class Positioner:
             "predicted" if served.has_sigma else "validation_rmse",
             served.inflation,
             served.fusion_method,
-            combine_scores(np.stack(scores)) if len(scores) == len(order) else None,
+            novelty,
         )
         elapsed = time.perf_counter() - start
         label = metrics.site_label(site, self.store.knows)

@@ -192,14 +192,25 @@ class ServedSite:
     def predict_bs_scored(
         self, bs: str, csi: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """`predict_bs` plus the BS's novelty scores (None without per-BS detectors); an
-        out-of-site fingerprint's sigma is raised to the site's spread, as for one BS, so
-        that BS weighs little in the fusion."""
+        """`predict_bs` plus the BS's novelty scores (None without per-BS detectors). The
+        sigma is the model's own: the site judges each UE (the median over its BSs) and
+        widens the fused covariance of one out of site (`novelty.inflate_cov`), so one BS's
+        false alarm does not drop it from the fusion (the robust fusion down-weights a BS
+        that disagrees with the others)."""
         session = self._sessions.get(bs)
         if session is None:
             raise Unavailable(f"site {self.site!r} version {self.version} has no model for {bs!r}")
         novelty = self.bs_novelty.get(bs)
-        return self._run_scored(session, novelty, csi)
+        return self._run_scored(session, novelty, csi, inflate=False)
+
+    @property
+    def site_spread(self) -> np.ndarray | None:
+        """Per-axis spread (std) of a multi-BS site's training positions, the least sigma
+        of an out-of-site UE; None without per-BS detectors that carry it."""
+        spreads = [m.site_sigma for m in self.bs_novelty.values() if m.inflates]
+        if not spreads or len(spreads) != len(self.bs_novelty):
+            return None
+        return np.asarray(np.max(spreads, axis=0), dtype=np.float64)
 
     def predict(self, csi: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Positions [B,2] and sigma [B,2] (None for MSE models) in metres, one batch."""
@@ -226,7 +237,11 @@ class ServedSite:
         return self._run_scored(session, novelty, csi)
 
     def _run_scored(
-        self, session: ort.InferenceSession, novelty: NoveltyModel | None, csi: np.ndarray
+        self,
+        session: ort.InferenceSession,
+        novelty: NoveltyModel | None,
+        csi: np.ndarray,
+        inflate: bool = True,
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """One session's positions, sigma and novelty scores; an out-of-site fingerprint's
         sigma raised to the site's spread (one BS or a whole site alike)."""
@@ -238,8 +253,8 @@ class ServedSite:
         sigma = np.asarray(result[1], dtype=np.float32) if self.has_sigma else None
         if novelty is None:
             return position, sigma, None
-        score = novelty.score(result[-1])
-        if sigma is not None and novelty.inflates and (score > 1.0).any():
+        score = novelty.score(result[-1], csi)
+        if inflate and sigma is not None and novelty.inflates and (score > 1.0).any():
             sigma = inflate_sigma(sigma, score, novelty.site_sigma)
         return position, sigma, score
 

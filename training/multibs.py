@@ -232,7 +232,7 @@ def adapt_multi_bs_site(
                 sig = None if sigma is None else sigma.numpy()
                 per_bs[bs]["test"] = evaluate(pos.numpy(), sig, d.pos)
                 if bs in novelty:
-                    scores = novelty[bs].score(backbone_features(m.backbone, d.csi))
+                    scores = novelty[bs].score(backbone_features(m.backbone, d.csi), d.csi)
                     per_bs[bs]["novelty"]["test_false_alarm"] = float(np.mean(scores > 1.0))
 
     chosen = ",".join(f"{bs}={s['chosen_mode']}" for bs, s in summaries.items())

@@ -195,6 +195,11 @@ class Step:
     """Why the track (re)started at this measurement, if it did."""
     distance2: float | None = None
     """Squared Mahalanobis distance of the innovation (None when the track started)."""
+    predicted: TrackState | None = None
+    """The state predicted to this measurement's time before it was applied, and"""
+    transition: Array | None = None
+    """the transition used: what a smoother needs (None when the track (re)started or
+    the measurement was stale)."""
 
 
 def check_measurement(z: npt.ArrayLike, r: npt.ArrayLike) -> tuple[Array, Array]:
@@ -259,6 +264,13 @@ def predict(
     `r` (the coming measurement's covariance) sets the correlated error's stationary
     covariance ``c r``; without one the error only decays.
     """
+    return _predict(state, time, config, r)[0]
+
+
+def _predict(
+    state: TrackState, time: float, config: TrackerConfig, r: Array | None
+) -> tuple[TrackState, Array]:
+    """`predict` and the transition matrix it used (the smoother runs it backwards)."""
     dt = time - state.time
     rho = error_decay(state, dt, config)
     f = transition(dt, rho)
@@ -266,7 +278,7 @@ def predict(
     if r is not None:
         q[4:, 4:] = (1.0 - rho * rho) * config.error_share * r
     cov = f @ state.cov @ f.T + q
-    return TrackState(
+    predicted = TrackState(
         f @ state.mean,
         0.5 * (cov + cov.T),
         time,
@@ -274,6 +286,7 @@ def predict(
         state.gated_run,
         state.updates,
     )
+    return predicted, f
 
 
 def innovation(state: TrackState, z: Array, r: Array) -> tuple[Array, Array, float]:
@@ -320,7 +333,7 @@ def step(
         return Step(state, stale=True)
     if time - state.time > config.expiry_s:
         return Step(start(time, zz, rr, config), reset="expired")
-    predicted = predict(state, time, config, rr)
+    predicted, f = _predict(state, time, config, rr)
     white = (1.0 - config.error_share) * rr
     _, _, d2 = innovation(predicted, zz, white)
     if d2 > config.gate:
@@ -334,8 +347,8 @@ def step(
             predicted.gated_run + 1,
             predicted.updates,
         )
-        return Step(held, gated=True, distance2=d2)
-    return Step(update(predicted, zz, white), distance2=d2)
+        return Step(held, gated=True, distance2=d2, predicted=predicted, transition=f)
+    return Step(update(predicted, zz, white), distance2=d2, predicted=predicted, transition=f)
 
 
 @dataclass
@@ -350,15 +363,10 @@ class TrackResult:
     reset: list[Reset | None] = field(default_factory=list)
 
 
-def track(
-    times: npt.ArrayLike,
-    means: npt.ArrayLike,
-    covs: npt.ArrayLike,
-    config: TrackerConfig | None = None,
-) -> TrackResult:
-    """Filter one UE's measurements in the given order (times [N], means [N, 2], covs
-    [N, 2, 2]): row i is the track after measurement i, as the service would answer."""
-    config = config or TrackerConfig()
+def _run(
+    times: npt.ArrayLike, means: npt.ArrayLike, covs: npt.ArrayLike, config: TrackerConfig
+) -> tuple[Array, list[Step]]:
+    """The times and every `step` of one UE's measurements, in the given order."""
     t = np.asarray(times, dtype=np.float64)
     m = np.asarray(means, dtype=np.float64)
     c = np.asarray(covs, dtype=np.float64)
@@ -367,21 +375,102 @@ def track(
         raise ValueError(
             f"expected times [N], means [N, 2], covs [N, 2, 2]; got {t.shape}, {m.shape}, {c.shape}"
         )
-    out = TrackResult(
-        position=np.empty((n, 2)),
-        cov=np.empty((n, 2, 2)),
-        velocity=np.empty((n, 2)),
-        gated=np.zeros(n, dtype=bool),
-        stale=np.zeros(n, dtype=bool),
-    )
+    steps: list[Step] = []
     state: TrackState | None = None
     for i in range(n):
         result = step(state, float(t[i]), m[i], c[i], config)
         state = result.state
-        out.position[i] = state.mean[:2]
-        out.velocity[i] = state.mean[2:4]
-        out.cov[i] = state.cov[:2, :2]
-        out.gated[i] = result.gated
-        out.stale[i] = result.stale
-        out.reset.append(result.reset)
+        steps.append(result)
+    return t, steps
+
+
+def _result(steps: list[Step], states: list[tuple[Array, Array]]) -> TrackResult:
+    """Rows of (mean [6], cov [6, 6]) states with the steps' flags."""
+    n = len(steps)
+    out = TrackResult(
+        position=np.empty((n, 2)),
+        cov=np.empty((n, 2, 2)),
+        velocity=np.empty((n, 2)),
+        gated=np.array([s.gated for s in steps], dtype=bool),
+        stale=np.array([s.stale for s in steps], dtype=bool),
+        reset=[s.reset for s in steps],
+    )
+    for i, (mean, cov) in enumerate(states):
+        out.position[i] = mean[:2]
+        out.velocity[i] = mean[2:4]
+        out.cov[i] = cov[:2, :2]
     return out
+
+
+def track(
+    times: npt.ArrayLike,
+    means: npt.ArrayLike,
+    covs: npt.ArrayLike,
+    config: TrackerConfig | None = None,
+) -> TrackResult:
+    """Filter one UE's measurements in the given order (times [N], means [N, 2], covs
+    [N, 2, 2]): row i is the track after measurement i, as the service would answer."""
+    _, steps = _run(times, means, covs, config or TrackerConfig())
+    return _result(steps, [(s.state.mean, s.state.cov) for s in steps])
+
+
+def smooth(
+    times: npt.ArrayLike,
+    means: npt.ArrayLike,
+    covs: npt.ArrayLike,
+    lag_s: float,
+    config: TrackerConfig | None = None,
+) -> TrackResult:
+    """Fixed-lag smoothing of one UE's track: row i estimated from the measurements up
+    to ``times[i] + lag_s`` (``math.inf``: the whole track), for clients that can wait.
+
+    The filter of `track` runs forward, then the Rauch-Tung-Striebel recursion
+    (Bar-Shalom et al. 2001, sec. 8.6) runs back from the last measurement within the
+    lag, never across a restart of the track: ``C = P_k F' P_{k+1|k}^-1``,
+    ``x_k <- x_k + C (x_{k+1} - x_{k+1|k})``, ``P_k <- P_k + C (P_{k+1} - P_{k+1|k}) C'``.
+    A filter cannot average a persistent fingerprint error over samples it has not seen
+    yet; a smoother sees both sides of each sample (docs/results/site-trust). Lag 0 is
+    `track`. A stale measurement's row repeats the row it left unchanged.
+    """
+    if not (lag_s >= 0):  # also refuses NaN
+        raise ValueError(f"lag_s: expected >= 0 seconds, got {lag_s}")
+    t, steps = _run(times, means, covs, config or TrackerConfig())
+    applied = [i for i, s in enumerate(steps) if not s.stale]
+    states: list[tuple[Array, Array]] = [(s.state.mean, s.state.cov) for s in steps]
+    # the applied row after which the track restarts (or ends): smoothing stops there
+    seg_end: dict[int, int] = {}
+    first = 0
+    for a, i in enumerate(applied):
+        if steps[i].reset is not None:
+            first = a
+        last = a + 1 < len(applied) and steps[applied[a + 1]].reset is not None
+        if a + 1 == len(applied) or last:
+            for b in range(first, a + 1):
+                seg_end[b] = a
+    cache: dict[int, dict[int, tuple[Array, Array]]] = {}
+    for a, i in enumerate(applied):
+        hi = a
+        while hi < seg_end[a] and t[applied[hi + 1]] <= t[i] + lag_s:
+            hi += 1
+        if hi == a:
+            continue
+        done = cache.setdefault(hi, {})
+        if a not in done:
+            k = min(done, default=hi)
+            x, p = done.get(k) or (steps[applied[hi]].state.mean, steps[applied[hi]].state.cov)
+            while k > a:
+                nxt, cur = steps[applied[k]], steps[applied[k - 1]].state
+                assert nxt.predicted is not None and nxt.transition is not None
+                pp = nxt.predicted.cov
+                gain = cur.cov @ nxt.transition.T @ np.linalg.pinv(pp, hermitian=True)
+                x = cur.mean + gain @ (x - nxt.predicted.mean)
+                p = cur.cov + gain @ (p - pp) @ gain.T
+                p = 0.5 * (p + p.T)
+                k -= 1
+                done[k] = (x, p)
+        states[i] = done[a]
+        cache = {hi: done}  # rows come in order: older horizons are never needed again
+    for i, s in enumerate(steps):
+        if s.stale and i > 0:
+            states[i] = states[i - 1]
+    return _result(steps, states)

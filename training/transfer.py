@@ -664,7 +664,8 @@ def adapt_site(
         test = evaluate_model(result.model.backbone, result.model.head, test_data)
         metrics["test"] = test
         if novelty is not None:
-            scores = novelty.score(backbone_features(result.model.backbone, test_data.csi))
+            feats = backbone_features(result.model.backbone, test_data.csi)
+            scores = novelty.score(feats, test_data.csi)
             metrics["novelty"]["test_false_alarm"] = float(np.mean(scores > 1.0))
     training: dict[str, Any] = {
         **cfg.to_dict(),

@@ -230,12 +230,18 @@ def test_multi_bs_in_site_is_the_majority_of_the_bs_that_heard_the_ue(
     away = post(foreign)
     assert all(p["in_site"] is False for p in away)
     assert all(b["in_site"] is False for p in away for b in p["bs"].values())
+    # an out-of-site UE's fused answer is at least as wide as the site
+    spread = client.app.state.store.get("hall-ood").site_spread  # type: ignore[attr-defined]
+    assert spread is not None and spread.min() > 0
+    assert all(p["sigma_x"] >= spread[0] * 0.999 for p in away)
+    assert all(p["sigma_y"] >= spread[1] * 0.999 for p in away)
     # one BS hears a foreign fingerprint, two hear the site's: in site, by majority; the
-    # odd one out says so and its sigma is widened to the site's spread
+    # odd one out says so, and keeps its own sigma (the robust fusion weighs it)
     mixed = post({**mine, "bs0": foreign["bs0"]})
     for p, home in zip(mixed, at_home, strict=True):
         assert p["bs"]["bs0"]["in_site"] is False
         if home["bs"]["bs1"]["in_site"] and home["bs"]["bs2"]["in_site"]:
             assert p["in_site"] is True
+            assert p["sigma_x"] < spread[0] and p["sigma_y"] < spread[1]
     # only the foreign BS heard the UE: out
     assert all(p["in_site"] is False for p in post({"bs0": foreign["bs0"]}))

@@ -3,6 +3,7 @@ file, and what adaptation publishes."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +16,12 @@ from training.checkpoint import load_novelty, load_site_model, save_backbone
 from training.config import TrainConfig
 from training.nets import Backbone
 from training.novelty import (
+    CHANNEL_PARTS,
     FILE,
     MIN_VAL,
     SINGLE_HEAD,
     backbone_features,
+    channel_statistics,
     combine_scores,
     conformal_threshold,
     evaluate_out_of_site,
@@ -94,6 +97,83 @@ def test_the_novelty_file_round_trips_and_refuses_junk() -> None:
         read_novelty(b"not a zip")
     with pytest.raises(ValueError, match="head name"):
         novelty_bytes({"a/b": a})
+
+
+def rays_csi(n: int, seed: int, angles: tuple[float, ...], delays: tuple[int, ...]) -> np.ndarray:
+    """CSI [n, 8, 103, 2] of a few plane waves on an 8-element half-wavelength array:
+    arrival angles (radians) and delays (taps of a 128-point grid) jittered per sample,
+    random gains, a random common phase and a random timing offset per sample."""
+    rng = np.random.default_rng(seed)
+    ant, sub = np.arange(8)[:, None], np.arange(103)[None, :]
+    out = np.zeros((n, 8, 103), dtype=complex)
+    for i in range(n):
+        for a, d in zip(angles, delays, strict=True):
+            theta = a + rng.normal(0, 0.05)
+            tau = d + rng.normal(0, 0.3) + rng.integers(0, 20)
+            gain = rng.normal() + 1j * rng.normal()
+            out[i] += gain * np.exp(1j * np.pi * ant * np.sin(theta) - 2j * np.pi * sub * tau / 128)
+        out[i] *= np.exp(2j * np.pi * rng.random())
+    out += 0.01 * (rng.normal(size=out.shape) + 1j * rng.normal(size=out.shape))
+    return np.stack([out.real, out.imag], axis=-1)
+
+
+def test_channel_statistics_ignore_common_phase_and_timing_offset() -> None:
+    csi = rays_csi(20, 0, (0.3, -0.6), (0, 9))
+    x = csi[..., 0] + 1j * csi[..., 1]
+    phase = np.exp(2j * np.pi * np.random.default_rng(1).random(20))[:, None, None]
+    shift = np.random.default_rng(2).integers(0, 40, 20)[:, None, None]  # whole taps
+    y = x * phase * np.exp(-2j * np.pi * np.arange(103)[None, None, :] * shift / 128)
+    a, b = channel_statistics(csi), channel_statistics(np.stack([y.real, y.imag], axis=-1))
+    assert sorted(a) == sorted(CHANNEL_PARTS)
+    assert a["spatial"].shape == (20, 64) and a["delay"].shape == (20, 32)
+    for name in CHANNEL_PARTS:
+        assert np.allclose(a[name], b[name], atol=1e-9), name
+
+
+def test_channel_parts_catch_what_invariant_features_miss() -> None:
+    """Features that look the same everywhere (what an invariant backbone gives) pass a
+    foreign site's fingerprints; the raw CSI's spatial and delay statistics do not."""
+    own = {s: rays_csi(n, s, (0.3, -0.6), (0, 9)) for s, n in ((0, 300), (1, 150), (2, 400))}
+    foreign = rays_csi(400, 3, (-0.1, 0.9), (0, 30))  # other directions, longer echoes
+    feats = {s: gaussian_features(len(c), 10 + s) for s, c in own.items()}
+    plain = fit_novelty(feats[0], feats[1])
+    model = fit_novelty(feats[0], feats[1], train_csi=own[0], val_csi=own[1])
+    assert [p.name for p in model.parts] == list(CHANNEL_PARTS)
+    foreign_feats = gaussian_features(400, 20)
+    assert np.mean(plain.score(foreign_feats) > 1) < 0.05
+    assert np.mean(model.score(foreign_feats, foreign) > 1) > 0.95
+    assert np.mean(model.score(feats[2], own[2]) > 1) < 0.05
+    # each part's threshold is at false_alarm / 3 (the union keeps the target)
+    big = fit_novelty(
+        gaussian_features(400, 0),
+        gaussian_features(4000, 1),
+        train_csi=own[0],
+        val_csi=rays_csi(4000, 5, (0.3, -0.6), (0, 9)),
+    )
+    val_d = big.distance(gaussian_features(4000, 1))
+    assert big.threshold == conformal_threshold(val_d, 0.01 / 3)
+    with pytest.raises(ValueError, match="pass csi"):
+        model.score(foreign_feats)
+
+
+def test_format_1_novelty_files_still_read() -> None:
+    """Versions published before the channel parts score the features alone."""
+    old = fit_novelty(gaussian_features(100, 0), gaussian_features(50, 1))
+    data = dict(np.load(io.BytesIO(novelty_bytes({"site": old}))))
+    data["format"] = np.array(1)
+    buf = io.BytesIO()
+    np.savez(buf, **data)
+    back = read_novelty(buf.getvalue())["site"]
+    assert back.parts == ()
+    probe = gaussian_features(10, 4)
+    assert np.allclose(back.score(probe), old.score(probe))
+    own = rays_csi(200, 0, (0.3,), (0,))
+    new = fit_novelty(
+        gaussian_features(200, 0), gaussian_features(60, 1), train_csi=own, val_csi=own[:60]
+    )
+    again = read_novelty(novelty_bytes({"bs0": new}))["bs0"]
+    assert [p.name for p in again.parts] == list(CHANNEL_PARTS)
+    assert np.allclose(again.score(probe, own[:10]), new.score(probe, own[:10]))
 
 
 def test_inflate_sigma_raises_only_out_of_site_rows() -> None:

@@ -13,6 +13,7 @@ from training.tracking import (
     chi2_2dof_quantile,
     predict,
     process_noise,
+    smooth,
     start,
     step,
     track,
@@ -250,3 +251,74 @@ def test_the_first_measurement_fixes_only_the_sum_of_position_and_error() -> Non
     # the position + error (what is measured) is known to the white part only: 0.4 r
     h = np.array([[1.0, 0, 0, 0, 1, 0], [0, 1, 0, 0, 0, 1]])
     assert np.allclose(h @ s.cov @ h.T, 0.4 * r)
+
+
+def _walk(n: int, seed: int, noise: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 10 Hz walk along a gentle curve: (times, noisy measurements, covariances)."""
+    t = np.arange(n) * 0.1
+    truth = np.c_[1.2 * t, 2.0 * np.sin(t / 3.0)]
+    z = truth + np.random.default_rng(seed).normal(0.0, noise, (n, 2))
+    return t, z, np.tile(noise**2 * EYE2, (n, 1, 1))
+
+
+def test_smoothing_with_lag_0_is_the_filter_and_lag_inf_is_the_batch_solution() -> None:
+    """On the linear model (white errors, nothing gated) the whole-track smoother is the
+    least-squares solution over every state at once: the check of the RTS recursion."""
+    config = TrackerConfig(error_share=0.0, gate_probability=1 - 1e-12, init_speed_sigma=1.5)
+    t, z, r = _walk(30, 0)
+    assert np.allclose(smooth(t, z, r, 0.0, config).position, track(t, z, r, config).position)
+    n, dt = len(t), 0.1
+    f = np.eye(4)
+    f[0, 2] = f[1, 3] = dt
+    q_inv = np.linalg.inv(process_noise(dt, config.accel_psd)[:4, :4])
+    a = np.zeros((4 * n, 4 * n))
+    b = np.zeros(4 * n)
+    h = np.eye(2, 4)
+    for k in range(n):
+        sk = slice(4 * k, 4 * k + 4)
+        ri = np.linalg.inv(r[k])
+        a[sk, sk] += h.T @ ri @ h
+        b[sk] += h.T @ ri @ z[k]
+        if k + 1 < n:  # x_{k+1} - F x_k ~ N(0, Q)
+            d = np.zeros((4, 4 * n))
+            d[:, 4 * k + 4 : 4 * k + 8] = np.eye(4)
+            d[:, sk] = -f
+            a += d.T @ q_inv @ d
+    a[2:4, 2:4] += np.eye(2) / config.init_speed_sigma**2  # the new track's velocity prior
+    batch = np.linalg.solve(a, b).reshape(n, 4)
+    smoothed = smooth(t, z, r, np.inf, config)
+    assert np.allclose(smoothed.position, batch[:, :2], atol=1e-8)
+    assert np.allclose(smoothed.velocity, batch[:, 2:], atol=1e-8)
+    cov = np.linalg.inv(a)
+    assert np.allclose(smoothed.cov[5], cov[20:22, 20:22], atol=1e-8)
+
+
+def test_a_lagged_row_never_sees_measurements_beyond_its_lag() -> None:
+    t, z, r = _walk(60, 1)
+    moved = z.copy()
+    moved[40:] += 3.0  # everything from t = 4.0 s on
+    a, b = smooth(t, z, r, 1.0), smooth(t, moved, r, 1.0)
+    assert np.allclose(a.position[:30], b.position[:30])  # rows up to t = 2.9 s
+    assert not np.allclose(a.position[30:40], b.position[30:40])
+
+
+def test_smoothing_lowers_the_error_and_stops_at_a_restart() -> None:
+    t, z, r = _walk(300, 2)
+    truth = np.c_[1.2 * t, 2.0 * np.sin(t / 3.0)]
+    filtered = np.linalg.norm(track(t, z, r).position - truth, axis=1).mean()
+    lagged = np.linalg.norm(smooth(t, z, r, 2.0).position - truth, axis=1).mean()
+    assert lagged < 0.8 * filtered
+    gap = t.copy()
+    gap[150:] += 60.0  # past expiry: the track restarts there
+    whole, first = smooth(gap, z, r, np.inf), smooth(gap[:150], z[:150], r[:150], np.inf)
+    assert whole.reset[150] == "expired"
+    assert np.allclose(whole.position[:150], first.position)
+    with pytest.raises(ValueError, match="lag_s"):
+        smooth(t, z, r, -1.0)
+
+
+def test_a_stale_row_repeats_the_smoothed_row_before_it() -> None:
+    t, z, r = _walk(20, 3)
+    t[10] = t[9]  # a repeat: stale
+    out = smooth(t, z, r, 0.5)
+    assert out.stale[10] and np.allclose(out.position[10], out.position[9])
