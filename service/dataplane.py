@@ -8,8 +8,9 @@ A multi-BS site takes one input per base station, named ``csi_<bs>`` (any non-em
 subset, the same batch size each), and answers the fused `position`, its marginal
 `sigma` and the full `covariance` FP32 [B,2,2].
 
-A site version with an out-of-site detector also answers `novelty` FP32 [B] (above 1:
-not from this site) and `in_site` BOOL [B], as `/locate` does.
+A site version with an out-of-site detector (every BS's, for a multi-BS site) also
+answers `novelty` FP32 [B] (above 1: not from this site; a multi-BS site's is the
+median over the UE's BSs) and `in_site` BOOL [B], as `/locate` does.
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ def served(store: ModelStore, site: str, version: str | None = None) -> ServedSi
 
 
 def output_names(model: ServedSite) -> list[str]:
-    if model.multi_bs:
-        return list(FUSED_OUTPUTS)
+    if model.multi_bs:  # novelty and in_site per UE: the median over its BSs
+        return FUSED_OUTPUTS + NOVELTY_OUTPUTS if model.bs_novelty else list(FUSED_OUTPUTS)
     names = ["position", "sigma"] if model.has_sigma else ["position"]
     return names + NOVELTY_OUTPUTS if model.novelty is not None else names
 
@@ -214,9 +215,8 @@ def output_arrays(
     arrays: dict[str, np.ndarray | None] = {"position": pred.position, "sigma": pred.sigma}
     if isinstance(pred, FusedPrediction):
         arrays["covariance"] = pred.cov
-    else:
-        arrays["novelty"] = pred.novelty
-        arrays["in_site"] = pred.in_site
+    arrays["novelty"] = pred.novelty
+    arrays["in_site"] = pred.in_site
     out = []
     for name in names:
         arr = arrays.get(name)

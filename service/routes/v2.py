@@ -175,7 +175,8 @@ def _wanted_outputs(doc: dict[str, Any], served: Any) -> list[tuple[str, bool]]:
 async def infer(site: str, request: Request, version: str | None = None) -> Response:
     """Run the site model; outputs `position` and (nll models) `sigma`, FP32 [B,2], and
     with an out-of-site detector `novelty` FP32 [B] and `in_site` BOOL [B]; a multi-BS
-    site takes `csi_<bs>` inputs and adds `covariance` [B,2,2]."""
+    site takes `csi_<bs>` inputs and adds `covariance` [B,2,2] (and the UE's `novelty`
+    and `in_site` when every BS has a detector)."""
     # No dependencies: FastAPI's solver costs about as much as this whole route's own
     # work for one fingerprint (bench/protocols.md).
     settings: Settings = request.app.state.settings

@@ -245,3 +245,36 @@ def test_multi_bs_in_site_is_the_majority_of_the_bs_that_heard_the_ue(
             assert p["sigma_x"] < spread[0] and p["sigma_y"] < spread[1]
     # only the foreign BS heard the UE: out
     assert all(p["in_site"] is False for p in post({"bs0": foreign["bs0"]}))
+
+
+def test_multi_bs_v2_answers_the_ues_novelty_and_in_site_like_locate(
+    repo: ModelRepository, client: TestClient
+) -> None:
+    own = _publish_multi_bs_with_detectors(repo)
+    client.app.state.store.refresh()  # type: ignore[attr-defined]
+    n = 4
+    # UEs 0-1 from the site at every BS, UEs 2-3 foreign at every BS
+    csi = {
+        bs: np.concatenate([own.station(bs).csi[:2], csi_batch(n - 2, seed=40 + k)])
+        for k, bs in enumerate(own.bs_ids)
+    }
+    body = {"site": "hall-ood", "csi": {bs: v.tolist() for bs, v in csi.items()}}
+    want = client.post("/locate", json=body, headers=LOCATE).json()["positions"]
+    meta = client.get("/v2/models/hall-ood", headers=LOCATE).json()
+    outs = {o["name"]: (o["datatype"], o["shape"]) for o in meta["outputs"]}
+    assert outs["in_site"] == ("BOOL", [-1]) and outs["covariance"] == ("FP32", [-1, 2, 2])
+    inputs = [
+        {
+            "name": f"csi_{bs}",
+            "datatype": "FP32",
+            "shape": list(v.shape),
+            "data": v.ravel().tolist(),
+        }
+        for bs, v in csi.items()
+    ]
+    r = client.post("/v2/models/hall-ood/infer", json={"inputs": inputs}, headers=LOCATE)
+    assert r.status_code == 200, r.text
+    got = _v2_outputs(r.json())
+    assert got["in_site"]["data"] == [p["in_site"] for p in want]
+    assert got["in_site"]["data"][2:] == [False, False]
+    np.testing.assert_allclose(got["novelty"]["data"], [p["novelty"] for p in want], rtol=1e-5)
