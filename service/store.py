@@ -243,8 +243,9 @@ class ServedSite:
         csi: np.ndarray,
         inflate: bool = True,
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """One session's positions, sigma and novelty scores; an out-of-site fingerprint's
-        sigma raised to the site's spread (one BS or a whole site alike)."""
+        """One session's positions, sigma and novelty scores; with `inflate`, an
+        out-of-site fingerprint's sigma raised to the site's spread (a multi-BS site
+        widens the fused covariance of an out-of-site UE instead)."""
         names = ["position", "sigma"] if self.has_sigma else ["position"]
         if novelty is not None:
             names.append("features")
