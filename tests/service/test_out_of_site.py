@@ -188,8 +188,9 @@ def test_v2_grpc_answers_in_site(repo: ModelRepository, start_server: Callable[.
     assert ((novelty <= 1.0) == in_site).all()
 
 
-def _publish_multi_bs_with_detectors(repo: ModelRepository) -> SiteFingerprints:
-    """`hall-ood`: 3 BSs on one untrained backbone, a novelty model each (toy site)."""
+def _publish_multi_bs_with_detectors(repo: ModelRepository, client: TestClient) -> SiteFingerprints:
+    """`hall-ood`: 3 BSs on one untrained backbone, a novelty model each (toy site),
+    published and loaded by the client's store; returns 30 fingerprints it never saw."""
     site = toy_site(330, seed=4, drop=0.0)
     train, val = site.subset(np.arange(200)), site.subset(np.arange(200, 300))
     models, novelty = {}, {}
@@ -201,33 +202,35 @@ def _publish_multi_bs_with_detectors(repo: ModelRepository) -> SiteFingerprints:
         assert found is not None
         novelty[bs] = found
     save_multi_bs_site_model(repo, "hall-ood", models, parent=None, novelty=novelty)
+    client.app.state.store.refresh()  # type: ignore[attr-defined]
     return site.subset(np.arange(300, 330))
+
+
+def _locate_hall(client: TestClient, csi: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """`/locate` on `hall-ood` with CSI per BS: the positions answered."""
+    body = {"site": "hall-ood", "csi": {bs: v.tolist() for bs, v in csi.items()}}
+    r = client.post("/locate", json=body, headers=LOCATE)
+    assert r.status_code == 200, r.text
+    positions: list[dict[str, Any]] = r.json()["positions"]
+    return positions
 
 
 def test_multi_bs_in_site_is_the_majority_of_the_bs_that_heard_the_ue(
     repo: ModelRepository, client: TestClient
 ) -> None:
-    own = _publish_multi_bs_with_detectors(repo)
-    client.app.state.store.refresh()  # type: ignore[attr-defined]
+    own = _publish_multi_bs_with_detectors(repo, client)
     n = 6
-
-    def post(csi: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-        body = {"site": "hall-ood", "csi": {bs: v.tolist() for bs, v in csi.items()}}
-        r = client.post("/locate", json=body, headers=LOCATE)
-        assert r.status_code == 200, r.text
-        positions: list[dict[str, Any]] = r.json()["positions"]
-        return positions
 
     mine = {bs: own.station(bs).csi[:n] for bs in own.bs_ids}
     foreign = {bs: csi_batch(n, seed=30 + k) for k, bs in enumerate(own.bs_ids)}
-    at_home = post(mine)
+    at_home = _locate_hall(client, mine)
     assert sum(p["in_site"] is True for p in at_home) >= n - 1
     for p in at_home:
         assert sorted(p["bs"]) == ["bs0", "bs1", "bs2"]
         assert isinstance(p["novelty"], float) and isinstance(p["bs"]["bs0"]["novelty"], float)
         votes = sorted(b["novelty"] for b in p["bs"].values())
         assert p["novelty"] == pytest.approx(votes[1])  # the median of three
-    away = post(foreign)
+    away = _locate_hall(client, foreign)
     assert all(p["in_site"] is False for p in away)
     assert all(b["in_site"] is False for p in away for b in p["bs"].values())
     # an out-of-site UE's fused answer is at least as wide as the site
@@ -237,29 +240,27 @@ def test_multi_bs_in_site_is_the_majority_of_the_bs_that_heard_the_ue(
     assert all(p["sigma_y"] >= spread[1] * 0.999 for p in away)
     # one BS hears a foreign fingerprint, two hear the site's: in site, by majority; the
     # odd one out says so, and keeps its own sigma (the robust fusion weighs it)
-    mixed = post({**mine, "bs0": foreign["bs0"]})
+    mixed = _locate_hall(client, {**mine, "bs0": foreign["bs0"]})
     for p, home in zip(mixed, at_home, strict=True):
         assert p["bs"]["bs0"]["in_site"] is False
         if home["bs"]["bs1"]["in_site"] and home["bs"]["bs2"]["in_site"]:
             assert p["in_site"] is True
             assert p["sigma_x"] < spread[0] and p["sigma_y"] < spread[1]
     # only the foreign BS heard the UE: out
-    assert all(p["in_site"] is False for p in post({"bs0": foreign["bs0"]}))
+    assert all(p["in_site"] is False for p in _locate_hall(client, {"bs0": foreign["bs0"]}))
 
 
 def test_multi_bs_v2_answers_the_ues_novelty_and_in_site_like_locate(
     repo: ModelRepository, client: TestClient
 ) -> None:
-    own = _publish_multi_bs_with_detectors(repo)
-    client.app.state.store.refresh()  # type: ignore[attr-defined]
+    own = _publish_multi_bs_with_detectors(repo, client)
     n = 4
     # UEs 0-1 from the site at every BS, UEs 2-3 foreign at every BS
     csi = {
         bs: np.concatenate([own.station(bs).csi[:2], csi_batch(n - 2, seed=40 + k)])
         for k, bs in enumerate(own.bs_ids)
     }
-    body = {"site": "hall-ood", "csi": {bs: v.tolist() for bs, v in csi.items()}}
-    want = client.post("/locate", json=body, headers=LOCATE).json()["positions"]
+    want = _locate_hall(client, csi)
     meta = client.get("/v2/models/hall-ood", headers=LOCATE).json()
     outs = {o["name"]: (o["datatype"], o["shape"]) for o in meta["outputs"]}
     assert outs["in_site"] == ("BOOL", [-1]) and outs["covariance"] == ("FP32", [-1, 2, 2])
