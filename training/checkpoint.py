@@ -18,16 +18,24 @@ What a version holds:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from training.export import export_site_model
 from training.nets import Backbone, BackboneConfig, Head, HeadConfig, SiteModel
+from training.novelty import (
+    BACKGROUND_FILE,
+    Background,
+    NoveltyModel,
+    background_bytes,
+    novelty_bytes,
+    read_background,
+    read_novelty,
+)
 from training.novelty import FILE as NOVELTY_FILE
-from training.novelty import NoveltyModel, novelty_bytes, read_novelty
 from training.repository import (
     ModelRepository,
     RepositoryError,
@@ -35,6 +43,7 @@ from training.repository import (
     check_version,
 )
 
+T = TypeVar("T")
 FORMAT = 1
 """Version of the ``.pt`` layout below; loaders refuse other values."""
 
@@ -86,15 +95,21 @@ def save_backbone(
     metrics: Mapping[str, Any] | None = None,
     parent: tuple[str, str] | None = None,
     activate: bool = True,
+    background: Background | None = None,
 ) -> str:
     """Publish ``backbone`` as a new version of backbone ``name``; returns the version.
 
-    ``loss`` is the source-training loss; ``config`` the training configuration.
+    ``loss`` is the source-training loss; ``config`` the training configuration;
+    ``background`` (its corpus's channel statistics, `training.novelty`) goes into
+    ``background.npz`` for the out-of-site detectors of the sites adapted from it.
     """
     ckpt = _checkpoint(backbone.config, backbone)
+    background_data = None if background is None else background_bytes(background)
 
     def write(directory: Path, version: str) -> None:
         _save_pt(ckpt, directory / "backbone.pt")
+        if background_data is not None:
+            (directory / BACKGROUND_FILE).write_bytes(background_data)
 
     return repo.publish_backbone(
         name,
@@ -124,6 +139,25 @@ def load_backbone(
         raise RepositoryError(f"{path}: bad backbone config: {exc}") from exc
     _restore(backbone, obj, path)
     return backbone
+
+
+def load_background(
+    repo: ModelRepository, name: str, version: str | None = None
+) -> Background | None:
+    """The corpus background of backbone ``name`` at ``version``; None for a backbone
+    published without one (before format 3 detectors, or trained outside `csipos train`)."""
+    return _read_optional(repo.path("backbone", name, version) / BACKGROUND_FILE, read_background)
+
+
+def _read_optional(path: Path, reader: Callable[[bytes, str], T]) -> T | None:
+    """An optional file of a version read by ``reader``: None when absent, a
+    RepositoryError naming it when broken."""
+    if not path.is_file():
+        return None
+    try:
+        return reader(path.read_bytes(), str(path))
+    except ValueError as exc:
+        raise RepositoryError(str(exc)) from exc
 
 
 def save_site_model(
@@ -277,10 +311,4 @@ def load_novelty(
 ) -> dict[str, NoveltyModel] | None:
     """The novelty models (by head) of ``site`` at ``version``; None for a version
     published without one (before out-of-site detection, or too little validation data)."""
-    path = repo.path("site", site, version) / NOVELTY_FILE
-    if not path.is_file():
-        return None
-    try:
-        return read_novelty(path.read_bytes(), str(path))
-    except ValueError as exc:
-        raise RepositoryError(str(exc)) from exc
+    return _read_optional(repo.path("site", site, version) / NOVELTY_FILE, read_novelty)

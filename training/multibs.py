@@ -166,7 +166,7 @@ def adapt_multi_bs_site(
     train, val, test = split_site(data, cfg.val_fraction, holdout, fraction, cfg.seed)
     _check_sizes(train, val)
 
-    parent, start = starting_backbone(repo, backbone, source_repo, scratch)
+    parent, start, background = starting_backbone(repo, backbone, source_repo, scratch)
 
     models: dict[str, SiteModel] = {}
     per_bs: dict[str, dict[str, Any]] = {}
@@ -216,7 +216,9 @@ def adapt_multi_bs_site(
     metrics["bs"] = per_bs
     novelty: dict[str, NoveltyModel] = {}
     for bs in data.bs_ids:  # per BS: its backbone's features of its own train/val split
-        model_k = fit_site_novelty(models[bs].backbone, train.station(bs), val.station(bs))
+        model_k = fit_site_novelty(
+            models[bs].backbone, train.station(bs), val.station(bs), background=background
+        )
         if model_k is not None:
             novelty[bs] = model_k
             per_bs[bs]["novelty"] = model_k.summary()

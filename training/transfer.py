@@ -46,7 +46,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from training.checkpoint import load_backbone, save_site_model
+from training.checkpoint import load_backbone, load_background, save_site_model
 from training.config import (
     DEFAULT_TARGET_MODE,
     LossName,
@@ -64,7 +64,13 @@ from training.fit import FitReport, Phase, PhaseReport, ProgressFn, Task, fit, p
 from training.meml import RETRY_SEED_OFFSET, SourceData, train_sources
 from training.metrics import evaluate_model, finish_head, nll_per_point
 from training.nets import Backbone, BackboneConfig, Head, HeadConfig, SiteModel
-from training.novelty import DEFAULT_FALSE_ALARM, SINGLE_HEAD, backbone_features, fit_site_novelty
+from training.novelty import (
+    DEFAULT_FALSE_ALARM,
+    SINGLE_HEAD,
+    Background,
+    backbone_features,
+    fit_site_novelty,
+)
 from training.repository import ModelRepository, check_name, parse_ref
 from training.unlabelled import TrackPairs
 
@@ -544,18 +550,23 @@ def starting_backbone(
     backbone: str | None,
     source_repo: ModelRepository | None = None,
     scratch: bool = False,
-) -> tuple[tuple[str, str] | None, Backbone | None]:
-    """The (name, version) and loaded backbone a site adapts from: ``backbone`` (``name`` or
-    ``name:vN``) in ``source_repo`` (default ``repo``), the default backbone when None,
-    nothing with ``scratch``."""
+) -> tuple[tuple[str, str] | None, Backbone | None, Background | None]:
+    """The (name, version), loaded backbone and corpus background (for the out-of-site
+    detector, `training.novelty`) a site adapts from: ``backbone`` (``name`` or ``name:vN``)
+    in ``source_repo`` (default ``repo``), the default backbone when None, nothing with
+    ``scratch``."""
     if scratch:
-        return None, None
+        return None, None, None
     source = source_repo or repo
     name, version = (
         parse_ref(backbone) if backbone is not None else (source.default_backbone(), None)
     )
     version = source.resolve("backbone", name, version)
-    return (name, version), load_backbone(source, name, version)
+    return (
+        (name, version),
+        load_backbone(source, name, version),
+        load_background(source, name, version),
+    )
 
 
 def adapt_site(
@@ -643,7 +654,7 @@ def adapt_site(
     pool, test_data = holdout_split(data, holdout, fraction, seed)
     train, val = split_train_val(pool, cfg.val_fraction, cfg.seed)
 
-    parent, start = starting_backbone(repo, backbone, source_repo, scratch)
+    parent, start, background = starting_backbone(repo, backbone, source_repo, scratch)
     result = train_target(
         start,
         train,
@@ -656,7 +667,9 @@ def adapt_site(
         unlabelled=unlabelled,
     )
     metrics: dict[str, Any] = dict(result.metrics)
-    novelty = fit_site_novelty(result.model.backbone, train, val, false_alarm=novelty_false_alarm)
+    novelty = fit_site_novelty(
+        result.model.backbone, train, val, false_alarm=novelty_false_alarm, background=background
+    )
     if novelty is not None:
         metrics["novelty"] = novelty.summary()
     test = None

@@ -74,6 +74,12 @@ def test_meml_then_gradual_site_then_evaluate_beats_the_mean(
 
     manifest = json.loads((repo / "sites/lab/versions/v1/manifest.json").read_text())
     assert manifest["parent"] == {"backbone": "meml", "version": "v1"}
+    # the backbone carries its sources' background, and the site's detector uses it
+    backbone = json.loads((repo / "backbones/meml/versions/v1/manifest.json").read_text())
+    assert "background.npz" in backbone["files"]
+    assert backbone["metrics"]["background"]["environments"] == 2
+    parts = manifest["metrics"]["novelty"]["parts"]
+    assert set(parts) == {"spatial", "delay"} and all(p["relative"] for p in parts.values())
     assert set(manifest["config"]["epochs_run"]) == {"warmup", "unfrozen"}
     assert manifest["config"]["min_steps"] == 30 and manifest["config"]["beta"] == 0.5
     assert (manifest["config"]["select"], manifest["config"]["schedule"]) == ("loss", "plateau")

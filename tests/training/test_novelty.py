@@ -20,15 +20,20 @@ from training.novelty import (
     FILE,
     MIN_VAL,
     SINGLE_HEAD,
+    Background,
+    Gaussian,
     backbone_features,
+    background_bytes,
     channel_statistics,
     combine_scores,
     conformal_threshold,
     evaluate_out_of_site,
+    fit_background,
     fit_novelty,
     inflate_sigma,
     ledoit_wolf,
     novelty_bytes,
+    read_background,
     read_novelty,
 )
 from training.repository import ModelRepository
@@ -176,6 +181,73 @@ def test_format_1_novelty_files_still_read() -> None:
     assert np.allclose(again.score(probe, own[:10]), new.score(probe, own[:10]))
 
 
+def corpus_rooms(rooms: int = 20) -> list[np.ndarray]:
+    """A toy pre-training corpus: rooms of two rays from random directions and echoes."""
+    rng = np.random.default_rng(0)
+    return [
+        rays_csi(120, 100 + k, tuple(rng.uniform(-1.2, 1.2, 2)), (0, int(rng.integers(3, 30))))
+        for k in range(rooms)
+    ]
+
+
+def test_a_corpus_background_catches_near_rooms_the_plain_distance_misses() -> None:
+    """The relative distance discounts what varies in every room, so a room whose rays
+    come from nearly the site's directions stands out (Ren et al. 2021)."""
+    background = fit_background(corpus_rooms(), seed=0)
+    assert (background.n, background.environments) == (2400, 20)
+    own = {s: rays_csi(n, s, (0.3, -0.6), (0, 9)) for s, n in ((0, 300), (1, 150), (2, 400))}
+    feats = {s: gaussian_features(len(c), 10 + s) for s, c in own.items()}
+    args = (feats[0], feats[1])
+    plain = fit_novelty(*args, train_csi=own[0], val_csi=own[1])
+    relative = fit_novelty(*args, train_csi=own[0], val_csi=own[1], background=background)
+    assert all(p.background is not None for p in relative.parts)
+    assert all(p.background is None for p in plain.parts)
+    near, near_feats = rays_csi(400, 3, (0.3, -0.45), (0, 9)), gaussian_features(400, 20)
+    caught_plain = np.mean(plain.score(near_feats, near) > 1)
+    caught = np.mean(relative.score(near_feats, near) > 1)
+    assert caught > caught_plain + 0.2, (caught, caught_plain)
+    assert np.mean(relative.score(feats[2], own[2]) > 1) < 0.05  # false alarms kept
+
+
+def test_relative_parts_score_as_documented_and_round_trip() -> None:
+    background = fit_background(corpus_rooms(6), per_env=50, seed=1)
+    own, val = rays_csi(200, 0, (0.3,), (0,)), rays_csi(80, 1, (0.3,), (0,))
+    feats = gaussian_features(200, 0), gaussian_features(80, 1)
+    model = fit_novelty(*feats, train_csi=own, val_csi=val, background=background)
+    stats, probe = channel_statistics(val), rays_csi(10, 2, (0.5,), (3,))
+    for part in model.parts:
+        assert part.background is background.parts[part.name]
+        raw = part.raw_score(stats[part.name])
+        assert part.center == pytest.approx(np.median(raw))
+        assert part.threshold == conformal_threshold(raw, 0.01 / 3)
+        x = channel_statistics(probe)[part.name]
+        expected = np.maximum(part.raw_score(x) - part.center, 0.0) / (part.threshold - part.center)
+        assert np.allclose(part.score(x), expected)
+    back = read_novelty(novelty_bytes({"bs0": model}))["bs0"]
+    assert [p.background is not None for p in back.parts] == [True, True]
+    probe_feats = gaussian_features(10, 3)
+    assert np.allclose(back.score(probe_feats, probe), model.score(probe_feats, probe))
+    # a background of another array shape is not used: that part keeps the plain distance
+    other = Background({"spatial": Gaussian(np.zeros(4), np.eye(4))}, 10, 1)
+    mixed = fit_novelty(*feats, train_csi=own, val_csi=val, background=other)
+    assert [p.background for p in mixed.parts] == [None, None]
+
+
+def test_the_background_file_round_trips_and_refuses_junk() -> None:
+    background = fit_background(corpus_rooms(3), per_env=40, seed=0)
+    back = read_background(background_bytes(background))
+    assert (back.n, back.environments) == (120, 3) and sorted(back.parts) == ["delay", "spatial"]
+    for name, g in background.parts.items():
+        assert np.array_equal(back.parts[name].whitener, g.whitener)
+    with pytest.raises(ValueError, match="not a background file"):
+        read_background(b"junk", "bb/background.npz")
+    with pytest.raises(ValueError, match="no source fingerprints"):
+        fit_background([np.zeros((0, 8, 103, 2))])
+    # the same seed draws the same rows
+    again = fit_background(corpus_rooms(3), per_env=40, seed=0)
+    assert np.array_equal(again.parts["delay"].mean, background.parts["delay"].mean)
+
+
 def test_inflate_sigma_raises_only_out_of_site_rows() -> None:
     sigma = np.array([[0.2, 0.3], [0.2, 5.0]], dtype=np.float32)
     out = inflate_sigma(sigma, np.array([0.5, 3.0]), np.array([2.0, 1.0]))
@@ -246,7 +318,8 @@ def test_a_multi_bs_adaptation_fits_one_detector_per_bs(tmp_path: Path) -> None:
 
     torch.set_num_threads(1)
     repo = ModelRepository(tmp_path / "models")
-    save_backbone(repo, "meml", Backbone(seed=0), loss="mse")
+    background = fit_background(corpus_rooms(4), per_env=40)
+    save_backbone(repo, "meml", Backbone(seed=0), loss="mse", background=background)
     site = toy_site(200, seed=4, drop=0.0)
     cfg = TrainConfig(
         loss="nll", epochs=2, min_steps=0, patience=1, batch_size=32, val_fraction=0.25
@@ -258,6 +331,7 @@ def test_a_multi_bs_adaptation_fits_one_detector_per_bs(tmp_path: Path) -> None:
     for bs in site.bs_ids:
         summary = manifest["metrics"]["bs"][bs]["novelty"]
         assert summary["n_val"] >= MIN_VAL and 0.0 <= summary["test_false_alarm"] <= 0.2
+        assert all(p["relative"] for p in summary["parts"].values())  # the backbone's background
         onnx = ort.InferenceSession(
             str(repo.path("site", "hall", result.version) / f"model.{bs}.onnx")
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,15 +162,24 @@ def _save_source_backbone(
     result: Any,
     config: dict[str, Any],
     metrics: dict[str, Any],
+    env_files: Mapping[str, Path],
     set_default: bool = False,
 ) -> str:
-    """Publish a source training's backbone (MEML, DTL, MAML...) with its manifest; the
-    one place that writes a trained backbone into a repository from the CLI."""
+    """Publish a source training's backbone (MEML, DTL, MAML...) with its manifest and the
+    corpus background of its sources' channel statistics (`training.novelty`, for the
+    out-of-site detectors of sites adapted from it); the one place that writes a trained
+    backbone into a repository from the CLI."""
     import torch
 
     from training.checkpoint import save_backbone
+    from training.data.fingerprints import read_environment
+    from training.novelty import fit_background
     from training.repository import ModelRepository
 
+    background = fit_background(
+        (read_environment(path, env).csi for env, path in env_files.items()),
+        seed=result.config.seed,
+    )
     repo = ModelRepository(out)
     version = save_backbone(
         repo,
@@ -179,7 +188,8 @@ def _save_source_backbone(
         loss=result.config.loss,
         config={**config, "torch_threads": torch.get_num_threads()},
         data_fingerprint=result.data_fingerprint,
-        metrics=metrics,
+        metrics={**metrics, "background": background.summary()},
+        background=background,
     )
     if set_default:
         repo.set_default_backbone(name)
@@ -191,11 +201,12 @@ def _publish_source(
     out: Path,
     name: str,
     kind: str,
-    envs: list[str],
+    env_files: Mapping[str, Path],
     set_default: bool,
     world: int = 1,
     probe_envs: list[str] | None = None,
 ) -> None:
+    envs = list(env_files)
     config = {**result.config.to_dict(), "mode": kind, "envs": envs, "world_size": world}
     config["epochs_run"] = result.report.epochs
     config["steps_run"] = result.report.steps
@@ -211,7 +222,7 @@ def _publish_source(
     if result.probe_me:
         metrics["probe_me"] = result.probe_me
         metrics["probe_score_history"] = [row["score"] for row in result.report.history]
-    version = _save_source_backbone(out, name, result, config, metrics, set_default)
+    version = _save_source_backbone(out, name, result, config, metrics, env_files, set_default)
     console.print(_metrics_table(f"{kind} validation (metres)", result.metrics))
     if result.degenerate:
         err_console.print(
@@ -323,7 +334,14 @@ def meml(
         )
         if ses.is_main:
             _publish_source(
-                result, out, name, "meml", names, set_default, ses.shard.world, sorted(held_out)
+                result,
+                out,
+                name,
+                "meml",
+                {env: found[env] for env in names},
+                set_default,
+                ses.shard.world,
+                sorted(held_out),
             )
 
 
@@ -380,11 +398,11 @@ def maml(
         result = train_meta(
             sources, config, variant=kind, backbone_config=_backbone_config(inputs), quiet=quiet
         )
-        _publish_meta(result, out, name or kind.replace("-", ""), list(names))
+        _publish_meta(result, out, name or kind.replace("-", ""), names)
 
 
-def _publish_meta(result: Any, out: Path, name: str, envs: list[str]) -> None:
-    config = {**result.config.to_dict(), "mode": result.variant, "envs": envs}
+def _publish_meta(result: Any, out: Path, name: str, env_files: Mapping[str, Path]) -> None:
+    config = {**result.config.to_dict(), "mode": result.variant, "envs": list(env_files)}
     config.update(steps_run={"meta": result.steps}, best_step=result.best_step)
     metrics = {
         "val": result.metrics,
@@ -392,7 +410,7 @@ def _publish_meta(result: Any, out: Path, name: str, envs: list[str]) -> None:
         "val_loss_history": [row["val_loss"] for row in result.history],
         "rate_factors": result.rate_factors,
     }
-    version = _save_source_backbone(out, name, result, config, metrics)
+    version = _save_source_backbone(out, name, result, config, metrics, env_files)
     console.print(_metrics_table(f"{result.variant} validation after adaptation", result.metrics))
     console.print(
         f"published {ModelRef(out, 'backbone', name, version)}  ({result.steps} meta-steps, "
@@ -422,7 +440,7 @@ def dtl(
         result = train_sources(
             {env: source}, config, backbone_config=_backbone_config(inputs), quiet=quiet
         )
-        _publish_source(result, out, name or _backbone_name(env), "dtl", [env], False)
+        _publish_source(result, out, name or _backbone_name(env), "dtl", {env: data}, False)
 
 
 # --------------------------------------------------------------------------- target training
