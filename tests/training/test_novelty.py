@@ -161,8 +161,9 @@ def test_channel_parts_catch_what_invariant_features_miss() -> None:
         model.score(foreign_feats)
 
 
-def test_format_1_novelty_files_still_read() -> None:
-    """Versions published before the channel parts score the features alone."""
+def test_format_1_and_2_novelty_files_still_read() -> None:
+    """Versions published before the channel parts score the features alone, and those
+    published before the backgrounds score the plain distance."""
     old = fit_novelty(gaussian_features(100, 0), gaussian_features(50, 1))
     data = dict(np.load(io.BytesIO(novelty_bytes({"site": old}))))
     data["format"] = np.array(1)
@@ -179,6 +180,14 @@ def test_format_1_novelty_files_still_read() -> None:
     again = read_novelty(novelty_bytes({"bs0": new}))["bs0"]
     assert [p.name for p in again.parts] == list(CHANNEL_PARTS)
     assert np.allclose(again.score(probe, own[:10]), new.score(probe, own[:10]))
+    # format 2 (channel parts, no backgrounds: the demo sites before) reads as plain parts
+    data = dict(np.load(io.BytesIO(novelty_bytes({"bs0": new}))))
+    data["format"] = np.array(2)
+    buf = io.BytesIO()
+    np.savez(buf, **data)
+    two = read_novelty(buf.getvalue())["bs0"]
+    assert all(p.background is None for p in two.parts)
+    assert np.allclose(two.score(probe, own[:10]), new.score(probe, own[:10]))
 
 
 def corpus_rooms(rooms: int = 20) -> list[np.ndarray]:
