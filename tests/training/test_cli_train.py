@@ -281,3 +281,39 @@ def test_maml_and_tb_maml_publish_a_backbone_a_site_can_start_from(
          "industrial/bs0", "--out", str(repo)],
     )  # fmt: skip
     assert bad.exit_code != 0 and "reptile" in bad.output
+
+
+def test_background_extends_an_older_backbone_with_its_corpus(
+    tmp_path: Path, tiny_h5: Path
+) -> None:
+    """A backbone published before backgrounds gets a next version with the same weights
+    and its sources' background (what `adapt_site` then loads for the detectors)."""
+    from training.checkpoint import load_backbone, load_background, save_backbone
+    from training.nets import Backbone
+    from training.repository import ModelRepository
+
+    repo = ModelRepository(tmp_path / "models")
+    envs = ["industrial/bs0", "industrial/bs1"]
+    save_backbone(repo, "old", Backbone(seed=0), loss="nll", config={"envs": envs, "seed": 3})
+    assert load_background(repo, "old") is None
+    out = invoke("train", "background", "--backbone", f"{repo.root}/backbones/old",
+                 "--data", str(tiny_h5))  # fmt: skip
+    assert "published" in out and "from 2 environments" in out
+    manifest = repo.manifest("backbone", "old")
+    assert manifest["version"] == "v2" and manifest["parent"] == {
+        "backbone": "old",
+        "version": "v1",
+    }
+    assert manifest["config"]["background_envs"] == envs and manifest["loss"] == "nll"
+    background = load_background(repo, "old")
+    assert background is not None and background.environments == 2
+    old, new = (
+        load_backbone(repo, "old", "v1").state_dict(),
+        load_backbone(repo, "old").state_dict(),
+    )
+    assert all(torch.equal(old[k], new[k]) for k in old)
+    # with no envs recorded and none given, it says what to pass
+    save_backbone(repo, "bare", Backbone(seed=0), loss="mse")
+    bare = f"{repo.root}/backbones/bare"
+    result = runner.invoke(app, ["train", "background", "--backbone", bare, "--data", str(tiny_h5)])
+    assert result.exit_code == 2 and "pass --envs" in result.output

@@ -68,6 +68,18 @@ def parse_model_ref(ref: str) -> ModelRef:
     return ModelRef(path.parent.parent, kind, path.name, check_version(version) if sep else None)
 
 
+def _resolve_ref(text: str, kind: str, wrong_kind: str) -> tuple[ModelRef, Any, str]:
+    """(REF, its `ModelRepository`, the resolved version) of a ``kind`` REF; ``wrong_kind``
+    is the error when it names the other kind."""
+    from training.repository import ModelRepository
+
+    ref = parse_model_ref(text)
+    if ref.kind != kind:
+        raise ValueError(wrong_kind)
+    repo = ModelRepository(ref.root)
+    return ref, repo, repo.resolve(kind, ref.name, ref.version)
+
+
 # --------------------------------------------------------------------------- helpers
 _OPT_DATA = typer.Option("--data", help="HDF5 fingerprint file.", exists=True, dir_okay=False)
 Out = Annotated[Path, typer.Option("--out", help="Model repository to publish into.")]
@@ -167,19 +179,14 @@ def _save_source_backbone(
 ) -> str:
     """Publish a source training's backbone (MEML, DTL, MAML...) with its manifest and the
     corpus background of its sources' channel statistics (`training.novelty`, for the
-    out-of-site detectors of sites adapted from it); the one place that writes a trained
-    backbone into a repository from the CLI."""
+    out-of-site detectors of sites adapted from it); the one place that writes a newly
+    trained backbone into a repository from the CLI (`background` re-publishes one)."""
     import torch
 
     from training.checkpoint import save_backbone
-    from training.data.fingerprints import read_environment
-    from training.novelty import fit_background
     from training.repository import ModelRepository
 
-    background = fit_background(
-        (read_environment(path, env).csi for env, path in env_files.items()),
-        seed=result.config.seed,
-    )
+    background = _source_background(env_files, result.config.seed)
     repo = ModelRepository(out)
     version = save_backbone(
         repo,
@@ -194,6 +201,17 @@ def _save_source_backbone(
     if set_default:
         repo.set_default_backbone(name)
     return version
+
+
+def _source_background(env_files: Mapping[str, Path], seed: int) -> Any:
+    """The corpus background (`training.novelty.Background`) of source environments, read
+    one environment at a time."""
+    from training.data.fingerprints import read_environment
+    from training.novelty import fit_background
+
+    return fit_background(
+        (read_environment(path, env).csi for env, path in env_files.items()), seed=seed
+    )
 
 
 def _publish_source(
@@ -443,6 +461,65 @@ def dtl(
         _publish_source(result, out, name or _backbone_name(env), "dtl", {env: data}, False)
 
 
+@app.command("background")
+def background(
+    backbone: Annotated[
+        str, typer.Option(help=escape("Backbone to extend: REPO/backbones/NAME[@vN]."))
+    ],
+    data: Annotated[
+        list[Path],
+        typer.Option(
+            "--data",
+            help="HDF5 file(s) holding its source environments; repeat for a corpus.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ],
+    envs: Annotated[
+        str | None,
+        typer.Option(
+            help="Source environments or patterns (default: the envs its manifest records)."
+        ),
+    ] = None,
+) -> None:
+    """Publish a backbone's next version with the same weights and the corpus background of
+    its sources' channel statistics (`background.npz`), so that sites adapted from it score
+    out-of-site relative to the corpus (`training.novelty`). For backbones published
+    before backgrounds existed; `csipos train meml|dtl|maml` write one themselves."""
+    from training.checkpoint import load_backbone, save_backbone
+
+    with _cli_errors():
+        ref, repo, version = _resolve_ref(
+            backbone, "backbone", f"--backbone must name a backbone, got {backbone!r}"
+        )
+        manifest = repo.manifest("backbone", ref.name, version)
+        config = dict(manifest.get("config") or {})
+        recorded = config.get("envs")
+        recorded = recorded if isinstance(recorded, list) else []
+        if envs is None and not recorded:
+            raise ValueError(f"{ref}: its manifest records no source envs; pass --envs")
+        wanted = envs if envs is not None else ",".join(str(e) for e in recorded)
+        found = _expand_envs(data, wanted)
+        seed = int(config.get("seed", 0))
+        fitted = _source_background(found, seed)
+        new = save_backbone(
+            repo,
+            ref.name,
+            load_backbone(repo, ref.name, version),
+            loss=str(manifest.get("loss") or "mse"),
+            config={**config, "background_envs": list(found)},
+            data_fingerprint=manifest.get("data_fingerprint"),
+            metrics={**(manifest.get("metrics") or {}), "background": fitted.summary()},
+            parent=(ref.name, version),
+            background=fitted,
+        )
+    console.print(
+        f"published {ModelRef(ref.root, 'backbone', ref.name, new)}: the weights of {version} "
+        f"and a background of {fitted.n} fingerprints from {fitted.environments} environments",
+        soft_wrap=True,
+    )
+
+
 # --------------------------------------------------------------------------- target training
 def _adapt_cli(
     data: Path,
@@ -681,15 +758,12 @@ def evaluate(
     from training.data.splits import train_val_test
     from training.metrics import CALIBRATION_EXPECTED, evaluate_model
     from training.novelty import SINGLE_HEAD, evaluate_out_of_site
-    from training.repository import ModelRepository
 
     _setup_logging(True)
     with _cli_errors():
-        ref = parse_model_ref(model)
-        if ref.kind != "site":
-            raise ValueError(f"--model {model!r} is a backbone; evaluate needs REPO/sites/SITE")
-        repo = ModelRepository(ref.root)
-        version = repo.resolve("site", ref.name, ref.version)
+        ref, repo, version = _resolve_ref(
+            model, "site", f"--model {model!r} is a backbone; evaluate needs REPO/sites/SITE"
+        )
         site_model = load_site_model(repo, ref.name, version)
         fp = read_environment(data, env)
         if holdout > 0:
