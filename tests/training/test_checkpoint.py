@@ -9,7 +9,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from training.checkpoint import load_backbone, load_site_model, save_backbone, save_site_model
+from training.checkpoint import (
+    load_backbone,
+    load_background,
+    load_site_model,
+    save_backbone,
+    save_site_model,
+)
 from training.export import read_model_metadata
 from training.nets import Backbone, BackboneConfig, Head, SiteModel
 from training.repository import ModelRepository, NotFound, RepositoryError
@@ -94,6 +100,11 @@ def test_missing_and_broken_versions(tmp_path: Path) -> None:
     repo.publish_site("junk", {"head.pt": b"junk", "backbone.pt": b"junk"}, loss="mse", parent=None)
     with pytest.raises(RepositoryError, match="unreadable checkpoint"):
         load_site_model(repo, "junk")
+    # a broken corpus background fails with its path, not a stack trace
+    assert load_background(repo, "meml") is None  # published without one
+    (repo.path("backbone", "meml") / "background.npz").write_bytes(b"junk")
+    with pytest.raises(RepositoryError, match=r"background\.npz: not a background file"):
+        load_background(repo, "meml")
 
 
 def test_scratch_model_without_parent(tmp_path: Path) -> None:
