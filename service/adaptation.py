@@ -16,9 +16,10 @@ as the group `JOB_SITE_GROUP` of the job's file; the job then adapts one model p
 
 Unlabelled tracks (`training.data.unlabelled`: groups with the attribute
 ``unlabelled=True`` holding ``csi``, ``time`` and ``track``) may ride in the same file
-beside a single-BS upload. They are size-checked, validated (time strictly increasing
-within each track, the CSI's shape) and copied as the group `JOB_UNLABELLED_GROUP`; the
-job passes them to the trainer, which records how many it used in the manifest.
+beside a single-BS upload, or come as the ``unlabelled`` member of a JSON body. They are
+size-checked, validated (time strictly increasing within each track, the CSI's shape)
+and copied as the group `JOB_UNLABELLED_GROUP`; the job passes them to the trainer, which
+records how many it used in the manifest.
 """
 
 from __future__ import annotations
@@ -412,14 +413,65 @@ def _prepare_site(path: Path, group: str, limits: UploadLimits, directory: Path)
         return PreparedData(out, len(site))
 
 
+_JSON_TRACKS = {"csi": "[K][8][103][2]", "time": "[K] seconds", "track": "[K] integer ids"}
+
+
+def _json_tracks(raw: Any, limits: UploadLimits) -> UnlabelledTracks:
+    """The optional ``unlabelled`` member of a JSON body, validated like an uploaded group."""
+    if not isinstance(raw, dict) or any(k not in raw for k in _JSON_TRACKS):
+        raise InvalidInput(
+            "'unlabelled' must be an object with 'csi' [K][8][103][2], 'time' [K] and "
+            "'track' [K] (samples of UE tracks, without positions)",
+            {"expected": _JSON_TRACKS},
+        )
+    try:
+        csi = np.asarray(raw["csi"], dtype=np.float32)
+        time = np.asarray(raw["time"], dtype=np.float64)
+        ids = np.asarray(raw["track"], dtype=np.float64)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise InvalidInput(
+            "unlabelled csi, time and track must be numeric arrays",
+            {"reason": str(exc).split("\n")[0]},
+        ) from None
+    if csi.ndim and len(csi) > limits.max_samples:
+        raise PayloadTooLarge(
+            f"unlabelled tracks hold {len(csi)} samples; at most {limits.max_samples} are accepted",
+            {"max_samples": limits.max_samples, "got": len(csi)},
+        )
+    int32 = np.iinfo(np.int32)
+    if ids.ndim != 1 or not (
+        np.isfinite(ids).all()
+        and (ids == np.round(ids)).all()
+        and ((ids >= int32.min) & (ids <= int32.max)).all()
+    ):
+        raise InvalidInput(
+            "unlabelled track must be a list of integer track ids (32-bit), one per sample",
+            {"expected": _JSON_TRACKS["track"], "shape": list(ids.shape)},
+        )
+    tracks = UnlabelledTracks(csi=csi, time=time, track=ids.astype(np.int32))
+    try:
+        tracks.validate("request", "unlabelled")
+    except SchemaError as exc:
+        raise _schema_error(exc, "request") from None
+    return tracks
+
+
 def prepare_json(
     doc: Any, limits: UploadLimits, directory: Path
 ) -> tuple[PreparedData, AdaptOptions]:
-    """A JSON adapt body `{"csi", "pos", "options"}`, validated and written for the job."""
+    """A JSON adapt body `{"csi", "pos", "options"}`, validated and written for the job;
+    an optional `"unlabelled": {"csi", "time", "track"}` adds tracks without positions."""
     if not isinstance(doc, dict) or "csi" not in doc or "pos" not in doc:
         raise InvalidInput(
             "JSON body must be an object with 'csi' [M][8][103][2] and 'pos' [M][2]",
-            {"expected": {"csi": "[M][8][103][2]", "pos": "[M][2]", "options": {}}},
+            {
+                "expected": {
+                    "csi": "[M][8][103][2]",
+                    "pos": "[M][2]",
+                    "options": {},
+                    "unlabelled (optional)": _JSON_TRACKS,
+                }
+            },
         )
     options = doc.get("options") or {}
     if not isinstance(options, dict):
@@ -448,17 +500,19 @@ def prepare_json(
             f"{n} labelled fingerprints; adaptation needs at least {limits.min_samples}",
             {"min_samples": limits.min_samples, "got": n},
         )
+    tracks = None if doc.get("unlabelled") is None else _json_tracks(doc["unlabelled"], limits)
+    meta = EnvironmentMeta(description="adapt request")
     out = _new_data_file(directory)
     try:
-        with (
-            _storage_errors(),
-            EnvironmentWriter(out, JOB_DATA_ENV, EnvironmentMeta(description="adapt request")) as w,
-        ):
-            w.append(data)
+        with _storage_errors():
+            with EnvironmentWriter(out, JOB_DATA_ENV, meta) as w:
+                w.append(data)
+            if tracks is not None:
+                write_unlabelled(out, JOB_UNLABELLED_GROUP, tracks, meta)
     except BaseException:
         out.unlink(missing_ok=True)
         raise
-    return PreparedData(out, n), parsed
+    return PreparedData(out, n, 0 if tracks is None else len(tracks)), parsed
 
 
 def load_job_data(path: Path) -> Fingerprints | SiteFingerprints:
@@ -492,6 +546,17 @@ OPENAPI_BODY: dict[str, Any] = {
                         "csi": {"type": "array", "description": "[M][8][103][2] floats"},
                         "pos": {"type": "array", "description": "[M][2] metres"},
                         "options": AdaptOptions.model_json_schema(),
+                        "unlabelled": {
+                            "type": "object",
+                            "description": "optional tracks of the site's UEs without "
+                            "positions (the track-consistency term)",
+                            "required": ["csi", "time", "track"],
+                            "properties": {
+                                "csi": {"type": "array", "description": "[K][8][103][2] floats"},
+                                "time": {"type": "array", "description": "[K] seconds"},
+                                "track": {"type": "array", "description": "[K] integer ids"},
+                            },
+                        },
                     },
                 }
             },

@@ -101,7 +101,8 @@ async def adapt_site(
 
     Bodies: `multipart/form-data` (file part `data` = HDF5 per the schema, fields = options
     and optional `env`), `application/x-hdf5` (options as query parameters), or JSON
-    `{"csi", "pos", "options"}`. Everything is validated before anything is queued.
+    `{"csi", "pos", "options", "unlabelled"?}`. Everything is validated before anything is
+    queued.
     """
     check_site_id(site_id)
     record = await adaptation.accept(request, site_id, settings, jobs)

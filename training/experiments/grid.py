@@ -507,6 +507,58 @@ TRANSFER_2CORE = dataclasses.replace(
     ),
 )
 
+TRANSFER_NB_2CORE = dataclasses.replace(
+    TRANSFER_2CORE,
+    name="transfer-nb-2core",
+    labels=(500,),
+    source_sets=(
+        SourceSet("corpus8", ("proc/*",), 8),
+        SourceSet("corpus24", ("proc/*",), 24),
+        SourceSet("corpus", ("proc/*",)),
+    ),
+    # The same compute for every N_B: a validation (and probe) every 70 steps and at most
+    # 1,200 steps, so a small set does not stop at its epoch count.
+    source=TRANSFER_2CORE.source.replace(epochs=1000, eval_every=70),
+    notes=(
+        "ME against N_B on 2 CPU cores: `transfer-2core` at 500 labels, MEML(corpus) over "
+        "8, 24 and all 55 corpus environments (nested: one seeded order), each with the "
+        "same source compute (at most 1,200 steps of 8 environments, a probe every 70 "
+        "steps; the full set's budget in `transfer-2core`)."
+    ),
+)
+"""The N_B curve of issue 10 that 2 cores afford (docs/results/transfer, "ME against
+N_B"): does transfer improve with the number of source environments, and how fast?"""
+
+TRANSFER_LABELS_2CORE = dataclasses.replace(
+    TRANSFER_2CORE,
+    name="transfer-labels-2core",
+    labels=(200, 500, 1000),
+    folds=(0, 1, 2),
+    source_sets=(SourceSet("corpus", ("proc/*",)),),
+    notes=(
+        "The label curve on 2 CPU cores: `transfer-2core`'s MEML(corpus) and scratch at "
+        "200, 500 and 1,000 labels, 3 seeds. It asks how many labels scratch needs to "
+        "reach what the backbone reaches with 500, i.e. how much headroom the 500-label "
+        "goal has on these scenes."
+    ),
+)
+"""The label curve of issue 10 that 2 cores afford (docs/results/transfer, "Labels")."""
+
+TRANSFER_AUTO_2CORE = dataclasses.replace(
+    TRANSFER_2CORE,
+    name="transfer-auto-2core",
+    labels=(500,),
+    folds=(0, 1),
+    modes=("auto", "finetune"),
+    source_sets=(SourceSet("corpus", ("proc/*",)),),
+    notes=(
+        "The default mode on 2 CPU cores: `transfer-2core`'s MEML(corpus) at 500 labels "
+        "with `auto` (the product default) beside fine-tuning, 2 seeds; the issue's "
+        "500-label goal is set for the default mode, which `transfer-2core` left out."
+    ),
+)
+"""`auto` on held-out scenes (docs/results/transfer, "The default mode")."""
+
 PAPER_META = dataclasses.replace(
     PAPER,
     name="paper-meta",
@@ -529,7 +581,19 @@ PAPER_META = dataclasses.replace(
 """MAML and TB-MAML beside MEML and scratch on the paper preset's data (`docs/results/meta/`)."""
 
 PRESETS: dict[str, Preset] = {
-    p.name: p for p in (QUICK, PAPER, PAPER_MODES, PAPER_META, PAPER_FULL, TRANSFER, TRANSFER_2CORE)
+    p.name: p
+    for p in (
+        QUICK,
+        PAPER,
+        PAPER_MODES,
+        PAPER_META,
+        PAPER_FULL,
+        TRANSFER,
+        TRANSFER_2CORE,
+        TRANSFER_NB_2CORE,
+        TRANSFER_LABELS_2CORE,
+        TRANSFER_AUTO_2CORE,
+    )
 }
 
 

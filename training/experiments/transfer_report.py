@@ -165,26 +165,36 @@ def plot_nb(
     budgets: list[float],
     path: Path,
 ) -> Path | None:
-    """ME against N_B (corpus source sets), one line per target group and budget."""
+    """ME against N_B (corpus source sets), one line per target group and budget, with
+    scratch at the same budget dashed in the same colour; beside it the ratio to scratch
+    (geometric mean over the group's targets), the number the transfer goal is set in."""
     if len(nb) < 2:
         return None
-    fig = Figure(figsize=(6.5, 4.2), layout="constrained")
-    ax = fig.subplots()
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    ax, ax_ratio = fig.subplots(1, 2)
     for name, group in groups.items():
         for b in budgets:
-            pts = []
+            pts, ratios = [], []
             for strategy, n in sorted(nb.items(), key=lambda kv: kv[1]):
                 modes = [m for s, m in arms(summary) if s == strategy]
                 if modes:
                     st = group_stat(summary, group, (strategy, modes[0]), b, "me")
                     if st.n:
                         pts.append((n, st.mean))
+                        ratios.append((n, gain(summary, group, (strategy, modes[0]), b)[0]))
             if len(pts) > 1:
-                ax.plot(*zip(*pts, strict=True), marker="o", label=f"{name}, {b:.0f} labels")
-    ax.set_xscale("log")
-    ax.set_xlabel("N_B (source environments)")
-    ax.set_ylabel("ME (m)")
-    ax.grid(alpha=0.3)
+                label = f"{name}, {b:.0f} labels"
+                (line,) = ax.plot(*zip(*pts, strict=True), marker="o", label=label)
+                ax_ratio.plot(*zip(*ratios, strict=True), marker="o", color=line.get_color())
+                scratch = group_stat(summary, group, (SCRATCH, "finetune"), b, "me")
+                if scratch.n:  # the level every N_B is judged against
+                    ax.axhline(scratch.mean, color=line.get_color(), ls="--", lw=1)
+    ax_ratio.axhline(1.0, color="grey", ls="--", lw=1)
+    for a, ylabel in ((ax, "ME (m); dashed: scratch"), (ax_ratio, "ME / scratch ME")):
+        a.set_xscale("log")
+        a.set_xlabel("N_B (source environments)")
+        a.set_ylabel(ylabel)
+        a.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, path)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -114,3 +115,69 @@ def test_tracks_beside_a_multi_bs_upload_are_refused(client: TestClient, tmp_pat
     write_unlabelled(path, "walks", tracks, META)
     err = refused(client.post("/sites/hall/adapt", content=path.read_bytes(), headers=H5))
     assert "single-BS sites only" in err["message"]
+
+
+def _json_body(tracks: dict[str, Any] | None) -> dict[str, Any]:
+    data = toy_fingerprints(60, (0.0, 0.0), seed=0)
+    body: dict[str, Any] = {
+        "csi": data.csi.tolist(),
+        "pos": data.pos.tolist(),
+        "options": {"mode": "finetune"},
+    }
+    if tracks is not None:
+        body["unlabelled"] = tracks
+    return body
+
+
+def _json_tracks() -> dict[str, Any]:
+    tracks, _ = toy_tracks(3, 20, (0.0, 0.0), seed=1)
+    return {
+        "csi": tracks.csi.tolist(),
+        "time": tracks.time.tolist(),
+        "track": tracks.track.tolist(),
+    }
+
+
+def test_tracks_in_a_json_body_reach_the_manifest(real: TestClient) -> None:
+    r = real.post("/sites/walked/adapt", json=_json_body(_json_tracks()), headers=ADMIN)
+    assert r.status_code == 202, r.text
+    job = wait_job(real, r.json()["job_id"], timeout=240)
+    assert job["state"] == "succeeded", job
+    training = real.get("/sites/walked", headers=LOCATE).json()["versions"][0]["training"]
+    assert training["unlabelled_samples"] == 60 and training["unlabelled_tracks"] == 3
+    assert training["track_pairs"] == 57
+
+
+def _drop_time(t: dict[str, Any]) -> None:
+    del t["time"]
+
+
+def _reverse_time(t: dict[str, Any]) -> None:
+    t["time"] = t["time"][::-1]
+
+
+def _fractional_ids(t: dict[str, Any]) -> None:
+    t["track"] = [i + 0.5 for i in t["track"]]
+
+
+def _narrow_json_csi(t: dict[str, Any]) -> None:
+    t["csi"] = [[row[:50] for row in sample] for sample in t["csi"]]
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (_drop_time, "'unlabelled' must be an object with 'csi'"),
+        (_reverse_time, "strictly increasing time within each track"),
+        (_fractional_ids, "integer track ids"),
+        (_narrow_json_csi, "expected [M, 8, 103, 2]"),
+    ],
+)
+def test_malformed_json_tracks_are_a_422_and_queue_nothing(
+    client: TestClient, change: Callable[[dict[str, Any]], None], says: str
+) -> None:
+    tracks = _json_tracks()
+    change(tracks)
+    err = refused(client.post("/sites/walked/adapt", json=_json_body(tracks), headers=ADMIN))
+    assert says in err["message"], err
+    assert client.get("/jobs", headers=ADMIN).json()["jobs"] == []

@@ -120,3 +120,23 @@ def test_target_split_fixed_test_folds_and_nested_fractions() -> None:
     assert len(small[0]) == 24 and len(large[0]) == 72
     assert set(small[0]) <= set(large[0]) and set(small[1]) <= set(large[1])
     assert not set(large[0]) & set(large[1])
+
+
+@pytest.mark.parametrize(
+    "name", ["transfer-nb-2core", "transfer-labels-2core", "transfer-auto-2core"]
+)
+def test_two_core_cuts_share_runs_with_transfer_2core(name: str) -> None:
+    """The cuts reuse `transfer-2core`'s finished runs (docs/results/transfer): a run both
+    grids hold must train and test on the same data with the same recipe."""
+    base, cut = get_preset("transfer-2core"), get_preset(name)
+    shared = {r.id for r in base.runs()} & {r.id for r in cut.runs()}
+    assert any(".scratch." in i for i in shared) and any("meml-nll@corpus." in i for i in shared)
+    for field in ("targets", "test_fraction", "max_test", "max_target_pool", "k", "inputs"):
+        assert getattr(cut, field) == getattr(base, field), field
+    assert cut.target == base.target and cut.probe_envs == base.probe_envs
+    assert cut.source_set("corpus") == base.source_set("corpus")
+    run = next(r for r in cut.runs() if r.id in shared and r.labels == 500)
+    a = target_split(2000, base, 0, run.target).run_indices(run, 0)
+    b = target_split(2000, cut, 0, run.target).run_indices(run, 0)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert len(a[0]) + len(a[1]) == 500
