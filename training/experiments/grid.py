@@ -532,12 +532,12 @@ N_B"): does transfer improve with the number of source environments, and how fas
 TRANSFER_LABELS_2CORE = dataclasses.replace(
     TRANSFER_2CORE,
     name="transfer-labels-2core",
-    labels=(200, 500, 1000),
+    labels=(50, 100, 200, 500, 1000),
     folds=(0, 1, 2),
     source_sets=(SourceSet("corpus", ("proc/*",)),),
     notes=(
         "The label curve on 2 CPU cores: `transfer-2core`'s MEML(corpus) and scratch at "
-        "200, 500 and 1,000 labels, 3 seeds. It asks how many labels scratch needs to "
+        "50 to 1,000 labels, 3 seeds. It asks how many labels scratch needs to "
         "reach what the backbone reaches with 500, i.e. how much headroom the 500-label "
         "goal has on these scenes."
     ),
