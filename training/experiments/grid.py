@@ -534,10 +534,10 @@ TRANSFER_LABELS_2CORE = dataclasses.replace(
     name="transfer-labels-2core",
     labels=(50, 100, 200, 500, 1000),
     folds=(0, 1, 2),
-    source_sets=(SourceSet("corpus", ("proc/*",)),),
     notes=(
-        "The label curve on 2 CPU cores: `transfer-2core`'s MEML(corpus) and scratch at "
-        "50 to 1,000 labels, 3 seeds. It asks how many labels scratch needs to "
+        "The label curve on 2 CPU cores: `transfer-2core`'s backbones (MEML over the "
+        "industrial hall and over the corpus) and scratch at 50 to 1,000 labels, 3 seeds. "
+        "It asks how many labels scratch needs to "
         "reach what the backbone reaches with 500, i.e. how much headroom the 500-label "
         "goal has on these scenes."
     ),

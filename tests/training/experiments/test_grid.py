@@ -135,6 +135,8 @@ def test_two_core_cuts_share_runs_with_transfer_2core(name: str) -> None:
         assert getattr(cut, field) == getattr(base, field), field
     assert cut.target == base.target and cut.probe_envs == base.probe_envs
     assert cut.source_set("corpus") == base.source_set("corpus")
+    same_name = [s for s in cut.source_sets if s.name in {b.name for b in base.source_sets}]
+    assert all(s == base.source_set(s.name) for s in same_name)
     run = next(r for r in cut.runs() if r.id in shared and r.labels == 500)
     a = target_split(2000, base, 0, run.target).run_indices(run, 0)
     b = target_split(2000, cut, 0, run.target).run_indices(run, 0)
