@@ -181,3 +181,17 @@ def test_malformed_json_tracks_are_a_422_and_queue_nothing(
     err = refused(client.post("/sites/walked/adapt", json=_json_body(tracks), headers=ADMIN))
     assert says in err["message"], err
     assert client.get("/jobs", headers=ADMIN).json()["jobs"] == []
+
+
+def test_json_tracks_over_the_sample_cap_are_a_413(
+    make_settings: Callable[..., Settings],
+) -> None:
+    tracks, _ = toy_tracks(3, 40, (0.0, 0.0), seed=1)  # 120 samples; 60 labelled
+    body = _json_body(
+        {"csi": tracks.csi.tolist(), "time": tracks.time.tolist(), "track": tracks.track.tolist()}
+    )
+    with TestClient(create_app(make_settings(max_adapt_samples=100))) as c:
+        err = refused(c.post("/sites/walked/adapt", json=body, headers=ADMIN), 413)
+        assert "unlabelled tracks hold 120 samples" in err["message"], err
+        assert err["detail"]["max_samples"] == 100
+        assert c.get("/jobs", headers=ADMIN).json()["jobs"] == []
