@@ -61,7 +61,10 @@ plain distance: adaptation changes the backbone, so a background of the source
 backbone's features would describe other features (measured: no better).
 
 One novelty model per head, keyed by head name in one ``novelty.npz`` per site
-version, so a site with one head per base station gets one per base station.
+version, so a site with one head per base station gets one per base station. The
+heads of a site share the corpus background of their backbone: format 4 stores each
+distinct background once (``_background/<k>/...``, a name no head can take) and each
+part refers to it by ``k``, so a 4-BS site no longer carries four copies (~44 KB each).
 
 Several base stations (`combine_scores`). Each BS that heard a UE scores its own
 fingerprint; the UE's score is the *median* of those scores, so it is in site when at
@@ -90,9 +93,13 @@ if TYPE_CHECKING:  # the API process scores features with numpy alone: no torch 
 METHOD = "mahalanobis-lw"
 FILE = "novelty.npz"
 """The file in a site version that holds its novelty models."""
-FORMAT = 3
-"""2 added the channel-statistics parts, 3 their corpus backgrounds; older files still read."""
-FORMATS = (1, 2, 3)
+FORMAT = 4
+"""2 added the channel-statistics parts, 3 their corpus backgrounds, 4 stores a background
+shared by several heads once; older files still read."""
+FORMATS = (1, 2, 3, 4)
+SHARED = "_background"
+"""Key prefix of the shared backgrounds in ``novelty.npz``; a head name may not start with
+``_`` (nor can a base station id, `training.data.site.BS_ID`)."""
 BACKGROUND_FILE = "background.npz"
 """The file in a backbone version that holds its corpus `Background`."""
 BACKGROUND_METHOD = "channel-statistics-lw"
@@ -418,9 +425,10 @@ def novelty_bytes(models: Mapping[str, NoveltyModel]) -> bytes:
         "format": np.array(FORMAT),
         "method": np.array(METHOD),
     }
+    shared: list[Gaussian] = []
     for head, m in models.items():
-        if not head or "/" in head:
-            raise ValueError(f"invalid head name {head!r}")
+        if not head or "/" in head or head.startswith("_"):
+            raise ValueError(f"invalid head name {head!r}: expected no '/' and no leading '_'")
         arrays[f"{head}/mean"] = m.mean
         arrays[f"{head}/whitener"] = m.whitener
         arrays[f"{head}/site_sigma"] = m.site_sigma
@@ -432,12 +440,28 @@ def novelty_bytes(models: Mapping[str, NoveltyModel]) -> bytes:
             arrays[f"{head}/{part.name}/whitener"] = part.whitener
             arrays[f"{head}/{part.name}/params"] = np.array([part.threshold, part.shrinkage])
             if part.background is not None:
-                arrays[f"{head}/{part.name}/background_mean"] = part.background.mean
-                arrays[f"{head}/{part.name}/background_whitener"] = part.background.whitener
+                ref = _shared_index(shared, part.background)
+                arrays[f"{head}/{part.name}/background"] = np.array(ref)
                 arrays[f"{head}/{part.name}/center"] = np.array(part.center)
+    for k, g in enumerate(shared):
+        arrays[f"{SHARED}/{k}/mean"] = g.mean
+        arrays[f"{SHARED}/{k}/whitener"] = g.whitener
     buf = io.BytesIO()
     np.savez(buf, **arrays)  # type: ignore[arg-type]
     return buf.getvalue()
+
+
+def _shared_index(shared: list[Gaussian], g: Gaussian) -> int:
+    """Index of ``g`` in ``shared`` (by value), appending it when new."""
+    for k, s in enumerate(shared):
+        if s is g or (
+            s.mean.shape == g.mean.shape
+            and np.array_equal(s.mean, g.mean)
+            and np.array_equal(s.whitener, g.whitener)
+        ):
+            return k
+    shared.append(g)
+    return len(shared) - 1
 
 
 def read_novelty(data: bytes, name: str = FILE) -> dict[str, NoveltyModel]:
@@ -450,7 +474,7 @@ def read_novelty(data: bytes, name: str = FILE) -> dict[str, NoveltyModel]:
         raise ValueError(f"{name}: not a novelty file: {exc}") from exc
     if int(arrays.get("format", -1)) not in FORMATS or str(arrays.get("method")) != METHOD:
         raise ValueError(f"{name}: unknown novelty format (expected {METHOD} format {FORMATS})")
-    heads = sorted({k.split("/")[0] for k in arrays if "/" in k})
+    heads = sorted({k.split("/")[0] for k in arrays if "/" in k and not k.startswith("_")})
     models: dict[str, NoveltyModel] = {}
     for head in heads:
         try:
@@ -493,7 +517,13 @@ def _read_part(arrays: Mapping[str, npt.NDArray[Any]], head: str, part: str) -> 
     key = f"{head}/{part}"
     threshold, shrinkage = arrays[f"{key}/params"].tolist()
     background = None
-    if f"{key}/center" in arrays:
+    if f"{key}/background" in arrays:  # format 4: a shared background by index
+        ref = f"{SHARED}/{int(arrays[f'{key}/background'])}"
+        background = Gaussian(
+            arrays[f"{ref}/mean"].astype(np.float64),
+            arrays[f"{ref}/whitener"].astype(np.float64),
+        )
+    elif f"{key}/center" in arrays:  # format 3: the head's own copy
         background = Gaussian(
             arrays[f"{key}/background_mean"].astype(np.float64),
             arrays[f"{key}/background_whitener"].astype(np.float64),

@@ -242,6 +242,51 @@ def test_relative_parts_score_as_documented_and_round_trip() -> None:
     assert [p.background for p in mixed.parts] == [None, None]
 
 
+def test_heads_of_one_site_store_their_background_once() -> None:
+    """Format 4: a multi-BS site's heads share the backbone's background, stored once;
+    format 3 files (a copy per head) still read the same."""
+    background = fit_background(corpus_rooms(6), per_env=50, seed=1)
+    own, val = rays_csi(200, 0, (0.3,), (0,)), rays_csi(80, 1, (0.3,), (0,))
+    models = {
+        bs: fit_novelty(
+            gaussian_features(200, k),
+            gaussian_features(80, 10 + k),
+            train_csi=own,
+            val_csi=val,
+            background=background,
+        )
+        for k, bs in enumerate(("bs0", "bs1", "bs2", "bs3"))
+    }
+    data = novelty_bytes(models)
+    arrays = dict(np.load(io.BytesIO(data)))
+    assert sorted(k for k in arrays if k.startswith("_")) == [
+        f"_background/{i}/{a}" for i in range(len(CHANNEL_PARTS)) for a in ("mean", "whitener")
+    ]
+    probe, probe_feats = rays_csi(10, 2, (0.5,), (3,)), gaussian_features(10, 3)
+    back = read_novelty(data)
+    assert sorted(back) == sorted(models)
+    for bs, m in models.items():
+        assert np.allclose(back[bs].score(probe_feats, probe), m.score(probe_feats, probe))
+    # the format-3 layout: each head's own copy of its background
+    old = {k: v for k, v in arrays.items() if not k.startswith("_")}
+    for key in [k for k in old if k.endswith("/background")]:
+        ref = f"_background/{int(old.pop(key))}"
+        head_part = key.removesuffix("/background")
+        old[f"{head_part}/background_mean"] = arrays[f"{ref}/mean"]
+        old[f"{head_part}/background_whitener"] = arrays[f"{ref}/whitener"]
+    old["format"] = np.array(3)
+    buf = io.BytesIO()
+    np.savez(buf, **old)
+    shared = sum(v.nbytes for k, v in arrays.items() if k.startswith("_"))
+    assert len(buf.getvalue()) - len(data) > 2.9 * shared  # three copies saved of four
+    three = read_novelty(buf.getvalue())
+    assert np.allclose(
+        three["bs2"].score(probe_feats, probe), models["bs2"].score(probe_feats, probe)
+    )
+    with pytest.raises(ValueError, match="head name"):
+        novelty_bytes({"_background": models["bs0"]})
+
+
 def test_the_background_file_round_trips_and_refuses_junk() -> None:
     background = fit_background(corpus_rooms(3), per_env=40, seed=0)
     back = read_background(background_bytes(background))
