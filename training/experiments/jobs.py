@@ -205,6 +205,8 @@ def execute_run(spec: RunSpec) -> RunResult:
     seed = derive_seed(spec.seed, "run", run.target, run.loss, run.amount, run.fold)
 
     config = sources.train_config(preset.target, run.loss, seed)
+    if preset.calibrate_targets:
+        config = config.replace(calibrate_sigma=True)
     if strategy_kind(run.strategy) == "scratch":
         trained = train_target(
             None,
@@ -252,6 +254,7 @@ def execute_run(spec: RunSpec) -> RunResult:
             "retried": trained.retried,
             "candidates": trained.candidates,
             "torch_threads": torch.get_num_threads(),
+            **{k: v for k, v in trained.metrics.items() if k.startswith("sigma_scale_")},
         },
         best_val_me=trained.report.best_val_me,
         wall_s=time.perf_counter() - t0,
