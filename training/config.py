@@ -143,6 +143,12 @@ class TrainConfig:
     """``auto``: validation splits the choice is judged on when the validation set is small."""
     auto_min_val: int = 100
     """``auto``: below this many validation samples the choice uses ``auto_folds`` splits."""
+    auto_scratch_min: int | None = 2000
+    """``auto``: from this many labelled samples (train + validation) it also trains a
+    candidate from random initialisation (``scratch``) and weighs it like the modes; None:
+    never. With thousands of labels a pre-trained backbone can lose to scratch (lab-nlos at
+    3,000 labels, docs/results/transfer); below ~1,000 it never did, and the extra run
+    would only cost time (the 500-label adaptation target is 60 s)."""
 
     # --- the NLL ---
     beta: float = 0.5
@@ -197,6 +203,8 @@ class TrainConfig:
         for name in ("min_steps", "head_warmup_steps", "mse_warmup_steps", "envs_per_step"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)}, expected >= 0")
+        if self.auto_scratch_min is not None and self.auto_scratch_min < 2:
+            raise ValueError(f"auto_scratch_min={self.auto_scratch_min}, expected >= 2 or None")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps={self.max_steps}, expected >= 1 or None")
         if self.eval_every is not None and self.eval_every < 1:

@@ -11,9 +11,11 @@ The modes are phase lists for the one loop in `training.fit`:
   head only until the validation loss stops improving, then everything at
   ``lr * 0.1``;
 - ``head``: head only throughout (backbone bit-identical);
-- ``auto`` (the default): trains ``finetune``, ``gradual`` and ``head`` and keeps
-  the one with the best validation score (``select``: the plain loss by default,
-  NLL, or MSE for MSE sites; or the ME). The
+- ``auto`` (the default): trains ``finetune``, ``gradual`` and ``head`` (and, from
+  ``auto_scratch_min`` labelled samples, ``scratch``: every layer from random
+  initialisation, so a site with thousands of labels is never held back by a backbone
+  that does not suit it) and keeps the one with the best validation score (``select``:
+  the plain loss by default, NLL, or MSE for MSE sites; or the ME). The
   candidates share work: one head warm-up starts both ``gradual`` and ``head``,
   and head-only steps run on cached backbone features. With fewer than
   ``auto_min_val`` validation samples the score is pooled over ``auto_folds``
@@ -77,6 +79,7 @@ from training.unlabelled import TrackPairs
 __all__ = [
     "AUTO_CANDIDATES",
     "PAPER_UNFREEZE_LR_FACTOR",
+    "SCRATCH_CANDIDATE",
     "AdaptResult",
     "TargetResult",
     "adapt_site",
@@ -92,6 +95,8 @@ log = logging.getLogger(__name__)
 PAPER_UNFREEZE_LR_FACTOR = 0.1
 """``gradual-paper``: the paper lowers the rate tenfold when the backbone unfreezes."""
 AUTO_CANDIDATES: tuple[TargetMode, ...] = ("finetune", "gradual", "head")
+SCRATCH_CANDIDATE = "scratch"
+"""``auto``'s candidate from random initialisation (``TrainConfig.auto_scratch_min``)."""
 """What ``auto`` trains, at every data size: ``head`` costs almost nothing on cached
 features, and which of the three wins depends on the site, not only on its size."""
 
@@ -149,7 +154,8 @@ class TargetResult:
     metrics: dict[str, float]
     mode: TargetMode
     config: TrainConfig
-    chosen: TargetMode
+    chosen: str
+    """A `TargetMode`, or ``scratch`` when ``auto`` kept its from-scratch candidate."""
     candidates: dict[str, dict[str, float]] = field(default_factory=dict)
     reason: str = ""
     retried: bool = False
@@ -428,9 +434,18 @@ def _auto(
     unlabelled: UnlabelledTracks | None = None,
 ) -> TargetResult:
     splits = _auto_splits(train, val, config)
-    losses: dict[TargetMode, list[npt.NDArray[np.float64]]] = {m: [] for m in AUTO_CANDIDATES}
-    val_me: dict[TargetMode, list[float]] = {m: [] for m in AUTO_CANDIDATES}
-    first: dict[TargetMode, tuple[SiteModel, FitReport]] = {}
+    losses: dict[str, list[npt.NDArray[np.float64]]] = {m: [] for m in AUTO_CANDIDATES}
+    val_me: dict[str, list[float]] = {m: [] for m in AUTO_CANDIDATES}
+    first: dict[str, tuple[SiteModel, FitReport]] = {}
+    if _scratch_candidate(len(train) + len(val), len(splits), config):
+        # One split (validation alone is large enough), so it is scored on the same
+        # samples as the modes; the same recipe as `train_target(None, ...)`.
+        alone = _scratch(
+            train, val, config, backbone.config, head_config, quiet, progress, device, unlabelled
+        )
+        losses[SCRATCH_CANDIDATE] = [_per_sample_score(alone.model, val, config)]
+        val_me[SCRATCH_CANDIDATE] = [alone.report.best_val_me]
+        first[SCRATCH_CANDIDATE] = (alone.model, alone.report)
     for k, (tr, va) in enumerate(splits):
         trainer = _Trainer(
             backbone, tr, va, config, head_config, quiet, progress, device, head_init, unlabelled
@@ -449,6 +464,15 @@ def _auto(
     return TargetResult(model, report, metrics, "auto", config, chosen, candidates, reason)
 
 
+def _scratch_candidate(labelled: int, splits: int, config: TrainConfig) -> bool:
+    """Whether ``auto`` also trains from scratch: enough labels, and one validation split."""
+    return (
+        config.auto_scratch_min is not None
+        and labelled >= config.auto_scratch_min
+        and (splits == 1)
+    )
+
+
 def _criterion(config: TrainConfig) -> str:
     """How ``auto``'s reason names its score."""
     if config.select == "me":
@@ -457,11 +481,11 @@ def _criterion(config: TrainConfig) -> str:
 
 
 def _choose(
-    pooled: dict[TargetMode, npt.NDArray[np.float64]],
-    val_me: dict[TargetMode, list[float]],
+    pooled: dict[str, npt.NDArray[np.float64]],
+    val_me: dict[str, list[float]],
     folds: int,
     criterion: str = "validation score",
-) -> tuple[TargetMode, str, dict[str, dict[str, float]]]:
+) -> tuple[str, str, dict[str, dict[str, float]]]:
     """Lowest mean validation score (``val_score``: per-sample error or loss) wins, but
     ``finetune`` stays unless beaten by more than one standard error of the paired
     per-sample difference."""

@@ -146,6 +146,32 @@ def test_auto_picks_the_clearly_better_mode_and_keeps_finetune_on_a_tie() -> Non
     assert chosen == "finetune"
 
 
+def test_auto_weighs_a_scratch_candidate_from_enough_labels() -> None:
+    """From `auto_scratch_min` labels `auto` also trains from random initialisation, so a
+    backbone that does not suit the site cannot hold it back (here a dead one: all zeros,
+    which no mode can train out of); below it, no scratch run is spent."""
+    train, val = split_train_val(TARGET, 0.25, 0)
+    dead = Backbone(seed=0)
+    with torch.no_grad():
+        for p in dead.parameters():
+            p.zero_()
+    cfg = CFG.replace(epochs=8, auto_min_val=1, auto_scratch_min=len(TARGET))
+    result = train_target(dead, train, val, cfg, mode="auto", quiet=True)
+    assert set(result.candidates) == {"finetune", "gradual", "head", "scratch"}
+    assert result.chosen == "scratch" and "scratch beats finetune" in result.reason
+    assert result.summary()["chosen_mode"] == "scratch"
+    alone = train_target(None, train, val, cfg, mode="finetune", quiet=True)
+    for k, v in alone.model.state_dict().items():  # the same run as scratch at a site
+        torch.testing.assert_close(result.model.state_dict()[k], v)
+    assert result.metrics["me"] == pytest.approx(alone.metrics["me"])
+    fewer = train_target(
+        dead, train, val, cfg.replace(auto_scratch_min=len(TARGET) + 1), mode="auto", quiet=True
+    )
+    assert "scratch" not in fewer.candidates and fewer.chosen != "scratch"
+    with pytest.raises(ValueError, match="auto_scratch_min"):
+        CFG.replace(auto_scratch_min=1)
+
+
 def test_scratch_is_a_target_run_without_a_backbone() -> None:
     train, val = split_train_val(TARGET, 0.25, 0)
     result = train_target(None, train, val, CFG, mode="auto", quiet=True)

@@ -205,8 +205,10 @@ def execute_run(spec: RunSpec) -> RunResult:
     seed = derive_seed(spec.seed, "run", run.target, run.loss, run.amount, run.fold)
 
     config = sources.train_config(preset.target, run.loss, seed)
-    if preset.calibrate_targets:
-        config = config.replace(calibrate_sigma=True)
+    config = config.replace(
+        calibrate_sigma=preset.calibrate_targets,
+        auto_scratch_min=config.auto_scratch_min if preset.auto_scratch else None,
+    )
     if strategy_kind(run.strategy) == "scratch":
         trained = train_target(
             None,

@@ -123,7 +123,13 @@ def test_target_split_fixed_test_folds_and_nested_fractions() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["transfer-nb-2core", "transfer-labels-2core", "transfer-auto-2core"]
+    "name",
+    [
+        "transfer-nb-2core",
+        "transfer-labels-2core",
+        "transfer-auto-2core",
+        "transfer-auto-3000-2core",
+    ],
 )
 def test_two_core_cuts_share_runs_with_transfer_2core(name: str) -> None:
     """The cuts reuse `transfer-2core`'s finished runs (docs/results/transfer): a run both
@@ -137,8 +143,9 @@ def test_two_core_cuts_share_runs_with_transfer_2core(name: str) -> None:
     assert cut.source_set("corpus") == base.source_set("corpus")
     same_name = [s for s in cut.source_sets if s.name in {b.name for b in base.source_sets}]
     assert all(s == base.source_set(s.name) for s in same_name)
-    run = next(r for r in cut.runs() if r.id in shared and r.labels == 500)
-    a = target_split(2000, base, 0, run.target).run_indices(run, 0)
-    b = target_split(2000, cut, 0, run.target).run_indices(run, 0)
+    labels = min(set(cut.labels) & set(base.labels))
+    run = next(r for r in cut.runs() if r.id in shared and r.labels == labels)
+    a = target_split(5000, base, 0, run.target).run_indices(run, 0)
+    b = target_split(5000, cut, 0, run.target).run_indices(run, 0)
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
-    assert len(a[0]) + len(a[1]) == 500
+    assert len(a[0]) + len(a[1]) == labels
