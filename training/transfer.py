@@ -95,10 +95,11 @@ log = logging.getLogger(__name__)
 PAPER_UNFREEZE_LR_FACTOR = 0.1
 """``gradual-paper``: the paper lowers the rate tenfold when the backbone unfreezes."""
 AUTO_CANDIDATES: tuple[TargetMode, ...] = ("finetune", "gradual", "head")
-SCRATCH_CANDIDATE = "scratch"
-"""``auto``'s candidate from random initialisation (``TrainConfig.auto_scratch_min``)."""
-"""What ``auto`` trains, at every data size: ``head`` costs almost nothing on cached
+"""What ``auto`` trains at every data size: ``head`` costs almost nothing on cached
 features, and which of the three wins depends on the site, not only on its size."""
+SCRATCH_CANDIDATE = "scratch"
+"""``auto``'s candidate from random initialisation, from ``TrainConfig.auto_scratch_min``
+labelled samples on."""
 
 
 def target_phases(mode: TargetMode, config: TrainConfig, n_train: int) -> list[Phase]:
@@ -467,9 +468,7 @@ def _auto(
 def _scratch_candidate(labelled: int, splits: int, config: TrainConfig) -> bool:
     """Whether ``auto`` also trains from scratch: enough labels, and one validation split."""
     return (
-        config.auto_scratch_min is not None
-        and labelled >= config.auto_scratch_min
-        and (splits == 1)
+        config.auto_scratch_min is not None and labelled >= config.auto_scratch_min and splits == 1
     )
 
 
