@@ -666,8 +666,9 @@ def site_cmd(
     mode: Annotated[
         str,
         typer.Option(
-            help="auto (default: trains finetune, gradual and head, keeps the best on "
-            "validation) | finetune | gradual (short head warm-up, then all layers) | "
+            help="auto (default: trains finetune, gradual and head, and from 2,000 labels "
+            "scratch too; keeps the best on validation) | finetune | gradual (short head "
+            "warm-up, then all layers) | "
             "gradual-paper (head until plateau, then all at lr x 0.1) | head."
         ),
     ] = "auto",
