@@ -487,7 +487,7 @@ def read_novelty(data: bytes, name: str = FILE) -> dict[str, NoveltyModel]:
                 for part in CHANNEL_PARTS
                 if f"{head}/{part}/params" in arrays
             )
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, TypeError) as exc:
             raise ValueError(f"{name}: head {head!r} is incomplete: {exc}") from exc
         shapes = [(mean, whitener)] + [(p.mean, p.whitener) for p in parts]
         shapes += [(p.background.mean, p.background.whitener) for p in parts if p.background]

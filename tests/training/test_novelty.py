@@ -285,6 +285,11 @@ def test_heads_of_one_site_store_their_background_once() -> None:
     )
     with pytest.raises(ValueError, match="head name"):
         novelty_bytes({"_background": models["bs0"]})
+    for junk in (np.array(7), np.array([0, 1])):  # a reference to nothing, or not an index
+        buf = io.BytesIO()
+        np.savez(buf, **{**arrays, "bs1/delay/background": junk})
+        with pytest.raises(ValueError, match="'bs1' is incomplete"):
+            read_novelty(buf.getvalue())
 
 
 def test_the_background_file_round_trips_and_refuses_junk() -> None:
