@@ -481,6 +481,7 @@ TRANSFER = Preset(
     ),
     meta_losses=("nll",),
     meta_modes=("finetune",),
+    auto_scratch=True,  # `auto` as the product runs it
     probe_envs=("proc/s0012/*", "proc/s0013/*", "proc/s0014/*", "proc/s0015/*"),
     inputs="phase-delay",
     source=TrainConfig(batch_size=64, epochs=40, patience=8, envs_per_step=16),
@@ -503,6 +504,7 @@ TRANSFER_2CORE = dataclasses.replace(
     TRANSFER,
     name="transfer-2core",
     modes=("finetune",),
+    auto_scratch=False,  # no `auto` run; keeps the fingerprint of the finished grid
     meta_losses=(),
     meta_modes=None,
     labels=(500, 3000),
