@@ -300,15 +300,13 @@ class Preset:
             del config["meta_losses"]
         if config["meta_modes"] is None:
             del config["meta_modes"]
-        # Likewise the label-budget and source-set fields of the `transfer` presets.
-        for key in ("labels", "source_sets", "probe_envs"):
+        # Likewise the label-budget and source-set fields of the `transfer` presets, and
+        # the product-behaviour switches (`calibrate_targets`, `auto_scratch`).
+        for key in ("labels", "source_sets", "probe_envs", "calibrate_targets", "auto_scratch"):
             if not config[key]:
                 del config[key]
         if "probe_envs" not in config:
             del config["probe_labels"]
-        for key in ("calibrate_targets", "auto_scratch"):
-            if not config[key]:
-                del config[key]
         for part in ("source", "target"):
             for key, default in _META_CONFIG_DEFAULTS.items():
                 if config[part].get(key) == default:
