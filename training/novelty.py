@@ -476,6 +476,7 @@ def read_novelty(data: bytes, name: str = FILE) -> dict[str, NoveltyModel]:
         raise ValueError(f"{name}: unknown novelty format (expected {METHOD} format {FORMATS})")
     heads = sorted({k.split("/")[0] for k in arrays if "/" in k and not k.startswith("_")})
     models: dict[str, NoveltyModel] = {}
+    shared: dict[str, Gaussian] = {}  # format 4: one decoded copy per shared background
     for head in heads:
         try:
             mean = arrays[f"{head}/mean"].astype(np.float64)
@@ -483,7 +484,7 @@ def read_novelty(data: bytes, name: str = FILE) -> dict[str, NoveltyModel]:
             threshold, shrinkage, false_alarm, n_train, n_val = arrays[f"{head}/params"].tolist()
             site_sigma = arrays[f"{head}/site_sigma"].astype(np.float64)
             parts = tuple(
-                _read_part(arrays, head, part)
+                _read_part(arrays, head, part, shared)
                 for part in CHANNEL_PARTS
                 if f"{head}/{part}/params" in arrays
             )
@@ -513,16 +514,23 @@ def read_novelty(data: bytes, name: str = FILE) -> dict[str, NoveltyModel]:
     return models
 
 
-def _read_part(arrays: Mapping[str, npt.NDArray[Any]], head: str, part: str) -> ChannelPart:
+def _read_part(
+    arrays: Mapping[str, npt.NDArray[Any]], head: str, part: str, shared: dict[str, Gaussian]
+) -> ChannelPart:
+    """One channel part of ``head``; a format-4 background is decoded once into ``shared``
+    and the same object is given to every head that refers to it (a site's BSs share the
+    backbone's background, so a 4-BS site holds one copy in memory, not four)."""
     key = f"{head}/{part}"
     threshold, shrinkage = arrays[f"{key}/params"].tolist()
     background = None
     if f"{key}/background" in arrays:  # format 4: a shared background by index
         ref = f"{SHARED}/{int(arrays[f'{key}/background'])}"
-        background = Gaussian(
-            arrays[f"{ref}/mean"].astype(np.float64),
-            arrays[f"{ref}/whitener"].astype(np.float64),
-        )
+        if ref not in shared:
+            shared[ref] = Gaussian(
+                arrays[f"{ref}/mean"].astype(np.float64),
+                arrays[f"{ref}/whitener"].astype(np.float64),
+            )
+        background = shared[ref]
     elif f"{key}/center" in arrays:  # format 3: the head's own copy
         background = Gaussian(
             arrays[f"{key}/background_mean"].astype(np.float64),

@@ -267,6 +267,10 @@ def test_heads_of_one_site_store_their_background_once() -> None:
     assert sorted(back) == sorted(models)
     for bs, m in models.items():
         assert np.allclose(back[bs].score(probe_feats, probe), m.score(probe_feats, probe))
+    # read back once too: every head holds the same background object per part
+    for i, part in enumerate(back["bs0"].parts):
+        assert part.background is not None
+        assert all(back[bs].parts[i].background is part.background for bs in ("bs1", "bs2", "bs3"))
     # the format-3 layout: each head's own copy of its background
     old = {k: v for k, v in arrays.items() if not k.startswith("_")}
     for key in [k for k in old if k.endswith("/background")]:
