@@ -603,6 +603,23 @@ TRANSFER_SIGMA_2CORE = dataclasses.replace(
 """The coverage goal of issue 10 measured with the product's calibration (docs/results/
 transfer, "Coverage as served")."""
 
+TRANSFER_WIDE_2CORE = dataclasses.replace(
+    TRANSFER_2CORE,
+    name="transfer-wide-2core",
+    labels=(500,),
+    folds=(0, 1, 2),
+    source_sets=(SourceSet("corpus", ("proc/*",)),),
+    backbone_channels=((80, 32), (80, 32)),
+    notes=(
+        "A wider backbone on 2 CPU cores: `transfer-2core` at 500 labels, 3 seeds, scratch "
+        "and MEML(corpus) with twice the conv channels (80/32 per block, 401,152 backbone "
+        "parameters against the paper's 152,640), the same corpus, source budget, probe and "
+        "target recipe. Pre-training tends to pay more the larger the model; this asks "
+        "whether width moves MEML's gain over a scratch of the same width."
+    ),
+)
+"""The width lever of issue 10 (docs/results/transfer, "A wider backbone")."""
+
 PAPER_META = dataclasses.replace(
     PAPER,
     name="paper-meta",
@@ -639,6 +656,7 @@ PRESETS: dict[str, Preset] = {
         TRANSFER_AUTO_2CORE,
         TRANSFER_AUTO_3000_2CORE,
         TRANSFER_SIGMA_2CORE,
+        TRANSFER_WIDE_2CORE,
     )
 }
 

@@ -20,6 +20,7 @@ from training.experiments.grid import (
     strategy_kind,
 )
 from training.experiments.jobs import target_split
+from training.nets import Backbone
 
 
 def test_quick_grid_has_every_strategy_mode_and_unique_ids() -> None:
@@ -149,3 +150,23 @@ def test_two_core_cuts_share_runs_with_transfer_2core(name: str) -> None:
     b = target_split(5000, cut, 0, run.target).run_indices(run, 0)
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     assert len(a[0]) + len(a[1]) == labels
+
+
+def test_the_wide_cut_differs_from_transfer_2core_only_in_width() -> None:
+    """`transfer-wide-2core` pairs every run with `transfer-2core`'s (the same labelled and
+    test sets, sources, probe and recipe), so wide / paper-width is a ratio of widths."""
+    base, wide = get_preset("transfer-2core"), get_preset("transfer-wide-2core")
+    assert sum(p.numel() for p in Backbone(wide.backbone_config()).parameters()) == 401_152
+    assert wide.backbone_config() == dataclasses.replace(
+        base.backbone_config(), block_channels=((80, 32), (80, 32))
+    )
+    for field in ("targets", "test_fraction", "max_test", "max_target_pool", "k", "probe_envs"):
+        assert getattr(wide, field) == getattr(base, field), field
+    assert wide.source == base.source and wide.target == base.target
+    assert wide.source_set("corpus") == base.source_set("corpus")
+    assert wide.fingerprint() != base.fingerprint()
+    runs = wide.runs()
+    assert {r.id for r in runs} <= {r.id for r in base.runs()} and len(runs) == 60
+    a = target_split(5000, base, 0, runs[-1].target).run_indices(runs[-1], 0)
+    b = target_split(5000, wide, 0, runs[-1].target).run_indices(runs[-1], 0)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
