@@ -8,26 +8,26 @@ the figure ``figures/width.png``.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from training.experiments.grid import get_preset
+from training.experiments.store import ResultStore
+
 SCRATCH, MEML = "scratch", "meml-nll@corpus"
 Key = tuple[str, str, int]
+RUNS = get_preset("transfer-wide-2core").runs()
 
 
 def load(out_dir: Path) -> dict[Key, tuple[float, float]]:
-    """(target, strategy, seed) -> (test ME, test CRPS) of the 500-label runs, seeds 0-2."""
-    runs: dict[Key, tuple[float, float]] = {}
-    for path in sorted((out_dir / "runs").glob("*.n00500.k?.json")):
-        result = json.loads(path.read_text())
-        run = result["run"]
-        if run["fold"] <= 2:
-            key = (run["target"], run["strategy"], run["fold"])
-            runs[key] = (result["metrics"]["me"], result["metrics"]["crps"])
-    return runs
+    """(target, strategy, seed) -> (test ME, test CRPS) of the wide grid's runs that
+    ``out_dir`` holds (its run ids are `transfer-2core`'s too, tested)."""
+    return {
+        (r.run.target, r.run.strategy, r.run.fold): (r.metrics["me"], r.metrics["crps"])
+        for r in ResultStore(out_dir).load(RUNS)
+    }
 
 
 def gmean(values: list[float]) -> float:
