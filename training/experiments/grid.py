@@ -620,6 +620,27 @@ TRANSFER_WIDE_2CORE = dataclasses.replace(
 )
 """The width lever of issue 10 (docs/results/transfer, "A wider backbone")."""
 
+TRANSFER_BIG_2CORE = dataclasses.replace(
+    TRANSFER_2CORE,
+    name="transfer-big-2core",
+    targets=tuple(f"proc/s{i}/bs0" for i in TRANSFER_TARGET_SCENES),
+    labels=(500,),
+    folds=(0, 1, 2),
+    source_sets=(SourceSet("corpus48", ("proc/s00[0-3]?/*", "proc/s004[0-7]/*")),),
+    source=TRANSFER_NB_2CORE.source.replace(max_steps=2400),
+    notes=(
+        "Scale with the compute to match, on 2 CPU cores: MEML over every base station of "
+        "procedural scenes 0-47 (less the 4 probe scenes: 44 against `transfer-2core`'s 28 "
+        "source scenes, which it nests) with twice the source steps (at most 2,400 of 8 "
+        "environments, a probe every 70 steps), against scratch at 500 labels, 3 seeds, "
+        "on the 8 held-out procedural scenes (the labs left out to save simulation); "
+        "runs pair with `transfer-2core`'s."
+    ),
+)
+"""The open end of the N_B curve (docs/results/transfer, "ME against N_B"): does a larger
+corpus transfer better when it also gets the compute to use it? (48 scenes, not 64: what
+one session's simulation on 2 cores affords beside the training.)"""
+
 PAPER_META = dataclasses.replace(
     PAPER,
     name="paper-meta",
@@ -657,6 +678,7 @@ PRESETS: dict[str, Preset] = {
         TRANSFER_AUTO_3000_2CORE,
         TRANSFER_SIGMA_2CORE,
         TRANSFER_WIDE_2CORE,
+        TRANSFER_BIG_2CORE,
     )
 }
 

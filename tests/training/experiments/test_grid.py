@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 
 import numpy as np
 import pytest
@@ -150,6 +151,29 @@ def test_two_core_cuts_share_runs_with_transfer_2core(name: str) -> None:
     b = target_split(5000, cut, 0, run.target).run_indices(run, 0)
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     assert len(a[0]) + len(a[1]) == labels
+
+
+def test_the_big_corpus_cut_nests_transfer_2core_and_pairs_its_runs() -> None:
+    """`transfer-big-2core` grows the corpus (scenes 0-47, nesting `transfer-2core`'s
+    0-31) and doubles the source steps; its scratch runs are `transfer-2core`'s, and every run
+    trains and tests on the same samples, so big / 55-environment MEML is paired by seed."""
+    base, big = get_preset("transfer-2core"), get_preset("transfer-big-2core")
+    corpus = big.source_set("corpus48")
+    scenes = [f"proc/s{i:04d}/bs1" for i in range(70)]
+    picked = [e for e in scenes if any(fnmatch.fnmatch(e, p) for p in corpus.envs)]
+    assert picked == scenes[:48]
+    assert big.source.max_steps == 2 * base.source.max_steps == 2400
+    assert big.source.envs_per_step == base.source.envs_per_step
+    assert big.target == base.target and big.probe_envs == base.probe_envs
+    assert big.inputs == base.inputs and set(big.targets) < set(base.targets)
+    runs = big.runs()
+    assert len(runs) == 48 and not any("lab" in r.target for r in runs)
+    shared = {r.id for r in runs} & {r.id for r in base.runs()}
+    assert shared == {r.id for r in runs if r.strategy == "scratch"}
+    for run in runs[-2:]:
+        a = target_split(2000, base, 0, run.target).run_indices(run, 0)
+        b = target_split(2000, big, 0, run.target).run_indices(run, 0)
+        assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def test_the_wide_cut_differs_from_transfer_2core_only_in_width() -> None:

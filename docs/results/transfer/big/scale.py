@@ -1,0 +1,139 @@
+# ruff: noqa: T201  (prints the comparison's tables)
+"""`transfer-big-2core` beside `transfer-nb-2core` on the same splits (seeds 0-2, 500
+labels, the 8 held-out procedural scenes): MEML / scratch per N_B, the big corpus's
+scratch checked against the N_B grid's (the same runs, re-trained on re-simulated data),
+and the figure ``figures/scale.png`` (ratio against N_B).
+
+    python3 docs/results/transfer/big/scale.py NB_RESULTS.csv BIG_DIR [FIGURE.png]
+
+NB_RESULTS.csv is `docs/results/transfer/nb/results.csv` (one row per run); BIG_DIR the
+`csipos experiment --preset transfer-big-2core` directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from training.experiments.grid import get_preset
+from training.experiments.store import ResultStore
+
+SEEDS = (0, 1, 2)
+BIG = "meml-nll@corpus48"
+NB_ARMS = {"meml-nll@corpus8": 8, "meml-nll@corpus24": 24, "meml-nll@corpus": 55}
+Key = tuple[str, str, int]
+
+
+def load_nb(path: Path) -> dict[Key, float]:
+    """(target, strategy, seed) -> test ME of the N_B grid's procedural runs."""
+    with path.open() as f:
+        return {
+            (r["target"], r["strategy"], int(r["fold"])): float(r["me"])
+            for r in csv.DictReader(f)
+            if r["target"].startswith("proc/") and int(r["fold"]) in SEEDS
+        }
+
+
+def load_big(out_dir: Path) -> tuple[dict[Key, float], list[str]]:
+    """The big grid's runs (test ME) and which of them were flagged degenerate."""
+    results = ResultStore(out_dir).load(get_preset("transfer-big-2core").runs())
+    me = {(r.run.target, r.run.strategy, r.run.fold): r.metrics["me"] for r in results}
+    degenerate = [r.run.id for r in results if r.metrics.get("degenerate")]
+    return me, degenerate
+
+
+def gmean(values: list[float]) -> float:
+    return float(np.exp(np.mean(np.log(values))))
+
+
+def ratio(
+    d: dict[Key, float], arm: str, scratch: dict[Key, float], seeds: tuple[int, ...]
+) -> list[float]:
+    """Per target: the seed mean of ``arm`` over the seed mean of scratch."""
+    targets = sorted({k[0] for k in scratch})
+    return [
+        float(np.mean([d[(t, arm, s)] for s in seeds]))
+        / float(np.mean([scratch[(t, "scratch", s)] for s in seeds]))
+        for t in targets
+    ]
+
+
+def main(nb_csv: Path, big_dir: Path, figure: Path | None) -> None:
+    nb = load_nb(nb_csv)
+    big, degenerate = load_big(big_dir)
+    source = json.loads((big_dir / "sources" / f"{BIG}.json").read_text())
+    n_big = len(source["envs"])
+    scratch_nb = {k: v for k, v in nb.items() if k[1] == "scratch"}
+    scratch_big = {k: v for k, v in big.items() if k[1] == "scratch"}
+    shared = sorted(set(scratch_nb) & set(scratch_big))
+    diff = max(abs(scratch_nb[k] - scratch_big[k]) for k in shared)
+    print(f"scratch runs in both grids: {len(shared)}; largest |ME difference| {diff:.2e} m")
+    print(f"big corpus: {n_big} environments, {source['steps']} steps, {source['wall_s']:.0f} s")
+    print(f"degenerate runs in the big grid: {len(degenerate)} {degenerate}\n")
+
+    arms = {**{a: (n, nb) for a, n in NB_ARMS.items()}, BIG: (n_big, big)}
+    targets = sorted({k[0] for k in scratch_big})
+    print("| arm | N_B | MEML / scratch (geometric mean of 8 scenes) | range | better | per seed |")
+    print("|---|---|---|---|---|---|")
+    points = []
+    for arm, (n, d) in arms.items():
+        r = ratio(d, arm, scratch_nb, SEEDS)
+        seeds = [gmean(ratio(d, arm, scratch_nb, (s,))) for s in SEEDS]
+        per_seed = " / ".join(f"{v:.2f}" for v in seeds)
+        below = sum(x < 1 for x in r)
+        print(
+            f"| {arm} | {n} | {gmean(r):.3f} | {min(r):.2f}-{max(r):.2f} | {below}/{len(r)} "
+            f"| {per_seed} |"
+        )
+        points.append((n, gmean(r), min(seeds), max(seeds), arm))
+    paired = [big[(t, BIG, s)] / nb[(t, "meml-nll@corpus", s)] for t in targets for s in SEEDS]
+    better = sum(x < 1 for x in paired)
+    print(
+        f"\nbig / 55-environment MEML, paired over {len(paired)} scene-seeds: "
+        f"{gmean(paired):.3f} (median {np.median(paired):.2f}, "
+        f"{min(paired):.2f}-{max(paired):.2f}, {better} better)"
+    )
+    print("\n| scene | scratch | MEML 55 | MEML big | big / 55 |\n|---|---|---|---|---|")
+    for t in targets:
+        s = np.mean([scratch_nb[(t, "scratch", i)] for i in SEEDS])
+        a = np.mean([nb[(t, "meml-nll@corpus", i)] for i in SEEDS])
+        b = np.mean([big[(t, BIG, i)] for i in SEEDS])
+        print(f"| {t} | {s:.2f} | {a:.2f} | {b:.2f} | {b / a:.2f} |")
+    if figure is not None:
+        plot(points, figure)
+
+
+def plot(points: list[tuple[int, float, float, float, str]], figure: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    same = [p for p in points if p[4] != BIG]
+    ax.plot([p[0] for p in same], [p[1] for p in same], "o-", label="1,200 source steps")
+    for n, _m, lo, hi, arm in points:
+        ax.vlines(n, lo, hi, color="C1" if arm == BIG else "C0", alpha=0.5)
+    big = [p for p in points if p[4] == BIG]
+    ax.plot(
+        [p[0] for p in big], [p[1] for p in big], "s", color="C1", label="2,400 steps, 48 scenes"
+    )
+    ax.axhline(0.6, ls="--", color="grey", lw=1, label="goal (0.6)")
+    ax.axhline(1.0, color="black", lw=0.6)
+    ax.set_xscale("log")
+    ax.set_xlabel("source environments N_B")
+    ax.set_ylabel("MEML / scratch ME (8 held-out scenes)")
+    ax.set_title("500 labels, seeds 0-2 (bars: per-seed range)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(figure, dpi=130)
+    print(f"\nwrote {figure}")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]) if len(sys.argv) > 3 else None)
