@@ -65,14 +65,15 @@ def ratio(
 def main(nb_csv: Path, big_dir: Path, figure: Path | None) -> None:
     nb = load_nb(nb_csv)
     big, degenerate = load_big(big_dir)
-    source = json.loads((big_dir / "sources" / f"{BIG}.json").read_text())
+    source = json.loads((big_dir / "sources" / BIG / "source.json").read_text())
     n_big = len(source["envs"])
     scratch_nb = {k: v for k, v in nb.items() if k[1] == "scratch"}
     scratch_big = {k: v for k, v in big.items() if k[1] == "scratch"}
     shared = sorted(set(scratch_nb) & set(scratch_big))
     diff = max(abs(scratch_nb[k] - scratch_big[k]) for k in shared)
     print(f"scratch runs in both grids: {len(shared)}; largest |ME difference| {diff:.2e} m")
-    print(f"big corpus: {n_big} environments, {source['steps']} steps, {source['wall_s']:.0f} s")
+    steps = sum(source["steps"].values())
+    print(f"big corpus: {n_big} environments, {steps} steps, {source['wall_s']:.0f} s")
     print(f"degenerate runs in the big grid: {len(degenerate)} {degenerate}\n")
 
     arms = {**{a: (n, nb) for a, n in NB_ARMS.items()}, BIG: (n_big, big)}
