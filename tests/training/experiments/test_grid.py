@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ from training.experiments.grid import (
     strategy_kind,
 )
 from training.experiments.jobs import target_split
+from training.experiments.sources import source_set_envs
 from training.nets import Backbone
 
 
@@ -158,10 +158,10 @@ def test_the_big_corpus_cut_nests_transfer_2core_and_pairs_its_runs() -> None:
     0-31) and doubles the source steps; its scratch runs are `transfer-2core`'s, and every run
     trains and tests on the same samples, so big / 55-environment MEML is paired by seed."""
     base, big = get_preset("transfer-2core"), get_preset("transfer-big-2core")
-    corpus = big.source_set("corpus48")
-    scenes = [f"proc/s{i:04d}/bs1" for i in range(70)]
-    picked = [e for e in scenes if any(fnmatch.fnmatch(e, p) for p in corpus.envs)]
-    assert picked == scenes[:48]
+    available = [f"proc/s{i:04d}/bs{b}" for i in range(70) for b in (0, 1)] + list(big.targets)
+    picked = source_set_envs(big, "corpus48", available, 0)
+    probes = {f"proc/s{i:04d}" for i in range(12, 16)}
+    assert picked == [e for e in available[:96] if e.rsplit("/", 1)[0] not in probes]
     assert big.source.max_steps == 2 * base.source.max_steps == 2400
     assert big.source.envs_per_step == base.source.envs_per_step
     assert big.target == base.target and big.probe_envs == base.probe_envs
