@@ -80,6 +80,8 @@ class FusedPrediction:
     novelty: np.ndarray | None = None
     """[B] the median of the present BSs' out-of-site scores (`training.novelty.
     combine_scores`: above 1 is out of site); None without per-BS detectors."""
+    joint: bool = False
+    """Whether the site's joint head (`training.multibs`) was fused in: every BS heard."""
 
     @property
     def in_site(self) -> np.ndarray | None:
@@ -265,10 +267,13 @@ class Positioner:
         run = served.predict_bs_scored
         if rows * len(order) <= self.INLINE_ROWS:
             results = [run(bs, csi[bs]) for bs in order]
-        else:
+            joint = served.predict_joint(csi)
+        else:  # the joint head (None unless every BS was heard) beside the BSs' models
             loop = asyncio.get_running_loop()
             futures = [loop.run_in_executor(self._pool, run, bs, csi[bs]) for bs in order]
+            joint_future = loop.run_in_executor(self._pool, served.predict_joint, csi)
             results = list(await asyncio.gather(*futures))
+            joint = await joint_future
         per_bs: dict[str, Prediction] = {}
         means = np.zeros((len(order), rows, 2))
         covs = np.zeros((len(order), rows, 2, 2))
@@ -278,6 +283,9 @@ class Positioner:
             means[k] = position
             sig = sigma if sigma is not None else np.tile(served.bs_rmse[bs], (rows, 1))
             covs[k] = fusion.diag_cov(sig)
+        if joint is not None:  # every BS heard: the joint head joins as one more Gaussian
+            means = np.concatenate([means, joint[0][None].astype(np.float64)])
+            covs = np.concatenate([covs, fusion.diag_cov(joint[1])[None]])
         mean, cov = fusion.fuse_by(served.fusion_method, means, covs)
         cov = cov * served.inflation
         novelty = combine_scores(np.stack(scores)) if len(scores) == len(order) else None
@@ -295,6 +303,7 @@ class Positioner:
             served.inflation,
             served.fusion_method,
             novelty,
+            joint is not None,
         )
         elapsed = time.perf_counter() - start
         label = metrics.site_label(site, self.store.knows)

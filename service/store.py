@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,8 +28,8 @@ import onnxruntime as ort
 
 from service import metrics
 from service.errors import InvalidInput, SiteLoading, SiteNotFound, Unavailable
+from training.fusion import JOINT, JOINT_FILES, PRODUCT, sigma_from_rmse
 from training.fusion import METHODS as FUSION_METHODS
-from training.fusion import PRODUCT, sigma_from_rmse
 from training.novelty import FILE as NOVELTY_FILE
 from training.novelty import SINGLE_HEAD, NoveltyModel, inflate_sigma, read_novelty
 from training.repository import NAME_PATTERN as SITE_ID
@@ -78,6 +78,12 @@ class ServedSite:
     ``metrics.fusion.method``, the product of Gaussians for versions without one."""
     _session: ort.InferenceSession | None = None
     _sessions: dict[str, ort.InferenceSession] = field(default_factory=dict)
+    _joint: ort.InferenceSession | None = None
+    """The joint head of a multi-BS version (`training.multibs`), None without one."""
+
+    @property
+    def has_joint(self) -> bool:
+        return self._joint is not None
 
     @property
     def has_sigma(self) -> bool:
@@ -163,9 +169,15 @@ class ServedSite:
         if method not in FUSION_METHODS:
             raise ValueError(f"{self.path}: unknown fusion method {method!r}")
         self.fusion_method = str(method)
+        joint = None
+        if fusion.get(JOINT) is not None:  # a manifest naming a joint head needs its graph
+            joint, joint_outputs = self._open(JOINT_FILES[0])
+            if "sigma" not in joint_outputs:
+                raise ValueError(f"{self.path / JOINT_FILES[0]}: the joint head gives no sigma")
         self.base_stations = tuple(stations)
         self.bs_novelty = self._load_bs_novelty(stations)
         self._sessions = sessions
+        self._joint = joint
         return self
 
     def _load_bs_novelty(self, stations: list[str]) -> dict[str, NoveltyModel]:
@@ -202,6 +214,16 @@ class ServedSite:
             raise Unavailable(f"site {self.site!r} version {self.version} has no model for {bs!r}")
         novelty = self.bs_novelty.get(bs)
         return self._run_scored(session, novelty, csi, inflate=False)
+
+    def predict_joint(self, csi: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+        """The joint head's positions and sigma [B, 2] for CSI of every BS (same UEs,
+        rows aligned); None when the version has no joint head or a BS is missing (the
+        head needs every BS's view, so the fusion then goes on without it)."""
+        if self._joint is None or any(bs not in csi for bs in self.base_stations):
+            return None
+        stacked = np.concatenate([csi[bs] for bs in self.base_stations], axis=1)
+        position, sigma = self._joint.run(["position", "sigma"], {INPUT_NAME: stacked})
+        return np.asarray(position, dtype=np.float32), np.asarray(sigma, dtype=np.float32)
 
     @property
     def site_spread(self) -> np.ndarray | None:
@@ -263,6 +285,7 @@ class ServedSite:
         """Drop the session(s); in-flight `predict` calls keep their own reference."""
         self._session = None
         self._sessions = {}
+        self._joint = None
 
 
 def _forget_info(old: ServedSite) -> None:

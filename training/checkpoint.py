@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import torch
 
 from training.export import export_site_model
+from training.fusion import JOINT_FILES
 from training.nets import Backbone, BackboneConfig, Head, HeadConfig, SiteModel
 from training.novelty import (
     BACKGROUND_FILE,
@@ -228,11 +229,15 @@ def save_multi_bs_site_model(
     metrics: Mapping[str, Any] | None = None,
     activate: bool = True,
     novelty: Mapping[str, NoveltyModel] | None = None,
+    joint: SiteModel | None = None,
 ) -> str:
     """Publish one model per base station as one version of ``site`` (files per
     `site_model_files`); the manifest lists the BSs in order. Every model has one loss.
     With ``novelty`` (one model per BS id, `training.novelty`) every ONNX model also
-    outputs the backbone's ``features`` and the models go into ``novelty.npz``."""
+    outputs the backbone's ``features`` and the models go into ``novelty.npz``.
+    ``joint``: the joint head's model (`training.fusion.JOINT_FILES`; input every BS's
+    CSI stacked on the antenna axis in the manifest's BS order), exported without
+    features."""
     losses = {m.loss for m in models.values()}
     if len(losses) != 1:
         raise ValueError(f"the base stations' models must share one loss, got {sorted(losses)}")
@@ -259,6 +264,15 @@ def save_multi_bs_site_model(
             _save_pt(ckpts[bs][1], directory / backbone_name)
         if novelty_data is not None:
             (directory / NOVELTY_FILE).write_bytes(novelty_data)
+        if joint is not None:
+            export_site_model(
+                joint,
+                directory / JOINT_FILES[0],
+                site=site,
+                version=version,
+                backbone_ref=backbone_ref,
+            )
+            _save_pt(_checkpoint(joint.head.config, joint.head), directory / JOINT_FILES[1])
 
     return repo.publish_site(
         site,

@@ -35,6 +35,8 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "JOINT",
+    "JOINT_FILES",
     "METHODS",
     "coverage",
     "diag_cov",
@@ -55,6 +57,14 @@ METHODS = (PRODUCT, ROBUST)
 """Fusion methods a site version's manifest may name (``metrics.fusion.method``)."""
 ROBUST_DOF = 4.0
 ROBUST_ITERATIONS = 10
+
+JOINT = "joint"
+"""A multi-BS version's joint head (`training.multibs`): its key in the manifest
+(``metrics.fusion.joint``) and in progress and training summaries."""
+JOINT_FILES = ("joint.onnx", "joint-head.pt")
+"""(ONNX, head) files of the joint head; outside the ``model.<bs>.onnx`` pattern, so no
+BS id can collide with them. Its backbone is the version's parent, frozen: the ONNX
+graph holds it, the head file holds the rest."""
 
 MIN_SIGMA_M = 1e-3
 """Sigmas below this are raised to it, so one over-confident BS cannot make P singular."""

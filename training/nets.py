@@ -351,6 +351,42 @@ class BatchedHeads(nn.Module):
         return pos[0], None if sigma is None else sigma[0]
 
 
+class JointBackbone(Backbone):
+    """phi over every base station of a site at once: CSI [B, K*8, 103, 2] (the K BSs'
+    fingerprints of one UE stacked on the antenna axis, in the site's BS order) -> the K
+    feature vectors of one shared `Backbone`, concatenated [B, K*128].
+
+    A head on it sees what every BS saw, so it can resolve a place that one BS confuses
+    with another and a second BS does not (`training.multibs`, the joint head). Its
+    ``config`` describes the composite (stacked input, concatenated features) so export
+    and `SiteModel` treat it as any backbone; the shared backbone keeps its own.
+    """
+
+    def __init__(self, backbone: Backbone, stations: int) -> None:
+        nn.Module.__init__(self)
+        if stations < 1:
+            raise ValueError(f"stations must be >= 1, got {stations}")
+        antennas, subcarriers, parts = backbone.config.input_shape
+        self.shared = backbone
+        self.stations = stations
+        self.config = dataclasses.replace(
+            backbone.config,
+            input_shape=(stations * antennas, subcarriers, parts),
+            features=stations * backbone.config.features,
+        )
+
+    def forward(self, csi: torch.Tensor) -> torch.Tensor:
+        if not _exporting() and (csi.dim() != 4 or tuple(csi.shape[1:]) != self.config.input_shape):
+            raise ValueError(
+                f"joint input must be [batch, {', '.join(map(str, self.config.input_shape))}]"
+                f" ({self.stations} base stations stacked on the antenna axis), "
+                f"got {list(csi.shape)}"
+            )
+        per_bs = csi.reshape(-1, *self.shared.config.input_shape)
+        features: torch.Tensor = self.shared(per_bs)
+        return features.reshape(-1, self.config.features)
+
+
 def _linears(head: Head) -> list[nn.Linear]:
     return [m for m in head.mlp if isinstance(m, nn.Linear)]
 

@@ -200,6 +200,7 @@ def fused_json(pred: FusedPrediction, confidence: float | None) -> dict[str, Any
             "method": pred.method,
             "sigma_source": pred.sigma_source,
             "inflation": pred.inflation,
+            "joint_head": pred.joint,
         },
         "positions": out,
     }

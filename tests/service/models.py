@@ -13,23 +13,24 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from training.data.fingerprints import Fingerprints
+from training.fusion import JOINT, JOINT_FILES
 from training.repository import ModelRepository
 
-FEATURES = 8 * 103 * 2
 
-
-def weights(seed: int) -> tuple[np.ndarray, np.ndarray]:
+def weights(seed: int, antennas: int = 8) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    w = (rng.standard_normal((FEATURES, 2)) * 0.01).astype(np.float32)
-    v = (rng.standard_normal((FEATURES, 2)) * 0.01).astype(np.float32)
+    features = antennas * 103 * 2
+    w = (rng.standard_normal((features, 2)) * 0.01).astype(np.float32)
+    v = (rng.standard_normal((features, 2)) * 0.01).astype(np.float32)
     return w, v
 
 
 def expected(
     csi: np.ndarray, seed: int, bias: tuple[float, float]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """What the linear model answers, in numpy (float64 then float32)."""
-    w, v = weights(seed)
+    """What the linear model answers, in numpy (float64 then float32); ``csi`` [B, A, 103,
+    2] with A = 8 antennas, or a joint model's K BSs stacked (A = 8K)."""
+    w, v = weights(seed, csi.shape[1])
     flat = csi.reshape(csi.shape[0], -1).astype(np.float64)
     pos = flat @ w + np.asarray(bias)
     sigma = np.log1p(np.exp(flat @ v)) + 0.5
@@ -37,16 +38,24 @@ def expected(
 
 
 def linear_site_onnx(
-    site: str, version: str, loss: str, *, seed: int = 0, bias: tuple[float, float] = (0.0, 0.0)
+    site: str,
+    version: str,
+    loss: str,
+    *,
+    seed: int = 0,
+    bias: tuple[float, float] = (0.0, 0.0),
+    antennas: int = 8,
 ) -> bytes:
-    w, v = weights(seed)
+    """The linear model's graph; ``antennas`` > 8: a joint head's stacked input."""
+    w, v = weights(seed, antennas)
+    features = antennas * 103 * 2
     nodes = [
         helper.make_node("Reshape", ["csi", "flat_shape"], ["flat"]),
         helper.make_node("MatMul", ["flat", "W"], ["xw"]),
         helper.make_node("Add", ["xw", "b"], ["position"]),
     ]
     inits = [
-        numpy_helper.from_array(np.array([-1, FEATURES], dtype=np.int64), "flat_shape"),
+        numpy_helper.from_array(np.array([-1, features], dtype=np.int64), "flat_shape"),
         numpy_helper.from_array(w, "W"),
         numpy_helper.from_array(np.asarray(bias, dtype=np.float32), "b"),
     ]
@@ -65,7 +74,7 @@ def linear_site_onnx(
     graph = helper.make_graph(
         nodes,
         "site",
-        [helper.make_tensor_value_info("csi", TensorProto.FLOAT, ["batch", 8, 103, 2])],
+        [helper.make_tensor_value_info("csi", TensorProto.FLOAT, ["batch", antennas, 103, 2])],
         outputs,
         inits,
     )
@@ -76,7 +85,7 @@ def linear_site_onnx(
         "csipos.version": version,
         "csipos.loss": loss,
         "csipos.outputs": ",".join(o.name for o in outputs),
-        "csipos.input_shape": "8,103,2",
+        "csipos.input_shape": f"{antennas},103,2",
         "csipos.backbone": "test:v1",
     }
     for key, value in meta.items():
@@ -145,14 +154,23 @@ def publish_linear_multi_bs(
     inflation: float = 1.0,
     activate: bool = True,
     method: str | None = None,
+    joint: tuple[int, tuple[float, float]] | None = None,
+    joint_file: bool = True,
 ) -> str:
     """A multi-BS site of linear models: {bs id: (seed, bias)}; MSE ones fuse with `rmse`;
-    `method` names the fusion method in the manifest (None: none, the product)."""
+    `method` names the fusion method in the manifest (None: none, the product). ``joint``
+    (seed, bias): a linear joint head on the BSs' stacked CSI, named in the manifest and
+    written unless ``joint_file`` is False (a broken version)."""
 
     def write(directory: Path, version: str) -> None:
         for bs, (seed, bias) in stations.items():
             onnx_bytes = linear_site_onnx(site, version, loss, seed=seed, bias=bias)
             (directory / f"model.{bs}.onnx").write_bytes(onnx_bytes)
+        if joint is not None and joint_file:
+            stacked = linear_site_onnx(
+                site, version, loss, seed=joint[0], bias=joint[1], antennas=8 * len(stations)
+            )
+            (directory / JOINT_FILES[0]).write_bytes(stacked)
 
     per_bs = {bs: {"me": 1.0, "rmse_x": rmse[0], "rmse_y": rmse[1]} for bs in stations}
     return repo.publish_site(
@@ -164,7 +182,11 @@ def publish_linear_multi_bs(
         metrics={
             "me": 0.5,
             "bs": per_bs,
-            "fusion": {"inflation": inflation, **({"method": method} if method else {})},
+            "fusion": {
+                "inflation": inflation,
+                **({"method": method} if method else {}),
+                **({JOINT: {"me": 0.4, "base_stations": list(stations)}} if joint else {}),
+            },
         },
         activate=activate,
         base_stations=list(stations),

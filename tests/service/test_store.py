@@ -6,7 +6,7 @@ import numpy as np
 
 from service.store import ModelStore
 from tests.service.conftest import csi_batch
-from tests.service.models import expected, publish_linear
+from tests.service.models import expected, publish_linear, publish_linear_multi_bs
 from training.repository import ModelRepository
 
 
@@ -37,3 +37,16 @@ def test_site_recreated_between_polls_is_reloaded(repo: ModelRepository) -> None
     assert served.version == "v1"
     new_pos, _ = served.predict(csi)
     np.testing.assert_allclose(new_pos, expected(csi, 4, (10.0, 20.0))[0], rtol=1e-4, atol=1e-4)
+
+
+def test_a_version_naming_a_missing_joint_head_is_not_served(repo: ModelRepository) -> None:
+    """The manifest promises a joint head (`training.multibs`): without its graph the
+    version is broken, and the last good one keeps serving."""
+    stations = {"bs0": (1, (0.0, 0.0)), "bs1": (2, (1.0, 1.0))}
+    publish_linear_multi_bs(repo, "hall", "nll", stations, joint=(3, (0.0, 0.0)))
+    store = ModelStore(repo.root)
+    store.load()
+    assert store.get("hall").has_joint
+    publish_linear_multi_bs(repo, "hall", "nll", stations, joint=(3, (0.0, 0.0)), joint_file=False)
+    store.refresh()
+    assert store.get("hall").version == "v1" and store.get("hall").has_joint

@@ -12,8 +12,9 @@ import torch
 from tests.training.toychannel import toy_site
 from training.checkpoint import load_site_model, save_backbone
 from training.config import TrainConfig
-from training.multibs import split_site
-from training.nets import Backbone
+from training.fusion import JOINT_FILES
+from training.multibs import joint_fingerprints, split_site, station_estimates
+from training.nets import Backbone, JointBackbone
 from training.repository import ModelRepository, RepositoryError
 from training.transfer import adapt_site
 
@@ -72,12 +73,86 @@ def test_adapt_three_bs_site_publishes_one_model_per_bs(repo: ModelRepository) -
     assert metrics["fusion"]["method"] == "robust_student_t"
     assert metrics["fusion"]["inflation"] >= 1.0 and metrics["test"]["n"] > 0
     assert manifest["config"]["chosen_mode"] == "bs0=head,bs1=head,bs2=head"
-    assert {p["bs"] for p in progress} == {"bs0", "bs1", "bs2"}
+    assert {p["bs"] for p in progress} == {"bs0", "bs1", "bs2", "joint"}
     model = load_site_model(repo, "hall", bs="bs2")
     _, sigma = model(torch.from_numpy(site.station("bs2").csi[:2]))
     assert sigma is not None
     with pytest.raises(RepositoryError, match="one model per base station"):
         load_site_model(repo, "hall")
+
+
+def test_joint_input_stacks_every_bs_on_the_antenna_axis() -> None:
+    site = toy_site(50, seed=9, drop=0.3)
+    rows, joint = joint_fingerprints(site)
+    heard = site.mask().all(axis=1)
+    assert list(rows) == list(np.flatnonzero(heard)) and 0 < len(rows) < len(site)
+    assert joint.csi.shape == (len(rows), 3 * 8, 103, 2)
+    for k, bs in enumerate(site.bs_ids):  # block k is bs k's own fingerprint of that UE
+        st = site.stations[bs]
+        own = st.data.csi[np.searchsorted(st.rows, rows)]
+        np.testing.assert_array_equal(joint.csi[:, 8 * k : 8 * (k + 1)], own)
+    np.testing.assert_array_equal(joint.pos, site.pos[rows])
+
+
+def test_nll_site_gets_a_joint_head_fused_where_every_bs_heard(repo: ModelRepository) -> None:
+    site = toy_site(120, seed=2, drop=0.15)
+    result = adapt_site(repo, "j", site, mode="head", config=CFG, holdout=0.2)
+    manifest = repo.manifest("site", "j", result.version)
+    assert set(JOINT_FILES) <= set(manifest["files"])
+    joint = manifest["metrics"]["fusion"]["joint"]
+    assert joint["base_stations"] == ["bs0", "bs1", "bs2"] and joint["me"] > 0
+    assert (
+        joint["without"]["me"] > 0
+        and joint["without"] != manifest["metrics"]["fusion"]["uninflated"]
+    )
+    assert manifest["config"]["joint"]["train_samples"] > 0
+    # the exported joint graph gives what the torch head gives on the same stacked CSI
+    import onnxruntime as ort
+
+    from training.checkpoint import load_backbone
+    from training.nets import Head, HeadConfig
+
+    _, stacked = joint_fingerprints(site)
+    csi = stacked.csi[:5]
+    path = repo.path("site", "j", result.version) / JOINT_FILES[0]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    pos_onnx, sigma_onnx = session.run(["position", "sigma"], {"csi": csi})
+    obj = torch.load(path.parent / JOINT_FILES[1], weights_only=True)
+    head = Head(HeadConfig(**obj["config"]))
+    head.load_state_dict(obj["state_dict"])
+    head.eval()
+    with torch.no_grad():
+        features = JointBackbone(load_backbone(repo, "meml").eval(), 3)(torch.from_numpy(csi))
+        pos, sigma = head(features)
+    assert sigma is not None
+    np.testing.assert_allclose(pos_onnx, pos.numpy(), atol=1e-4)
+    np.testing.assert_allclose(sigma_onnx, sigma.numpy(), rtol=1e-3)
+
+
+def test_joint_row_is_present_only_where_every_bs_heard() -> None:
+    site = toy_site(40, seed=1, drop=0.3)
+    from training.nets import Head, HeadConfig, SiteModel
+
+    models = {bs: SiteModel(Backbone(seed=0), Head(HeadConfig(loss="nll"))) for bs in site.bs_ids}
+    joint_bb = JointBackbone(Backbone(seed=0), 3)
+    joint = SiteModel(joint_bb, Head(HeadConfig(loss="nll", in_features=3 * 128)))
+    rmse = dict.fromkeys(site.bs_ids, (1.0, 1.0))
+    means, covs, present = station_estimates(models, site, rmse, joint)
+    assert means.shape == (4, len(site), 2) and covs.shape == (4, len(site), 2, 2)
+    np.testing.assert_array_equal(present[3], present[:3].all(axis=0))
+    np.testing.assert_array_equal(present[:3], site.mask().T)
+
+
+@pytest.mark.parametrize(("loss", "scratch"), [("mse", False), ("nll", True)])
+def test_no_joint_head_without_sigma_or_a_parent_backbone(
+    repo: ModelRepository, loss: str, scratch: bool
+) -> None:
+    site = toy_site(80, seed=3, drop=0.1)
+    mode = "finetune" if scratch else "head"
+    result = adapt_site(repo, "n", site, mode=mode, loss=loss, config=CFG, scratch=scratch)
+    manifest = repo.manifest("site", "n", result.version)
+    assert "joint" not in manifest["metrics"]["fusion"] and "joint" not in manifest["config"]
+    assert not set(JOINT_FILES) & set(manifest["files"])
 
 
 def test_mse_multi_bs_site_fuses_with_validation_rmse(repo: ModelRepository) -> None:

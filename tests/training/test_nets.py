@@ -11,6 +11,7 @@ from training.nets import (
     BackboneConfig,
     Head,
     HeadConfig,
+    JointBackbone,
     SiteModel,
     count_parameters,
     normalise_power,
@@ -131,6 +132,24 @@ def test_bad_input_shapes_and_configs() -> None:
         BackboneConfig(activation="tanh")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="sigma_floor"):
         HeadConfig(sigma_floor=0.0)
+
+
+def test_joint_backbone_concatenates_each_bs_features_in_order() -> None:
+    backbone = Backbone(seed=0).eval()
+    joint = JointBackbone(backbone, 3)
+    assert joint.config.input_shape == (24, 103, 2) and joint.config.features == 3 * 128
+    per_bs = [
+        torch.randn(4, 8, 103, 2, generator=torch.Generator().manual_seed(k)) for k in range(3)
+    ]
+    with torch.no_grad():
+        out = joint(torch.cat(per_bs, dim=1))
+        for k, csi in enumerate(per_bs):  # block k: the shared backbone on BS k's CSI
+            torch.testing.assert_close(out[:, 128 * k : 128 * (k + 1)], backbone(csi))
+    assert list(joint.parameters()) == list(backbone.parameters())  # one shared backbone
+    with pytest.raises(ValueError, match=r"3 base stations stacked"):
+        joint(torch.randn(4, 16, 103, 2))
+    with pytest.raises(ValueError, match="stations must be >= 1"):
+        JointBackbone(backbone, 0)
 
 
 def test_batched_heads_match_their_heads_and_write_back() -> None:

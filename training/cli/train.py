@@ -544,6 +544,7 @@ def _adapt_cli(
     from training.data.fingerprints import list_environments, read_environment
     from training.data.site import read_site
     from training.data.unlabelled import load_unlabelled
+    from training.fusion import JOINT
     from training.repository import ModelRepository
     from training.transfer import adapt_site, check_mode
 
@@ -597,6 +598,11 @@ def _adapt_cli(
     rows = {"validation": val} | ({"test": result.test} if result.test is not None else {})
     for bs, per_bs in (result.metrics.get("bs") or {}).items():
         rows[f"{bs} validation"] = {k: v for k, v in per_bs.items() if isinstance(v, float)}
+    joint = (result.metrics.get("fusion") or {}).get(JOINT)
+    if isinstance(joint, dict):  # the joint head alone, and the fusion without it
+        rows["joint head validation"] = {k: v for k, v in joint.items() if isinstance(v, float)}
+        without = {k: v for k, v in joint["without"].items() if isinstance(v, float)}
+        rows["fused without joint (uninflated)"] = without
     console.print(_metrics_table(f"site {site} (metres)", rows))
     steps = ", ".join(f"{name} {n}" for name, n in result.steps.items())
     console.print(

@@ -157,3 +157,35 @@ def test_a_robust_site_fuses_as_its_manifest_says(
     for i, p in enumerate(body["positions"]):
         assert np.allclose([p["x"], p["y"]], mean[i], atol=1e-4)
         assert np.allclose(p["cov"], cov[i], rtol=1e-4)
+
+
+def test_a_joint_head_joins_the_fusion_only_when_every_bs_is_heard(
+    repo: ModelRepository, client: TestClient
+) -> None:
+    joint = (21, (2.0, 2.0))
+    publish_linear_multi_bs(repo, "hall-joint", "nll", STATIONS, joint=joint)
+    client.app.state.store.refresh()  # type: ignore[attr-defined]
+    csi = {bs: csi_batch(3, seed=k) for k, bs in enumerate(STATIONS)}
+    r = _post(client, {"site": "hall-joint", "csi": {k: v.tolist() for k, v in csi.items()}})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["fusion"]["joint_head"] is True
+    est = [expected(csi[bs], *STATIONS[bs]) for bs in STATIONS]
+    est.append(expected(np.concatenate([csi[bs] for bs in STATIONS], axis=1), *joint))
+    means = np.stack([e[0] for e in est])
+    covs = np.stack([fusion.diag_cov(e[1]) for e in est])
+    mean, cov = fusion.fuse(means, covs)
+    without, _ = fusion.fuse(means[:3], covs[:3])
+    assert not np.allclose(mean, without, atol=1e-3)  # the test would not tell them apart
+    for i, p in enumerate(body["positions"]):
+        assert np.allclose([p["x"], p["y"]], mean[i], atol=1e-4)
+        assert np.allclose(p["cov"], cov[i], rtol=1e-4)
+        assert set(p["bs"]) == set(STATIONS)  # the per-BS block lists base stations only
+    # bs1 missing: the joint head needs every BS's view, the BSs heard fuse alone
+    some = {bs: csi[bs] for bs in ("bs0", "bs2")}
+    r = _post(client, {"site": "hall-joint", "csi": {k: v.tolist() for k, v in some.items()}})
+    assert r.status_code == 200, r.text
+    assert r.json()["fusion"]["joint_head"] is False
+    two = fusion.fuse(means[[0, 2]], covs[[0, 2]])[0]
+    for i, p in enumerate(r.json()["positions"]):
+        assert np.allclose([p["x"], p["y"]], two[i], atol=1e-4)
