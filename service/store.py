@@ -28,6 +28,7 @@ import onnxruntime as ort
 
 from service import metrics
 from service.errors import InvalidInput, SiteLoading, SiteNotFound, Unavailable
+from training.data.schema import N_ANTENNAS
 from training.fusion import JOINT, JOINT_FILES, PRODUCT, sigma_from_rmse
 from training.fusion import METHODS as FUSION_METHODS
 from training.novelty import FILE as NOVELTY_FILE
@@ -174,6 +175,12 @@ class ServedSite:
             joint, joint_outputs = self._open(JOINT_FILES[0])
             if "sigma" not in joint_outputs:
                 raise ValueError(f"{self.path / JOINT_FILES[0]}: the joint head gives no sigma")
+            width = joint.get_inputs()[0].shape[1]  # the BSs stacked on the antenna axis
+            if width != N_ANTENNAS * len(stations):
+                raise ValueError(
+                    f"{self.path / JOINT_FILES[0]}: input of {width} antennas, expected "
+                    f"{N_ANTENNAS} for each of the {len(stations)} base stations"
+                )
         self.base_stations = tuple(stations)
         self.bs_novelty = self._load_bs_novelty(stations)
         self._sessions = sessions

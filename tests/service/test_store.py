@@ -50,3 +50,18 @@ def test_a_version_naming_a_missing_joint_head_is_not_served(repo: ModelReposito
     publish_linear_multi_bs(repo, "hall", "nll", stations, joint=(3, (0.0, 0.0)), joint_file=False)
     store.refresh()
     assert store.get("hall").version == "v1" and store.get("hall").has_joint
+
+
+def test_a_joint_head_for_another_number_of_bss_is_not_served(repo: ModelRepository) -> None:
+    from tests.service.models import linear_site_onnx
+    from training.fusion import JOINT_FILES
+
+    stations = {"bs0": (1, (0.0, 0.0)), "bs1": (2, (1.0, 1.0))}
+    publish_linear_multi_bs(repo, "hall", "nll", stations, joint=(3, (0.0, 0.0)))
+    store = ModelStore(repo.root)
+    store.load()
+    v2 = publish_linear_multi_bs(repo, "hall", "nll", stations, joint=(3, (0.0, 0.0)))
+    three = linear_site_onnx("hall", v2, "nll", seed=3, antennas=24)  # a 3-BS joint head
+    (repo.path("site", "hall", v2) / JOINT_FILES[0]).write_bytes(three)
+    store.refresh()
+    assert store.get("hall").version == "v1"
