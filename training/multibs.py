@@ -14,10 +14,11 @@ the NLL loss also gets one head on every BS's features at once (the parent backb
 frozen, on each BS's CSI: `training.nets.JointBackbone`), trained like a site head in
 mode ``head`` on the samples every BS heard. Its estimate joins the fusion as one more
 Gaussian whenever every BS heard the UE. On three held-out sites it lowered the served
-fused error on trajectories to 0.59 / 0.61 / 0.54 x the best BS, from 0.62 / 0.69 /
-0.64 x (docs/results/site-trust/joint); alone it was better than the BSs' fusion on two
-sites and worse on one, so it is fused, not used instead. Its errors correlate with
-the BSs' (same CSI, same backbone): the inflation fitted on validation absorbs that.
+fused error on trajectories to 0.63 / 0.61 / 0.54 x the best BS, from 0.67 / 0.69 /
+0.65 x (medians of 3 seeds, docs/results/site-trust/joint); alone it was better than
+the BSs' fusion on two sites and worse on one, so it is fused, not used instead. Its
+errors correlate with the BSs' (same CSI, same backbone): the inflation fitted on
+validation absorbs that.
 """
 
 from __future__ import annotations
