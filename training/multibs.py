@@ -58,7 +58,9 @@ MIN_TRAIN_PER_BS = 2
 MIN_VAL_PER_BS = 1
 JOINT_MODE: TargetMode = "head"
 """How the joint head trains: on the parent backbone, frozen (its ONNX graph holds the
-parent; the head file holds the rest)."""
+parent; the head file holds the rest, so another mode would leave that file without
+its backbone). Fine-tuning the shared backbone measured worse
+(docs/results/site-trust/joint)."""
 JOINT_MIN_VAL = 10
 """Fewest validation samples heard by every BS for a joint head: its sigma is calibrated
 on them, and they choose its checkpoint (`training.calibration.MIN_SAMPLES`)."""
