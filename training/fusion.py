@@ -47,6 +47,7 @@ __all__ = [
     "fuse_robust",
     "k_for_confidence",
     "mahalanobis2",
+    "nll",
 ]
 
 Array = npt.NDArray[np.float64]
@@ -184,6 +185,14 @@ def coverage(errors: npt.ArrayLike, covs: npt.ArrayLike, k: float) -> float:
     """Share of errors inside their k-sigma ellipse (a Gaussian gives 1 - exp(-k^2/2))."""
     d2 = mahalanobis2(errors, covs)
     return float(np.mean(d2 <= k * k)) if d2.size else float("nan")
+
+
+def nll(errors: npt.ArrayLike, covs: npt.ArrayLike) -> Array:
+    """Gaussian negative log-likelihood of each 2-D error [N,2] under its full covariance
+    [N,2,2] (nats): what `nll_per_point` is for axis-aligned sigmas."""
+    c = np.asarray(covs, dtype=np.float64)
+    _, logdet = np.linalg.slogdet(c)
+    return np.asarray(0.5 * mahalanobis2(errors, c) + 0.5 * logdet + math.log(2.0 * math.pi))
 
 
 def fit_inflation(errors: npt.ArrayLike, covs: npt.ArrayLike) -> float:

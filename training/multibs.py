@@ -1,12 +1,14 @@
 """Adapting a multi-BS site: one model per base station from one upload, then fusion.
 
 Every BS gets the same target training as a single-BS site (`train_target`: same mode,
-loss and options, `auto` by default) on the same split of the *positions*: a UE sample
+loss and options) on the same split of the *positions*: a UE sample
 is in train, validation or test for every BS that heard it, so no BS validates on a
 point another BS trained on, and the fused validation metrics are honest. The version
 holds one model per BS (`training.checkpoint.save_multi_bs_site_model`); its manifest
 keeps each BS's validation metrics under ``metrics["bs"]`` and the fused ones at the
 top level, with the covariance inflation fitted on validation (`training.fusion`).
+`auto` (the default) is one choice for the site: every BS trains every candidate mode
+and one mode is kept for all BSs by the *fused* validation score (`_site_auto`).
 
 The joint head. Late fusion can only average what each BS knows: a place one BS
 confuses with another stays confused in its mean. A site adapted from a backbone with
@@ -26,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,6 +42,7 @@ from training.data.site import SiteFingerprints
 from training.data.splits import fraction_subset, train_val_indices, train_val_test
 from training.fit import ProgressFn, predict
 from training.fusion import JOINT, ROBUST, coverage, diag_cov, fit_inflation, fuse_by
+from training.fusion import nll as fused_nll
 from training.metrics import evaluate
 from training.nets import Backbone, BackboneConfig, HeadConfig, JointBackbone, SiteModel
 from training.novelty import NoveltyModel, backbone_features, fit_site_novelty
@@ -191,6 +195,70 @@ def fused_metrics(
     return out
 
 
+def fused_scores(
+    models: dict[str, SiteModel],
+    data: SiteFingerprints,
+    cfg: TrainConfig,
+    joint: SiteModel | None = None,
+) -> tuple[Array, float]:
+    """(per-sample score, ME) of the fused estimate on labelled ``data``, as a version
+    of these models would serve it: robust fusion (with ``joint``), the inflation fitted
+    on ``data``. The score is what `auto` compares by (`TrainConfig.select`): the error in
+    metres, or the fused Gaussian NLL."""
+    rmse = _rmse(models, data)
+    means, covs, present = station_estimates(models, data, rmse, joint)
+    heard = present.any(axis=0)
+    mean, cov = fuse_by(FUSION, means[:, heard], covs[:, heard], present[:, heard])
+    err = mean - data.pos[heard].astype(np.float64)
+    me = np.sqrt(np.square(err).sum(axis=1))
+    if cfg.select == "me":
+        return me, float(me.mean())
+    return fused_nll(err, cov * fit_inflation(err, cov)), float(me.mean())
+
+
+def _site_auto(
+    start: Backbone,
+    train: SiteFingerprints,
+    val: SiteFingerprints,
+    cfg: TrainConfig,
+    joint: SiteModel | None,
+    train_every_bs: Callable[[TargetMode, Backbone | None], dict[str, TargetResult]],
+) -> tuple[dict[str, TargetResult], dict[str, Any]]:
+    """`auto` at a multi-BS site: every candidate mode for every BS, then *one* mode for
+    all, chosen by the fused validation score (`fused_scores`) with `choose_mode`'s rule.
+
+    Per BS, `auto` would pick what predicts best alone; the site answers with the fusion,
+    and on three held-out sites frozen-backbone heads fused better than fine-tuned models
+    in 7 of 9 site-seeds, also where the fine-tuned BSs were better alone
+    (docs/results/site-trust, "Which mode fuses best"). The choice uses the one
+    validation split (extra folds would differ per BS); ``finetune`` stays unless beaten
+    by more than one standard error.
+    """
+    from training.transfer import (
+        AUTO_CANDIDATES,
+        SCRATCH_CANDIDATE,
+        choose_mode,
+        criterion_name,
+        has_scratch_candidate,
+    )
+
+    runs: dict[str, dict[str, TargetResult]] = {
+        m: train_every_bs(m, start) for m in AUTO_CANDIDATES
+    }
+    if has_scratch_candidate(len(train) + len(val), 1, cfg):
+        runs[SCRATCH_CANDIDATE] = train_every_bs("finetune", None)
+    scores: dict[str, Array] = {}
+    val_me: dict[str, list[float]] = {}
+    for m, results in runs.items():
+        models = {bs: r.model for bs, r in results.items()}
+        scores[m], me = fused_scores(models, val, cfg, joint)
+        val_me[m] = [me]
+    chosen, reason, candidates = choose_mode(scores, val_me, 1, f"fused {criterion_name(cfg)}")
+    log.info("site auto: %s (%s)", chosen, reason)
+    choice = {"rule": "fused", "chosen_mode": chosen, "reason": reason, "candidates": candidates}
+    return runs[chosen], choice
+
+
 def _rmse(models: dict[str, SiteModel], val: SiteFingerprints) -> dict[str, tuple[float, float]]:
     out: dict[str, tuple[float, float]] = {}
     for bs, model in models.items():
@@ -249,47 +317,60 @@ def adapt_multi_bs_site(
 
     parent, start, background = starting_backbone(repo, backbone, source_repo, scratch)
 
+    def report_for(tag: str) -> ProgressFn:
+        def report(info: dict[str, Any]) -> None:
+            if progress is not None:
+                progress({**info, "phase": f"{tag}:{info.get('phase', '')}", "bs": tag})
+
+        return report
+
+    # The joint head depends on the parent only, so it is trained first: a site-level
+    # `auto` scores every candidate mode with it in the fusion, as the site will serve.
+    joint_result = (
+        None
+        if start is None
+        else train_joint(start, train, val, cfg, quiet=quiet, progress=report_for(JOINT))
+    )
+    joint = None if joint_result is None else joint_result.model
+
+    def train_every_bs(m: TargetMode, backbone: Backbone | None) -> dict[str, TargetResult]:
+        return {
+            bs: train_target(
+                backbone,
+                train.station(bs),
+                val.station(bs),
+                cfg,
+                mode=m,
+                backbone_config=backbone_config,
+                quiet=quiet,
+                progress=report_for(bs),
+            )
+            for bs in data.bs_ids
+        }
+
+    site_choice: dict[str, Any] = {}
+    if mode == "auto" and start is not None:
+        results, site_choice = _site_auto(start, train, val, cfg, joint, train_every_bs)
+    else:
+        results = train_every_bs(mode, start)
+
     models: dict[str, SiteModel] = {}
     per_bs: dict[str, dict[str, Any]] = {}
     summaries: dict[str, dict[str, Any]] = {}
     epochs: dict[str, int] = {}
     steps: dict[str, int] = {}
-    for bs in data.bs_ids:
-
-        def report(info: dict[str, Any], bs: str = bs) -> None:
-            if progress is not None:
-                progress({**info, "phase": f"{bs}:{info.get('phase', '')}", "bs": bs})
-
-        result = train_target(
-            start,
-            train.station(bs),
-            val.station(bs),
-            cfg,
-            mode=mode,
-            backbone_config=backbone_config,
-            quiet=quiet,
-            progress=report,
-        )
+    for bs, result in results.items():
         models[bs] = result.model
         per_bs[bs] = dict(result.metrics)
         summaries[bs] = {
             **result.summary(),
+            **({"mode": "auto"} if site_choice else {}),
             "train_samples": len(train.station(bs)),
             "val_samples": len(val.station(bs)),
         }
         epochs.update({f"{bs}:{k}": v for k, v in result.report.epochs.items()})
         steps.update({f"{bs}:{k}": v for k, v in result.report.steps.items()})
 
-    def report_joint(info: dict[str, Any]) -> None:
-        if progress is not None:
-            progress({**info, "phase": f"{JOINT}:{info.get('phase', '')}", "bs": JOINT})
-
-    joint_result = (
-        None
-        if start is None
-        else train_joint(start, train, val, cfg, quiet=quiet, progress=report_joint)
-    )
-    joint = None if joint_result is None else joint_result.model
     joint_summary: dict[str, Any] = {}
     if joint_result is not None:
         joint_summary = {
@@ -353,6 +434,7 @@ def adapt_multi_bs_site(
         "base_stations": data.bs_ids,
         "bs": summaries,
         **({JOINT: joint_summary} if joint_summary else {}),
+        **({"site_choice": site_choice} if site_choice else {}),
         "train_samples": len(train),
         "val_samples": len(val),
         "holdout": holdout,

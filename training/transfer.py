@@ -84,6 +84,9 @@ __all__ = [
     "TargetResult",
     "adapt_site",
     "check_mode",
+    "choose_mode",
+    "criterion_name",
+    "has_scratch_candidate",
     "holdout_split",
     "starting_backbone",
     "target_phases",
@@ -438,7 +441,7 @@ def _auto(
     losses: dict[str, list[npt.NDArray[np.float64]]] = {m: [] for m in AUTO_CANDIDATES}
     val_me: dict[str, list[float]] = {m: [] for m in AUTO_CANDIDATES}
     first: dict[str, tuple[SiteModel, FitReport]] = {}
-    if _scratch_candidate(len(train) + len(val), len(splits), config):
+    if has_scratch_candidate(len(train) + len(val), len(splits), config):
         # One split (validation alone is large enough), so it is scored on the same
         # samples as the modes; the same recipe as `train_target(None, ...)`.
         alone = _scratch(
@@ -459,27 +462,27 @@ def _auto(
             if k == 0:
                 first[mode] = (model, report)
     pooled = {m: np.concatenate(v) for m, v in losses.items()}
-    chosen, reason, candidates = _choose(pooled, val_me, len(splits), _criterion(config))
+    chosen, reason, candidates = choose_mode(pooled, val_me, len(splits), criterion_name(config))
     model, report = first[chosen]
     metrics = _finish(model, report, val, config)
     return TargetResult(model, report, metrics, "auto", config, chosen, candidates, reason)
 
 
-def _scratch_candidate(labelled: int, splits: int, config: TrainConfig) -> bool:
+def has_scratch_candidate(labelled: int, splits: int, config: TrainConfig) -> bool:
     """Whether ``auto`` also trains from scratch: enough labels, and one validation split."""
     return (
         config.auto_scratch_min is not None and labelled >= config.auto_scratch_min and splits == 1
     )
 
 
-def _criterion(config: TrainConfig) -> str:
+def criterion_name(config: TrainConfig) -> str:
     """How ``auto``'s reason names its score."""
     if config.select == "me":
         return "validation ME"
     return f"validation {'MSE' if config.loss == 'mse' else 'NLL'}"
 
 
-def _choose(
+def choose_mode(
     pooled: dict[str, npt.NDArray[np.float64]],
     val_me: dict[str, list[float]],
     folds: int,

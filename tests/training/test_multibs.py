@@ -13,8 +13,8 @@ from tests.training.toychannel import toy_site
 from training.checkpoint import load_site_model, save_backbone
 from training.config import TrainConfig
 from training.fusion import JOINT_FILES
-from training.multibs import joint_fingerprints, split_site, station_estimates
-from training.nets import Backbone, JointBackbone
+from training.multibs import fused_scores, joint_fingerprints, split_site, station_estimates
+from training.nets import Backbone, Head, HeadConfig, JointBackbone, SiteModel
 from training.repository import ModelRepository, RepositoryError
 from training.transfer import adapt_site
 
@@ -40,6 +40,16 @@ def repo(tmp_path: Path) -> ModelRepository:
     repo = ModelRepository(tmp_path / "models")
     save_backbone(repo, "meml", Backbone(seed=0), loss="mse")
     return repo
+
+
+def _joint_model(repo: ModelRepository, site: str, version: str, k: int) -> SiteModel:
+    """The version's joint head on the frozen parent, as torch modules."""
+    from training.checkpoint import load_backbone
+
+    obj = torch.load(repo.path("site", site, version) / JOINT_FILES[1], weights_only=True)
+    head = Head(HeadConfig(**obj["config"]))
+    head.load_state_dict(obj["state_dict"])
+    return SiteModel(JointBackbone(load_backbone(repo, "meml").eval(), k), head.eval())
 
 
 def test_split_is_one_split_of_positions_for_every_bs() -> None:
@@ -110,7 +120,6 @@ def test_nll_site_gets_a_joint_head_fused_where_every_bs_heard(repo: ModelReposi
     import onnxruntime as ort
 
     from training.checkpoint import load_backbone
-    from training.nets import Head, HeadConfig
 
     _, stacked = joint_fingerprints(site)
     csi = stacked.csi[:5]
@@ -131,8 +140,6 @@ def test_nll_site_gets_a_joint_head_fused_where_every_bs_heard(repo: ModelReposi
 
 def test_joint_row_is_present_only_where_every_bs_heard() -> None:
     site = toy_site(40, seed=1, drop=0.3)
-    from training.nets import Head, HeadConfig, SiteModel
-
     models = {bs: SiteModel(Backbone(seed=0), Head(HeadConfig(loss="nll"))) for bs in site.bs_ids}
     joint_bb = JointBackbone(Backbone(seed=0), 3)
     joint = SiteModel(joint_bb, Head(HeadConfig(loss="nll", in_features=3 * 128)))
@@ -205,3 +212,47 @@ def test_cli_train_site_on_a_group_adapts_every_bs(repo: ModelRepository, tmp_pa
          "--out", str(repo.root), "--quiet"],
     )  # fmt: skip
     assert bad.exit_code != 0 and "holds no environments" in bad.output
+
+
+def test_auto_chooses_one_mode_for_every_bs_by_the_fused_validation_score(
+    repo: ModelRepository,
+) -> None:
+    site = toy_site(120, seed=2, drop=0.15)
+    result = adapt_site(repo, "a", site, mode="auto", config=CFG, holdout=0.2)
+    config = repo.manifest("site", "a", result.version)["config"]
+    choice = config["site_choice"]
+    chosen = choice["chosen_mode"]
+    assert set(choice["candidates"]) == {"finetune", "gradual", "head"}
+    assert result.chosen_mode == ",".join(f"{bs}={chosen}" for bs in site.bs_ids)
+    assert all(config["bs"][bs]["mode"] == "auto" for bs in site.bs_ids)
+    # the rule: the lowest fused score wins, unless within one SE of finetune
+    scores = {m: c["val_score"] for m, c in choice["candidates"].items()}
+    best = min(scores, key=lambda m: scores[m])
+    if chosen != "finetune":
+        assert chosen == best and "fused validation NLL" in choice["reason"]
+        cand = choice["candidates"][chosen]
+        assert -cand["diff_vs_finetune"] > cand["se_vs_finetune"]
+    else:
+        assert best == "finetune" or "within 1 SE" in choice["reason"]
+    # the chosen candidates' fused score is the version's: the same models, the same data
+    _, val, _ = split_site(site, config["val_fraction"], 0.2, 1.0, config["seed"])
+    models = {bs: load_site_model(repo, "a", bs=bs) for bs in site.bs_ids}
+    joint = _joint_model(repo, "a", result.version, len(site.bs_ids))
+    score, me = fused_scores(models, val, CFG, joint)
+    assert float(score.mean()) == pytest.approx(scores[chosen], rel=1e-4)
+    assert me == pytest.approx(choice["candidates"][chosen]["val_me"], rel=1e-4)
+
+
+def test_fused_nll_is_the_gaussian_density() -> None:
+    from scipy.stats import multivariate_normal
+
+    from training.fusion import nll
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(5, 2, 2))
+    covs = a @ a.transpose(0, 2, 1) + 0.1 * np.eye(2)
+    errors = rng.normal(size=(5, 2))
+    want = [
+        -multivariate_normal(np.zeros(2), c).logpdf(e) for e, c in zip(errors, covs, strict=True)
+    ]
+    np.testing.assert_allclose(nll(errors, covs), want, rtol=1e-10)

@@ -16,7 +16,7 @@ from training.data.splits import split_train_val
 from training.fit import Task, fit
 from training.nets import Backbone, Head
 from training.repository import InvalidName, ModelRepository, NotFound
-from training.transfer import _choose, adapt_site, holdout_split, target_phases, train_target
+from training.transfer import adapt_site, choose_mode, holdout_split, target_phases, train_target
 
 TARGET = toy_fingerprints(160, (5.0, -2.0), seed=7, size=(8.0, 6.0))
 CFG = TrainConfig(
@@ -137,12 +137,12 @@ def test_auto_picks_the_clearly_better_mode_and_keeps_finetune_on_a_tie() -> Non
     base = rng.normal(1.0, 0.5, 200)
     me = {"finetune": [1.0], "gradual": [1.0], "head": [0.5]}
     clear = {"finetune": base, "gradual": base + 0.01, "head": base - 0.8}
-    chosen, reason, cand = _choose(clear, me, 1)  # type: ignore[arg-type]
+    chosen, reason, cand = choose_mode(clear, me, 1)  # type: ignore[arg-type]
     assert chosen == "head" and "beats finetune" in reason
     assert cand["head"]["diff_vs_finetune"] == pytest.approx(-0.8)
     # gradual is lower on average by 0.01, but the paired differences spread by 0.5.
     noisy = {"finetune": base, "gradual": base + np.tile([0.49, -0.51], 100), "head": base + 1}
-    chosen, reason, _ = _choose(noisy, me, 1)  # type: ignore[arg-type]
+    chosen, reason, _ = choose_mode(noisy, me, 1)  # type: ignore[arg-type]
     assert chosen == "finetune"
 
 
