@@ -238,7 +238,6 @@ def _site_auto(
         AUTO_CANDIDATES,
         SCRATCH_CANDIDATE,
         choose_mode,
-        criterion_name,
         has_scratch_candidate,
     )
 
@@ -253,7 +252,8 @@ def _site_auto(
         models = {bs: r.model for bs, r in results.items()}
         scores[m], me = fused_scores(models, val, cfg, joint)
         val_me[m] = [me]
-    chosen, reason, candidates = choose_mode(scores, val_me, 1, f"fused {criterion_name(cfg)}")
+    criterion = f"fused validation {'ME' if cfg.select == 'me' else 'NLL'}"
+    chosen, reason, candidates = choose_mode(scores, val_me, 1, criterion)
     log.info("site auto: %s (%s)", chosen, reason)
     choice = {"rule": "fused", "chosen_mode": chosen, "reason": reason, "candidates": candidates}
     return runs[chosen], choice

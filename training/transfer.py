@@ -85,7 +85,6 @@ __all__ = [
     "adapt_site",
     "check_mode",
     "choose_mode",
-    "criterion_name",
     "has_scratch_candidate",
     "holdout_split",
     "starting_backbone",
@@ -462,7 +461,7 @@ def _auto(
             if k == 0:
                 first[mode] = (model, report)
     pooled = {m: np.concatenate(v) for m, v in losses.items()}
-    chosen, reason, candidates = choose_mode(pooled, val_me, len(splits), criterion_name(config))
+    chosen, reason, candidates = choose_mode(pooled, val_me, len(splits), _criterion(config))
     model, report = first[chosen]
     metrics = _finish(model, report, val, config)
     return TargetResult(model, report, metrics, "auto", config, chosen, candidates, reason)
@@ -475,7 +474,7 @@ def has_scratch_candidate(labelled: int, splits: int, config: TrainConfig) -> bo
     )
 
 
-def criterion_name(config: TrainConfig) -> str:
+def _criterion(config: TrainConfig) -> str:
     """How ``auto``'s reason names its score."""
     if config.select == "me":
         return "validation ME"

@@ -214,22 +214,27 @@ def test_cli_train_site_on_a_group_adapts_every_bs(repo: ModelRepository, tmp_pa
     assert bad.exit_code != 0 and "holds no environments" in bad.output
 
 
+@pytest.mark.parametrize(
+    ("cfg", "criterion"),
+    [(CFG, "fused validation NLL"), (CFG.replace(loss="mse", select="me"), "fused validation ME")],
+)
 def test_auto_chooses_one_mode_for_every_bs_by_the_fused_validation_score(
-    repo: ModelRepository,
+    repo: ModelRepository, cfg: TrainConfig, criterion: str
 ) -> None:
     site = toy_site(120, seed=2, drop=0.15)
-    result = adapt_site(repo, "a", site, mode="auto", config=CFG, holdout=0.2)
+    result = adapt_site(repo, "a", site, mode="auto", loss=cfg.loss, config=cfg, holdout=0.2)
     config = repo.manifest("site", "a", result.version)["config"]
     choice = config["site_choice"]
     chosen = choice["chosen_mode"]
     assert set(choice["candidates"]) == {"finetune", "gradual", "head"}
     assert result.chosen_mode == ",".join(f"{bs}={chosen}" for bs in site.bs_ids)
     assert all(config["bs"][bs]["mode"] == "auto" for bs in site.bs_ids)
+    assert criterion in choice["reason"]
     # the rule: the lowest fused score wins, unless within one SE of finetune
     scores = {m: c["val_score"] for m, c in choice["candidates"].items()}
     best = min(scores, key=lambda m: scores[m])
     if chosen != "finetune":
-        assert chosen == best and "fused validation NLL" in choice["reason"]
+        assert chosen == best
         cand = choice["candidates"][chosen]
         assert -cand["diff_vs_finetune"] > cand["se_vs_finetune"]
     else:
@@ -237,10 +242,12 @@ def test_auto_chooses_one_mode_for_every_bs_by_the_fused_validation_score(
     # the chosen candidates' fused score is the version's: the same models, the same data
     _, val, _ = split_site(site, config["val_fraction"], 0.2, 1.0, config["seed"])
     models = {bs: load_site_model(repo, "a", bs=bs) for bs in site.bs_ids}
-    joint = _joint_model(repo, "a", result.version, len(site.bs_ids))
-    score, me = fused_scores(models, val, CFG, joint)
+    joint = _joint_model(repo, "a", result.version, 3) if cfg.loss == "nll" else None
+    score, me = fused_scores(models, val, cfg, joint)
     assert float(score.mean()) == pytest.approx(scores[chosen], rel=1e-4)
     assert me == pytest.approx(choice["candidates"][chosen]["val_me"], rel=1e-4)
+    if cfg.select == "me":  # the score is then the error itself
+        assert scores[chosen] == pytest.approx(me, rel=1e-9)
 
 
 def test_fused_nll_is_the_gaussian_density() -> None:
