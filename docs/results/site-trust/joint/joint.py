@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -63,10 +64,17 @@ def features(data: SiteFingerprints, backbone: Backbone) -> np.ndarray:
 
 
 def train_head(
-    x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, steps: int, seed: int
+    x: np.ndarray,
+    y: np.ndarray,
+    xv: np.ndarray,
+    yv: np.ndarray,
+    steps: int,
+    seed: int,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
 ) -> Head:
     """An NLL head on fixed features, Adam at the site recipe's rate, the best validation
-    NLL kept, then its sigma scale fitted on validation."""
+    NLL kept, then its sigma scale fitted on validation. ``augment`` changes each training
+    batch (drawing from the run's generator); validation sees the inputs as given."""
     torch.manual_seed(seed)
     head = Head(HeadConfig(loss="nll", in_features=x.shape[1]), seed=seed)
     head.fit_position_normalisation(y)
@@ -77,7 +85,7 @@ def train_head(
     best, state = float("inf"), None
     for step in range(steps):
         idx = torch.randint(0, len(xt), (BATCH,), generator=gen)
-        pos, sigma = head(xt[idx])
+        pos, sigma = head(xt[idx] if augment is None else augment(xt[idx], gen))
         assert sigma is not None
         loss = gaussian_nll(pos, sigma, yt[idx], head.pos_scale)
         opt.zero_grad()
@@ -100,6 +108,16 @@ def train_head(
     return head
 
 
+def train_heads(
+    ftr: np.ndarray, fva: np.ndarray, y: np.ndarray, yv: np.ndarray, steps: int, seed: int
+) -> tuple[list[Head], Head]:
+    """One head per BS on its features [K, N, D] (seed + 100 k), then the joint head on
+    all of them concatenated (seed)."""
+    heads = [train_head(ftr[j], y, fva[j], yv, steps, seed + 100 * j) for j in range(len(ftr))]
+    cat = np.concatenate
+    return heads, train_head(cat(list(ftr), axis=1), y, cat(list(fva), axis=1), yv, steps, seed)
+
+
 def run(head: Head, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     with torch.no_grad():
         p, s = head(torch.from_numpy(x).float())
@@ -116,18 +134,22 @@ def score(mean: np.ndarray, cov: np.ndarray, truth: np.ndarray) -> tuple[float, 
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def site_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options this script shares with `subsets.py`."""
     parser.add_argument("site", type=Path)
     parser.add_argument("group")
-    parser.add_argument("--tracks", type=Path)
     parser.add_argument("--backbone", type=Path, default=Path("models"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--fraction", type=float, default=0.34)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
 
+
+def load_split(
+    args: argparse.Namespace,
+) -> tuple[Backbone, SiteFingerprints, SiteFingerprints, SiteFingerprints, SiteFingerprints]:
+    """(backbone, site, train, validation, never-used labelled positions): the site's
+    adaptation split (seed 0, as the served versions) and what that split never used."""
+    torch.set_num_threads(1)
     repo = ModelRepository(args.backbone)
     backbone = load_backbone(repo, repo.default_backbone(), None)
     data = read_site(args.site, args.group)
@@ -135,6 +157,15 @@ def main() -> None:
     split = train_val_test(len(data), 0.0, 0.0, 0)
     pool = fraction_subset(split.train, args.fraction, 0)
     unused = data.subset(np.setdiff1d(np.arange(len(data)), pool))  # outside split_site's pool
+    return backbone, data, train, val, unused
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    site_arguments(parser)
+    parser.add_argument("--tracks", type=Path)
+    args = parser.parse_args()
+    backbone, data, train, val, unused = load_split(args)
     tests = {"never-used labelled": unused}
     if args.tracks is not None:
         tests["trajectories"] = read_site(args.tracks, args.group)
@@ -154,18 +185,7 @@ def main() -> None:
 
     for seed in args.seeds:
         t1 = time.perf_counter()
-        heads = [
-            train_head(ftr[j], train.pos, fva[j], val.pos, args.steps, seed + 100 * j)
-            for j in range(k)
-        ]
-        joint = train_head(
-            np.concatenate(list(ftr), axis=1),
-            train.pos,
-            np.concatenate(list(fva), axis=1),
-            val.pos,
-            args.steps,
-            seed,
-        )
+        heads, joint = train_heads(ftr, fva, train.pos, val.pos, args.steps, seed)
         vm, vc = zip(*(run(h, fva[j]) for j, h in enumerate(heads)), strict=True)
         fm, fc = fuse_robust(np.stack(vm), diag_cov(np.stack(vc)))
         inflation = fit_inflation(fm - val.pos, fc)

@@ -18,23 +18,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from joint import BATCH, EVAL_EVERY, VAL_FRACTION, features, run, train_head
+from joint import features, load_split, run, site_arguments, train_head, train_heads
 
-from training.calibration import fit_sigma_scale
-from training.checkpoint import load_backbone
-from training.data.site import read_site
-from training.data.splits import fraction_subset, train_val_test
 from training.fusion import diag_cov, fuse_robust
-from training.losses import gaussian_nll
-from training.multibs import split_site
-from training.nets import Head, HeadConfig
-from training.repository import ModelRepository
 
 
 def masked_input(f: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -43,64 +36,28 @@ def masked_input(f: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.concatenate([x.reshape(len(mask), -1), mask], axis=1)
 
 
-def train_masked(
-    f: np.ndarray, y: np.ndarray, fv: np.ndarray, yv: np.ndarray, steps: int, seed: int, p: float
-) -> Head:
-    """`joint.train_head` with a random BS-presence mask per sample and step."""
-    k, n, d = f.shape
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
-    head = Head(HeadConfig(loss="nll", in_features=k * d + k), seed=seed)
-    head.fit_position_normalisation(y)
-    opt = torch.optim.Adam(head.parameters(), lr=1e-3)
-    ft, yt = torch.from_numpy(f.transpose(1, 0, 2).copy()).float(), torch.from_numpy(y).float()
-    xv = torch.from_numpy(masked_input(fv, np.ones((fv.shape[1], k)))).float()
-    yvt = torch.from_numpy(yv).float()
-    best, state = float("inf"), None
-    for step in range(steps):
-        idx = torch.from_numpy(rng.integers(0, n, BATCH))
-        m = (rng.random((BATCH, k)) > p).astype(np.float32)
-        m[m.sum(axis=1) == 0, rng.integers(0, k)] = 1.0
-        mt = torch.from_numpy(m)
-        pos, sigma = head(torch.cat([(ft[idx] * mt[:, :, None]).reshape(BATCH, -1), mt], 1))
-        assert sigma is not None
-        loss = gaussian_nll(pos, sigma, yt[idx], head.pos_scale)
-        opt.zero_grad()
-        loss.backward()  # type: ignore[no-untyped-call]
-        opt.step()
-        if (step + 1) % EVAL_EVERY == 0:
-            with torch.no_grad():
-                pv, sv = head(xv)
-                assert sv is not None
-                v = float(gaussian_nll(pv, sv, yvt, head.pos_scale))
-            if v < best:
-                best, state = v, {key: t.clone() for key, t in head.state_dict().items()}
-    assert state is not None
-    head.load_state_dict(state)
-    with torch.no_grad():
-        pv, sv = head(xv)
-        assert sv is not None
-        head.sigma_scale.copy_(torch.from_numpy(fit_sigma_scale(pv.numpy() - yv, sv.numpy())))
-    return head
+def drop_stations(k: int, p: float) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+    """A batch augmentation for `masked_input` rows: each BS absent with probability
+    ``p`` (its features and presence bit zeroed), at least one BS kept."""
+
+    def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        mask = (torch.rand(len(x), k, generator=gen) > p).float()
+        none = mask.sum(dim=1) == 0
+        keep = torch.randint(0, k, (len(x),), generator=gen)
+        mask[none, keep[none]] = 1.0
+        d = (x.shape[1] - k) // k
+        kept = x[:, : k * d].reshape(len(x), k, d) * mask[:, :, None]
+        return torch.cat([kept.flatten(1), mask], dim=1)
+
+    return augment
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("site", type=Path)
-    parser.add_argument("group")
-    parser.add_argument("--backbone", type=Path, default=Path("models"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=3000)
+    site_arguments(parser)
     parser.add_argument("--drop", type=float, nargs="+", default=[0.25, 0.5])
-    parser.add_argument("--fraction", type=float, default=0.34)
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    repo = ModelRepository(args.backbone)
-    backbone = load_backbone(repo, repo.default_backbone(), None)
-    data = read_site(args.site, args.group)
-    train, val, _ = split_site(data, VAL_FRACTION, 0.0, args.fraction, 0)
-    pool = fraction_subset(train_val_test(len(data), 0.0, 0.0, 0).train, args.fraction, 0)
-    unused = data.subset(np.setdiff1d(np.arange(len(data)), pool))
+    backbone, data, train, val, unused = load_split(args)
     ftr, fva, fte = features(train, backbone), features(val, backbone), features(unused, backbone)
     k, n = len(data.bs_ids), len(unused)
     rows: dict[str, list[float]] = {}
@@ -112,21 +69,19 @@ def main() -> None:
         rows.setdefault(name, []).append(value)
 
     for seed in args.seeds:
-        heads = [
-            train_head(ftr[j], train.pos, fva[j], val.pos, args.steps, seed + 100 * j)
-            for j in range(k)
-        ]
+        heads, full = train_heads(ftr, fva, train.pos, val.pos, args.steps, seed)
         est = [run(h, fte[j]) for j, h in enumerate(heads)]
-        full = train_head(
-            np.concatenate(list(ftr), axis=1),
-            train.pos,
-            np.concatenate(list(fva), axis=1),
-            val.pos,
-            args.steps,
-            seed,
-        )
         masked = {
-            p: train_masked(ftr, train.pos, fva, val.pos, args.steps, seed, p) for p in args.drop
+            p: train_head(
+                masked_input(ftr, np.ones((len(train), k))),
+                train.pos,
+                masked_input(fva, np.ones((len(val), k))),
+                val.pos,
+                args.steps,
+                seed,
+                drop_stations(k, p),
+            )
+            for p in args.drop
         }
         for left_out in [None, *range(k)]:
             keep = [j for j in range(k) if j != left_out]
