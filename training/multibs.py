@@ -182,17 +182,29 @@ def fused_metrics(
 ) -> dict[str, float]:
     """ME, p90 and 1/2-sigma coverage of the fused estimate on `data` (with the ``joint``
     head's estimate fused in where every BS heard the sample)."""
-    means, covs, present = station_estimates(models, data, rmse, joint)
-    heard = present.any(axis=0)
-    mean, cov = fuse_by(method, means[:, heard], covs[:, heard], present[:, heard])
+    mean, cov, truth, present = fused_estimate(models, data, rmse, joint, method)
     cov = cov * inflation
-    truth = data.pos[heard].astype(np.float64)
     out = evaluate(mean, np.sqrt(np.diagonal(cov, axis1=1, axis2=2)), truth)
     err = mean - truth
     out["within_1sigma"] = coverage(err, cov, 1.0)
     out["within_2sigma"] = coverage(err, cov, 2.0)
-    out["heard_by_mean"] = float(present[: len(models), heard].sum(axis=0).mean())
+    out["heard_by_mean"] = float(present[: len(models)].sum(axis=0).mean())
     return out
+
+
+def fused_estimate(
+    models: dict[str, SiteModel],
+    data: SiteFingerprints,
+    rmse: dict[str, tuple[float, float]],
+    joint: SiteModel | None = None,
+    method: str = FUSION,
+) -> tuple[Array, Array, Array, npt.NDArray[np.bool_]]:
+    """(fused means [M, 2], covariances [M, 2, 2] uninflated, true positions [M, 2],
+    presence [K(+1), M]) on the M samples of labelled `data` that some BS heard."""
+    means, covs, present = station_estimates(models, data, rmse, joint)
+    heard = present.any(axis=0)
+    mean, cov = fuse_by(method, means[:, heard], covs[:, heard], present[:, heard])
+    return mean, cov, data.pos[heard].astype(np.float64), present[:, heard]
 
 
 def fused_scores(
@@ -205,11 +217,8 @@ def fused_scores(
     of these models would serve it: robust fusion (with ``joint``), the inflation fitted
     on ``data``. The score is what `auto` compares by (`TrainConfig.select`): the error in
     metres, or the fused Gaussian NLL."""
-    rmse = _rmse(models, data)
-    means, covs, present = station_estimates(models, data, rmse, joint)
-    heard = present.any(axis=0)
-    mean, cov = fuse_by(FUSION, means[:, heard], covs[:, heard], present[:, heard])
-    err = mean - data.pos[heard].astype(np.float64)
+    mean, cov, truth, _ = fused_estimate(models, data, _rmse(models, data), joint)
+    err = mean - truth
     me = np.sqrt(np.square(err).sum(axis=1))
     if cfg.select == "me":
         return me, float(me.mean())
@@ -384,10 +393,8 @@ def adapt_multi_bs_site(
     rmse = _rmse(models, val)
     for bs, (rx, ry) in rmse.items():
         per_bs[bs]["rmse_x"], per_bs[bs]["rmse_y"] = rx, ry
-    means, covs, present = station_estimates(models, val, rmse, joint)
-    heard = present.any(axis=0)
-    mean, cov = fuse_by(FUSION, means[:, heard], covs[:, heard], present[:, heard])
-    inflation = fit_inflation(mean - val.pos[heard], cov)
+    mean, cov, truth, _ = fused_estimate(models, val, rmse, joint)
+    inflation = fit_inflation(mean - truth, cov)
     metrics: dict[str, Any] = fused_metrics(models, val, rmse, inflation, joint=joint)
     metrics["fusion"] = {
         "method": FUSION,
