@@ -81,7 +81,8 @@ class FusedPrediction:
     """[B] the median of the present BSs' out-of-site scores (`training.novelty.
     combine_scores`: above 1 is out of site); None without per-BS detectors."""
     joint: bool = False
-    """Whether the site's joint head (`training.multibs`) was fused in: every BS heard."""
+    """Whether the site's joint head (`training.multibs`) was fused in: every BS heard, or
+    two or more for a subset head (`ServedSite.joint_subsets`)."""
 
     @property
     def in_site(self) -> np.ndarray | None:
@@ -268,7 +269,7 @@ class Positioner:
         if rows * len(order) <= self.INLINE_ROWS:
             results = [run(bs, csi[bs]) for bs in order]
             joint = served.predict_joint(csi)
-        else:  # the joint head (None unless every BS was heard) beside the BSs' models
+        else:  # the joint head (None where it does not answer) beside the BSs' models
             loop = asyncio.get_running_loop()
             futures = [loop.run_in_executor(self._pool, run, bs, csi[bs]) for bs in order]
             joint_future = loop.run_in_executor(self._pool, served.predict_joint, csi)
@@ -283,7 +284,7 @@ class Positioner:
             means[k] = position
             sig = sigma if sigma is not None else np.tile(served.bs_rmse[bs], (rows, 1))
             covs[k] = fusion.diag_cov(sig)
-        if joint is not None:  # every BS heard: the joint head joins as one more Gaussian
+        if joint is not None:  # the joint head answers: it joins as one more Gaussian
             means = np.concatenate([means, joint[0][None].astype(np.float64)])
             covs = np.concatenate([covs, fusion.diag_cov(joint[1])[None]])
         mean, cov = fusion.fuse_by(served.fusion_method, means, covs)

@@ -29,7 +29,7 @@ import onnxruntime as ort
 from service import metrics
 from service.errors import InvalidInput, SiteLoading, SiteNotFound, Unavailable
 from training.data.schema import N_ANTENNAS
-from training.fusion import JOINT, JOINT_FILES, PRODUCT, sigma_from_rmse
+from training.fusion import JOINT, JOINT_FILES, JOINT_MIN_HEARD, PRODUCT, sigma_from_rmse
 from training.fusion import METHODS as FUSION_METHODS
 from training.novelty import FILE as NOVELTY_FILE
 from training.novelty import SINGLE_HEAD, NoveltyModel, inflate_sigma, read_novelty
@@ -81,6 +81,9 @@ class ServedSite:
     _sessions: dict[str, ort.InferenceSession] = field(default_factory=dict)
     _joint: ort.InferenceSession | None = None
     """The joint head of a multi-BS version (`training.multibs`), None without one."""
+    joint_subsets: bool = False
+    """Whether the joint head answers for any 2+ of the BSs, the absent ones zero-filled
+    (``metrics.fusion.joint.subsets``); older joint graphs need every BS."""
 
     @property
     def has_joint(self) -> bool:
@@ -185,6 +188,7 @@ class ServedSite:
         self.bs_novelty = self._load_bs_novelty(stations)
         self._sessions = sessions
         self._joint = joint
+        self.joint_subsets = joint is not None and (fusion.get(JOINT) or {}).get("subsets") is True
         return self
 
     def _load_bs_novelty(self, stations: list[str]) -> dict[str, NoveltyModel]:
@@ -223,12 +227,21 @@ class ServedSite:
         return self._run_scored(session, novelty, csi, inflate=False)
 
     def predict_joint(self, csi: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
-        """The joint head's positions and sigma [B, 2] for CSI of every BS (same UEs,
-        rows aligned); None when the version has no joint head or a BS is missing (the
-        head needs every BS's view, so the fusion then goes on without it)."""
-        if self._joint is None or any(bs not in csi for bs in self.base_stations):
+        """The joint head's positions and sigma [B, 2] for CSI per BS (same UEs, rows
+        aligned); None when the version has no joint head or it does not answer for the
+        BSs heard: a subset head (`joint_subsets`) needs `JOINT_MIN_HEARD` of them, the
+        absent ones sent as zeros; an older head needs every BS."""
+        if self._joint is None:
             return None
-        stacked = np.concatenate([csi[bs] for bs in self.base_stations], axis=1)
+        heard = [bs for bs in self.base_stations if bs in csi]
+        need = JOINT_MIN_HEARD if self.joint_subsets else len(self.base_stations)
+        if len(heard) < need:
+            return None
+        shape = csi[heard[0]].shape
+        blocks = [
+            csi[bs] if bs in csi else np.zeros(shape, dtype=np.float32) for bs in self.base_stations
+        ]
+        stacked = np.concatenate(blocks, axis=1)
         position, sigma = self._joint.run(["position", "sigma"], {INPUT_NAME: stacked})
         return np.asarray(position, dtype=np.float32), np.asarray(sigma, dtype=np.float32)
 
@@ -293,6 +306,7 @@ class ServedSite:
         self._session = None
         self._sessions = {}
         self._joint = None
+        self.joint_subsets = False
 
 
 def _forget_info(old: ServedSite) -> None:

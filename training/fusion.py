@@ -66,6 +66,9 @@ JOINT_FILES = ("joint.onnx", "joint-head.pt")
 """(ONNX, head) files of the joint head; outside the ``model.<bs>.onnx`` pattern, so no
 BS id can collide with them. Its backbone is the version's parent, frozen: the ONNX
 graph holds it, the head file holds the rest."""
+JOINT_MIN_HEARD = 2
+"""Fewest BSs a subset joint head (``metrics.fusion.joint.subsets``) answers for: with one
+it would fuse a second estimate from the same CSI as that BS's own model."""
 
 MIN_SIGMA_M = 1e-3
 """Sigmas below this are raised to it, so one over-confident BS cannot make P singular."""

@@ -15,7 +15,9 @@ confuses with another stays confused in its mean. A site adapted from a backbone
 the NLL loss also gets one head on every BS's features at once (the parent backbone,
 frozen, on each BS's CSI: `training.nets.JointBackbone`), trained like a site head in
 mode ``head`` on the samples every BS heard. Its estimate joins the fusion as one more
-Gaussian whenever every BS heard the UE. On three held-out sites it lowered the served
+Gaussian whenever every BS heard the UE; at sites with 3+ BSs it is a *subset* head that
+answers for any two or more BSs (`drop_stations`, `JointBackbone` ``subsets``). On three
+held-out sites it lowered the served
 fused error on trajectories to 0.63 / 0.61 / 0.54 x the best BS, from 0.67 / 0.69 /
 0.65 x (medians of 3 seeds, docs/results/site-trust/joint); alone it was better than
 the BSs' fusion on two sites and worse on one, so it is fused, not used instead. Its
@@ -41,7 +43,15 @@ from training.data.fingerprints import Fingerprints, data_fingerprint
 from training.data.site import SiteFingerprints
 from training.data.splits import fraction_subset, train_val_indices, train_val_test
 from training.fit import ProgressFn, predict
-from training.fusion import JOINT, ROBUST, coverage, diag_cov, fit_inflation, fuse_by
+from training.fusion import (
+    JOINT,
+    JOINT_MIN_HEARD,
+    ROBUST,
+    coverage,
+    diag_cov,
+    fit_inflation,
+    fuse_by,
+)
 from training.fusion import nll as fused_nll
 from training.metrics import evaluate
 from training.nets import Backbone, BackboneConfig, HeadConfig, JointBackbone, SiteModel
@@ -68,6 +78,12 @@ its backbone). Fine-tuning the shared backbone measured worse
 JOINT_MIN_VAL = 10
 """Fewest validation samples heard by every BS for a joint head: its sigma is calibrated
 on them, and they choose its checkpoint (`training.calibration.MIN_SAMPLES`)."""
+JOINT_DROP = 0.25
+JOINT_COPIES = 4
+"""A subset joint head trains on every sample heard and 4 copies with each BS left out
+with probability 0.25: with one BS left out it fused 7-22 % lower than the BSs alone
+on three held-out sites, and with every BS heard as the every-BS head (offline, random
+dropout per batch; docs/results/site-trust/joint, section 3)."""
 
 Array = npt.NDArray[np.float64]
 
@@ -90,17 +106,45 @@ def split_site(
     return pool.subset(train_idx), pool.subset(val_idx), test
 
 
-def joint_fingerprints(data: SiteFingerprints) -> tuple[npt.NDArray[np.int64], Fingerprints]:
-    """(sample rows, fingerprints) of the samples every BS heard, each BS's CSI stacked on
-    the antenna axis in `bs_ids` order: the joint head's input [M, K*8, 103, 2]."""
-    heard = np.flatnonzero(data.mask().all(axis=1))
+def joint_fingerprints(
+    data: SiteFingerprints, subsets: bool = False
+) -> tuple[npt.NDArray[np.int64], Fingerprints]:
+    """(sample rows, fingerprints) of the samples a joint head answers, each BS's CSI
+    stacked on the antenna axis in `bs_ids` order: the joint head's input [M, K*8, 103, 2].
+
+    The samples every BS heard; with ``subsets`` (`JointBackbone`), those heard by
+    `JOINT_MIN_HEARD` or more BSs, the absent BSs' blocks all zero."""
+    heard_by = data.mask()
+    need = min(JOINT_MIN_HEARD, heard_by.shape[1]) if subsets else heard_by.shape[1]
+    heard = np.flatnonzero(heard_by.sum(axis=1) >= need)
     parts = []
     for st in data.stations.values():
         where = np.full(len(data), -1, dtype=np.int64)
         where[st.rows] = np.arange(len(st.rows))
-        parts.append(st.data.csi[where[heard]])
+        block = np.zeros((len(heard), *st.data.csi.shape[1:]), dtype=np.float32)
+        rows = where[heard]
+        block[rows >= 0] = st.data.csi[rows[rows >= 0]]
+        parts.append(block)
     csi = np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32)
     return heard, Fingerprints(csi=csi, pos=data.pos[heard])
+
+
+def drop_stations(joint: Fingerprints, stations: int, seed: int) -> Fingerprints:
+    """`joint` and `JOINT_COPIES` copies of it in which each BS block is zeroed with
+    probability `JOINT_DROP` (a copy row keeps its BSs where fewer than `JOINT_MIN_HEARD`
+    would remain): the training set of a subset joint head, seeded."""
+    rng = np.random.default_rng(seed)
+    csi = joint.csi.reshape(len(joint), stations, -1, *joint.csi.shape[2:])
+    heard = np.abs(csi).reshape(len(joint), stations, -1).max(axis=2) > 0
+    copies = [joint.csi]
+    for _ in range(JOINT_COPIES):
+        keep = heard & (rng.random(heard.shape) >= JOINT_DROP)
+        keep[keep.sum(axis=1) < JOINT_MIN_HEARD] = heard[keep.sum(axis=1) < JOINT_MIN_HEARD]
+        copies.append((csi * keep[:, :, None, None, None]).reshape(joint.csi.shape))
+    return Fingerprints(
+        csi=np.ascontiguousarray(np.concatenate(copies), dtype=np.float32),
+        pos=np.tile(joint.pos, (JOINT_COPIES + 1, 1)),
+    )
 
 
 def train_joint(
@@ -113,21 +157,32 @@ def train_joint(
     progress: ProgressFn | None,
 ) -> TargetResult | None:
     """The joint head on the frozen ``start`` (module docstring), or None where it does
-    not apply: an MSE site (no sigma to fuse by) or too few samples heard by every BS."""
+    not apply: an MSE site (no sigma to fuse by) or too few samples heard by every BS.
+
+    From 3 BSs on it is a subset head (`JointBackbone` ``subsets``): trained on
+    `drop_stations` copies, its checkpoint and sigma chosen on validation as heard."""
     from training.transfer import train_target
 
     if cfg.loss != "nll":
         return None
-    _, jt = joint_fingerprints(train)
-    _, jv = joint_fingerprints(val)
+    k = len(train.bs_ids)
+    subsets = k > JOINT_MIN_HEARD
+    _, jt = joint_fingerprints(train, subsets)
+    _, jv = joint_fingerprints(val, subsets)
     if len(jt) < MIN_TRAIN_PER_BS or len(jv) < JOINT_MIN_VAL:
         log.info("no joint head: %d / %d samples heard by every BS", len(jt), len(jv))
         return None
-    backbone = JointBackbone(start, len(train.bs_ids))
+    backbone = JointBackbone(start, k, subsets=subsets)
     head = HeadConfig(loss=cfg.loss, in_features=backbone.config.features)
+    if subsets:
+        jt = drop_stations(jt, k, cfg.seed)
     return train_target(
         backbone, jt, jv, cfg, mode=JOINT_MODE, head_config=head, quiet=quiet, progress=progress
     )
+
+
+def _subsets(joint: SiteModel) -> bool:
+    return isinstance(joint.backbone, JointBackbone) and joint.backbone.subsets
 
 
 def station_estimates(
@@ -137,13 +192,13 @@ def station_estimates(
     joint: SiteModel | None = None,
 ) -> tuple[Array, Array, npt.NDArray[np.bool_]]:
     """Per-BS means [K,N,2], covariances [K,N,2,2] and presence [K,N] on `data`'s samples;
-    with a ``joint`` head one more row, present where every BS heard the sample.
+    with a ``joint`` head one more row, present where it answers (`joint_fingerprints`).
 
     MSE models have no sigma: their validation RMSE per axis stands in (`rmse`).
     """
     if joint is not None:
         means, covs, present = station_estimates(models, data, rmse)
-        rows, jd = joint_fingerprints(data)
+        rows, jd = joint_fingerprints(data, _subsets(joint))
         jm, jc = np.zeros((1, len(data), 2)), np.tile(np.eye(2), (1, len(data), 1, 1))
         jp = np.zeros((1, len(data)), dtype=bool)
         if len(rows):
@@ -181,7 +236,7 @@ def fused_metrics(
     joint: SiteModel | None = None,
 ) -> dict[str, float]:
     """ME, p90 and 1/2-sigma coverage of the fused estimate on `data` (with the ``joint``
-    head's estimate fused in where every BS heard the sample)."""
+    head's estimate fused in where it answers, `joint_fingerprints`)."""
     mean, cov, truth, present = fused_estimate(models, data, rmse, joint, method)
     cov = cov * inflation
     out = evaluate(mean, np.sqrt(np.diagonal(cov, axis1=1, axis2=2)), truth)
@@ -384,8 +439,8 @@ def adapt_multi_bs_site(
     if joint_result is not None:
         joint_summary = {
             **joint_result.summary(),
-            "train_samples": len(joint_fingerprints(train)[0]),
-            "val_samples": len(joint_fingerprints(val)[0]),
+            "train_samples": len(joint_fingerprints(train, _subsets(joint_result.model))[0]),
+            "val_samples": len(joint_fingerprints(val, _subsets(joint_result.model))[0]),
         }
         epochs.update({f"{JOINT}:{k}": v for k, v in joint_result.report.epochs.items()})
         steps.update({f"{JOINT}:{k}": v for k, v in joint_result.report.steps.items()})
@@ -406,6 +461,7 @@ def adapt_multi_bs_site(
         metrics["fusion"][JOINT] = {
             **joint_result.metrics,
             "base_stations": data.bs_ids,
+            "subsets": _subsets(joint_result.model),
             "without": fused_metrics(models, val, rmse, 1.0),
         }
     metrics["bs"] = per_bs

@@ -360,19 +360,25 @@ class JointBackbone(Backbone):
     with another and a second BS does not (`training.multibs`, the joint head). Its
     ``config`` describes the composite (stacked input, concatenated features) so export
     and `SiteModel` treat it as any backbone; the shared backbone keeps its own.
+
+    ``subsets``: a BS that did not hear the UE is sent as an all-zero block; the graph
+    itself tells which blocks are present (any non-zero value), zeroes the absent BSs'
+    features and appends one presence bit per BS [B, K*128 + K], so one head serves any
+    subset of the BSs and a caller only zero-fills (the service, `/locate`).
     """
 
-    def __init__(self, backbone: Backbone, stations: int) -> None:
+    def __init__(self, backbone: Backbone, stations: int, *, subsets: bool = False) -> None:
         nn.Module.__init__(self)
         if stations < 1:
             raise ValueError(f"stations must be >= 1, got {stations}")
         antennas, subcarriers, parts = backbone.config.input_shape
         self.shared = backbone
         self.stations = stations
+        self.subsets = subsets
         self.config = dataclasses.replace(
             backbone.config,
             input_shape=(stations * antennas, subcarriers, parts),
-            features=stations * backbone.config.features,
+            features=stations * backbone.config.features + (stations if subsets else 0),
         )
 
     def forward(self, csi: torch.Tensor) -> torch.Tensor:
@@ -384,7 +390,11 @@ class JointBackbone(Backbone):
             )
         per_bs = csi.reshape(-1, *self.shared.config.input_shape)
         features: torch.Tensor = self.shared(per_bs)
-        return features.reshape(-1, self.config.features)
+        if not self.subsets:
+            return features.reshape(-1, self.stations * self.shared.config.features)
+        present = (per_bs.abs().flatten(1).amax(dim=1) > 0).to(features.dtype)
+        kept = (features * present.unsqueeze(1)).reshape(-1, self.stations * features.shape[1])
+        return torch.cat([kept, present.reshape(-1, self.stations)], dim=1)
 
 
 def _linears(head: Head) -> list[nn.Linear]:

@@ -156,11 +156,13 @@ def publish_linear_multi_bs(
     method: str | None = None,
     joint: tuple[int, tuple[float, float]] | None = None,
     joint_file: bool = True,
+    joint_subsets: bool = False,
 ) -> str:
     """A multi-BS site of linear models: {bs id: (seed, bias)}; MSE ones fuse with `rmse`;
     `method` names the fusion method in the manifest (None: none, the product). ``joint``
     (seed, bias): a linear joint head on the BSs' stacked CSI, named in the manifest and
-    written unless ``joint_file`` is False (a broken version)."""
+    written unless ``joint_file`` is False (a broken version); ``joint_subsets``: the
+    manifest says it answers for any 2+ BSs (`training.fusion.JOINT_MIN_HEARD`)."""
 
     def write(directory: Path, version: str) -> None:
         for bs, (seed, bias) in stations.items():
@@ -185,7 +187,17 @@ def publish_linear_multi_bs(
             "fusion": {
                 "inflation": inflation,
                 **({"method": method} if method else {}),
-                **({JOINT: {"me": 0.4, "base_stations": list(stations)}} if joint else {}),
+                **(
+                    {
+                        JOINT: {
+                            "me": 0.4,
+                            "base_stations": list(stations),
+                            **({"subsets": True} if joint_subsets else {}),
+                        }
+                    }
+                    if joint
+                    else {}
+                ),
             },
         },
         activate=activate,

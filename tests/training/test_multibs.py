@@ -13,7 +13,14 @@ from tests.training.toychannel import toy_site
 from training.checkpoint import load_site_model, save_backbone
 from training.config import TrainConfig
 from training.fusion import JOINT_FILES
-from training.multibs import fused_scores, joint_fingerprints, split_site, station_estimates
+from training.multibs import (
+    JOINT_COPIES,
+    drop_stations,
+    fused_scores,
+    joint_fingerprints,
+    split_site,
+    station_estimates,
+)
 from training.nets import Backbone, Head, HeadConfig, JointBackbone, SiteModel
 from training.repository import ModelRepository, RepositoryError
 from training.transfer import adapt_site
@@ -49,7 +56,9 @@ def _joint_model(repo: ModelRepository, site: str, version: str, k: int) -> Site
     obj = torch.load(repo.path("site", site, version) / JOINT_FILES[1], weights_only=True)
     head = Head(HeadConfig(**obj["config"]))
     head.load_state_dict(obj["state_dict"])
-    return SiteModel(JointBackbone(load_backbone(repo, "meml").eval(), k), head.eval())
+    subsets = repo.manifest("site", site, version)["metrics"]["fusion"]["joint"]["subsets"]
+    backbone = JointBackbone(load_backbone(repo, "meml").eval(), k, subsets=subsets)
+    return SiteModel(backbone, head.eval())
 
 
 def test_split_is_one_split_of_positions_for_every_bs() -> None:
@@ -104,6 +113,41 @@ def test_joint_input_stacks_every_bs_on_the_antenna_axis() -> None:
     np.testing.assert_array_equal(joint.pos, site.pos[rows])
 
 
+def test_subset_joint_input_zero_fills_the_bss_not_heard() -> None:
+    site = toy_site(50, seed=9, drop=0.3)
+    rows, joint = joint_fingerprints(site, subsets=True)
+    heard = site.mask()
+    assert list(rows) == list(np.flatnonzero(heard.sum(axis=1) >= 2))
+    assert (heard[rows].sum(axis=1) == 2).any()  # the toy site has UEs two BSs heard
+    for k, bs in enumerate(site.bs_ids):
+        st, block = site.stations[bs], joint.csi[:, 8 * k : 8 * (k + 1)]
+        here = heard[rows, k]
+        np.testing.assert_array_equal(
+            block[here], st.data.csi[np.searchsorted(st.rows, rows[here])]
+        )
+        assert not block[~here].any()
+
+
+def test_dropped_copies_keep_two_bss_and_are_seeded() -> None:
+    site = toy_site(60, seed=4, drop=0.2)
+    _, joint = joint_fingerprints(site, subsets=True)
+    copies = drop_stations(joint, 3, seed=1)
+    n = len(joint)
+    assert len(copies) == (JOINT_COPIES + 1) * n
+    np.testing.assert_array_equal(copies.csi[:n], joint.csi)  # the samples as heard first
+    np.testing.assert_array_equal(copies.pos, np.tile(joint.pos, (JOINT_COPIES + 1, 1)))
+    blocks = np.abs(copies.csi.reshape(len(copies), 3, -1)).max(axis=2) > 0
+    source = np.tile(blocks[:n], (JOINT_COPIES + 1, 1))
+    assert not (blocks & ~source).any()  # a copy only removes BSs
+    assert (blocks.sum(axis=1) >= 2).all() and (blocks.sum(axis=1) < source.sum(axis=1)).any()
+    for k in range(3):  # a kept block is that BS's CSI, unchanged
+        kept = blocks[:, k]
+        tiled = np.tile(joint.csi[:, 8 * k : 8 * (k + 1)], (JOINT_COPIES + 1, 1, 1, 1))
+        np.testing.assert_array_equal(copies.csi[kept, 8 * k : 8 * (k + 1)], tiled[kept])
+    np.testing.assert_array_equal(drop_stations(joint, 3, seed=1).csi, copies.csi)
+    assert not np.array_equal(drop_stations(joint, 3, seed=2).csi, copies.csi)
+
+
 def test_nll_site_gets_a_joint_head_fused_where_every_bs_heard(repo: ModelRepository) -> None:
     site = toy_site(120, seed=2, drop=0.15)
     result = adapt_site(repo, "j", site, mode="head", config=CFG, holdout=0.2)
@@ -111,6 +155,7 @@ def test_nll_site_gets_a_joint_head_fused_where_every_bs_heard(repo: ModelReposi
     assert set(JOINT_FILES) <= set(manifest["files"])
     joint = manifest["metrics"]["fusion"]["joint"]
     assert joint["base_stations"] == ["bs0", "bs1", "bs2"] and joint["me"] > 0
+    assert joint["subsets"] is True  # 3 BSs: it answers for any two
     assert (
         joint["without"]["me"] > 0
         and joint["without"] != manifest["metrics"]["fusion"]["uninflated"]
@@ -121,8 +166,12 @@ def test_nll_site_gets_a_joint_head_fused_where_every_bs_heard(repo: ModelReposi
 
     from training.checkpoint import load_backbone
 
-    _, stacked = joint_fingerprints(site)
-    csi = stacked.csi[:5]
+    _, stacked = joint_fingerprints(site, subsets=True)
+    heard = np.abs(stacked.csi.reshape(len(stacked), 3, -1)).max(axis=2) > 0
+    csi = stacked.csi[
+        np.r_[np.flatnonzero(heard.all(axis=1))[:3], np.flatnonzero(~heard.all(axis=1))[:3]]
+    ]
+    assert len(csi) == 6
     path = repo.path("site", "j", result.version) / JOINT_FILES[0]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     pos_onnx, sigma_onnx = session.run(["position", "sigma"], {"csi": csi})
@@ -131,22 +180,26 @@ def test_nll_site_gets_a_joint_head_fused_where_every_bs_heard(repo: ModelReposi
     head.load_state_dict(obj["state_dict"])
     head.eval()
     with torch.no_grad():
-        features = JointBackbone(load_backbone(repo, "meml").eval(), 3)(torch.from_numpy(csi))
+        parent = load_backbone(repo, "meml").eval()
+        features = JointBackbone(parent, 3, subsets=True)(torch.from_numpy(csi))
         pos, sigma = head(features)
     assert sigma is not None
     np.testing.assert_allclose(pos_onnx, pos.numpy(), atol=1e-4)
     np.testing.assert_allclose(sigma_onnx, sigma.numpy(), rtol=1e-3)
 
 
-def test_joint_row_is_present_only_where_every_bs_heard() -> None:
+@pytest.mark.parametrize("subsets", [False, True])
+def test_joint_row_is_present_where_the_joint_head_answers(subsets: bool) -> None:
     site = toy_site(40, seed=1, drop=0.3)
     models = {bs: SiteModel(Backbone(seed=0), Head(HeadConfig(loss="nll"))) for bs in site.bs_ids}
-    joint_bb = JointBackbone(Backbone(seed=0), 3)
-    joint = SiteModel(joint_bb, Head(HeadConfig(loss="nll", in_features=3 * 128)))
+    joint_bb = JointBackbone(Backbone(seed=0), 3, subsets=subsets)
+    joint = SiteModel(joint_bb, Head(HeadConfig(loss="nll", in_features=joint_bb.config.features)))
     rmse = dict.fromkeys(site.bs_ids, (1.0, 1.0))
     means, covs, present = station_estimates(models, site, rmse, joint)
     assert means.shape == (4, len(site), 2) and covs.shape == (4, len(site), 2, 2)
-    np.testing.assert_array_equal(present[3], present[:3].all(axis=0))
+    heard = present[:3].sum(axis=0)
+    np.testing.assert_array_equal(present[3], heard >= 2 if subsets else heard == 3)
+    assert ((heard == 2) & (present[3] == subsets)).any()
     np.testing.assert_array_equal(present[:3], site.mask().T)
 
 

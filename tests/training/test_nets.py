@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
+from training.export import site_model_onnx
 from training.nets import (
     Backbone,
     BackboneConfig,
@@ -150,6 +152,36 @@ def test_joint_backbone_concatenates_each_bs_features_in_order() -> None:
         joint(torch.randn(4, 16, 103, 2))
     with pytest.raises(ValueError, match="stations must be >= 1"):
         JointBackbone(backbone, 0)
+
+
+def test_subset_joint_backbone_derives_presence_from_all_zero_blocks() -> None:
+    """A BS sent as zeros is absent: its features zeroed, its presence bit 0, in torch and
+    in the exported graph alike, so the service only zero-fills."""
+    backbone = Backbone(seed=0).eval()
+    joint = JointBackbone(backbone, 3, subsets=True)
+    assert joint.config.features == 3 * 128 + 3
+    csi = torch.randn(4, 24, 103, 2, generator=torch.Generator().manual_seed(0))
+    csi[1, 8:16] = 0.0  # bs1 absent
+    csi[2, :8], csi[2, 16:] = 0.0, 0.0  # only bs1 heard
+    with torch.no_grad():
+        out = joint(csi)
+        np.testing.assert_array_equal(
+            out[:, -3:].numpy(), [[1, 1, 1], [1, 0, 1], [0, 1, 0], [1, 1, 1]]
+        )
+        for k in range(3):
+            block = out[:, 128 * k : 128 * (k + 1)]
+            heard = out[:, 3 * 128 + k] > 0
+            torch.testing.assert_close(block[heard], backbone(csi[heard, 8 * k : 8 * (k + 1)]))
+            assert not block[~heard].any()
+    model = SiteModel(joint, Head(HeadConfig(loss="nll", in_features=joint.config.features)))
+    graph = site_model_onnx(model.eval(), site="s", version="v1", backbone_ref="b:v1")
+    session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+    pos_onnx, sigma_onnx = session.run(["position", "sigma"], {"csi": csi.numpy()})
+    with torch.no_grad():
+        pos, sigma = model(csi)
+    assert sigma is not None
+    np.testing.assert_allclose(pos_onnx, pos.numpy(), atol=1e-5)
+    np.testing.assert_allclose(sigma_onnx, sigma.numpy(), rtol=1e-4)
 
 
 def test_batched_heads_match_their_heads_and_write_back() -> None:

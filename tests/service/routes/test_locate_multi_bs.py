@@ -181,7 +181,8 @@ def test_a_joint_head_joins_the_fusion_only_when_every_bs_is_heard(
         assert np.allclose([p["x"], p["y"]], mean[i], atol=1e-4)
         assert np.allclose(p["cov"], cov[i], rtol=1e-4)
         assert set(p["bs"]) == set(STATIONS)  # the per-BS block lists base stations only
-    # bs1 missing: the joint head needs every BS's view, the BSs heard fuse alone
+    # bs1 missing: this joint head (no ``subsets`` in its manifest) needs every BS's
+    # view, the BSs heard fuse alone
     some = {bs: csi[bs] for bs in ("bs0", "bs2")}
     r = _post(client, {"site": "hall-joint", "csi": {k: v.tolist() for k, v in some.items()}})
     assert r.status_code == 200, r.text
@@ -189,3 +190,35 @@ def test_a_joint_head_joins_the_fusion_only_when_every_bs_is_heard(
     two = fusion.fuse(means[[0, 2]], covs[[0, 2]])[0]
     for i, p in enumerate(r.json()["positions"]):
         assert np.allclose([p["x"], p["y"]], two[i], atol=1e-4)
+
+
+def test_a_subset_joint_head_joins_for_two_bss_heard_the_absent_one_zero_filled(
+    repo: ModelRepository, client: TestClient
+) -> None:
+    """``metrics.fusion.joint.subsets``: the service sends an absent BS as zeros (the
+    graph derives presence from them), from two BSs heard on; one BS fuses alone."""
+    joint = (21, (2.0, 2.0))
+    publish_linear_multi_bs(repo, "hall-subsets", "nll", STATIONS, joint=joint, joint_subsets=True)
+    client.app.state.store.refresh()  # type: ignore[attr-defined]
+    csi = {bs: csi_batch(3, seed=k) for k, bs in enumerate(STATIONS)}
+    some = {bs: csi[bs] for bs in ("bs0", "bs2")}
+    r = _post(client, {"site": "hall-subsets", "csi": {k: v.tolist() for k, v in some.items()}})
+    assert r.status_code == 200, r.text
+    assert r.json()["fusion"]["joint_head"] is True
+    filled = [csi["bs0"], np.zeros_like(csi["bs1"]), csi["bs2"]]
+    est = [expected(some[bs], *STATIONS[bs]) for bs in some]
+    est.append(expected(np.concatenate(filled, axis=1), *joint))
+    means = np.stack([e[0] for e in est])
+    covs = np.stack([fusion.diag_cov(e[1]) for e in est])
+    mean, cov = fusion.fuse(means, covs)
+    assert not np.allclose(mean, fusion.fuse(means[:2], covs[:2])[0], atol=1e-3)
+    for i, p in enumerate(r.json()["positions"]):
+        assert np.allclose([p["x"], p["y"]], mean[i], atol=1e-4)
+        assert np.allclose(p["cov"], cov[i], rtol=1e-4)
+    one = {"site": "hall-subsets", "csi": {"bs1": csi["bs1"].tolist()}}
+    r = _post(client, one)
+    assert r.status_code == 200, r.text
+    assert r.json()["fusion"]["joint_head"] is False
+    solo = expected(csi["bs1"], *STATIONS["bs1"])[0]
+    for i, p in enumerate(r.json()["positions"]):
+        assert np.allclose([p["x"], p["y"]], solo[i], atol=1e-4)
