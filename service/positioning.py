@@ -167,6 +167,16 @@ def as_csi_batch(values: Any, max_batch: int) -> np.ndarray:
             "csi contains NaN or infinite values",
             {"fingerprints": bad[:20].tolist(), "expected": "finite numbers"},
         )
+    silent = np.flatnonzero(~arr.reshape(arr.shape[0], -1).any(axis=1))
+    if len(silent):  # no channel measured: a model's answer to it would be meaningless
+        raise InvalidInput(
+            "csi fingerprint is all zeros (no channel measured)",
+            {
+                "fingerprints": silent[:20].tolist(),
+                "expected": "a measured channel; at a multi-BS site, leave out a base "
+                "station that did not hear the UE",
+            },
+        )
     return np.ascontiguousarray(arr)
 
 

@@ -139,7 +139,8 @@ def drop_stations(joint: Fingerprints, stations: int, seed: int) -> Fingerprints
     copies = [joint.csi]
     for _ in range(JOINT_COPIES):
         keep = heard & (rng.random(heard.shape) >= JOINT_DROP)
-        keep[keep.sum(axis=1) < JOINT_MIN_HEARD] = heard[keep.sum(axis=1) < JOINT_MIN_HEARD]
+        too_few = keep.sum(axis=1) < JOINT_MIN_HEARD
+        keep[too_few] = heard[too_few]
         copies.append((csi * keep[:, :, None, None, None]).reshape(joint.csi.shape))
     return Fingerprints(
         csi=np.ascontiguousarray(np.concatenate(copies), dtype=np.float32),

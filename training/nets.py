@@ -392,9 +392,12 @@ class JointBackbone(Backbone):
         features: torch.Tensor = self.shared(per_bs)
         if not self.subsets:
             return features.reshape(-1, self.stations * self.shared.config.features)
-        present = (per_bs.abs().flatten(1).amax(dim=1) > 0).to(features.dtype)
-        kept = (features * present.unsqueeze(1)).reshape(-1, self.stations * features.shape[1])
-        return torch.cat([kept, present.reshape(-1, self.stations)], dim=1)
+        heard = per_bs.abs().flatten(1).amax(dim=1, keepdim=True) > 0
+        # where, not a product: an all-zero block's features need not be finite (the
+        # exported atan2 of the timing removal gives NaN at 0/0, torch gives 0)
+        kept = torch.where(heard, features, torch.zeros_like(features))
+        present = heard.to(features.dtype).reshape(-1, self.stations)
+        return torch.cat([kept.reshape(-1, self.stations * features.shape[1]), present], dim=1)
 
 
 def _linears(head: Head) -> list[nn.Linear]:

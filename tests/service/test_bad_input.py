@@ -91,6 +91,21 @@ def test_v2_malformed_requests(strict: TestClient) -> None:
     assert _infer(strict, {"inputs": [{**good, "data": data}]}).status_code == 200
 
 
+def test_an_all_zero_fingerprint_is_rejected_not_answered_with_nulls(strict: TestClient) -> None:
+    """No channel measured: the exported models' timing removal gives NaN on it (the
+    answer was 200 with null positions). /locate and V2 alike say which and why."""
+    csi = csi_batch(3)
+    csi[1] = 0.0
+    r = strict.post("/locate", json={"site": "lab-nll", "csi": csi.tolist()}, headers=LOCATE)
+    err = error_of(r, 422, "invalid_input")
+    assert "all zeros" in err["message"] and err["detail"]["fingerprints"] == [1]
+    v2 = {"name": "csi", "datatype": "FP32", "shape": [3, 8, 103, 2], "data": csi.ravel().tolist()}
+    err = error_of(_infer(strict, {"inputs": [v2]}), 422, "invalid_input")
+    assert err["detail"]["fingerprints"] == [1]
+    one = {"site": "lab-nll", "csi": csi[0].tolist()}
+    assert strict.post("/locate", json=one, headers=LOCATE).status_code == 200
+
+
 def test_gzip_and_deflate_bodies_are_inflated_with_a_cap(make_settings: Any) -> None:
     settings = make_settings(max_body_bytes=1_000_000)
     with TestClient(create_app(settings), raise_server_exceptions=True) as c:
