@@ -131,16 +131,18 @@ def joint_fingerprints(
 
 def drop_stations(joint: Fingerprints, stations: int, seed: int) -> Fingerprints:
     """`joint` and `JOINT_COPIES` copies of it in which each BS block is zeroed with
-    probability `JOINT_DROP` (a copy row keeps its BSs where fewer than `JOINT_MIN_HEARD`
-    would remain): the training set of a subset joint head, seeded."""
+    probability `JOINT_DROP` (a copy row keeps its BSs where none would remain): the
+    training set of a subset joint head, seeded. Copies with one BS left teach the head
+    each BS's own view, though it serves two or more: kept, since at least two lowered
+    the fused error less (docs/results/site-trust/joint, section 4)."""
     rng = np.random.default_rng(seed)
     csi = joint.csi.reshape(len(joint), stations, -1, *joint.csi.shape[2:])
     heard = np.abs(csi).reshape(len(joint), stations, -1).max(axis=2) > 0
     copies = [joint.csi]
     for _ in range(JOINT_COPIES):
         keep = heard & (rng.random(heard.shape) >= JOINT_DROP)
-        too_few = keep.sum(axis=1) < JOINT_MIN_HEARD
-        keep[too_few] = heard[too_few]
+        none = ~keep.any(axis=1)
+        keep[none] = heard[none]
         copies.append((csi * keep[:, :, None, None, None]).reshape(joint.csi.shape))
     return Fingerprints(
         csi=np.ascontiguousarray(np.concatenate(copies), dtype=np.float32),

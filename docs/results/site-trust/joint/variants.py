@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+# ruff: noqa: T201  (a results script: its output is the table)
+"""Training-set variants of the subset joint head, on an adapted version's own split
+(issue 13; section 4 of README.md).
+
+Re-trains only the joint head (`training.multibs.train_joint`, as an adaptation does,
+on the version's seeded split) with the BS-dropout copies varied, and fuses it (robust)
+with the version's own BS models on the labelled positions the adaptation never used,
+with every BS and with each BS left out (its block zero, as the service sends it):
+
+- ``min2``: copies keep at least two BSs (the first product version);
+- ``min1``: at least one (one BS left: its own view);
+- ``drop0.5``: each BS left out with probability 0.5 (else 0.25);
+- ``copies8``: 8 copies (else 4); ``min1-copies8``: both.
+
+    python3 docs/results/site-trust/joint/variants.py REPO SITE SITE.h5 GROUP VARIANT
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+import training.multibs as mb
+from training.checkpoint import load_backbone, load_site_model
+from training.config import TrainConfig
+from training.data.fingerprints import Fingerprints
+from training.data.site import BaseStationData, SiteFingerprints, read_site
+from training.fusion import fuse_by
+from training.repository import ModelRepository
+
+VARIANTS = ("min2", "min1", "drop0.5", "copies8", "min1-copies8")
+
+
+def drop_stations(least: int) -> object:
+    """`mb.drop_stations` with at least ``least`` BSs kept in a copy row."""
+
+    def drop(joint: Fingerprints, stations: int, seed: int) -> Fingerprints:
+        rng = np.random.default_rng(seed)
+        csi = joint.csi.reshape(len(joint), stations, -1, *joint.csi.shape[2:])
+        heard = np.abs(csi).reshape(len(joint), stations, -1).max(axis=2) > 0
+        copies = [joint.csi]
+        for _ in range(mb.JOINT_COPIES):
+            keep = heard & (rng.random(heard.shape) >= mb.JOINT_DROP)
+            too_few = keep.sum(axis=1) < least
+            keep[too_few] = heard[too_few]
+            copies.append((csi * keep[:, :, None, None, None]).reshape(joint.csi.shape))
+        return Fingerprints(
+            csi=np.ascontiguousarray(np.concatenate(copies), dtype=np.float32),
+            pos=np.tile(joint.pos, (mb.JOINT_COPIES + 1, 1)),
+        )
+
+    return drop
+
+
+def without(data: SiteFingerprints, left_out: int | None) -> SiteFingerprints:
+    """`data` with BS ``left_out`` hearing nothing."""
+    if left_out is None:
+        return data
+    none = np.zeros(0, dtype=np.int64)
+    stations = {
+        bs: BaseStationData(none, st.data.subset(none), st.meta) if k == left_out else st
+        for k, (bs, st) in enumerate(data.stations.items())
+    }
+    return SiteFingerprints(data.pos, data.sample_id, stations)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("repo")
+    parser.add_argument("site")
+    parser.add_argument("data")
+    parser.add_argument("group")
+    parser.add_argument("variant", choices=VARIANTS)
+    parser.add_argument("--backbone", default="models", help="repository of the parent")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    repo = ModelRepository(args.repo)
+    manifest = repo.manifest("site", args.site, repo.resolve("site", args.site))
+    c = manifest["config"]
+    cfg = TrainConfig.from_dict({k: c[k] for k in TrainConfig.__dataclass_fields__ if k in c})
+    data = read_site(args.data, args.group)
+    train, val, _ = mb.split_site(data, cfg.val_fraction, c["holdout"], c["fraction"], cfg.seed)
+    used = set(map(int, train.sample_id)) | set(map(int, val.sample_id))
+    unused = data.subset(np.flatnonzero([int(s) not in used for s in data.sample_id]))
+    models = {bs: load_site_model(repo, args.site, bs=bs) for bs in data.bs_ids}
+    mb.drop_stations = drop_stations(2 if "min2" in args.variant else 1)  # type: ignore[assignment]
+    mb.JOINT_DROP = 0.5 if "drop0.5" in args.variant else 0.25
+    mb.JOINT_COPIES = 8 if "copies8" in args.variant else 4
+    start = load_backbone(ModelRepository(args.backbone), "meml")
+    result = mb.train_joint(start, train, val, cfg, quiet=True, progress=None)
+    assert result is not None
+    rmse = dict.fromkeys(data.bs_ids, (1.0, 1.0))  # unused: NLL models give sigma
+    cells = []
+    for left_out in [None, *range(len(data.bs_ids))]:
+        d = without(unused, left_out)
+        means, covs, present = mb.station_estimates(models, d, rmse, result.model)
+
+        def me(mean: np.ndarray, d: SiteFingerprints = d) -> float:
+            return float(np.linalg.norm(mean - d.pos, axis=1).mean())
+
+        alone = me(fuse_by(mb.FUSION, means[:-1], covs[:-1], present[:-1])[0])
+        joint = me(fuse_by(mb.FUSION, means, covs, present)[0])
+        tag = "every BS" if left_out is None else f"without {data.bs_ids[left_out]}"
+        cells.append(f"{tag}: {alone:.3f} -> {joint:.3f} ({100 * (joint / alone - 1):+.1f} %)")
+    print(f"{args.site} seed {cfg.seed} {args.variant} | " + " | ".join(cells))
+
+
+if __name__ == "__main__":
+    main()
