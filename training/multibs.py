@@ -129,20 +129,20 @@ def joint_fingerprints(
     return heard, Fingerprints(csi=csi, pos=data.pos[heard])
 
 
-def drop_stations(joint: Fingerprints, stations: int, seed: int) -> Fingerprints:
+def drop_stations(joint: Fingerprints, stations: int, seed: int, *, least: int = 1) -> Fingerprints:
     """`joint` and `JOINT_COPIES` copies of it in which each BS block is zeroed with
-    probability `JOINT_DROP` (a copy row keeps its BSs where none would remain): the
-    training set of a subset joint head, seeded. Copies with one BS left teach the head
-    each BS's own view, though it serves two or more: kept, since at least two lowered
-    the fused error less (docs/results/site-trust/joint, section 4)."""
+    probability `JOINT_DROP` (a copy row keeps its BSs where fewer than ``least`` would
+    remain): the training set of a subset joint head, seeded. Copies with one BS left
+    teach the head each BS's own view, though it serves two or more: ``least`` 2
+    lowered the fused error less (docs/results/site-trust/joint, section 4)."""
     rng = np.random.default_rng(seed)
     csi = joint.csi.reshape(len(joint), stations, -1, *joint.csi.shape[2:])
     heard = np.abs(csi).reshape(len(joint), stations, -1).max(axis=2) > 0
     copies = [joint.csi]
     for _ in range(JOINT_COPIES):
         keep = heard & (rng.random(heard.shape) >= JOINT_DROP)
-        none = ~keep.any(axis=1)
-        keep[none] = heard[none]
+        too_few = keep.sum(axis=1) < least
+        keep[too_few] = heard[too_few]
         copies.append((csi * keep[:, :, None, None, None]).reshape(joint.csi.shape))
     return Fingerprints(
         csi=np.ascontiguousarray(np.concatenate(copies), dtype=np.float32),
@@ -160,7 +160,7 @@ def train_joint(
     progress: ProgressFn | None,
 ) -> TargetResult | None:
     """The joint head on the frozen ``start`` (module docstring), or None where it does
-    not apply: an MSE site (no sigma to fuse by) or too few samples heard by every BS.
+    not apply: an MSE site (no sigma to fuse by) or too few samples it would answer.
 
     From 3 BSs on it is a subset head (`JointBackbone` ``subsets``): trained on
     `drop_stations` copies, its checkpoint and sigma chosen on validation as heard."""
@@ -173,7 +173,7 @@ def train_joint(
     _, jt = joint_fingerprints(train, subsets)
     _, jv = joint_fingerprints(val, subsets)
     if len(jt) < MIN_TRAIN_PER_BS or len(jv) < JOINT_MIN_VAL:
-        log.info("no joint head: %d / %d samples heard by every BS", len(jt), len(jv))
+        log.info("no joint head: %d / %d train / validation samples to answer", len(jt), len(jv))
         return None
     backbone = JointBackbone(start, k, subsets=subsets)
     head = HeadConfig(loss=cfg.loss, in_features=backbone.config.features)

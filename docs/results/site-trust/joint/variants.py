@@ -26,33 +26,11 @@ import torch
 import training.multibs as mb
 from training.checkpoint import load_backbone, load_site_model
 from training.config import TrainConfig
-from training.data.fingerprints import Fingerprints
 from training.data.site import BaseStationData, SiteFingerprints, read_site
 from training.fusion import fuse_by
 from training.repository import ModelRepository
 
 VARIANTS = ("min2", "min1", "drop0.5", "copies8", "min1-copies8")
-
-
-def drop_stations(least: int) -> object:
-    """`mb.drop_stations` with at least ``least`` BSs kept in a copy row."""
-
-    def drop(joint: Fingerprints, stations: int, seed: int) -> Fingerprints:
-        rng = np.random.default_rng(seed)
-        csi = joint.csi.reshape(len(joint), stations, -1, *joint.csi.shape[2:])
-        heard = np.abs(csi).reshape(len(joint), stations, -1).max(axis=2) > 0
-        copies = [joint.csi]
-        for _ in range(mb.JOINT_COPIES):
-            keep = heard & (rng.random(heard.shape) >= mb.JOINT_DROP)
-            too_few = keep.sum(axis=1) < least
-            keep[too_few] = heard[too_few]
-            copies.append((csi * keep[:, :, None, None, None]).reshape(joint.csi.shape))
-        return Fingerprints(
-            csi=np.ascontiguousarray(np.concatenate(copies), dtype=np.float32),
-            pos=np.tile(joint.pos, (mb.JOINT_COPIES + 1, 1)),
-        )
-
-    return drop
 
 
 def without(data: SiteFingerprints, left_out: int | None) -> SiteFingerprints:
@@ -86,7 +64,9 @@ def main() -> None:
     used = set(map(int, train.sample_id)) | set(map(int, val.sample_id))
     unused = data.subset(np.flatnonzero([int(s) not in used for s in data.sample_id]))
     models = {bs: load_site_model(repo, args.site, bs=bs) for bs in data.bs_ids}
-    mb.drop_stations = drop_stations(2 if "min2" in args.variant else 1)  # type: ignore[assignment]
+    least = 2 if "min2" in args.variant else 1
+    drop = mb.drop_stations
+    mb.drop_stations = lambda j, k, seed: drop(j, k, seed, least=least)  # type: ignore[assignment,misc]
     mb.JOINT_DROP = 0.5 if "drop0.5" in args.variant else 0.25
     mb.JOINT_COPIES = 8 if "copies8" in args.variant else 4
     start = load_backbone(ModelRepository(args.backbone), "meml")
