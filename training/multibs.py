@@ -17,10 +17,11 @@ frozen, on each BS's CSI: `training.nets.JointBackbone`), trained like a site he
 mode ``head`` on the samples every BS heard. Its estimate joins the fusion as one more
 Gaussian whenever every BS heard the UE; at sites with 3+ BSs it is a *subset* head that
 answers for any two or more BSs (`drop_stations`, `JointBackbone` ``subsets``). On three
-held-out sites it lowered the served
-fused error on trajectories to 0.63 / 0.61 / 0.54 x the best BS, from 0.67 / 0.69 /
-0.65 x (medians of 3 seeds, docs/results/site-trust/joint); alone it was better than
-the BSs' fusion on two sites and worse on one, so it is fused, not used instead. Its
+held-out sites the every-BS head lowered the served fused error on trajectories to
+0.63 / 0.61 / 0.54 x the best BS, from 0.67 / 0.69 / 0.65 x (medians of 3 seeds,
+docs/results/site-trust/joint; the subset head 0.60 / 0.61 / 0.53 x); alone it was
+better than the BSs' fusion on two sites and worse on one, so it is fused, not used
+instead. Its
 errors correlate with the BSs' (same CSI, same backbone): the inflation fitted on
 validation absorbs that.
 """
@@ -76,8 +77,8 @@ parent; the head file holds the rest, so another mode would leave that file with
 its backbone). Fine-tuning the shared backbone measured worse
 (docs/results/site-trust/joint)."""
 JOINT_MIN_VAL = 10
-"""Fewest validation samples heard by every BS for a joint head: its sigma is calibrated
-on them, and they choose its checkpoint (`training.calibration.MIN_SAMPLES`)."""
+"""Fewest validation samples a joint head answers (`joint_fingerprints`): its sigma is
+calibrated on them, and they choose its checkpoint (`training.calibration.MIN_SAMPLES`)."""
 JOINT_DROP = 0.25
 JOINT_COPIES = 4
 """A subset joint head trains on every sample heard and 4 copies with each BS left out
