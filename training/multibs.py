@@ -108,17 +108,21 @@ def split_site(
     return pool.subset(train_idx), pool.subset(val_idx), test
 
 
+def joint_rows(data: SiteFingerprints, subsets: bool = False) -> npt.NDArray[np.int64]:
+    """The samples a joint head answers: those every BS heard; with ``subsets``
+    (`JointBackbone`), those heard by `JOINT_MIN_HEARD` or more BSs."""
+    heard_by = data.mask()
+    need = min(JOINT_MIN_HEARD, heard_by.shape[1]) if subsets else heard_by.shape[1]
+    return np.flatnonzero(heard_by.sum(axis=1) >= need)
+
+
 def joint_fingerprints(
     data: SiteFingerprints, subsets: bool = False
 ) -> tuple[npt.NDArray[np.int64], Fingerprints]:
-    """(sample rows, fingerprints) of the samples a joint head answers, each BS's CSI
-    stacked on the antenna axis in `bs_ids` order: the joint head's input [M, K*8, 103, 2].
-
-    The samples every BS heard; with ``subsets`` (`JointBackbone`), those heard by
-    `JOINT_MIN_HEARD` or more BSs, the absent BSs' blocks all zero."""
-    heard_by = data.mask()
-    need = min(JOINT_MIN_HEARD, heard_by.shape[1]) if subsets else heard_by.shape[1]
-    heard = np.flatnonzero(heard_by.sum(axis=1) >= need)
+    """(sample rows, fingerprints) of the samples a joint head answers (`joint_rows`),
+    each BS's CSI stacked on the antenna axis in `bs_ids` order, an absent BS's block all
+    zero: the joint head's input [M, K*8, 103, 2]."""
+    heard = joint_rows(data, subsets)
     parts = []
     for st in data.stations.values():
         where = np.full(len(data), -1, dtype=np.int64)
@@ -197,7 +201,7 @@ def station_estimates(
     joint: SiteModel | None = None,
 ) -> tuple[Array, Array, npt.NDArray[np.bool_]]:
     """Per-BS means [K,N,2], covariances [K,N,2,2] and presence [K,N] on `data`'s samples;
-    with a ``joint`` head one more row, present where it answers (`joint_fingerprints`).
+    with a ``joint`` head one more row, present where it answers (`joint_rows`).
 
     MSE models have no sigma: their validation RMSE per axis stands in (`rmse`).
     """
@@ -233,22 +237,20 @@ def station_estimates(
 
 
 def fused_metrics(
-    models: dict[str, SiteModel],
-    data: SiteFingerprints,
-    rmse: dict[str, tuple[float, float]],
+    estimate: tuple[Array, Array, Array, npt.NDArray[np.bool_]],
+    stations: int,
     inflation: float = 1.0,
-    method: str = FUSION,
-    joint: SiteModel | None = None,
 ) -> dict[str, float]:
-    """ME, p90 and 1/2-sigma coverage of the fused estimate on `data` (with the ``joint``
-    head's estimate fused in where it answers, `joint_fingerprints`)."""
-    mean, cov, truth, present = fused_estimate(models, data, rmse, joint, method)
+    """ME, p90 and 1/2-sigma coverage of a `fused_estimate` of a site with ``stations``
+    BSs, its covariances times ``inflation``: one estimate serves the inflation fit and
+    the inflated and uninflated metrics."""
+    mean, cov, truth, present = estimate
     cov = cov * inflation
     out = evaluate(mean, np.sqrt(np.diagonal(cov, axis1=1, axis2=2)), truth)
     err = mean - truth
     out["within_1sigma"] = coverage(err, cov, 1.0)
     out["within_2sigma"] = coverage(err, cov, 2.0)
-    out["heard_by_mean"] = float(present[: len(models)].sum(axis=0).mean())
+    out["heard_by_mean"] = float(present[:stations].sum(axis=0).mean())
     return out
 
 
@@ -444,8 +446,8 @@ def adapt_multi_bs_site(
     if joint_result is not None:
         joint_summary = {
             **joint_result.summary(),
-            "train_samples": len(joint_fingerprints(train, _subsets(joint_result.model))[0]),
-            "val_samples": len(joint_fingerprints(val, _subsets(joint_result.model))[0]),
+            "train_samples": len(joint_rows(train, _subsets(joint_result.model))),
+            "val_samples": len(joint_rows(val, _subsets(joint_result.model))),
         }
         epochs.update({f"{JOINT}:{k}": v for k, v in joint_result.report.epochs.items()})
         steps.update({f"{JOINT}:{k}": v for k, v in joint_result.report.steps.items()})
@@ -453,21 +455,23 @@ def adapt_multi_bs_site(
     rmse = _rmse(models, val)
     for bs, (rx, ry) in rmse.items():
         per_bs[bs]["rmse_x"], per_bs[bs]["rmse_y"] = rx, ry
-    mean, cov, truth, _ = fused_estimate(models, val, rmse, joint)
+    k = len(models)
+    val_estimate = fused_estimate(models, val, rmse, joint)
+    mean, cov, truth, _ = val_estimate
     inflation = fit_inflation(mean - truth, cov)
-    metrics: dict[str, Any] = fused_metrics(models, val, rmse, inflation, joint=joint)
+    metrics: dict[str, Any] = fused_metrics(val_estimate, k, inflation)
     metrics["fusion"] = {
         "method": FUSION,
         "inflation": inflation,
         "sigma_source": "predicted" if cfg.loss == "nll" else "validation_rmse",
-        "uninflated": fused_metrics(models, val, rmse, 1.0, joint=joint),
+        "uninflated": fused_metrics(val_estimate, k),
     }
     if joint_result is not None:
         metrics["fusion"][JOINT] = {
             **joint_result.metrics,
             "base_stations": data.bs_ids,
             "subsets": _subsets(joint_result.model),
-            "without": fused_metrics(models, val, rmse, 1.0),
+            "without": fused_metrics(fused_estimate(models, val, rmse), k),
         }
     metrics["bs"] = per_bs
     novelty: dict[str, NoveltyModel] = {}
@@ -480,7 +484,7 @@ def adapt_multi_bs_site(
             per_bs[bs]["novelty"] = model_k.summary()
     test_metrics = None
     if test is not None:
-        test_metrics = fused_metrics(models, test, rmse, inflation, joint=joint)
+        test_metrics = fused_metrics(fused_estimate(models, test, rmse, joint), k, inflation)
         metrics["test"] = test_metrics
         for bs in data.bs_ids:
             d = test.station(bs)
