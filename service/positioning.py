@@ -298,7 +298,8 @@ class Positioner:
             means = np.concatenate([means, joint[0][None].astype(np.float64)])
             covs = np.concatenate([covs, fusion.diag_cov(joint[1])[None]])
         mean, cov = fusion.fuse_by(served.fusion_method, means, covs)
-        cov = cov * served.inflation
+        inflation = served.inflation_for(order)
+        cov = cov * inflation
         novelty = combine_scores(np.stack(scores)) if len(scores) == len(order) else None
         spread = served.site_spread
         if novelty is not None and spread is not None:
@@ -311,7 +312,7 @@ class Positioner:
             mean.astype(np.float32),
             cov,
             "predicted" if served.has_sigma else "validation_rmse",
-            served.inflation,
+            inflation,
             served.fusion_method,
             novelty,
             joint is not None,

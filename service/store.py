@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,15 @@ import onnxruntime as ort
 from service import metrics
 from service.errors import InvalidInput, SiteLoading, SiteNotFound, Unavailable
 from training.data.schema import N_ANTENNAS
-from training.fusion import JOINT, JOINT_FILES, JOINT_MIN_HEARD, PRODUCT, sigma_from_rmse
+from training.fusion import (
+    JOINT,
+    JOINT_FILES,
+    JOINT_MIN_HEARD,
+    PRODUCT,
+    inflation_for,
+    set_key,
+    sigma_from_rmse,
+)
 from training.fusion import METHODS as FUSION_METHODS
 from training.novelty import FILE as NOVELTY_FILE
 from training.novelty import SINGLE_HEAD, NoveltyModel, inflate_sigma, read_novelty
@@ -71,7 +80,11 @@ class ServedSite:
     bs_rmse: dict[str, tuple[float, float]] = field(default_factory=dict)
     """Validation RMSE per axis of each BS's model (multi-BS sites)."""
     inflation: float = 1.0
-    """Covariance inflation of the fused estimate, fitted on validation (multi-BS sites)."""
+    """Covariance inflation of the fused estimate, fitted on validation (multi-BS sites);
+    a set of BSs without its own factor (`inflation_by_set`) gets this one."""
+    inflation_by_set: dict[str, float] = field(default_factory=dict)
+    """The manifest's ``metrics.fusion.inflation_by_set``: one factor per set of BSs
+    heard (`training.fusion.set_key`); empty for versions before it."""
     bs_novelty: dict[str, NoveltyModel] = field(default_factory=dict)
     """Out-of-site detector per base station of a multi-BS site (empty without)."""
     fusion_method: str = PRODUCT
@@ -169,6 +182,7 @@ class ServedSite:
         fusion = metrics.get("fusion") or {}
         inflation = fusion.get("inflation", 1.0)
         self.inflation = float(inflation) if isinstance(inflation, int | float) else 1.0
+        self.inflation_by_set = self._sets(fusion.get("inflation_by_set") or {}, stations)
         method = fusion.get("method", PRODUCT)
         if method not in FUSION_METHODS:
             raise ValueError(f"{self.path}: unknown fusion method {method!r}")
@@ -190,6 +204,29 @@ class ServedSite:
         self._joint = joint
         self.joint_subsets = joint is not None and (fusion.get(JOINT) or {}).get("subsets") is True
         return self
+
+    def _sets(self, by_set: Any, stations: list[str]) -> dict[str, float]:
+        """``inflation_by_set`` checked: a factor >= 1 for sets of this site's BSs (a
+        version that would serve other ellipses than it was fitted with is broken)."""
+        if not isinstance(by_set, dict) or not all(
+            isinstance(key, str)
+            and set(key.split("+")) <= set(stations)
+            and set_key(key.split("+"), stations) == key
+            and isinstance(v, int | float)
+            and math.isfinite(v)
+            and v >= 1.0
+            for key, v in by_set.items()
+        ):
+            raise ValueError(
+                f"{self.path}: metrics.fusion.inflation_by_set {by_set!r}: expected factors "
+                f">= 1 keyed by sets of {stations} joined by '+'"
+            )
+        return {key: float(v) for key, v in by_set.items()}
+
+    def inflation_for(self, heard: Sequence[str]) -> float:
+        """The fused covariance's factor for a UE heard by ``heard`` (`inflation_by_set`,
+        else `inflation`)."""
+        return inflation_for(self.inflation_by_set, heard, self.base_stations, self.inflation)
 
     def _load_bs_novelty(self, stations: list[str]) -> dict[str, NoveltyModel]:
         """Every base station's novelty model, or none (the site then answers in_site

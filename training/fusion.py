@@ -10,7 +10,11 @@ whose ellipse is rotated towards the geometry of the BSs that heard the UE.
 MSE heads predict no sigma: their site version stores each BS's validation RMSE per
 axis, which stands in as a constant sigma (`sigma_from_rmse`). A covariance that is
 too small for its errors can be widened by one factor fitted on validation errors
-(`fit_inflation`); the service applies it when the manifest holds one.
+(`fit_inflation`); the service applies it when the manifest holds one. A multi-BS version
+also fits one factor per set of BSs heard (`set_key`, `inflation_for`): fused from one BS
+its covariance needs about none, from all of them the most (their errors correlate), and
+the every-BS factor on one BS's Gaussian left its ellipse far too wide
+(docs/results/site-trust/calibration).
 
 Robust fusion (`fuse_robust`, method ``robust_student_t``). A fingerprint model's
 errors have heavy tails: now and then one BS is confidently wrong by metres (a blocked
@@ -29,6 +33,7 @@ is the usual robust default (Lange et al.), not tuned per site.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -45,9 +50,11 @@ __all__ = [
     "fuse",
     "fuse_by",
     "fuse_robust",
+    "inflation_for",
     "k_for_confidence",
     "mahalanobis2",
     "nll",
+    "set_key",
 ]
 
 Array = npt.NDArray[np.float64]
@@ -69,6 +76,10 @@ graph holds it, the head file holds the rest."""
 JOINT_MIN_HEARD = 2
 """Fewest BSs a subset joint head (``metrics.fusion.joint.subsets``) answers for: with one
 it would fuse a second estimate from the same CSI as that BS's own model."""
+
+SET_MAX_STATIONS = 6
+"""Sites with up to this many BSs get a factor per set of BSs heard (2^K - 1 sets, each
+fitted on the validation UEs that heard the set); larger sites use the one factor."""
 
 MIN_SIGMA_M = 1e-3
 """Sigmas below this are raised to it, so one over-confident BS cannot make P singular."""
@@ -206,6 +217,21 @@ def fit_inflation(errors: npt.ArrayLike, covs: npt.ArrayLike) -> float:
     if d2.size == 0:
         return 1.0
     return max(1.0, float(np.mean(d2)) / 2.0)
+
+
+def set_key(heard: Iterable[str], stations: Sequence[str]) -> str:
+    """The key of a set of BSs heard (``metrics.fusion.inflation_by_set``): their ids in
+    the site's ``stations`` order, joined by ``+`` (a BS id has no ``+``)."""
+    chosen = set(heard)
+    return "+".join(bs for bs in stations if bs in chosen)
+
+
+def inflation_for(
+    by_set: Mapping[str, float], heard: Iterable[str], stations: Sequence[str], default: float
+) -> float:
+    """The factor for a UE heard by ``heard``: its set's, else ``default`` (the version's
+    one factor: a set without enough validation UEs, or a version before sets)."""
+    return float(by_set.get(set_key(heard, stations), default))
 
 
 def sigma_from_rmse(metrics: dict[str, Any]) -> tuple[float, float] | None:

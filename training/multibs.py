@@ -29,6 +29,7 @@ validation absorbs that.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -48,10 +49,13 @@ from training.fusion import (
     JOINT,
     JOINT_MIN_HEARD,
     ROBUST,
+    SET_MAX_STATIONS,
     coverage,
     diag_cov,
     fit_inflation,
     fuse_by,
+    inflation_for,
+    set_key,
 )
 from training.fusion import nll as fused_nll
 from training.metrics import evaluate
@@ -239,13 +243,13 @@ def station_estimates(
 def fused_metrics(
     estimate: tuple[Array, Array, Array, npt.NDArray[np.bool_]],
     stations: int,
-    inflation: float = 1.0,
+    inflation: float | Array = 1.0,
 ) -> dict[str, float]:
     """ME, p90 and 1/2-sigma coverage of a `fused_estimate` of a site with ``stations``
-    BSs, its covariances times ``inflation``: one estimate serves the inflation fit and
-    the inflated and uninflated metrics."""
+    BSs, its covariances times ``inflation`` (one factor, or one per UE: `set_factors`):
+    one estimate serves the inflation fit and the inflated and uninflated metrics."""
     mean, cov, truth, present = estimate
-    cov = cov * inflation
+    cov = cov * np.reshape(inflation, (-1, 1, 1))
     out = evaluate(mean, np.sqrt(np.diagonal(cov, axis1=1, axis2=2)), truth)
     err = mean - truth
     out["within_1sigma"] = coverage(err, cov, 1.0)
@@ -267,6 +271,48 @@ def fused_estimate(
     heard = present.any(axis=0)
     mean, cov = fuse_by(method, means[:, heard], covs[:, heard], present[:, heard])
     return mean, cov, data.pos[heard].astype(np.float64), present[:, heard]
+
+
+def inflation_by_set(
+    models: dict[str, SiteModel],
+    val: SiteFingerprints,
+    rmse: dict[str, tuple[float, float]],
+    joint: SiteModel | None = None,
+) -> dict[str, float]:
+    """Per set of BSs (`set_key`), the inflation fitted on the validation UEs that heard
+    every BS of it, fused from that set alone as the service fuses a UE it heard (the
+    joint head where it answers for the set). A set with fewer than `JOINT_MIN_VAL` such
+    UEs is left out, as is every set of a site with more than `SET_MAX_STATIONS` BSs:
+    the version's one factor serves them."""
+    stations = val.bs_ids
+    if len(stations) > SET_MAX_STATIONS:
+        return {}
+    heard_by = val.mask()
+    out: dict[str, float] = {}
+    for size in range(1, len(stations) + 1):
+        for cols in itertools.combinations(range(len(stations)), size):
+            rows = np.flatnonzero(heard_by[:, list(cols)].all(axis=1))
+            if len(rows) < JOINT_MIN_VAL:
+                continue
+            subset = [stations[c] for c in cols]
+            mean, cov, truth, _ = fused_estimate(models, val.subset(rows).only(subset), rmse, joint)
+            out[set_key(subset, stations)] = fit_inflation(mean - truth, cov)
+    return out
+
+
+def set_factors(
+    present: npt.NDArray[np.bool_], stations: list[str], by_set: dict[str, float], default: float
+) -> Array:
+    """Each UE's inflation [M] from the BSs that heard it (``present`` [K(+1), M], rows in
+    ``stations`` order), as the service picks it (`training.fusion.inflation_for`)."""
+    return np.array(
+        [
+            inflation_for(
+                by_set, [bs for bs, p in zip(stations, heard, strict=False) if p], stations, default
+            )
+            for heard in present[: len(stations)].T
+        ]
+    )
 
 
 def fused_scores(
@@ -459,10 +505,14 @@ def adapt_multi_bs_site(
     val_estimate = fused_estimate(models, val, rmse, joint)
     mean, cov, truth, _ = val_estimate
     inflation = fit_inflation(mean - truth, cov)
-    metrics: dict[str, Any] = fused_metrics(val_estimate, k, inflation)
+    by_set = inflation_by_set(models, val, rmse, joint)
+    stations = data.bs_ids
+    factors = set_factors(val_estimate[3], stations, by_set, inflation)
+    metrics: dict[str, Any] = fused_metrics(val_estimate, k, factors)
     metrics["fusion"] = {
         "method": FUSION,
         "inflation": inflation,
+        "inflation_by_set": by_set,
         "sigma_source": "predicted" if cfg.loss == "nll" else "validation_rmse",
         "uninflated": fused_metrics(val_estimate, k),
     }
@@ -484,7 +534,9 @@ def adapt_multi_bs_site(
             per_bs[bs]["novelty"] = model_k.summary()
     test_metrics = None
     if test is not None:
-        test_metrics = fused_metrics(fused_estimate(models, test, rmse, joint), k, inflation)
+        test_estimate = fused_estimate(models, test, rmse, joint)
+        test_factors = set_factors(test_estimate[3], stations, by_set, inflation)
+        test_metrics = fused_metrics(test_estimate, k, test_factors)
         metrics["test"] = test_metrics
         for bs in data.bs_ids:
             d = test.station(bs)

@@ -7,6 +7,7 @@ honours the ONNX site-model contract and lets tests compute the expected answer 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -152,6 +153,7 @@ def publish_linear_multi_bs(
     *,
     rmse: tuple[float, float] = (1.0, 2.0),
     inflation: float = 1.0,
+    inflation_by_set: dict[str, Any] | None = None,
     activate: bool = True,
     method: str | None = None,
     joint: tuple[int, tuple[float, float]] | None = None,
@@ -162,7 +164,8 @@ def publish_linear_multi_bs(
     `method` names the fusion method in the manifest (None: none, the product). ``joint``
     (seed, bias): a linear joint head on the BSs' stacked CSI, named in the manifest and
     written unless ``joint_file`` is False (a broken version); ``joint_subsets``: the
-    manifest says it answers for any 2+ BSs (`training.fusion.JOINT_MIN_HEARD`)."""
+    manifest says it answers for any 2+ BSs (`training.fusion.JOINT_MIN_HEARD`);
+    ``inflation_by_set``: the manifest's factor per set of BSs heard."""
 
     def write(directory: Path, version: str) -> None:
         for bs, (seed, bias) in stations.items():
@@ -186,6 +189,7 @@ def publish_linear_multi_bs(
             "bs": per_bs,
             "fusion": {
                 "inflation": inflation,
+                **({"inflation_by_set": inflation_by_set} if inflation_by_set else {}),
                 **({"method": method} if method else {}),
                 **(
                     {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from service.store import ModelStore
 from tests.service.conftest import csi_batch
@@ -50,6 +51,28 @@ def test_a_version_naming_a_missing_joint_head_is_not_served(repo: ModelReposito
     publish_linear_multi_bs(repo, "hall", "nll", stations, joint=(3, (0.0, 0.0)), joint_file=False)
     store.refresh()
     assert store.get("hall").version == "v1" and store.get("hall").has_joint
+
+
+@pytest.mark.parametrize(
+    "by_set",
+    [
+        {"bs0+bs9": 1.5},  # a BS the site does not have
+        {"bs1+bs0": 1.5},  # not in the site's order: no UE would ever get it
+        {"bs0": 0.5},  # a factor that narrows the validated ellipse
+        {"bs0": "wide"},
+    ],
+)
+def test_a_version_with_bad_factors_per_set_is_not_served(
+    repo: ModelRepository, by_set: dict[str, object]
+) -> None:
+    stations = {"bs0": (1, (0.0, 0.0)), "bs1": (2, (1.0, 1.0))}
+    publish_linear_multi_bs(repo, "hall", "nll", stations, inflation_by_set={"bs0": 1.2})
+    store = ModelStore(repo.root)
+    store.load()
+    assert store.get("hall").inflation_for(["bs0"]) == 1.2
+    publish_linear_multi_bs(repo, "hall", "nll", stations, inflation_by_set=by_set)
+    store.refresh()
+    assert store.get("hall").version == "v1"
 
 
 def test_a_joint_head_for_another_number_of_bss_is_not_served(repo: ModelRepository) -> None:

@@ -12,12 +12,16 @@ import torch
 from tests.training.toychannel import toy_site
 from training.checkpoint import load_site_model, save_backbone
 from training.config import TrainConfig
-from training.fusion import JOINT_FILES
+from training.fusion import JOINT_FILES, fit_inflation, fuse_by
 from training.multibs import (
+    FUSION,
     JOINT_COPIES,
+    JOINT_MIN_VAL,
     drop_stations,
     fused_scores,
+    inflation_by_set,
     joint_fingerprints,
+    set_factors,
     split_site,
     station_estimates,
 )
@@ -91,6 +95,9 @@ def test_adapt_three_bs_site_publishes_one_model_per_bs(repo: ModelRepository) -
     metrics = manifest["metrics"]
     assert metrics["fusion"]["method"] == "robust_student_t"
     assert metrics["fusion"]["inflation"] >= 1.0 and metrics["test"]["n"] > 0
+    by_set = metrics["fusion"]["inflation_by_set"]  # one BS heard, two, all three
+    assert {"bs0", "bs1", "bs2", "bs0+bs2", "bs0+bs1+bs2"} <= set(by_set)
+    assert all(v >= 1.0 for v in by_set.values())
     assert manifest["config"]["chosen_mode"] == "bs0=head,bs1=head,bs2=head"
     assert {p["bs"] for p in progress} == {"bs0", "bs1", "bs2", "joint"}
     model = load_site_model(repo, "hall", bs="bs2")
@@ -204,6 +211,40 @@ def test_joint_row_is_present_where_the_joint_head_answers(subsets: bool) -> Non
     np.testing.assert_array_equal(present[:3], site.mask().T)
 
 
+def test_each_set_of_bss_gets_the_factor_of_its_own_fusion(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`inflation_by_set`: fitted on the validation UEs that heard the set, fused from it
+    alone; sets heard by too few UEs, and sites with too many BSs, get none."""
+    torch.manual_seed(0)
+    site = toy_site(60, seed=4, drop=0.3)
+    models = {
+        bs: SiteModel(Backbone(seed=k), Head(HeadConfig(loss="nll"))).eval()
+        for k, bs in enumerate(site.bs_ids)
+    }
+    rmse = dict.fromkeys(site.bs_ids, (1.0, 1.0))
+    by_set = inflation_by_set(models, site, rmse)
+    mask = site.mask()
+    every = {"bs0", "bs1", "bs2", "bs0+bs1", "bs0+bs2", "bs1+bs2", "bs0+bs1+bs2"}
+    assert set(by_set) == every and mask.all(axis=1).sum() >= JOINT_MIN_VAL
+    means, covs, present = station_estimates(models, site, rmse)
+    one = present[1]  # bs1 alone: its own Gaussian
+    assert by_set["bs1"] == pytest.approx(
+        fit_inflation(means[1, one] - site.pos[one], covs[1, one])
+    )
+    two = present[0] & present[2]  # bs0 and bs2: their robust fusion on the UEs both heard
+    mean, cov = fuse_by(FUSION, means[[0, 2]][:, two], covs[[0, 2]][:, two])
+    assert by_set["bs0+bs2"] == pytest.approx(fit_inflation(mean - site.pos[two], cov))
+    # each UE gets its set's factor
+    factors = set_factors(present, site.bs_ids, by_set, default=7.0)
+    assert factors[np.flatnonzero(one & ~present[0] & ~present[2])[0]] == by_set["bs1"]
+    small = site.subset(np.arange(16))
+    assert "bs0+bs1+bs2" not in inflation_by_set(models, small, rmse)
+    assert set_factors(present[:, :1] & False, site.bs_ids, by_set, default=7.0)[0] == 7.0
+    monkeypatch.setattr("training.multibs.SET_MAX_STATIONS", 2)
+    assert inflation_by_set(models, site, rmse) == {}
+
+
 @pytest.mark.parametrize(("loss", "scratch"), [("mse", False), ("nll", True)])
 def test_no_joint_head_without_sigma_or_a_parent_backbone(
     repo: ModelRepository, loss: str, scratch: bool
@@ -257,6 +298,7 @@ def test_cli_train_site_on_a_group_adapts_every_bs(repo: ModelRepository, tmp_pa
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "bs2 validation" in result.stdout and "published" in result.stdout
+    assert "inflation by the BSs heard: bs0 " in result.stdout
     manifest = repo.manifest("site", "hall")
     assert manifest["base_stations"] == ["bs0", "bs1", "bs2"]
     assert manifest["config"]["data"] == str(data) and manifest["config"]["env"] == "hall"

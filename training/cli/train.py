@@ -610,6 +610,10 @@ def _adapt_cli(
         f"(mode {result.chosen_mode}; steps: {steps}; val ME {val['me']:.3f} m)",
         soft_wrap=True,
     )
+    by_set = (result.metrics.get("fusion") or {}).get("inflation_by_set")
+    if by_set:  # what widens the fused covariance, by the BSs that heard the UE
+        sets = ", ".join(f"{key} {factor:.2f}" for key, factor in by_set.items())
+        console.print(f"fused covariance inflation by the BSs heard: {sets}", soft_wrap=True)
     if tracks is not None:
         pairs = repo.manifest("site", site, result.version)["config"]["track_pairs"]
         console.print(

@@ -126,6 +126,19 @@ class SiteFingerprints:
             stations=stations,
         )
 
+    def only(self, stations: Sequence[str]) -> SiteFingerprints:
+        """The same samples as if only ``stations`` had heard them: every other BS keeps
+        its place in `bs_ids` and hears none (a site with BSs down)."""
+        none = np.zeros(0, dtype=np.int64)
+        return SiteFingerprints(
+            self.pos,
+            self.sample_id,
+            {
+                bs: st if bs in stations else BaseStationData(none, st.data.subset(none), st.meta)
+                for bs, st in self.stations.items()
+            },
+        )
+
     def validate(self, path: str = "<memory>", group: str = "<memory>") -> None:
         """Raise `SchemaError` unless every BS is valid and agrees with the shared samples."""
         if not self.stations:

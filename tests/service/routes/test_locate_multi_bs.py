@@ -19,11 +19,13 @@ STATIONS = {"bs0": (11, (1.0, 2.0)), "bs1": (12, (3.0, 1.0)), "bs2": (13, (2.0, 
 
 @pytest.fixture
 def multi(repo: ModelRepository) -> ModelRepository:
-    """`repo` plus `hall` (3 BSs, nll) and `hall-mse` (2 BSs, mse, inflation 2)."""
+    """`repo` plus `hall` (3 BSs, nll), `hall-mse` (2 BSs, mse, inflation 2) and `duo`
+    (`hall-mse` with factors for some sets of BSs heard)."""
     publish_linear_multi_bs(repo, "hall", "nll", STATIONS)
-    publish_linear_multi_bs(
-        repo, "hall-mse", "mse", {k: STATIONS[k] for k in ("bs0", "bs1")}, inflation=2.0
-    )
+    two = {k: STATIONS[k] for k in ("bs0", "bs1")}
+    publish_linear_multi_bs(repo, "hall-mse", "mse", two, inflation=2.0)
+    by_set = {"bs0": 1.0, "bs0+bs1": 3.0}
+    publish_linear_multi_bs(repo, "duo", "mse", two, inflation=2.0, inflation_by_set=by_set)
     return repo
 
 
@@ -67,6 +69,24 @@ def test_one_fingerprint_per_bs_and_confidence(multi: ModelRepository, client: T
     assert np.allclose([p["x"], p["y"]], pos[0], atol=1e-4)  # one BS: its own estimate
     assert np.allclose([p["sigma_x"], p["sigma_y"]], sigma[0], atol=1e-4)
     assert p["ellipse"]["confidence"] == 0.5
+
+
+def test_the_fused_covariance_takes_the_factor_of_the_bss_heard(
+    multi: ModelRepository, client: TestClient
+) -> None:
+    """`metrics.fusion.inflation_by_set`: one BS heard gets its own factor, both theirs;
+    a set without one gets the version's `inflation`."""
+    csi = {"bs0": csi_batch(2, seed=1).tolist(), "bs1": csi_batch(2, seed=2).tolist()}
+    # each BS alone: sigma (1, 2), var (1, 4); both: var (0.5, 2)
+    for heard, factor, var in (
+        (["bs0"], 1.0, (1.0, 4.0)),
+        (["bs1"], 2.0, (1.0, 4.0)),
+        (["bs0", "bs1"], 3.0, (0.5, 2.0)),
+    ):
+        body = _post(client, {"site": "duo", "csi": {bs: csi[bs] for bs in heard}}).json()
+        assert body["fusion"]["inflation"] == factor, heard
+        cov = np.diag(var) * factor
+        assert all(np.allclose(p["cov"], cov, atol=1e-6) for p in body["positions"]), heard
 
 
 def test_mse_site_fuses_with_validation_rmse(multi: ModelRepository, client: TestClient) -> None:

@@ -104,3 +104,13 @@ def test_subset_keeps_rows_consistent() -> None:
         st = part.stations[bs]
         assert np.allclose(st.data.pos, part.pos[st.rows])
     part.validate()
+
+
+def test_only_keeps_the_samples_and_silences_the_other_bss() -> None:
+    site = toy_site(30, seed=3, drop=0.2)
+    only = site.only(["bs1"])
+    assert only.bs_ids == site.bs_ids and len(only) == len(site)
+    np.testing.assert_array_equal(only.mask()[:, 1], site.mask()[:, 1])
+    assert not only.mask()[:, [0, 2]].any()
+    np.testing.assert_array_equal(only.station("bs1").csi, site.station("bs1").csi)
+    only.validate()
