@@ -80,6 +80,9 @@ it would fuse a second estimate from the same CSI as that BS's own model."""
 SET_MAX_STATIONS = 6
 """Sites with up to this many BSs get a factor per set of BSs heard (2^K - 1 sets, each
 fitted on the validation UEs that heard the set); larger sites use the one factor."""
+SET_MIN_VAL = 10
+"""Fewest validation UEs a set's factor is fitted on (as `training.calibration.MIN_SAMPLES`
+for a head's sigma); a set heard by fewer gets the one factor."""
 
 MIN_SIGMA_M = 1e-3
 """Sigmas below this are raised to it, so one over-confident BS cannot make P singular."""

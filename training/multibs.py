@@ -50,6 +50,7 @@ from training.fusion import (
     JOINT_MIN_HEARD,
     ROBUST,
     SET_MAX_STATIONS,
+    SET_MIN_VAL,
     coverage,
     diag_cov,
     fit_inflation,
@@ -281,7 +282,7 @@ def inflation_by_set(
 ) -> dict[str, float]:
     """Per set of BSs (`set_key`), the inflation fitted on the validation UEs that heard
     every BS of it, fused from that set alone as the service fuses a UE it heard (the
-    joint head where it answers for the set). A set with fewer than `JOINT_MIN_VAL` such
+    joint head where it answers for the set). A set with fewer than `SET_MIN_VAL` such
     UEs is left out, as is every set of a site with more than `SET_MAX_STATIONS` BSs:
     the version's one factor serves them."""
     stations = val.bs_ids
@@ -292,7 +293,7 @@ def inflation_by_set(
     for size in range(1, len(stations) + 1):
         for cols in itertools.combinations(range(len(stations)), size):
             rows = np.flatnonzero(heard_by[:, list(cols)].all(axis=1))
-            if len(rows) < JOINT_MIN_VAL:
+            if len(rows) < SET_MIN_VAL:
                 continue
             subset = [stations[c] for c in cols]
             mean, cov, truth, _ = fused_estimate(models, val.subset(rows).only(subset), rmse, joint)
@@ -308,7 +309,7 @@ def set_factors(
     return np.array(
         [
             inflation_for(
-                by_set, [bs for bs, p in zip(stations, heard, strict=False) if p], stations, default
+                by_set, [bs for bs, p in zip(stations, heard, strict=True) if p], stations, default
             )
             for heard in present[: len(stations)].T
         ]

@@ -12,11 +12,10 @@ import torch
 from tests.training.toychannel import toy_site
 from training.checkpoint import load_site_model, save_backbone
 from training.config import TrainConfig
-from training.fusion import JOINT_FILES, fit_inflation, fuse_by
+from training.fusion import JOINT_FILES, SET_MIN_VAL, fit_inflation, fuse_by
 from training.multibs import (
     FUSION,
     JOINT_COPIES,
-    JOINT_MIN_VAL,
     drop_stations,
     fused_scores,
     inflation_by_set,
@@ -226,7 +225,7 @@ def test_each_set_of_bss_gets_the_factor_of_its_own_fusion(
     by_set = inflation_by_set(models, site, rmse)
     mask = site.mask()
     every = {"bs0", "bs1", "bs2", "bs0+bs1", "bs0+bs2", "bs1+bs2", "bs0+bs1+bs2"}
-    assert set(by_set) == every and mask.all(axis=1).sum() >= JOINT_MIN_VAL
+    assert set(by_set) == every and mask.all(axis=1).sum() >= SET_MIN_VAL
     means, covs, present = station_estimates(models, site, rmse)
     one = present[1]  # bs1 alone: its own Gaussian
     assert by_set["bs1"] == pytest.approx(
