@@ -324,8 +324,10 @@ def fused_scores(
 ) -> tuple[Array, float]:
     """(per-sample score, ME) of the fused estimate on labelled ``data``, as a version
     of these models would serve it: robust fusion (with ``joint``), the inflation fitted
-    on ``data``. The score is what `auto` compares by (`TrainConfig.select`): the error in
-    metres, or the fused Gaussian NLL."""
+    on ``data`` (one factor over the UEs as heard: the per-set factors a version also
+    fits differ from it only for UEs some BS did not hear, and fitting them for every
+    candidate mode would cost 2^K fusions each). The score is what `auto` compares by
+    (`TrainConfig.select`): the error in metres, or the fused Gaussian NLL."""
     mean, cov, truth, _ = fused_estimate(models, data, _rmse(models, data), joint)
     err = mean - truth
     me = np.sqrt(np.square(err).sum(axis=1))
