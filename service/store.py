@@ -210,8 +210,7 @@ class ServedSite:
         version that would serve other ellipses than it was fitted with is broken)."""
         if not isinstance(by_set, dict) or not all(
             isinstance(key, str)
-            and set(key.split("+")) <= set(stations)
-            and set_key(key.split("+"), stations) == key
+            and set_key(key.split("+"), stations) == key  # only this site's BSs, in order
             and isinstance(v, int | float)
             and math.isfinite(v)
             and v >= 1.0

@@ -212,14 +212,7 @@ def station_estimates(
     """
     if joint is not None:
         means, covs, present = station_estimates(models, data, rmse)
-        rows, jd = joint_fingerprints(data, _subsets(joint))
-        jm, jc = np.zeros((1, len(data), 2)), np.tile(np.eye(2), (1, len(data), 1, 1))
-        jp = np.zeros((1, len(data)), dtype=bool)
-        if len(rows):
-            pos, sigma = predict(joint.backbone, joint.head, torch.from_numpy(jd.csi))
-            if sigma is None:
-                raise ValueError("a joint head predicts sigma (it is trained with the NLL)")
-            jm[0, rows], jc[0, rows], jp[0, rows] = pos.numpy(), diag_cov(sigma.numpy()), True
+        jm, jc, jp = joint_estimate(joint, data)
         return (
             np.concatenate([means, jm]),
             np.concatenate([covs, jc]),
@@ -239,6 +232,22 @@ def station_estimates(
         covs[j, st.rows] = diag_cov(sig)
         present[j, st.rows] = True
     return means, covs, present
+
+
+def joint_estimate(
+    joint: SiteModel, data: SiteFingerprints
+) -> tuple[Array, Array, npt.NDArray[np.bool_]]:
+    """The joint head's means [1,N,2], covariances [1,N,2,2] and presence [1,N] on
+    `data`'s samples, present where it answers (`joint_rows`)."""
+    rows, jd = joint_fingerprints(data, _subsets(joint))
+    jm, jc = np.zeros((1, len(data), 2)), np.tile(np.eye(2), (1, len(data), 1, 1))
+    jp = np.zeros((1, len(data)), dtype=bool)
+    if len(rows):
+        pos, sigma = predict(joint.backbone, joint.head, torch.from_numpy(jd.csi))
+        if sigma is None:
+            raise ValueError("a joint head predicts sigma (it is trained with the NLL)")
+        jm[0, rows], jc[0, rows], jp[0, rows] = pos.numpy(), diag_cov(sigma.numpy()), True
+    return jm, jc, jp
 
 
 def fused_metrics(
@@ -288,16 +297,23 @@ def inflation_by_set(
     stations = val.bs_ids
     if len(stations) > SET_MAX_STATIONS:
         return {}
-    heard_by = val.mask()
+    means, covs, present = station_estimates(models, val, rmse)  # once: a BS's own model
     out: dict[str, float] = {}
     for size in range(1, len(stations) + 1):
         for cols in itertools.combinations(range(len(stations)), size):
-            rows = np.flatnonzero(heard_by[:, list(cols)].all(axis=1))
+            rows = np.flatnonzero(present[list(cols)].all(axis=0))
             if len(rows) < SET_MIN_VAL:
                 continue
+            pick = np.ix_(np.asarray(cols), rows)
+            set_means, set_covs, set_present = means[pick], covs[pick], present[pick]
             subset = [stations[c] for c in cols]
-            mean, cov, truth, _ = fused_estimate(models, val.subset(rows).only(subset), rmse, joint)
-            out[set_key(subset, stations)] = fit_inflation(mean - truth, cov)
+            if joint is not None:  # the joint head sees which BSs heard: run per set
+                jm, jc, jp = joint_estimate(joint, val.subset(rows).only(subset))
+                set_means = np.concatenate([set_means, jm])
+                set_covs = np.concatenate([set_covs, jc])
+                set_present = np.concatenate([set_present, jp])
+            mean, cov = fuse_by(FUSION, set_means, set_covs, set_present)
+            out[set_key(subset, stations)] = fit_inflation(mean - val.pos[rows], cov)
     return out
 
 

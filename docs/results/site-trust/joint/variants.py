@@ -26,7 +26,7 @@ import torch
 import training.multibs as mb
 from training.checkpoint import load_backbone, load_site_model
 from training.config import TrainConfig
-from training.data.site import BaseStationData, SiteFingerprints, read_site
+from training.data.site import SiteFingerprints, read_site
 from training.fusion import fuse_by
 from training.repository import ModelRepository
 
@@ -37,12 +37,7 @@ def without(data: SiteFingerprints, left_out: int | None) -> SiteFingerprints:
     """`data` with BS ``left_out`` hearing nothing."""
     if left_out is None:
         return data
-    none = np.zeros(0, dtype=np.int64)
-    stations = {
-        bs: BaseStationData(none, st.data.subset(none), st.meta) if k == left_out else st
-        for k, (bs, st) in enumerate(data.stations.items())
-    }
-    return SiteFingerprints(data.pos, data.sample_id, stations)
+    return data.only([bs for k, bs in enumerate(data.bs_ids) if k != left_out])
 
 
 def main() -> None:
