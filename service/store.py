@@ -206,19 +206,20 @@ class ServedSite:
         return self
 
     def _sets(self, by_set: Any, stations: list[str]) -> dict[str, float]:
-        """``inflation_by_set`` checked: a factor >= 1 for sets of this site's BSs (a
-        version that would serve other ellipses than it was fitted with is broken)."""
+        """``inflation_by_set`` checked: a positive factor for sets of this site's BSs (a
+        version that would serve other ellipses than it was fitted with is broken; a
+        factor below 1 is a set fitted to the coverage, `training.fusion.fit_inflation`)."""
         if not isinstance(by_set, dict) or not all(
             isinstance(key, str)
             and set_key(key.split("+"), stations) == key  # only this site's BSs, in order
             and isinstance(v, int | float)
             and math.isfinite(v)
-            and v >= 1.0
+            and v > 0.0
             for key, v in by_set.items()
         ):
             raise ValueError(
-                f"{self.path}: metrics.fusion.inflation_by_set {by_set!r}: expected factors "
-                f">= 1 keyed by sets of {stations} joined by '+'"
+                f"{self.path}: metrics.fusion.inflation_by_set {by_set!r}: expected positive "
+                f"factors keyed by sets of {stations} joined by '+'"
             )
         return {key: float(v) for key, v in by_set.items()}
 

@@ -6,7 +6,10 @@ and operators read sigma as the error to expect. For a Gaussian with per-axis
 sigma, the factor that minimises the NLL of held-out points has a closed form,
 ``s_k = sqrt(mean((err_k / sigma_k)^2))`` (temperature scaling for regression).
 It changes no position, only sigma, and lives in the head (`Head.sigma_scale`),
-so the exported ONNX model serves calibrated sigmas.
+so the exported ONNX model serves calibrated sigmas. With `fusion.COVERAGE_MIN`
+validation points or more, one more factor for both axes fits the 1- and 2-sigma
+coverage instead (`fusion.coverage_factor`): the errors' tails are heavier than a
+Gaussian's, so the likelihood factor leaves 45-48 % inside 1 sigma at 3,000 labels.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 
 from training.data.fingerprints import Fingerprints
 from training.fit import predict
+from training.fusion import COVERAGE_MIN, coverage_factor
 from training.nets import Backbone, Head
 
 log = logging.getLogger(__name__)
@@ -28,7 +32,9 @@ MIN_SAMPLES = 10
 
 
 def fit_sigma_scale(err: npt.ArrayLike, sigma: npt.ArrayLike) -> npt.NDArray[np.float64]:
-    """The NLL-optimal per-axis factor on ``sigma`` [N, 2] for errors ``err`` [N, 2] (metres)."""
+    """The per-axis factor on ``sigma`` [N, 2] for errors ``err`` [N, 2] (metres): NLL-optimal
+    per axis, then with `COVERAGE_MIN` points or more both axes scaled together to the
+    nominal 1- and 2-sigma coverage (module docstring)."""
     e = np.asarray(err, dtype=np.float64)
     s = np.asarray(sigma, dtype=np.float64)
     if e.ndim != 2 or e.shape[1] != 2 or e.shape != s.shape or len(e) == 0:
@@ -37,7 +43,11 @@ def fit_sigma_scale(err: npt.ArrayLike, sigma: npt.ArrayLike) -> npt.NDArray[np.
         raise ValueError("err must be finite and sigma finite and positive")
     scale: npt.NDArray[np.float64] = np.sqrt(np.mean(np.square(e / s), axis=0))
     # A perfect fit (all errors 0) would give 0, a sigma of 0: keep a tiny positive floor.
-    return np.maximum(scale, 1e-6)
+    scale = np.maximum(scale, 1e-6)
+    if len(e) >= COVERAGE_MIN:
+        d2 = np.sum(np.square(e / (s * scale)), axis=1)
+        scale = np.maximum(scale * np.sqrt(coverage_factor(d2)), 1e-6)
+    return scale
 
 
 @torch.no_grad()

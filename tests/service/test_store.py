@@ -58,7 +58,8 @@ def test_a_version_naming_a_missing_joint_head_is_not_served(repo: ModelReposito
     [
         {"bs0+bs9": 1.5},  # a BS the site does not have
         {"bs1+bs0": 1.5},  # not in the site's order: no UE would ever get it
-        {"bs0": 0.5},  # a factor that narrows the validated ellipse
+        {"bs0": 0.0},  # an ellipse of no size
+        {"bs0": -1.0},
         {"bs0": "wide"},
     ],
 )
@@ -73,6 +74,15 @@ def test_a_version_with_bad_factors_per_set_is_not_served(
     publish_linear_multi_bs(repo, "hall", "nll", stations, inflation_by_set=by_set)
     store.refresh()
     assert store.get("hall").version == "v1"
+
+
+def test_a_factor_below_one_is_served(repo: ModelRepository) -> None:
+    """A set fitted to the coverage on many validation UEs may narrow its ellipse."""
+    stations = {"bs0": (1, (0.0, 0.0)), "bs1": (2, (1.0, 1.0))}
+    publish_linear_multi_bs(repo, "hall", "nll", stations, inflation_by_set={"bs0": 0.8})
+    store = ModelStore(repo.root)
+    store.load()
+    assert store.get("hall").inflation_for(["bs0"]) == 0.8
 
 
 def test_a_joint_head_for_another_number_of_bss_is_not_served(repo: ModelRepository) -> None:

@@ -16,6 +16,7 @@ from training.checkpoint import load_site_model, save_site_model
 from training.config import TrainConfig
 from training.data.fingerprints import Fingerprints
 from training.data.splits import split_train_val
+from training.fusion import COVERAGE_MIN
 from training.metrics import evaluate, evaluate_model
 from training.nets import Backbone, Head, SiteModel
 from training.repository import ModelRepository
@@ -61,12 +62,13 @@ def test_fit_sigma_scale_refuses_bad_input(err: np.ndarray, sigma: np.ndarray, m
 def test_calibration_lowers_the_validation_nll_and_keeps_positions() -> None:
     backbone = Backbone(seed=0).eval()
     head = _constant_head(-3.0, TARGET.pos)  # sigma far too small: over-confident
-    csi = torch.from_numpy(TARGET.csi)
+    val = Fingerprints(csi=TARGET.csi[:120], pos=TARGET.pos[:120])  # < COVERAGE_MIN: NLL
+    csi = torch.from_numpy(val.csi)
     with torch.no_grad():
         pos_before, sigma_before = head(backbone(csi))
-    before = evaluate_model(backbone, head, TARGET)
-    scale = calibrate_sigma(backbone, head, TARGET)
-    after = evaluate_model(backbone, head, TARGET)
+    before = evaluate_model(backbone, head, val)
+    scale = calibrate_sigma(backbone, head, val)
+    after = evaluate_model(backbone, head, val)
     assert scale is not None and min(scale) > 1.0
     with torch.no_grad():
         pos_after, sigma_after = head(backbone(csi))
@@ -77,9 +79,27 @@ def test_calibration_lowers_the_validation_nll_and_keeps_positions() -> None:
     assert before["within_1sigma"] < 0.2 < after["within_1sigma"]
     # The NLL-optimal factor: scaling sigma by 0.9 or 1.1 more can only be worse.
     pos, sig = pos_after.numpy(), sigma_after.numpy()
-    best = evaluate(pos, sig, TARGET.pos)["nll"]
-    assert best < evaluate(pos, sig * 0.9, TARGET.pos)["nll"]
-    assert best < evaluate(pos, sig * 1.1, TARGET.pos)["nll"]
+    best = evaluate(pos, sig, val.pos)["nll"]
+    assert best < evaluate(pos, sig * 0.9, val.pos)["nll"]
+    assert best < evaluate(pos, sig * 1.1, val.pos)["nll"]
+
+
+def test_enough_points_scale_both_axes_to_the_coverage() -> None:
+    rng = np.random.default_rng(3)
+    n = COVERAGE_MIN + 850
+    sigma = rng.uniform(0.5, 2.0, (n, 2))
+    t = rng.standard_normal((n, 2)) / np.sqrt(rng.chisquare(8, (n, 1)) / 8)  # heavy tails
+    err = t * sigma * np.array([3.0, 0.5])
+    nll_scale = np.sqrt(np.mean(np.square(err / sigma), axis=0))
+    scale = fit_sigma_scale(err, sigma)
+    assert scale[0] / scale[1] == pytest.approx(nll_scale[0] / nll_scale[1])  # axes' ratio kept
+    d2 = np.sum(np.square(err / (sigma * scale)), axis=1)
+    assert abs(np.mean(d2 <= 1.0) - 0.393) < 0.05 and abs(np.mean(d2 <= 4.0) - 0.865) < 0.05
+    nll_d2 = np.sum(np.square(err / (sigma * nll_scale)), axis=1)
+    assert np.mean(nll_d2 <= 1.0) > 0.393 + 0.05  # the NLL factor alone: 1 sigma too wide
+    few = fit_sigma_scale(err[: COVERAGE_MIN - 1], sigma[: COVERAGE_MIN - 1])
+    expected = np.sqrt(np.mean(np.square(err / sigma)[: COVERAGE_MIN - 1], axis=0))
+    np.testing.assert_allclose(few, expected)  # fewer points: the NLL factor per axis
 
 
 def test_calibration_skips_mse_heads_and_small_validation_sets() -> None:

@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 
 from training.fusion import (
+    COVERAGE_MIN,
+    NOMINAL,
     PRODUCT,
     ROBUST,
     coverage,
+    coverage_factor,
     diag_cov,
     ellipse,
     fit_inflation,
@@ -18,6 +21,7 @@ from training.fusion import (
     fuse_by,
     fuse_robust,
     k_for_confidence,
+    mahalanobis2,
     sigma_from_rmse,
 )
 
@@ -80,7 +84,48 @@ def test_coverage_and_inflation_on_gaussian_errors() -> None:
     s = fit_inflation(3.0 * errors, covs)  # errors 3x too large for their sigma: ~9
     assert s == pytest.approx(9.0, rel=0.05)
     assert coverage(3.0 * errors, covs * s, 1.0) == pytest.approx(0.393, abs=0.01)
-    assert fit_inflation(0.1 * errors, covs) == 1.0  # never shrinks
+    # enough points: a too-wide ellipse shrinks to the coverage (0.1x errors: ~0.01) ...
+    assert fit_inflation(0.1 * errors, covs) == pytest.approx(0.01, rel=0.05)
+    # ... below COVERAGE_MIN points the likelihood factor never shrinks
+    few = slice(COVERAGE_MIN - 1)
+    assert fit_inflation(0.1 * errors[few], covs[few]) == 1.0
+    assert fit_inflation(3.0 * errors[few], covs[few]) == pytest.approx(
+        np.mean(mahalanobis2(3.0 * errors[few], covs[few])) / 2
+    )
+
+
+def _heavy_tailed(n: int, seed: int) -> np.ndarray:
+    """2-D Student-t errors (8 dof): the fused fingerprint errors' pattern, the likelihood
+    factor holding ~46 / 87 % inside 1 / 2 sigma (docs/results/site-trust/calibration)."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 2)) / np.sqrt(rng.chisquare(8, (n, 1)) / 8)
+
+
+def test_coverage_factor_splits_a_heavy_tail_miss_that_the_likelihood_puts_on_1_sigma() -> None:
+    errors = _heavy_tailed(20000, 2)
+    covs = np.broadcast_to(np.eye(2), (20000, 2, 2))
+    d2 = mahalanobis2(errors, covs)
+    ml = float(np.mean(d2)) / 2
+    # the likelihood factor is set by the tail: 1 sigma far over, 2 sigma under nominal
+    assert coverage(errors, covs * ml, 1.0) > NOMINAL[0][1] + 0.05
+    s = coverage_factor(d2)
+    assert s == fit_inflation(errors, covs)  # enough points: fit_inflation uses it
+    for k, share in NOMINAL:
+        assert abs(coverage(errors, covs * s, k) - share) < 0.05
+
+    # least squares over both levels: no other factor misses less
+    def miss(f: float) -> float:
+        return sum((coverage(errors, covs * f, k) - share) ** 2 for k, share in NOMINAL)
+
+    assert all(miss(s) <= miss(s * r) for r in (0.8, 0.95, 0.99, 1.01, 1.05, 1.25))
+    assert coverage_factor(d2[::-1]) == s  # the same distances in any order
+    assert coverage_factor(4.0 * d2) == pytest.approx(4.0 * s)
+
+
+@pytest.mark.parametrize("d2", [[], [1.0, np.nan], [-1.0, 2.0]])
+def test_coverage_factor_refuses_bad_distances(d2: list[float]) -> None:
+    with pytest.raises(ValueError, match="squared distances"):
+        coverage_factor(d2)
 
 
 def test_sigma_from_rmse() -> None:
