@@ -181,7 +181,11 @@ class ServedSite:
                 self.bs_rmse[bs] = sigma
         fusion = metrics.get("fusion") or {}
         inflation = fusion.get("inflation", 1.0)
-        self.inflation = float(inflation) if isinstance(inflation, int | float) else 1.0
+        if not isinstance(inflation, int | float) or not math.isfinite(inflation) or inflation <= 0:
+            raise ValueError(
+                f"{self.path}: metrics.fusion.inflation {inflation!r}: expected a positive number"
+            )
+        self.inflation = float(inflation)
         self.inflation_by_set = self._sets(fusion.get("inflation_by_set") or {}, stations)
         method = fusion.get("method", PRODUCT)
         if method not in FUSION_METHODS:

@@ -76,6 +76,20 @@ def test_a_version_with_bad_factors_per_set_is_not_served(
     assert store.get("hall").version == "v1"
 
 
+@pytest.mark.parametrize("inflation", [0.0, -2.0, "wide"])
+def test_a_version_with_a_bad_fused_inflation_is_not_served(
+    repo: ModelRepository, inflation: object
+) -> None:
+    """A factor that is not a positive number would serve no ellipse (or a negative one)."""
+    stations = {"bs0": (1, (0.0, 0.0)), "bs1": (2, (1.0, 1.0))}
+    publish_linear_multi_bs(repo, "hall", "nll", stations, inflation=1.4)
+    store = ModelStore(repo.root)
+    store.load()
+    publish_linear_multi_bs(repo, "hall", "nll", stations, inflation=inflation)  # type: ignore[arg-type]
+    store.refresh()
+    assert store.get("hall").version == "v1" and store.get("hall").inflation == 1.4
+
+
 def test_a_factor_below_one_is_served(repo: ModelRepository) -> None:
     """A set fitted to the coverage on many validation UEs may narrow its ellipse."""
     stations = {"bs0": (1, (0.0, 0.0)), "bs1": (2, (1.0, 1.0))}
