@@ -239,13 +239,17 @@ def coverage_factor(d2: npt.ArrayLike) -> float:
     of the errors when 2 sigma holds 86.5 % (docs/results/transfer, 3,000 labels); no
     single factor reaches both, and this one splits the miss (~41.5 / ~83.5 %). The
     shares are step functions of s, so every interval between steps is tried (at its
-    geometric middle) and the first best one wins: the same d2 gives the same factor."""
+    geometric middle) and the first best one wins: the same d2 gives the same factor.
+    Distances that are all 0 (every error nil) fit any factor: 1, the ellipse as it is."""
     d = np.sort(np.asarray(d2, dtype=np.float64).ravel())
     if d.size == 0 or not np.isfinite(d).all() or d[0] < 0:
         raise ValueError("d2: expected one or more finite squared distances >= 0")
-    d = np.maximum(d, 1e-300)
-    steps = np.unique(np.concatenate([d / (k * k) for k, _ in NOMINAL]))
-    tried = np.concatenate([[steps[0] / 2], np.sqrt(steps[:-1] * steps[1:]), [steps[-1] * 2]])
+    if d[-1] == 0:
+        return 1.0
+    d = np.maximum(d, d[-1] * 1e-12)  # exact hits: inside any ellipse, and logs stay finite
+    log_steps = np.log(np.unique(np.concatenate([d / (k * k) for k, _ in NOMINAL])))
+    middles = (log_steps[:-1] + log_steps[1:]) / 2
+    tried = np.exp(np.concatenate([[log_steps[0] - 1], middles, [log_steps[-1] + 1]]))
     miss = np.zeros(tried.size)
     for k, share in NOMINAL:
         miss += (np.searchsorted(d, tried * k * k, side="right") / d.size - share) ** 2

@@ -120,6 +120,14 @@ def test_coverage_factor_splits_a_heavy_tail_miss_that_the_likelihood_puts_on_1_
     assert all(miss(s) <= miss(s * r) for r in (0.8, 0.95, 0.99, 1.01, 1.05, 1.25))
     assert coverage_factor(d2[::-1]) == s  # the same distances in any order
     assert coverage_factor(4.0 * d2) == pytest.approx(4.0 * s)
+    assert coverage_factor(np.zeros(COVERAGE_MIN)) == 1.0  # no error at all: left as it is
+    exact = np.concatenate([np.zeros(1000), d2[:1000]])  # half the errors nil: >= 50 % inside
+
+    def miss_d2(f: float) -> float:
+        return sum((np.mean(exact / f <= k * k) - share) ** 2 for k, share in NOMINAL)
+
+    f = coverage_factor(exact)
+    assert 0 < f < np.inf and all(miss_d2(f) <= miss_d2(f * r) for r in (0.5, 0.9, 1.1, 2.0))
 
 
 @pytest.mark.parametrize("d2", [[], [1.0, np.nan], [-1.0, 2.0]])
