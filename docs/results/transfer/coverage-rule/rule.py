@@ -26,6 +26,7 @@ from training.data.fingerprints import Fingerprints, read_environment
 from training.data.splits import split_train_val
 from training.fit import predict
 from training.fusion import NOMINAL, coverage_factor
+from training.metrics import evaluate
 from training.repository import ModelRepository
 from training.transfer import holdout_split
 
@@ -75,15 +76,16 @@ def load(arg: str) -> Run:
 
 def main() -> None:
     runs = [load(arg) for arg in sys.argv[1:]]
-    print("| version | validation / test points | rule | factor x, y | 1 sigma | 2 sigma |")
-    print("|---|---|---|---|---|---|")
+    print("| version | validation / test points | rule | factor x, y | 1 sigma | 2 sigma | CRPS |")
+    print("|---|---|---|---|---|---|---|")
     for name, verr, vs, terr, ts in runs:
         for rule in ("likelihood", "coverage"):
             s = scale_by(rule, verr, vs)
             c = shares(terr, ts * s)
+            crps = evaluate(terr, ts * s, np.zeros_like(terr))["crps"]  # errors about 0
             print(
                 f"| {name} | {len(verr)} / {len(terr)} | {rule} | {s[0]:.3f}, {s[1]:.3f} | "
-                f"{100 * c[0]:.1f} % | {100 * c[1]:.1f} % |"
+                f"{100 * c[0]:.1f} % | {100 * c[1]:.1f} % | {crps:.4f} m |"
             )
     rng = np.random.default_rng(0)
     print(f"\nFitted on n validation points ({DRAWS} draws a version), judged on the test split:")
