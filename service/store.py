@@ -181,7 +181,7 @@ class ServedSite:
                 self.bs_rmse[bs] = sigma
         fusion = metrics.get("fusion") or {}
         inflation = fusion.get("inflation", 1.0)
-        if not isinstance(inflation, int | float) or not math.isfinite(inflation) or inflation <= 0:
+        if not _is_factor(inflation):
             raise ValueError(
                 f"{self.path}: metrics.fusion.inflation {inflation!r}: expected a positive number"
             )
@@ -216,9 +216,7 @@ class ServedSite:
         if not isinstance(by_set, dict) or not all(
             isinstance(key, str)
             and set_key(key.split("+"), stations) == key  # only this site's BSs, in order
-            and isinstance(v, int | float)
-            and math.isfinite(v)
-            and v > 0.0
+            and _is_factor(v)
             for key, v in by_set.items()
         ):
             raise ValueError(
@@ -348,6 +346,11 @@ class ServedSite:
         self._sessions = {}
         self._joint = None
         self.joint_subsets = False
+
+
+def _is_factor(value: Any) -> bool:
+    """A covariance factor a manifest may hold: a positive finite number."""
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0.0
 
 
 def _forget_info(old: ServedSite) -> None:
