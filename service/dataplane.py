@@ -10,7 +10,8 @@ subset, the same batch size each), and answers the fused `position`, its margina
 
 A site version with an out-of-site detector (every BS's, for a multi-BS site) also
 answers `novelty` FP32 [B] (above 1: not from this site; a multi-BS site's is the
-median over the UE's BSs) and `in_site` BOOL [B], as `/locate` does.
+median over the UE's BSs, or its cross-BS consistency score where larger:
+`ServedSite.ue_novelty`) and `in_site` BOOL [B], as `/locate` does.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def served(store: ModelStore, site: str, version: str | None = None) -> ServedSi
 
 
 def output_names(model: ServedSite) -> list[str]:
-    if model.multi_bs:  # novelty and in_site per UE: the median over its BSs
+    if model.multi_bs:  # novelty and in_site per UE (`ServedSite.ue_novelty`)
         return FUSED_OUTPUTS + NOVELTY_OUTPUTS if model.bs_novelty else list(FUSED_OUTPUTS)
     names = ["position", "sigma"] if model.has_sigma else ["position"]
     return names + NOVELTY_OUTPUTS if model.novelty is not None else names

@@ -27,7 +27,7 @@ from service.batching import Batcher
 from service.errors import InvalidInput, PayloadTooLarge
 from service.store import ModelStore, ServedSite
 from training import fusion
-from training.novelty import combine_scores, inflate_cov
+from training.novelty import inflate_cov, spatial_statistics
 
 CSI_SHAPE = (8, 103, 2)
 
@@ -78,15 +78,17 @@ class FusedPrediction:
     method: str = fusion.PRODUCT
     """The fusion method (`training.fusion.METHODS`) the site version names."""
     novelty: np.ndarray | None = None
-    """[B] the median of the present BSs' out-of-site scores (`training.novelty.
-    combine_scores`: above 1 is out of site); None without per-BS detectors."""
+    """[B] the UE's out-of-site score (`ServedSite.ue_novelty`: the median of the present
+    BSs' scores, or the cross-BS consistency score where larger; above 1 is out of site);
+    None without per-BS detectors."""
     joint: bool = False
     """Whether the site's joint head (`training.multibs`) was fused in: every BS heard, or
     two or more for a subset head (`ServedSite.joint_subsets`)."""
 
     @property
     def in_site(self) -> np.ndarray | None:
-        """[B] bool: at least half of the BSs that heard the UE say it is in the site."""
+        """[B] bool: at least half of the BSs that heard the UE say it is in the site, and
+        their views are consistent with one place of it (`training.consistency`)."""
         return None if self.novelty is None else self.novelty <= 1.0
 
     @property
@@ -300,7 +302,12 @@ class Positioner:
         mean, cov = fusion.fuse_by(served.fusion_method, means, covs)
         inflation = served.inflation_for(order)
         cov = cov * inflation
-        novelty = combine_scores(np.stack(scores)) if len(scores) == len(order) else None
+        novelty = None
+        if len(scores) == len(order):
+            spatial = (
+                {bs: spatial_statistics(csi[bs]) for bs in order} if served.consistency else {}
+            )
+            novelty = served.ue_novelty(np.stack(scores), spatial)
         spread = served.site_spread
         if novelty is not None and spread is not None:
             cov = inflate_cov(cov, novelty, spread)

@@ -83,13 +83,15 @@ class Position(_Open):
         "fingerprints (its sigma is then at least the site's position spread); null when the "
         "site version has no out-of-site detector (published before it). Multi-BS sites: "
         "true when at least half of the base stations that heard the UE say so (the median "
-        "of their novelty scores is at most 1).",
+        "of their novelty scores is at most 1) and, where the version has one, the "
+        "cross-BS consistency check passes (the BSs' views fit one place of the site).",
     )
     novelty: float | None = Field(
         None,
         description="Out-of-site score: Mahalanobis distance of the backbone features from "
         "the site's training features over the site's calibrated threshold (above 1: "
-        "out of site); null without a detector.",
+        "out of site); multi-BS sites: the median of the BSs' scores or the cross-BS "
+        "consistency score, whichever is larger; null without a detector.",
     )
     ellipse: Ellipse | RotatedEllipse | None = None
     cov: list[list[float]] | None = Field(

@@ -29,6 +29,8 @@ import onnxruntime as ort
 
 from service import metrics
 from service.errors import InvalidInput, SiteLoading, SiteNotFound, Unavailable
+from training.consistency import FILE as CONSISTENCY_FILE
+from training.consistency import Consistency, read_consistency
 from training.data.schema import N_ANTENNAS
 from training.fusion import (
     JOINT,
@@ -41,7 +43,13 @@ from training.fusion import (
 )
 from training.fusion import METHODS as FUSION_METHODS
 from training.novelty import FILE as NOVELTY_FILE
-from training.novelty import SINGLE_HEAD, NoveltyModel, inflate_sigma, read_novelty
+from training.novelty import (
+    SINGLE_HEAD,
+    NoveltyModel,
+    combine_scores,
+    inflate_sigma,
+    read_novelty,
+)
 from training.repository import NAME_PATTERN as SITE_ID
 from training.repository import ModelRepository, RepositoryError
 
@@ -87,6 +95,9 @@ class ServedSite:
     heard (`training.fusion.set_key`); empty for versions before it."""
     bs_novelty: dict[str, NoveltyModel] = field(default_factory=dict)
     """Out-of-site detector per base station of a multi-BS site (empty without)."""
+    consistency: Consistency | None = None
+    """The UE-level cross-BS detector of a multi-BS site (`training.consistency`); None
+    for versions without one, or without per-BS detectors."""
     fusion_method: str = PRODUCT
     """How the BSs' estimates are fused (`training.fusion.METHODS`): the manifest's
     ``metrics.fusion.method``, the product of Gaussians for versions without one."""
@@ -204,6 +215,7 @@ class ServedSite:
                 )
         self.base_stations = tuple(stations)
         self.bs_novelty = self._load_bs_novelty(stations)
+        self.consistency = self._load_consistency(stations) if self.bs_novelty else None
         self._sessions = sessions
         self._joint = joint
         self.joint_subsets = joint is not None and (fusion.get(JOINT) or {}).get("subsets") is True
@@ -229,6 +241,35 @@ class ServedSite:
         """The fused covariance's factor for a UE heard by ``heard`` (`inflation_by_set`,
         else `inflation`)."""
         return inflation_for(self.inflation_by_set, heard, self.base_stations, self.inflation)
+
+    def _load_consistency(self, stations: list[str]) -> Consistency | None:
+        """``consistency.npz`` when the version has one; one for other BSs than the
+        manifest's (or unreadable) makes the version broken, as a bad ``novelty.npz`` does."""
+        path = self.path / CONSISTENCY_FILE
+        if not path.is_file():
+            return None
+        model = read_consistency(path.read_bytes(), f"{self.site}/{self.version}/{path.name}")
+        if model.stations != tuple(stations):
+            raise ValueError(
+                f"{path}: detector for base stations {list(model.stations)}, the manifest "
+                f"lists {stations}"
+            )
+        return model
+
+    def ue_novelty(
+        self,
+        scores: np.ndarray,
+        spatial: Mapping[str, np.ndarray],
+        present: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Each UE's out-of-site score (above 1: out of site): the median over the BSs
+        that heard it of their scores [K, B] (`training.novelty.combine_scores`), or the
+        cross-BS `consistency` score of their spatial statistics (`spatial`, per BS id
+        [B, D], NaN rows where it did not hear), whichever is larger."""
+        median = combine_scores(scores, present)
+        if self.consistency is None:
+            return median
+        return np.asarray(np.maximum(median, self.consistency.score(spatial)))
 
     def _load_bs_novelty(self, stations: list[str]) -> dict[str, NoveltyModel]:
         """Every base station's novelty model, or none (the site then answers in_site

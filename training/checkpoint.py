@@ -24,6 +24,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from training.consistency import FILE as CONSISTENCY_FILE
+from training.consistency import Consistency, consistency_bytes
 from training.export import export_site_model
 from training.fusion import JOINT_FILES
 from training.nets import Backbone, BackboneConfig, Head, HeadConfig, SiteModel
@@ -230,6 +232,7 @@ def save_multi_bs_site_model(
     activate: bool = True,
     novelty: Mapping[str, NoveltyModel] | None = None,
     joint: SiteModel | None = None,
+    consistency: Consistency | None = None,
 ) -> str:
     """Publish one model per base station as one version of ``site`` (files per
     `site_model_files`); the manifest lists the BSs in order. Every model has one loss.
@@ -237,7 +240,8 @@ def save_multi_bs_site_model(
     outputs the backbone's ``features`` and the models go into ``novelty.npz``.
     ``joint``: the joint head's model (`training.fusion.JOINT_FILES`; input every BS's
     CSI stacked on the antenna axis in the manifest's BS order), exported without
-    features."""
+    features. ``consistency``: the UE-level cross-BS detector (`training.consistency`),
+    into ``consistency.npz``."""
     losses = {m.loss for m in models.values()}
     if len(losses) != 1:
         raise ValueError(f"the base stations' models must share one loss, got {sorted(losses)}")
@@ -248,6 +252,7 @@ def save_multi_bs_site_model(
     }
 
     novelty_data = novelty_bytes(novelty) if novelty else None
+    consistency_data = None if consistency is None else consistency_bytes(consistency)
 
     def write(directory: Path, version: str) -> None:
         for bs, model in models.items():
@@ -264,6 +269,8 @@ def save_multi_bs_site_model(
             _save_pt(ckpts[bs][1], directory / backbone_name)
         if novelty_data is not None:
             (directory / NOVELTY_FILE).write_bytes(novelty_data)
+        if consistency_data is not None:
+            (directory / CONSISTENCY_FILE).write_bytes(consistency_data)
         if joint is not None:
             export_site_model(
                 joint,

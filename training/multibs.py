@@ -41,6 +41,7 @@ import torch
 
 from training.checkpoint import save_multi_bs_site_model
 from training.config import TargetMode, TrainConfig
+from training.consistency import fit_consistency, spatial_by_bs
 from training.data.fingerprints import Fingerprints, data_fingerprint
 from training.data.site import SiteFingerprints
 from training.data.splits import fraction_subset, train_val_indices, train_val_test
@@ -551,6 +552,10 @@ def adapt_multi_bs_site(
         if model_k is not None:
             novelty[bs] = model_k
             per_bs[bs]["novelty"] = model_k.summary()
+    # the UE-level cross-BS check joins the BSs' median rule only where every BS has one
+    consistency = fit_consistency([train, val]) if len(novelty) == len(data.bs_ids) else None
+    if consistency is not None:
+        metrics["consistency"] = consistency.summary()
     test_metrics = None
     if test is not None:
         test_estimate = fused_estimate(models, test, rmse, joint)
@@ -567,6 +572,9 @@ def adapt_multi_bs_site(
                 if bs in novelty:
                     scores = novelty[bs].score(backbone_features(m.backbone, d.csi), d.csi)
                     per_bs[bs]["novelty"]["test_false_alarm"] = float(np.mean(scores > 1.0))
+        if consistency is not None:
+            fired = consistency.score(spatial_by_bs(test)) > 1.0
+            metrics["consistency"]["test_false_alarm"] = float(np.mean(fired))
 
     chosen = ",".join(f"{bs}={s['chosen_mode']}" for bs, s in summaries.items())
     training: dict[str, Any] = {
@@ -598,6 +606,7 @@ def adapt_multi_bs_site(
         activate=activate,
         novelty=novelty or None,
         joint=joint,
+        consistency=consistency,
     )
     wall = time.perf_counter() - t0
     log.info(

@@ -71,7 +71,8 @@ fingerprint; the UE's score is the *median* of those scores, so it is in site wh
 least half of the BSs that heard it (by score) say so: one BS whose view changed (a
 moved machine, a fault) neither throws every UE out of the site nor lets a foreign
 fingerprint in, and with one BS it is that BS's score. With two BSs the median is their
-mean.
+mean. A multi-BS site also checks that its BSs' views fit one place of the site together
+(`training.consistency`); the service serves the larger of the two scores.
 """
 
 from __future__ import annotations
@@ -122,26 +123,40 @@ def channel_statistics(csi: npt.ArrayLike) -> dict[str, F64]:
     """Per fingerprint of ``csi`` [B, antennas, subcarriers, 2] (real, imaginary): the
     ``spatial`` [B, A*A] and ``delay`` [B, DELAY_TAPS] statistics (module docstring).
     In complex64 with cached indices: the service runs it on every request."""
-    c = np.ascontiguousarray(csi, dtype=np.float32)
-    if c.ndim != 4 or c.shape[-1] != 2:
-        raise ValueError(f"csi must be [B, antennas, subcarriers, 2], got {list(c.shape)}")
-    x = c.view(np.complex64)[..., 0]
-    b, a, f = x.shape
-    r = x @ x.conj().transpose(0, 2, 1)
-    power = np.maximum(r.diagonal(axis1=1, axis2=2).real.sum(axis=1), 1e-30)
-    r = r / power[:, None, None]
-    upper, strict = _pairs(a)
-    spatial = np.concatenate([r[:, upper[0], upper[1]].real, r[:, strict[0], strict[1]].imag], 1)
+    x = _complex(csi)
+    f = x.shape[2]
     n = max(128, 1 << (f - 1).bit_length())
     h = np.fft.ifft(x, n=n, axis=2)
     pdp = (h.real**2 + h.imag**2).sum(axis=1)
     pdp = pdp / np.maximum(pdp.sum(axis=1, keepdims=True), 1e-30)
     taps = (pdp.argmax(axis=1)[:, None] + _DELAY_OFFSETS) % n
     delay = np.log10(np.take_along_axis(pdp, taps, axis=1) + 1e-6)
-    return {
-        "spatial": spatial.reshape(b, -1).astype(np.float64),
-        "delay": delay.astype(np.float64),
-    }
+    return {"spatial": _spatial(x), "delay": delay.astype(np.float64)}
+
+
+def spatial_statistics(csi: npt.ArrayLike) -> F64:
+    """The ``spatial`` statistic [B, A*A] of `channel_statistics` alone (what
+    `training.consistency` compares across BSs)."""
+    return _spatial(_complex(csi))
+
+
+def _complex(csi: npt.ArrayLike) -> npt.NDArray[np.complex64]:
+    c = np.ascontiguousarray(csi, dtype=np.float32)
+    if c.ndim != 4 or c.shape[-1] != 2:
+        raise ValueError(f"csi must be [B, antennas, subcarriers, 2], got {list(c.shape)}")
+    return np.asarray(c.view(np.complex64)[..., 0])
+
+
+def _spatial(x: npt.NDArray[np.complex64]) -> F64:
+    """The antennas' covariance over subcarriers / its trace: upper triangle (real) and
+    strict upper triangle (imaginary), [B, A*A]."""
+    b, a, _ = x.shape
+    r = x @ x.conj().transpose(0, 2, 1)
+    power = np.maximum(r.diagonal(axis1=1, axis2=2).real.sum(axis=1), 1e-30)
+    r = r / power[:, None, None]
+    upper, strict = _pairs(a)
+    spatial = np.concatenate([r[:, upper[0], upper[1]].real, r[:, strict[0], strict[1]].imag], 1)
+    return np.asarray(spatial.reshape(b, a * a), dtype=np.float64)
 
 
 _DELAY_OFFSETS = np.arange(-4, DELAY_TAPS - 4)[None]

@@ -180,7 +180,7 @@ def fused_json(pred: FusedPrediction, confidence: float | None) -> dict[str, Any
         item = _estimate(x, y, sigma[i])
         item["cov"] = cov.tolist()
         item["ellipse"] = fusion.ellipse(cov, conf)
-        # Out-of-site: the median of the BSs' scores (null without per-BS detectors).
+        # Out-of-site: the UE's score (`ServedSite.ue_novelty`; null without per-BS detectors).
         item["in_site"] = None if novelty is None else novelty[i] <= 1.0
         item["novelty"] = None if novelty is None else novelty[i]
         item["bs"] = {}

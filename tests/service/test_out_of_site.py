@@ -16,6 +16,8 @@ from tests.service.conftest import LOCATE, csi_batch
 from tests.service.models import publish_novelty_site
 from tests.training.toychannel import toy_fingerprints, toy_site
 from training.checkpoint import save_multi_bs_site_model, save_site_model
+from training.consistency import FILE as CONSISTENCY_FILE
+from training.consistency import consistency_bytes, fit_consistency
 from training.data.site import SiteFingerprints
 from training.nets import Backbone, Head, SiteModel
 from training.novelty import fit_site_novelty
@@ -188,9 +190,12 @@ def test_v2_grpc_answers_in_site(repo: ModelRepository, start_server: Callable[.
     assert ((novelty <= 1.0) == in_site).all()
 
 
-def _publish_multi_bs_with_detectors(repo: ModelRepository, client: TestClient) -> SiteFingerprints:
-    """`hall-ood`: 3 BSs on one untrained backbone, a novelty model each (toy site),
-    published and loaded by the client's store; returns 30 fingerprints it never saw."""
+def _publish_multi_bs_with_detectors(
+    repo: ModelRepository, client: TestClient, *, consistency: bool = False, load: bool = True
+) -> SiteFingerprints:
+    """`hall-ood`: 3 BSs on one untrained backbone, a novelty model each (toy site; with
+    ``consistency`` the cross-BS check too), published and (``load``) loaded by the
+    client's store; returns 30 fingerprints it never saw."""
     site = toy_site(330, seed=4, drop=0.0)
     train, val = site.subset(np.arange(200)), site.subset(np.arange(200, 300))
     models, novelty = {}, {}
@@ -201,8 +206,12 @@ def _publish_multi_bs_with_detectors(repo: ModelRepository, client: TestClient) 
         found = fit_site_novelty(models[bs].backbone, train.station(bs), val.station(bs))
         assert found is not None
         novelty[bs] = found
-    save_multi_bs_site_model(repo, "hall-ood", models, parent=None, novelty=novelty)
-    client.app.state.store.refresh()  # type: ignore[attr-defined]
+    check = fit_consistency([train, val]) if consistency else None
+    save_multi_bs_site_model(
+        repo, "hall-ood", models, parent=None, novelty=novelty, consistency=check
+    )
+    if load:
+        client.app.state.store.refresh()  # type: ignore[attr-defined]
     return site.subset(np.arange(300, 330))
 
 
@@ -279,3 +288,48 @@ def test_multi_bs_v2_answers_the_ues_novelty_and_in_site_like_locate(
     assert got["in_site"]["data"] == [p["in_site"] for p in want]
     assert got["in_site"]["data"][2:] == [False, False]
     np.testing.assert_allclose(got["novelty"]["data"], [p["novelty"] for p in want], rtol=1e-5)
+
+
+def test_views_of_different_places_of_the_site_are_out_of_site(
+    repo: ModelRepository, client: TestClient
+) -> None:
+    """Each BS hears one of the site's own fingerprints, but of different UEs: every BS
+    says in site, the cross-BS check (`training.consistency`) says out."""
+    own = _publish_multi_bs_with_detectors(repo, client, consistency=True)
+    store = client.app.state.store  # type: ignore[attr-defined]
+    assert store.get("hall-ood").consistency is not None
+    mine = {bs: own.station(bs).csi for bs in own.bs_ids}
+    at_home = _locate_hall(client, mine)
+    assert sum(p["in_site"] is False for p in at_home) <= 2
+    rng = np.random.default_rng(5)
+    mixed = {bs: c[rng.permutation(len(c))] for bs, c in mine.items()}
+    away = _locate_hall(client, mixed)
+    each_bs_in = [all(b["in_site"] for b in p["bs"].values()) for p in away]
+    caught = [p["in_site"] is False for p, ok in zip(away, each_bs_in, strict=True) if ok]
+    # without the check none would be out (every BS says in site); the toy channel's
+    # views are one angle per BS, so some mixed triples still fit a place
+    assert len(caught) >= 20 and sum(caught) >= 3
+    for p in away:  # the UE's score is never below the median of its BSs'
+        assert p["novelty"] >= sorted(b["novelty"] for b in p["bs"].values())[1] - 1e-6
+    # one BS heard: no cross-BS check, the median rule (that BS's own score) decides
+    alone = _locate_hall(client, {"bs0": mixed["bs0"]})
+    assert all(p["novelty"] == pytest.approx(p["bs"]["bs0"]["novelty"]) for p in alone)
+
+
+def test_a_consistency_model_for_other_base_stations_is_not_served(
+    repo: ModelRepository, client: TestClient
+) -> None:
+    """A check fitted on other BSs would judge UEs by the wrong views: the version is
+    broken and the last good one keeps serving."""
+    _publish_multi_bs_with_detectors(repo, client, consistency=True)
+    store = client.app.state.store  # type: ignore[attr-defined]
+    good = store.get("hall-ood").version
+    _publish_multi_bs_with_detectors(repo, client, consistency=True, load=False)
+    new = repo.resolve("site", "hall-ood")
+    assert new != good
+    other = toy_site(120, seed=6, drop=0.0, stations={"bs0": (0.0, 0.0), "bs9": (8.0, 0.0)})
+    check = fit_consistency([other])
+    assert check is not None
+    (repo.path("site", "hall-ood", new) / CONSISTENCY_FILE).write_bytes(consistency_bytes(check))
+    store.refresh()
+    assert store.get("hall-ood").version == good

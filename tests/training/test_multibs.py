@@ -106,6 +106,22 @@ def test_adapt_three_bs_site_publishes_one_model_per_bs(repo: ModelRepository) -
         load_site_model(repo, "hall")
 
 
+def test_a_site_with_detectors_on_every_bs_gets_the_cross_bs_check(
+    repo: ModelRepository,
+) -> None:
+    """`training.consistency` is fitted on the training and validation UEs and published
+    beside the per-BS detectors, with its false alarms on the held-out UEs."""
+    site = toy_site(400, seed=2, drop=0.1)
+    result = adapt_site(repo, "hall", site, mode="head", config=CFG, holdout=0.2)
+    manifest = repo.manifest("site", "hall", result.version)
+    assert "consistency.npz" in manifest["files"] and "novelty.npz" in manifest["files"]
+    check = manifest["metrics"]["consistency"]
+    train, val, test = split_site(site, CFG.val_fraction, 0.2, 1.0, CFG.seed)
+    assert test is not None and check["references"] == len(train) + len(val)
+    assert check["sets"] == ["bs0+bs1", "bs0+bs1+bs2", "bs0+bs2", "bs1+bs2"]
+    assert 0.0 <= check["test_false_alarm"] <= 0.05
+
+
 def test_joint_input_stacks_every_bs_on_the_antenna_axis() -> None:
     site = toy_site(50, seed=9, drop=0.3)
     rows, joint = joint_fingerprints(site)
