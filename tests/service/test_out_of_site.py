@@ -262,7 +262,7 @@ def test_multi_bs_in_site_is_the_majority_of_the_bs_that_heard_the_ue(
 def test_multi_bs_v2_answers_the_ues_novelty_and_in_site_like_locate(
     repo: ModelRepository, client: TestClient
 ) -> None:
-    own = _publish_multi_bs_with_detectors(repo, client)
+    own = _publish_multi_bs_with_detectors(repo, client, consistency=True)
     n = 4
     # UEs 0-1 from the site at every BS, UEs 2-3 foreign at every BS
     csi = {
