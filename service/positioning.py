@@ -304,9 +304,9 @@ class Positioner:
         cov = cov * inflation
         novelty = None
         if len(scores) == len(order):
-            spatial = (
-                {bs: spatial_statistics(csi[bs]) for bs in order} if served.consistency else {}
-            )
+            spatial = {}
+            if served.consistency is not None:  # the cross-BS check's input
+                spatial = {bs: spatial_statistics(csi[bs]) for bs in order}
             novelty = served.ue_novelty(np.stack(scores), spatial)
         spread = served.site_spread
         if novelty is not None and spread is not None:

@@ -3,21 +3,22 @@ site but do not look like it together.
 
 Each BS's detector (`training.novelty`) asks whether its own fingerprint could come from
 this site, and a UE is out of site when most of its BSs say so. A room of the same family
-often passes at every BS one at a time (the hall of docs/results/site-trust let 77 % of
-the lab's UEs through). What no single BS can check is geometry: a UE at one place is
-seen from every BS's direction at once, so its BSs' spatial statistics (each BS's
-normalised antenna covariance, `training.novelty.spatial_statistics`, invariant to the
-per-sample common phase and timing offset) lie on a two-dimensional sheet in their joint
-space. A UE from elsewhere combines directions that no place of this site gives.
+often passes at every BS one at a time (by that rule alone the held-out hall let 10-23 %
+of the held-out lab's UEs through, the corridor 38-44 %). What no single BS can check is
+geometry: a UE at one place is seen from every BS's direction at once, so its BSs'
+spatial statistics (each BS's normalised antenna covariance,
+`training.novelty.spatial_statistics`, invariant to the per-sample common phase and
+timing offset) lie on a two-dimensional sheet in their joint space. A UE from elsewhere
+combines directions that no place of this site gives.
 
 The score is a k-nearest-neighbour local outlier ratio in that joint space, over the BSs
 that heard the UE: the distance to its k-th nearest reference UE (the adaptation's
 training and validation UEs, each coordinate standardised), divided by the mean of those
 neighbours' own k-th neighbour distances, so that sparsely sampled parts of the site
 (its edges) are not out of site for being sparse (Breunig et al. 2000, LOF, simplified).
-Measured on three held-out multi-BS sites (docs/results/site-trust): a Gaussian over the
-joint space detected less (it fills the sheet in), and the plain k-th distance had a
-heavy tail on the site's own UEs that set the threshold.
+Measured on three held-out multi-BS sites (docs/results/site-trust/consistency): a
+Gaussian over the joint space detected less (it fills the sheet in), and the plain k-th
+distance had a heavy tail on the site's own UEs that set the threshold.
 
 The threshold of each set of BSs heard is the split-conformal quantile of the
 references' own leave-one-out scores (each reference scored against all the others):
