@@ -273,13 +273,17 @@ def read_consistency(data: bytes, name: str = FILE) -> Consistency:
     except Exception as exc:
         raise ValueError(f"{name}: not a consistency file: {exc}") from exc
     k = len(stations)
+    if not MIN_HEARD <= k <= MAX_STATIONS or len(set(stations)) != k:  # before 2^k sets
+        raise ValueError(f"{name}: {k} base stations, expected {MIN_HEARD}-{MAX_STATIONS}")
     known = {_key(p, stations) for p in _patterns(k)}
     if (
         refs.ndim != 3
         or refs.shape[1] != k
+        or np.isinf(refs).any()
         or center.shape != (k, refs.shape[2])
         or scale.shape != center.shape
-        or not (scale > 0).all()
+        or not np.isfinite(center).all()
+        or not (np.isfinite(scale) & (scale > 0)).all()
         or len(sets) != len(values)
         or not set(sets) <= known
         or not all(np.isfinite(t) and t > 0 for t in values)

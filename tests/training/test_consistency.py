@@ -86,6 +86,16 @@ def test_bytes_round_trip_and_bad_files_are_refused() -> None:
     other = model.__class__(("bs0", "bs1"), model.refs, model.center, model.scale, {"bs0+bs1": 1.0})
     with pytest.raises(ValueError, match="inconsistent"):
         read_consistency(consistency_bytes(other))
+    nan_center = model.__class__(
+        model.stations, model.refs, model.center * np.nan, model.scale, model.thresholds
+    )
+    with pytest.raises(ValueError, match="inconsistent"):
+        read_consistency(consistency_bytes(nan_center))
+    # a file naming many stations is refused before its 2^K sets are enumerated
+    many = tuple(f"bs{i}" for i in range(40))
+    huge = model.__class__(many, model.refs, model.center, model.scale, {})
+    with pytest.raises(ValueError, match="40 base stations"):
+        read_consistency(consistency_bytes(huge))
 
 
 def test_unknown_stations_and_bad_shapes_are_refused() -> None:
