@@ -27,7 +27,7 @@ from service.batching import Batcher
 from service.errors import InvalidInput, PayloadTooLarge
 from service.store import ModelStore, ServedSite
 from training import fusion
-from training.novelty import inflate_cov, spatial_statistics
+from training.novelty import inflate_cov
 
 CSI_SHAPE = (8, 103, 2)
 
@@ -290,8 +290,8 @@ class Positioner:
         per_bs: dict[str, Prediction] = {}
         means = np.zeros((len(order), rows, 2))
         covs = np.zeros((len(order), rows, 2, 2))
-        scores = [score for _, _, score in results if score is not None]
-        for k, (bs, (position, sigma, score)) in enumerate(zip(order, results, strict=True)):
+        scores = [r.score for r in results if r.score is not None]
+        for k, (bs, (position, sigma, score, _)) in enumerate(zip(order, results, strict=True)):
             per_bs[bs] = Prediction(site, served.version, served.loss, position, sigma, score)
             means[k] = position
             sig = sigma if sigma is not None else np.tile(served.bs_rmse[bs], (rows, 1))
@@ -304,9 +304,10 @@ class Positioner:
         cov = cov * inflation
         novelty = None
         if len(scores) == len(order):
-            spatial = {}
-            if served.consistency is not None:  # the cross-BS check's input
-                spatial = {bs: spatial_statistics(csi[bs]) for bs in order}
+            # the cross-BS check's input, computed with the BS's score
+            spatial = {
+                bs: r.spatial for bs, r in zip(order, results, strict=True) if r.spatial is not None
+            }
             novelty = served.ue_novelty(np.stack(scores), spatial)
         spread = served.site_spread
         if novelty is not None and spread is not None:

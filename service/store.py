@@ -8,7 +8,7 @@ so requests never see a missing site while it is being replaced. A site whose ac
 version exists but is not loaded here yet answers 503 "loading", not 404.
 
 A multi-BS site version (its manifest lists `base_stations`) has one `model.<bs>.onnx`
-per base station; `ServedSite` then holds one session per BS (`predict_bs`) and what
+per base station; `ServedSite` then holds one session per BS (`predict_bs_scored`) and what
 fusion needs from the manifest: each BS's validation RMSE (the sigma of MSE models) and
 the covariance inflation fitted on validation.
 """
@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnxruntime as ort
@@ -46,9 +46,11 @@ from training.novelty import FILE as NOVELTY_FILE
 from training.novelty import (
     SINGLE_HEAD,
     NoveltyModel,
+    channel_statistics,
     combine_scores,
     inflate_sigma,
     read_novelty,
+    spatial_statistics,
 )
 from training.repository import NAME_PATTERN as SITE_ID
 from training.repository import ModelRepository, RepositoryError
@@ -66,6 +68,17 @@ def check_site_id(site: str) -> str:
             {"expected": "lowercase letters, digits, '-' or '_', 1-63 chars: " + SITE_ID.pattern},
         )
     return site
+
+
+class BsAnswer(NamedTuple):
+    """One base station's answer for a batch (`ServedSite.predict_bs_scored`)."""
+
+    position: np.ndarray
+    sigma: np.ndarray | None
+    score: np.ndarray | None
+    """Its novelty score per fingerprint; None without per-BS detectors."""
+    spatial: np.ndarray | None
+    """The CSI's spatial statistic [B, A*A] for the cross-BS check; None without it."""
 
 
 @dataclass
@@ -287,24 +300,23 @@ class ServedSite:
             return {}
         return {bs: models[bs] for bs in stations}
 
-    def predict_bs(self, bs: str, csi: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """`predict` with base station `bs`'s model of a multi-BS site."""
-        position, sigma, _ = self.predict_bs_scored(bs, csi)
-        return position, sigma
-
-    def predict_bs_scored(
-        self, bs: str, csi: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """`predict_bs` plus the BS's novelty scores (None without per-BS detectors). The
-        sigma is the model's own: the site judges each UE (the median over its BSs) and
-        widens the fused covariance of one out of site (`novelty.inflate_cov`), so one BS's
-        false alarm does not drop it from the fusion (the robust fusion down-weights a BS
-        that disagrees with the others)."""
+    def predict_bs_scored(self, bs: str, csi: np.ndarray) -> BsAnswer:
+        """Base station `bs`'s positions and sigma for a batch, its novelty scores (None
+        without per-BS detectors) and, with the cross-BS check, the spatial statistic it
+        reads (computed once, for the detector's own part too). The sigma is the model's own: the site judges each UE
+        (`ue_novelty`) and widens the fused covariance of one out of site
+        (`novelty.inflate_cov`), so one BS's false alarm does not drop it from the fusion
+        (the robust fusion down-weights a BS that disagrees with the others)."""
         session = self._sessions.get(bs)
         if session is None:
             raise Unavailable(f"site {self.site!r} version {self.version} has no model for {bs!r}")
         novelty = self.bs_novelty.get(bs)
-        return self._run_scored(session, novelty, csi, inflate=False)
+        stats = None
+        if self.consistency is not None:
+            parts = novelty is not None and bool(novelty.parts)
+            stats = channel_statistics(csi) if parts else {"spatial": spatial_statistics(csi)}
+        position, sigma, score = self._run_scored(session, novelty, csi, False, stats)
+        return BsAnswer(position, sigma, score, None if stats is None else stats["spatial"])
 
     def predict_joint(self, csi: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
         """The joint head's positions and sigma [B, 2] for CSI per BS (same UEs, rows
@@ -364,10 +376,12 @@ class ServedSite:
         novelty: NoveltyModel | None,
         csi: np.ndarray,
         inflate: bool = True,
+        stats: Mapping[str, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """One session's positions, sigma and novelty scores; with `inflate`, an
-        out-of-site fingerprint's sigma raised to the site's spread (a multi-BS site
-        widens the fused covariance of an out-of-site UE instead)."""
+        """One session's positions, sigma and novelty scores (``stats``: the CSI's channel
+        statistics, when already computed); with `inflate`, an out-of-site fingerprint's
+        sigma raised to the site's spread (a multi-BS site widens the fused covariance of
+        an out-of-site UE instead)."""
         names = ["position", "sigma"] if self.has_sigma else ["position"]
         if novelty is not None:
             names.append("features")
@@ -376,7 +390,7 @@ class ServedSite:
         sigma = np.asarray(result[1], dtype=np.float32) if self.has_sigma else None
         if novelty is None:
             return position, sigma, None
-        score = novelty.score(result[-1], csi)
+        score = novelty.score(result[-1], csi, stats)
         if inflate and sigma is not None and novelty.inflates and (score > 1.0).any():
             sigma = inflate_sigma(sigma, score, novelty.site_sigma)
         return position, sigma, score

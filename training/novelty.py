@@ -259,14 +259,22 @@ class NoveltyModel:
         """Mahalanobis distance of each row of ``features`` [B, D]."""
         return _distance(self.mean, self.whitener, features)
 
-    def score(self, features: npt.ArrayLike, csi: npt.ArrayLike | None = None) -> F64:
+    def score(
+        self,
+        features: npt.ArrayLike,
+        csi: npt.ArrayLike | None = None,
+        stats: Mapping[str, F64] | None = None,
+    ) -> F64:
         """The largest ``distance / threshold`` over the features and, with parts, the
-        channel statistics of ``csi`` (the same rows): above 1 means out of site."""
+        channel statistics of ``csi`` (the same rows): above 1 means out of site.
+        ``stats``: those statistics already computed (`channel_statistics`), instead of
+        ``csi`` (the service also hands them to the cross-BS check)."""
         score = self.distance(features) / self.threshold
         if self.parts:
-            if csi is None:
-                raise ValueError("this detector also scores the raw CSI: pass csi")
-            stats = channel_statistics(csi)
+            if stats is None:
+                if csi is None:
+                    raise ValueError("this detector also scores the raw CSI: pass csi")
+                stats = channel_statistics(csi)
             for part in self.parts:
                 score = np.maximum(score, part.score(stats[part.name]))
         return score

@@ -19,7 +19,7 @@ from training.checkpoint import save_multi_bs_site_model, save_site_model
 from training.consistency import Consistency, fit_consistency
 from training.data.site import SiteFingerprints
 from training.nets import Backbone, Head, SiteModel
-from training.novelty import fit_site_novelty
+from training.novelty import fit_site_novelty, spatial_statistics
 from training.repository import ModelRepository
 
 SITE = toy_fingerprints(400, (5.0, -2.0), seed=7, size=(8.0, 6.0))
@@ -237,6 +237,8 @@ def test_multi_bs_in_site_is_the_majority_of_the_bs_that_heard_the_ue(
 
     mine = {bs: own.station(bs).csi[:n] for bs in own.bs_ids}
     foreign = {bs: csi_batch(n, seed=30 + k) for k, bs in enumerate(own.bs_ids)}
+    store = client.app.state.store  # type: ignore[attr-defined]
+    assert store.get("hall-ood").predict_bs_scored("bs0", mine["bs0"]).spatial is None  # no check
     at_home = _locate_hall(client, mine)
     assert sum(p["in_site"] is True for p in at_home) >= n - 1
     for p in at_home:
@@ -319,6 +321,10 @@ def test_views_of_different_places_of_the_site_are_out_of_site(
     # one BS heard: no cross-BS check, the median rule (that BS's own score) decides
     alone = _locate_hall(client, {"bs0": mixed["bs0"]})
     assert all(p["novelty"] == pytest.approx(p["bs"]["bs0"]["novelty"]) for p in alone)
+    # each BS's spatial statistic comes with its score (computed once for both)
+    answer = store.get("hall-ood").predict_bs_scored("bs1", mine["bs1"][:5])
+    assert answer.spatial is not None
+    np.testing.assert_allclose(answer.spatial, spatial_statistics(mine["bs1"][:5]))
 
 
 def test_a_consistency_model_for_other_base_stations_is_not_served(

@@ -180,6 +180,9 @@ def test_format_1_and_2_novelty_files_still_read() -> None:
     again = read_novelty(novelty_bytes({"bs0": new}))["bs0"]
     assert [p.name for p in again.parts] == list(CHANNEL_PARTS)
     assert np.allclose(again.score(probe, own[:10]), new.score(probe, own[:10]))
+    # the statistics computed once elsewhere (the service's cross-BS check) score the same
+    stats = channel_statistics(own[:10])
+    assert np.array_equal(new.score(probe, stats=stats), new.score(probe, own[:10]))
     # format 2 (channel parts, no backgrounds: the demo sites before) reads as plain parts
     data = dict(np.load(io.BytesIO(novelty_bytes({"bs0": new}))))
     data["format"] = np.array(2)
