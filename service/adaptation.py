@@ -19,7 +19,9 @@ Unlabelled tracks (`training.data.unlabelled`: groups with the attribute
 beside a single-BS upload, or come as the ``unlabelled`` member of a JSON body. They are
 size-checked, validated (time strictly increasing within each track, the CSI's shape)
 and copied as the group `JOB_UNLABELLED_GROUP`; the job passes them to the trainer, which
-records how many it used in the manifest.
+records how many it used in the manifest. Beside a multi-BS upload each unlabelled group
+is named by the BS that saw it (``walks/bs0``, ``walks/bs1``: the last part of the name,
+as the labelled environments are) and copied as ``JOB_UNLABELLED_GROUP/<bs>``.
 """
 
 from __future__ import annotations
@@ -280,15 +282,11 @@ def prepare_h5(path: Path, env: str | None, limits: UploadLimits, directory: Pat
     except (OSError, ValueError, KeyError, RuntimeError, UnicodeDecodeError) as exc:
         raise _unreadable(exc, path) from None
     site_group = _site_group(path, envs, env)
-    if site_group is not None and unlabelled:
-        raise InvalidInput(
-            "unlabelled tracks are supported for single-BS sites only; this upload is a "
-            f"multi-BS site ({site_group!r})",
-            {"unlabelled": unlabelled, "site": site_group},
-        )
     if site_group is not None:
+        bs_ids = [e.rpartition("/")[2] for e in envs if e.rpartition("/")[0] == site_group]
+        walks = _unlabelled_by_bs(unlabelled, bs_ids)
         try:
-            return _prepare_site(path, site_group, limits, directory)
+            return _prepare_site(path, site_group, limits, directory, walks)
         except InvalidInput as exc:
             if env is not None:
                 raise
@@ -330,6 +328,15 @@ def _copy_unlabelled(
 ) -> UnlabelledTracks:
     """Size-check the unlabelled groups from their shapes, then read, validate and join them
     into the job's file as `JOB_UNLABELLED_GROUP`."""
+    _check_unlabelled_size(path, groups, limits)
+    tracks = UnlabelledTracks.concat([read_unlabelled(path, g) for g in groups])
+    with _storage_errors():
+        write_unlabelled(out, JOB_UNLABELLED_GROUP, tracks, meta)
+    return tracks
+
+
+def _check_unlabelled_size(path: Path, groups: list[str], limits: UploadLimits) -> None:
+    """Refuse (413) unlabelled groups over the caps, from their shapes alone."""
     rows = 0
     decoded = 0
     with h5py.File(path, "r") as f:
@@ -345,10 +352,38 @@ def _copy_unlabelled(
             f"{limits.max_samples} samples and {limits.max_decoded_bytes} bytes are accepted",
             {"max_samples": limits.max_samples, "got": rows, "decoded": decoded},
         )
-    tracks = UnlabelledTracks.concat([read_unlabelled(path, g) for g in groups])
-    with _storage_errors():
-        write_unlabelled(out, JOB_UNLABELLED_GROUP, tracks, meta)
-    return tracks
+
+
+def _unlabelled_by_bs(groups: list[str], bs_ids: list[str]) -> dict[str, list[str]]:
+    """A multi-BS upload's unlabelled groups by the BS that saw each (the last part of its
+    name); a name that is none of the site's BSs is a 422 (it would train no model)."""
+    by_bs: dict[str, list[str]] = {}
+    for group in groups:
+        bs = group.rpartition("/")[2]
+        if bs not in bs_ids:
+            raise InvalidInput(
+                f"unlabelled group {group!r} is not named by one of the site's base stations; "
+                f"expected groups named {sorted(bs_ids)} (the last part of the name)",
+                {"group": group, "base_stations": sorted(bs_ids)},
+            )
+        by_bs.setdefault(bs, []).append(group)
+    return by_bs
+
+
+def _copy_site_unlabelled(
+    path: Path, by_bs: dict[str, list[str]], site: SiteFingerprints, limits: UploadLimits, out: Path
+) -> int:
+    """A multi-BS upload's unlabelled groups per BS (`_unlabelled_by_bs`): size-checked,
+    read, validated, joined per BS and written as ``JOB_UNLABELLED_GROUP/<bs>``; returns
+    the samples copied."""
+    _check_unlabelled_size(path, [g for names in by_bs.values() for g in names], limits)
+    copied = 0
+    for bs, names in by_bs.items():
+        tracks = UnlabelledTracks.concat([read_unlabelled(path, g) for g in names])
+        with _storage_errors():
+            write_unlabelled(out, f"{JOB_UNLABELLED_GROUP}/{bs}", tracks, site.stations[bs].meta)
+        copied += len(tracks)
+    return copied
 
 
 def _site_group(path: Path, envs: list[str], env: str | None) -> str | None:
@@ -372,8 +407,15 @@ def _site_group(path: Path, envs: list[str], env: str | None) -> str | None:
     return None
 
 
-def _prepare_site(path: Path, group: str, limits: UploadLimits, directory: Path) -> PreparedData:
-    """A multi-BS upload: size-checked per BS (summed), joined, written as `JOB_SITE_GROUP`."""
+def _prepare_site(
+    path: Path,
+    group: str,
+    limits: UploadLimits,
+    directory: Path,
+    unlabelled: dict[str, list[str]],
+) -> PreparedData:
+    """A multi-BS upload: size-checked per BS (summed), joined, written as `JOB_SITE_GROUP`;
+    its ``unlabelled`` groups per BS beside it (`_copy_site_unlabelled`)."""
     envs = site_groups(path)[group]
     rows = 0
     decoded = 0
@@ -411,7 +453,8 @@ def _prepare_site(path: Path, group: str, limits: UploadLimits, directory: Path)
             )
         with _storage_errors():
             write_site(out, JOB_SITE_GROUP, site)
-        return PreparedData(out, len(site))
+        copied = _copy_site_unlabelled(path, unlabelled, site, limits, out) if unlabelled else 0
+        return PreparedData(out, len(site), copied)
 
 
 _JSON_TRACKS = {"csi": "[K][8][103][2]", "time": "[K] seconds", "track": "[K] integer ids"}
@@ -525,11 +568,16 @@ def load_job_data(path: Path) -> Fingerprints | SiteFingerprints:
         return lazy.read(slice(None))
 
 
-def load_job_unlabelled(path: Path) -> UnlabelledTracks | None:
-    """A job's unlabelled tracks (`JOB_UNLABELLED_GROUP`), or None when the upload had none."""
-    if JOB_UNLABELLED_GROUP not in list_unlabelled(path):
+def load_job_unlabelled(path: Path) -> UnlabelledTracks | dict[str, UnlabelledTracks] | None:
+    """A job's unlabelled tracks (`JOB_UNLABELLED_GROUP`; per BS id at a multi-BS site), or
+    None when the upload had none."""
+    names = list_unlabelled(path)
+    if JOB_UNLABELLED_GROUP in names:
+        return load_unlabelled(path, JOB_UNLABELLED_GROUP)
+    per_bs = [n for n in names if n.startswith(f"{JOB_UNLABELLED_GROUP}/")]
+    if not per_bs:
         return None
-    return load_unlabelled(path, JOB_UNLABELLED_GROUP)
+    return {n.rpartition("/")[2]: read_unlabelled(path, n) for n in per_bs}
 
 
 UPLOAD_TYPES = ("multipart/form-data", "application/x-hdf5", "application/octet-stream")

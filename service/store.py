@@ -303,10 +303,10 @@ class ServedSite:
     def predict_bs_scored(self, bs: str, csi: np.ndarray) -> BsAnswer:
         """Base station `bs`'s positions and sigma for a batch, its novelty scores (None
         without per-BS detectors) and, with the cross-BS check, the spatial statistic it
-        reads (computed once, for the detector's own part too). The sigma is the model's own: the site judges each UE
-        (`ue_novelty`) and widens the fused covariance of one out of site
-        (`novelty.inflate_cov`), so one BS's false alarm does not drop it from the fusion
-        (the robust fusion down-weights a BS that disagrees with the others)."""
+        reads (computed once, for the detector's own part too). The sigma is the model's
+        own: the site judges each UE (`ue_novelty`) and widens the fused covariance of one
+        out of site (`novelty.inflate_cov`), so one BS's false alarm does not drop it from
+        the fusion (the robust fusion down-weights a BS that disagrees with the others)."""
         session = self._sessions.get(bs)
         if session is None:
             raise Unavailable(f"site {self.site!r} version {self.version} has no model for {bs!r}")

@@ -32,7 +32,7 @@ import hashlib
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -66,6 +66,7 @@ from training.novelty import NoveltyModel, backbone_features, fit_site_novelty
 from training.repository import ModelRepository
 
 if TYPE_CHECKING:
+    from training.data.unlabelled import UnlabelledTracks
     from training.transfer import AdaptResult, TargetResult
 
 log = logging.getLogger(__name__)
@@ -443,12 +444,25 @@ def adapt_multi_bs_site(
     source_repo: ModelRepository | None,
     backbone_config: BackboneConfig | None,
     extra: dict[str, Any] | None,
+    unlabelled: Mapping[str, UnlabelledTracks] | None = None,
 ) -> AdaptResult:
-    """`adapt_site` for a site of two or more base stations (see the module docstring)."""
-    from training.transfer import AdaptResult, starting_backbone, train_target
+    """`adapt_site` for a site of two or more base stations (see the module docstring).
+    ``unlabelled``: per BS id (any of the site's), tracks it saw without positions; that
+    BS's training then adds the track-consistency term (`training.unlabelled`), in every
+    mode. The joint head trains without (its rows are UEs every BS heard at once)."""
+    from training.transfer import AdaptResult, starting_backbone, train_target, unlabelled_summary
 
     t0 = time.perf_counter()
     data.validate(group=site)
+    tracks = dict(unlabelled or {})
+    unknown = sorted(set(tracks) - set(data.bs_ids))
+    if unknown:
+        raise ValueError(
+            f"unlabelled tracks for base stations {unknown} the site does not have; "
+            f"expected some of {data.bs_ids}"
+        )
+    for bs, t in tracks.items():
+        t.validate(group=f"unlabelled {bs}")
     train, val, test = split_site(data, cfg.val_fraction, holdout, fraction, cfg.seed)
     _check_sizes(train, val)
 
@@ -481,6 +495,7 @@ def adapt_multi_bs_site(
                 backbone_config=backbone_config,
                 quiet=quiet,
                 progress=report_for(bs),
+                unlabelled=tracks.get(bs),
             )
             for bs in data.bs_ids
         }
@@ -504,6 +519,7 @@ def adapt_multi_bs_site(
             **({"mode": "auto"} if site_choice else {}),
             "train_samples": len(train.station(bs)),
             "val_samples": len(val.station(bs)),
+            **unlabelled_summary(tracks.get(bs), cfg),
         }
         epochs.update({f"{bs}:{k}": v for k, v in result.report.epochs.items()})
         steps.update({f"{bs}:{k}": v for k, v in result.report.steps.items()})
@@ -592,6 +608,9 @@ def adapt_multi_bs_site(
         "fraction": fraction,
         "torch_threads": torch.get_num_threads(),
         "inputs": next(iter(models.values())).backbone.config.inputs,
+        "unlabelled_samples": sum(len(t) for t in tracks.values()),
+        "unlabelled_tracks": sum(t.tracks for t in tracks.values()),
+        "track_pairs": sum(summaries[bs]["track_pairs"] for bs in data.bs_ids),
         **(extra or {}),
     }
     pool_samples = len(train) + len(val)

@@ -41,6 +41,7 @@ import copy
 import logging
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -558,7 +559,7 @@ class AdaptResult:
     test: dict[str, float] | None = None
 
 
-def _unlabelled_summary(tracks: UnlabelledTracks | None, cfg: TrainConfig) -> dict[str, int]:
+def unlabelled_summary(tracks: UnlabelledTracks | None, cfg: TrainConfig) -> dict[str, int]:
     """What a manifest records about the unlabelled tracks a version was trained with."""
     if tracks is None:
         return {"unlabelled_samples": 0, "unlabelled_tracks": 0, "track_pairs": 0}
@@ -615,7 +616,7 @@ def adapt_site(
     backbone_config: BackboneConfig | None = None,
     extra: dict[str, Any] | None = None,
     novelty_false_alarm: float = DEFAULT_FALSE_ALARM,
-    unlabelled: UnlabelledTracks | None = None,
+    unlabelled: UnlabelledTracks | Mapping[str, UnlabelledTracks] | None = None,
 ) -> AdaptResult:
     """Train, publish and (unless ``activate=False``) activate a new version of ``site``.
 
@@ -638,43 +639,52 @@ def adapt_site(
 
     ``unlabelled``: tracks the site's BS saw without positions (`training.data.unlabelled`),
     used by the track-consistency term (`training.unlabelled`, ``config.track_weight``);
-    single-BS sites only. The manifest's training config records ``unlabelled_samples``,
-    ``unlabelled_tracks`` and ``track_pairs`` (0 without tracks).
+    at a multi-BS site a mapping from BS id to that BS's tracks. The manifest's training
+    config records ``unlabelled_samples``, ``unlabelled_tracks`` and ``track_pairs`` (0
+    without tracks; per BS too at a multi-BS site).
     """
     t0 = time.perf_counter()
     check_name(site, "site id")
     mode = check_mode(mode)
     loss = check_loss_name(loss)
     cfg = (config or TrainConfig()).replace(loss=loss, seed=seed, val_fraction=val_fraction)
+    if isinstance(data, SiteFingerprints) and len(data.stations) > 1:
+        from training.multibs import adapt_multi_bs_site
+
+        if isinstance(unlabelled, UnlabelledTracks):
+            raise ValueError(
+                "a multi-BS site takes unlabelled tracks per base station (a mapping from BS "
+                "id to tracks), got one set of tracks"
+            )
+        return adapt_multi_bs_site(
+            repo,
+            site,
+            data,
+            cfg=cfg,
+            mode=mode,
+            backbone=backbone,
+            activate=activate,
+            progress=progress,
+            quiet=quiet,
+            scratch=scratch,
+            holdout=holdout,
+            fraction=fraction,
+            source_repo=source_repo,
+            backbone_config=backbone_config,
+            extra=extra,
+            unlabelled=unlabelled,
+        )
+    if isinstance(data, SiteFingerprints):
+        data = next(iter(data.stations.values())).data
+    if isinstance(unlabelled, Mapping):  # one BS: its tracks, if any
+        if len(unlabelled) > 1:
+            raise ValueError(
+                "unlabelled tracks for several base stations need a multi-BS site; got "
+                f"tracks for {sorted(unlabelled)}"
+            )
+        unlabelled = next(iter(unlabelled.values()), None)
     if unlabelled is not None:
         unlabelled.validate(group="unlabelled")
-    if isinstance(data, SiteFingerprints):
-        if len(data.stations) > 1:
-            if unlabelled is not None:
-                raise ValueError(
-                    "unlabelled tracks are supported for single-BS sites only; this site has "
-                    f"{len(data.stations)} base stations"
-                )
-            from training.multibs import adapt_multi_bs_site
-
-            return adapt_multi_bs_site(
-                repo,
-                site,
-                data,
-                cfg=cfg,
-                mode=mode,
-                backbone=backbone,
-                activate=activate,
-                progress=progress,
-                quiet=quiet,
-                scratch=scratch,
-                holdout=holdout,
-                fraction=fraction,
-                source_repo=source_repo,
-                backbone_config=backbone_config,
-                extra=extra,
-            )
-        data = next(iter(data.stations.values())).data
     data.validate(group=site)
     pool, test_data = holdout_split(data, holdout, fraction, seed)
     train, val = split_train_val(pool, cfg.val_fraction, cfg.seed)
@@ -716,7 +726,7 @@ def adapt_site(
         "fraction": fraction,
         "torch_threads": torch.get_num_threads(),
         "inputs": result.model.backbone.config.inputs,
-        **_unlabelled_summary(unlabelled, cfg),
+        **unlabelled_summary(unlabelled, cfg),
         **(extra or {}),
     }
     site_version = save_site_model(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.training.toychannel import toy_site
+from tests.training.toychannel import TOY_SITE_BS, toy_site, toy_tracks
 from training.checkpoint import load_site_model, save_backbone
 from training.config import TrainConfig
 from training.fusion import JOINT_FILES, SET_MIN_VAL, fit_inflation, fuse_by
@@ -278,6 +278,26 @@ def test_mse_multi_bs_site_fuses_with_validation_rmse(repo: ModelRepository) -> 
     metrics = repo.manifest("site", "m", result.version)["metrics"]
     assert metrics["fusion"]["sigma_source"] == "validation_rmse"
     assert np.isfinite(metrics["me"]) and metrics["within_2sigma"] > 0
+
+
+def test_unlabelled_tracks_train_the_bss_that_saw_them(repo: ModelRepository) -> None:
+    """Each BS's own tracks (`training.unlabelled`) join its training; the manifest
+    counts them per BS and for the site."""
+    site = toy_site(90, seed=3, drop=0.0)
+    walks = {
+        bs: toy_tracks(3, 12, TOY_SITE_BS[bs], seed=k, size=(8.0, 6.0))[0]
+        for k, bs in enumerate(("bs0", "bs1"))
+    }
+    result = adapt_site(repo, "walked", site, mode="finetune", config=CFG, unlabelled=walks)
+    config = repo.manifest("site", "walked", result.version)["config"]
+    per_bs = {bs: config["bs"][bs]["track_pairs"] for bs in site.bs_ids}
+    assert per_bs["bs0"] == per_bs["bs1"] == 3 * 11 and per_bs["bs2"] == 0
+    assert config["unlabelled_samples"] == 72 and config["unlabelled_tracks"] == 6
+    assert config["track_pairs"] == 66 and config["bs"]["bs0"]["unlabelled_samples"] == 36
+    with pytest.raises(ValueError, match=r"base stations \['bs7'\] the site does not have"):
+        adapt_site(repo, "walked", site, mode="head", config=CFG, unlabelled={"bs7": walks["bs0"]})
+    with pytest.raises(ValueError, match="takes unlabelled tracks per base station"):
+        adapt_site(repo, "walked", site, mode="head", config=CFG, unlabelled=walks["bs0"])
 
 
 def test_one_bs_site_is_a_single_bs_site(repo: ModelRepository) -> None:

@@ -542,8 +542,8 @@ def _adapt_cli(
     environment) adapts a multi-BS site: its environments are the base stations.
     `unlabelled`: a file of unlabelled tracks (`training.data.unlabelled`)."""
     from training.data.fingerprints import list_environments, read_environment
-    from training.data.site import read_site
-    from training.data.unlabelled import load_unlabelled
+    from training.data.site import SiteFingerprints, read_site
+    from training.data.unlabelled import UnlabelledTracks, load_site_unlabelled, load_unlabelled
     from training.fusion import JOINT
     from training.repository import ModelRepository
     from training.transfer import adapt_site, check_mode
@@ -569,8 +569,12 @@ def _adapt_cli(
 
     if unlabelled_env is not None and unlabelled is None:
         raise ValueError("--unlabelled-env needs --unlabelled FILE")
-    tracks = None if unlabelled is None else load_unlabelled(unlabelled, unlabelled_env)
     target = read_environment(data, env) if env in list_environments(data) else read_site(data, env)
+    tracks: UnlabelledTracks | dict[str, UnlabelledTracks] | None = None
+    if unlabelled is not None and isinstance(target, SiteFingerprints) and len(target.bs_ids) > 1:
+        tracks = load_site_unlabelled(unlabelled, target.bs_ids, unlabelled_env)
+    elif unlabelled is not None:
+        tracks = load_unlabelled(unlabelled, unlabelled_env)
     unlabelled_source = (
         {"unlabelled": str(unlabelled), "unlabelled_env": unlabelled_env} if unlabelled else {}
     )
@@ -615,10 +619,11 @@ def _adapt_cli(
         sets = ", ".join(f"{key} {factor:.2f}" for key, factor in by_set.items())
         console.print(f"fused covariance inflation by the BSs heard: {sets}", soft_wrap=True)
     if tracks is not None:
-        pairs = repo.manifest("site", site, result.version)["config"]["track_pairs"]
+        used = repo.manifest("site", site, result.version)["config"]
         console.print(
-            f"unlabelled: {len(tracks)} samples on {tracks.tracks} tracks, {pairs} pairs "
-            f"(track weight {config.track_weight:g})",
+            f"unlabelled: {used['unlabelled_samples']} samples on {used['unlabelled_tracks']} "
+            f"tracks, {used['track_pairs']} pairs (track weight {config.track_weight:g})"
+            + (f"; base stations {', '.join(tracks)}" if isinstance(tracks, dict) else ""),
             soft_wrap=True,
         )
     novelty = result.metrics.get("novelty")
@@ -643,12 +648,16 @@ UnlabelledFile = Annotated[
     typer.Option(
         "--unlabelled",
         help="HDF5 file of unlabelled tracks from the same BS (csi, time, track; no positions): "
-        "its groups with attribute unlabelled=True, or the one --unlabelled-env names.",
+        "its groups with attribute unlabelled=True, or the one --unlabelled-env names. For a "
+        "multi-BS site, groups named by BS id (or the children of --unlabelled-env).",
     ),
 ]
 UnlabelledEnv = Annotated[
     str | None,
-    typer.Option(help="Group of --unlabelled to use (may be labelled: its positions are ignored)."),
+    typer.Option(
+        help="Group of --unlabelled to use (may be labelled: its positions are ignored); for a "
+        "multi-BS site, the group holding one group per BS id."
+    ),
 ]
 _TRACK_WEIGHT = TrainConfig().track_weight
 TrackWeight = Annotated[

@@ -44,6 +44,7 @@ __all__ = [
     "UnlabelledTracks",
     "is_unlabelled_group",
     "list_unlabelled",
+    "load_site_unlabelled",
     "load_unlabelled",
     "read_unlabelled",
     "write_unlabelled",
@@ -205,6 +206,52 @@ def load_unlabelled(path: str | Path, env: str | None = None) -> UnlabelledTrack
             "csi, time, track); name a group that has time and track with --unlabelled-env",
         )
     return UnlabelledTracks.concat([read_unlabelled(path, n) for n in names])
+
+
+def load_site_unlabelled(
+    path: str | Path, bs_ids: Sequence[str], group: str | None = None
+) -> dict[str, UnlabelledTracks]:
+    """A multi-BS site's unlabelled tracks per BS id: the groups named by the BS's id (the
+    last part of the name, as in a labelled multi-BS upload). With `group`, its direct
+    children (unlabelled groups, or labelled environments with `time` and `track`: a
+    recorded walk's positions are dropped); without, every unlabelled group of the file,
+    one BS's groups joined. A name that is not one of `bs_ids`, or no tracks at all, is a
+    `SchemaError` (tracks for another site's BS would train the wrong model)."""
+    spath = str(path)
+    if group is None:
+        names = list_unlabelled(path)
+    else:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{spath}: no such fingerprint file")
+        with h5py.File(path, "r") as f:
+            _check_root(f, spath)
+            node = f.get(group)
+            if not isinstance(node, h5py.Group):
+                raise SchemaError(spath, group, "(group)", "no such group")
+            names = sorted(
+                f"{group.rstrip('/')}/{k}" for k, v in node.items() if isinstance(v, h5py.Group)
+            )
+    by_bs: dict[str, list[UnlabelledTracks]] = {}
+    for name in names:
+        bs = name.rsplit("/", 1)[-1]
+        if bs not in bs_ids:
+            raise SchemaError(
+                spath,
+                name,
+                "(group)",
+                f"unlabelled tracks for {bs!r}, which is not one of the site's base stations; "
+                f"expected groups named {sorted(bs_ids)}",
+            )
+        by_bs.setdefault(bs, []).append(read_unlabelled(path, name))
+    if not by_bs:
+        raise SchemaError(
+            spath,
+            group or "/",
+            "(group)",
+            "no unlabelled tracks; expected groups named by base station id "
+            f"({sorted(bs_ids)}) with csi, time and track",
+        )
+    return {bs: UnlabelledTracks.concat(parts) for bs, parts in sorted(by_bs.items())}
 
 
 def write_unlabelled(

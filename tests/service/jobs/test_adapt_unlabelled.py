@@ -17,7 +17,7 @@ from service.config import Settings
 from tests.service.conftest import ADMIN, LOCATE
 from tests.service.jobs.test_adapt_jobs import wait_job
 from tests.service.test_adaptation import refused
-from tests.training.toychannel import toy_fingerprints, toy_site, toy_tracks
+from tests.training.toychannel import TOY_SITE_BS, toy_fingerprints, toy_site, toy_tracks
 from training.checkpoint import save_backbone
 from training.data.fingerprints import EnvironmentMeta, write_environment
 from training.data.site import write_site
@@ -108,13 +108,35 @@ def test_malformed_tracks_are_a_422_naming_the_field(
     assert client.get("/jobs", headers=ADMIN).json()["jobs"] == []
 
 
-def test_tracks_beside_a_multi_bs_upload_are_refused(client: TestClient, tmp_path: Path) -> None:
-    path = tmp_path / "multi.h5"
-    write_site(path, "hall", toy_site(40))
+def _walked_site(path: Path) -> Path:
+    """A 3-BS site and walks seen by two of its BSs (groups named by BS id)."""
+    write_site(path, "hall", toy_site(60, drop=0.0))
+    for k, bs in enumerate(("bs0", "bs2")):
+        tracks, _ = toy_tracks(2, 10, TOY_SITE_BS[bs], seed=k, size=(8.0, 6.0))
+        write_unlabelled(path, f"walks/{bs}", tracks, META)
+    return path
+
+
+def test_tracks_beside_a_multi_bs_upload_train_the_bss_that_saw_them(
+    real: TestClient, tmp_path: Path
+) -> None:
+    body = _walked_site(tmp_path / "multi.h5").read_bytes()
+    r = real.post("/sites/hall/adapt?mode=finetune", content=body, headers=H5)
+    assert r.status_code == 202, r.text
+    job = wait_job(real, r.json()["job_id"], timeout=240)
+    assert job["state"] == "succeeded", job
+    training = real.get("/sites/hall", headers=LOCATE).json()["versions"][0]["training"]
+    assert training["unlabelled_samples"] == 40 and training["unlabelled_tracks"] == 4
+    assert training["track_pairs"] == 36  # 2 BSs x 2 tracks x 9 consecutive pairs
+
+
+def test_tracks_for_a_bs_the_site_lacks_are_a_422(client: TestClient, tmp_path: Path) -> None:
+    path = _walked_site(tmp_path / "multi.h5")
     tracks, _ = toy_tracks(2, 10, (0.0, 0.0), seed=1)
-    write_unlabelled(path, "walks", tracks, META)
+    write_unlabelled(path, "walks/bs9", tracks, META)
     err = refused(client.post("/sites/hall/adapt", content=path.read_bytes(), headers=H5))
-    assert "single-BS sites only" in err["message"]
+    assert err["detail"]["group"] == "walks/bs9" and "base stations" in err["message"]
+    assert client.get("/jobs", headers=ADMIN).json()["jobs"] == []
 
 
 def _json_body(tracks: dict[str, Any] | None) -> dict[str, Any]:

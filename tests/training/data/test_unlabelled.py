@@ -19,6 +19,7 @@ from training.data.schema import SchemaError
 from training.data.unlabelled import (
     UnlabelledTracks,
     list_unlabelled,
+    load_site_unlabelled,
     load_unlabelled,
     read_unlabelled,
     write_unlabelled,
@@ -81,6 +82,34 @@ def _group(path: Path, **arrays: np.ndarray) -> None:
 CSI = np.zeros((3, 8, 103, 2), np.float32)
 TIME = np.array([0.0, 0.1, 0.2])
 TRACK = np.zeros(3, np.int32)
+
+
+def test_a_multi_bs_sites_tracks_are_the_groups_named_by_its_base_stations(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "walks.h5"
+    for day in range(2):  # two recordings of bs0, one of bs1
+        for bs in ("bs0", "bs1")[: 2 - day]:
+            tracks, _ = toy_tracks(2, 10 + day, (0.0, 0.0), seed=day)
+            write_unlabelled(path, f"day{day}/{bs}", tracks, META)
+    got = load_site_unlabelled(path, ["bs0", "bs1", "bs2"])
+    assert sorted(got) == ["bs0", "bs1"]  # a BS without tracks is left out
+    assert len(got["bs0"]) == 42 and got["bs0"].tracks == 4 and len(got["bs1"]) == 20
+    assert len(load_site_unlabelled(path, ["bs0", "bs1"], "day1")["bs0"]) == 22
+    # a recorded walk (labelled, with time and track) reads per BS, positions dropped
+    tracks, pos = toy_tracks(2, 10, (0.0, 0.0), seed=3)
+    fp = toy_fingerprints(20, (0.0, 0.0), seed=0)
+    fp.csi, fp.pos, fp.time, fp.track = tracks.csi, pos, tracks.time, tracks.track
+    write_environment(path, "walk/bs2", fp, META)
+    assert list(load_site_unlabelled(path, ["bs0", "bs1", "bs2"], "walk")) == ["bs2"]
+    with pytest.raises(SchemaError, match="'bs1', which is not one of the site's base stations"):
+        load_site_unlabelled(path, ["bs0", "bs2"])
+    with pytest.raises(SchemaError, match="no such group"):
+        load_site_unlabelled(path, ["bs0"], "nowhere")
+    empty = tmp_path / "empty.h5"
+    write_environment(empty, "lab", toy_fingerprints(5, (0.0, 0.0), seed=1), META)
+    with pytest.raises(SchemaError, match="no unlabelled tracks; expected groups named by"):
+        load_site_unlabelled(empty, ["bs0"])
 
 
 @pytest.mark.parametrize(
