@@ -53,6 +53,7 @@ from training.data.schema import SchemaError
 from training.data.site import SiteFingerprints, has_sample_ids, read_site, site_groups, write_site
 from training.data.unlabelled import (
     UnlabelledTracks,
+    join_recordings,
     list_unlabelled,
     load_unlabelled,
     read_unlabelled,
@@ -374,12 +375,16 @@ def _copy_site_unlabelled(
     path: Path, by_bs: dict[str, list[str]], site: SiteFingerprints, limits: UploadLimits, out: Path
 ) -> int:
     """A multi-BS upload's unlabelled groups per BS (`_unlabelled_by_bs`): size-checked,
-    read, validated, joined per BS and written as ``JOB_UNLABELLED_GROUP/<bs>``; returns
-    the samples copied."""
+    read, validated, joined per BS (`join_recordings`: a recording's track ids shared by
+    its BSs) and written as ``JOB_UNLABELLED_GROUP/<bs>``; returns the samples copied."""
     _check_unlabelled_size(path, [g for names in by_bs.values() for g in names], limits)
+    parts = [
+        (g.rpartition("/")[0], bs, read_unlabelled(path, g))
+        for bs, names in by_bs.items()
+        for g in names
+    ]
     copied = 0
-    for bs, names in by_bs.items():
-        tracks = UnlabelledTracks.concat([read_unlabelled(path, g) for g in names])
+    for bs, tracks in join_recordings(parts).items():
         with _storage_errors():
             write_unlabelled(out, f"{JOB_UNLABELLED_GROUP}/{bs}", tracks, site.stations[bs].meta)
         copied += len(tracks)

@@ -163,6 +163,44 @@ def drop_stations(joint: Fingerprints, stations: int, seed: int, *, least: int =
     )
 
 
+def joint_subsets(stations: int) -> bool:
+    """Whether a site of ``stations`` BSs gets a subset joint head (any 2+ BSs heard)."""
+    return stations > JOINT_MIN_HEARD
+
+
+def joint_tracks(
+    tracks: Mapping[str, UnlabelledTracks], bs_ids: list[str], subsets: bool
+) -> UnlabelledTracks | None:
+    """The joint head's unlabelled tracks: the instants (track id, time) that enough of
+    the site's BSs saw (every BS, or `JOINT_MIN_HEARD` for a subset head, as
+    `joint_rows`), each BS's CSI stacked on the antenna axis in ``bs_ids`` order, zeros
+    where a BS did not see it; None when there are none. A recording's BSs share its
+    track ids and times (`training.data.unlabelled.join_recordings`)."""
+    from training.data.unlabelled import UnlabelledTracks
+
+    need = JOINT_MIN_HEARD if subsets else len(bs_ids)
+    where: dict[tuple[int, float], dict[str, int]] = {}
+    for bs, t in tracks.items():
+        for i, key in enumerate(zip(t.track.tolist(), t.time.tolist(), strict=True)):
+            where.setdefault(key, {})[bs] = i
+    keys = sorted(k for k, seen in where.items() if len(seen) >= need)
+    if not keys:
+        return None
+    shape = next(iter(tracks.values())).csi.shape[1:]
+    blocks = []
+    for bs in bs_ids:
+        block = np.zeros((len(keys), *shape), dtype=np.float32)
+        if bs in tracks:
+            rows = np.array([where[k].get(bs, -1) for k in keys])
+            block[rows >= 0] = tracks[bs].csi[rows[rows >= 0]]
+        blocks.append(block)
+    return UnlabelledTracks(
+        np.ascontiguousarray(np.concatenate(blocks, axis=1)),
+        np.array([k[1] for k in keys], dtype=np.float64),
+        np.array([k[0] for k in keys], dtype=np.int32),
+    )
+
+
 def train_joint(
     start: Backbone,
     train: SiteFingerprints,
@@ -171,18 +209,21 @@ def train_joint(
     *,
     quiet: bool,
     progress: ProgressFn | None,
+    unlabelled: UnlabelledTracks | None = None,
 ) -> TargetResult | None:
     """The joint head on the frozen ``start`` (module docstring), or None where it does
     not apply: an MSE site (no sigma to fuse by) or too few samples it would answer.
 
     From 3 BSs on it is a subset head (`JointBackbone` ``subsets``): trained on
-    `drop_stations` copies, its checkpoint and sigma chosen on validation as heard."""
+    `drop_stations` copies, its checkpoint and sigma chosen on validation as heard.
+    ``unlabelled``: the instants its BSs saw together (`joint_tracks`) add the
+    track-consistency term, as at each BS."""
     from training.transfer import train_target
 
     if cfg.loss != "nll":
         return None
     k = len(train.bs_ids)
-    subsets = k > JOINT_MIN_HEARD
+    subsets = joint_subsets(k)
     _, jt = joint_fingerprints(train, subsets)
     _, jv = joint_fingerprints(val, subsets)
     if len(jt) < MIN_TRAIN_PER_BS or len(jv) < JOINT_MIN_VAL:
@@ -193,7 +234,15 @@ def train_joint(
     if subsets:
         jt = drop_stations(jt, k, cfg.seed)
     return train_target(
-        backbone, jt, jv, cfg, mode=JOINT_MODE, head_config=head, quiet=quiet, progress=progress
+        backbone,
+        jt,
+        jv,
+        cfg,
+        mode=JOINT_MODE,
+        head_config=head,
+        quiet=quiet,
+        progress=progress,
+        unlabelled=unlabelled,
     )
 
 
@@ -449,7 +498,7 @@ def adapt_multi_bs_site(
     """`adapt_site` for a site of two or more base stations (see the module docstring).
     ``unlabelled``: per BS id (any of the site's), tracks it saw without positions; that
     BS's training then adds the track-consistency term (`training.unlabelled`), in every
-    mode. The joint head trains without (its rows are UEs every BS heard at once)."""
+    mode, and the joint head's the instants its BSs saw together (`joint_tracks`)."""
     from training.transfer import AdaptResult, starting_backbone, train_target, unlabelled_summary
 
     t0 = time.perf_counter()
@@ -475,12 +524,16 @@ def adapt_multi_bs_site(
 
         return report
 
+    subsets = joint_subsets(len(data.bs_ids))
+    jtracks = joint_tracks(tracks, data.bs_ids, subsets) if tracks else None
     # The joint head depends on the parent only, so it is trained first: a site-level
     # `auto` scores every candidate mode with it in the fusion, as the site will serve.
     joint_result = (
         None
         if start is None
-        else train_joint(start, train, val, cfg, quiet=quiet, progress=report_for(JOINT))
+        else train_joint(
+            start, train, val, cfg, quiet=quiet, progress=report_for(JOINT), unlabelled=jtracks
+        )
     )
     joint = None if joint_result is None else joint_result.model
 
@@ -530,6 +583,7 @@ def adapt_multi_bs_site(
             **joint_result.summary(),
             "train_samples": len(joint_rows(train, _subsets(joint_result.model))),
             "val_samples": len(joint_rows(val, _subsets(joint_result.model))),
+            **unlabelled_summary(jtracks, cfg),
         }
         epochs.update({f"{JOINT}:{k}": v for k, v in joint_result.report.epochs.items()})
         steps.update({f"{JOINT}:{k}": v for k, v in joint_result.report.steps.items()})

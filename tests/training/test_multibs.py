@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from tests.training.toychannel import TOY_SITE_BS, toy_site, toy_tracks
+from tests.training.toychannel import toy_site, toy_site_tracks
 from training.checkpoint import load_site_model, save_backbone
 from training.config import TrainConfig
+from training.data.unlabelled import UnlabelledTracks
 from training.fusion import JOINT_FILES, SET_MIN_VAL, fit_inflation, fuse_by
 from training.multibs import (
     FUSION,
@@ -20,6 +21,7 @@ from training.multibs import (
     fused_scores,
     inflation_by_set,
     joint_fingerprints,
+    joint_tracks,
     set_factors,
     split_site,
     station_estimates,
@@ -281,23 +283,41 @@ def test_mse_multi_bs_site_fuses_with_validation_rmse(repo: ModelRepository) -> 
 
 
 def test_unlabelled_tracks_train_the_bss_that_saw_them(repo: ModelRepository) -> None:
-    """Each BS's own tracks (`training.unlabelled`) join its training; the manifest
-    counts them per BS and for the site."""
+    """Each BS's own tracks (`training.unlabelled`) join its training, the instants two
+    BSs saw together the joint head's; the manifest counts them per BS, for the joint
+    head and for the site."""
     site = toy_site(90, seed=3, drop=0.0)
-    walks = {
-        bs: toy_tracks(3, 12, TOY_SITE_BS[bs], seed=k, size=(8.0, 6.0))[0]
-        for k, bs in enumerate(("bs0", "bs1"))
-    }
+    seen = toy_site_tracks(3, 12, seed=5)
+    walks = {bs: seen[bs] for bs in ("bs0", "bs1")}  # bs2 saw none of the walks
     result = adapt_site(repo, "walked", site, mode="finetune", config=CFG, unlabelled=walks)
     config = repo.manifest("site", "walked", result.version)["config"]
     per_bs = {bs: config["bs"][bs]["track_pairs"] for bs in site.bs_ids}
     assert per_bs["bs0"] == per_bs["bs1"] == 3 * 11 and per_bs["bs2"] == 0
     assert config["unlabelled_samples"] == 72 and config["unlabelled_tracks"] == 6
     assert config["track_pairs"] == 66 and config["bs"]["bs0"]["unlabelled_samples"] == 36
+    # a subset head answers for two BSs: every instant bs0 and bs1 both saw
+    assert config["joint"]["unlabelled_samples"] == 36 and config["joint"]["track_pairs"] == 33
     with pytest.raises(ValueError, match=r"base stations \['bs7'\] the site does not have"):
-        adapt_site(repo, "walked", site, mode="head", config=CFG, unlabelled={"bs7": walks["bs0"]})
+        adapt_site(repo, "walked", site, mode="head", config=CFG, unlabelled={"bs7": seen["bs0"]})
     with pytest.raises(ValueError, match="takes unlabelled tracks per base station"):
-        adapt_site(repo, "walked", site, mode="head", config=CFG, unlabelled=walks["bs0"])
+        adapt_site(repo, "walked", site, mode="head", config=CFG, unlabelled=seen["bs0"])
+
+
+def test_joint_tracks_stack_the_bss_at_the_instants_they_saw_together() -> None:
+    seen = toy_site_tracks(2, 5, seed=1)
+    partial = {
+        "bs0": seen["bs0"],
+        "bs2": UnlabelledTracks(seen["bs2"].csi[:3], seen["bs2"].time[:3], seen["bs2"].track[:3]),
+    }
+    ids = ["bs0", "bs1", "bs2"]
+    got = joint_tracks(partial, ids, subsets=True)  # two BSs heard: the first 3 instants
+    assert got is not None and len(got) == 3 and got.csi.shape == (3, 24, 103, 2)
+    np.testing.assert_array_equal(got.csi[:, :8], seen["bs0"].csi[:3])
+    np.testing.assert_array_equal(got.csi[:, 16:], seen["bs2"].csi[:3])
+    assert not got.csi[:, 8:16].any()  # bs1 saw nothing: zeros, as a subset head is fed
+    np.testing.assert_array_equal(got.time, seen["bs0"].time[:3])
+    assert joint_tracks(partial, ids, subsets=False) is None  # an every-BS head: none
+    assert joint_tracks({"bs0": seen["bs0"]}, ids, subsets=True) is None
 
 
 def test_one_bs_site_is_a_single_bs_site(repo: ModelRepository) -> None:

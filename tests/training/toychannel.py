@@ -133,3 +133,22 @@ def toy_tracks(
     time_s = np.tile(np.arange(steps) * dt, tracks).astype(np.float64)
     track = np.repeat(np.arange(tracks), steps).astype(np.int32)
     return UnlabelledTracks(fp.csi, time_s, track), flat
+
+
+def toy_site_tracks(
+    tracks: int,
+    steps: int,
+    seed: int,
+    stations: dict[str, tuple[float, float]] | None = None,
+    size: tuple[float, float] = (8.0, 6.0),
+) -> dict[str, UnlabelledTracks]:
+    """One recording of ``tracks`` UEs walking in `toy_site`'s room (`toy_tracks`), as
+    each BS saw it: the same track ids and times at every BS, each BS's own channel."""
+    from training.data.unlabelled import UnlabelledTracks
+
+    walks, pos = toy_tracks(tracks, steps, (0.0, 0.0), seed, size)
+    out = {}
+    for k, (bs, where) in enumerate((stations or TOY_SITE_BS).items()):
+        fp = _toy_at(pos, where, seed * 100 + k)
+        out[bs] = UnlabelledTracks(fp.csi, walks.time, walks.track)
+    return out

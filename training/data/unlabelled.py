@@ -43,6 +43,7 @@ __all__ = [
     "UNLABELLED_ATTR",
     "UnlabelledTracks",
     "is_unlabelled_group",
+    "join_recordings",
     "list_unlabelled",
     "load_site_unlabelled",
     "load_unlabelled",
@@ -231,9 +232,9 @@ def load_site_unlabelled(
             names = sorted(
                 f"{group.rstrip('/')}/{k}" for k, v in node.items() if isinstance(v, h5py.Group)
             )
-    by_bs: dict[str, list[UnlabelledTracks]] = {}
+    parts: list[tuple[str, str, UnlabelledTracks]] = []
     for name in names:
-        bs = name.rsplit("/", 1)[-1]
+        recording, _, bs = name.rpartition("/")
         if bs not in bs_ids:
             raise SchemaError(
                 spath,
@@ -242,8 +243,8 @@ def load_site_unlabelled(
                 f"unlabelled tracks for {bs!r}, which is not one of the site's base stations; "
                 f"expected groups named {sorted(bs_ids)}",
             )
-        by_bs.setdefault(bs, []).append(read_unlabelled(path, name))
-    if not by_bs:
+        parts.append((recording, bs, read_unlabelled(path, name)))
+    if not parts:
         raise SchemaError(
             spath,
             group or "/",
@@ -251,7 +252,32 @@ def load_site_unlabelled(
             "no unlabelled tracks; expected groups named by base station id "
             f"({sorted(bs_ids)}) with csi, time and track",
         )
-    return {bs: UnlabelledTracks.concat(parts) for bs, parts in sorted(by_bs.items())}
+    return join_recordings(parts)
+
+
+def join_recordings(
+    parts: Sequence[tuple[str, str, UnlabelledTracks]],
+) -> dict[str, UnlabelledTracks]:
+    """Per BS, its recordings joined (``(recording, bs, tracks)``, e.g. the groups
+    ``day0/bs0``, ``day0/bs1``, ``day1/bs0``): one new track id per (recording, track)
+    *shared by every BS*, so the same UE at the same time keeps one (track, time) key at
+    each BS that saw it (the joint head pairs its BSs' views by it, `training.multibs`),
+    while tracks of different recordings never join."""
+    ids: dict[tuple[str, int], int] = {}
+    by_bs: dict[str, list[UnlabelledTracks]] = {}
+    for recording, bs, t in parts:
+        tracks, inverse = np.unique(t.track, return_inverse=True)
+        new = [ids.setdefault((recording, int(k)), len(ids)) for k in tracks.tolist()]
+        track = np.asarray(new, dtype=np.int32)[inverse]
+        by_bs.setdefault(bs, []).append(UnlabelledTracks(t.csi, t.time, track))
+    return {
+        bs: UnlabelledTracks(
+            np.concatenate([p.csi for p in got]),
+            np.concatenate([p.time for p in got]),
+            np.concatenate([p.track for p in got]).astype(np.int32),
+        )
+        for bs, got in sorted(by_bs.items())
+    }
 
 
 def write_unlabelled(

@@ -17,7 +17,7 @@ from service.config import Settings
 from tests.service.conftest import ADMIN, LOCATE
 from tests.service.jobs.test_adapt_jobs import wait_job
 from tests.service.test_adaptation import refused
-from tests.training.toychannel import TOY_SITE_BS, toy_fingerprints, toy_site, toy_tracks
+from tests.training.toychannel import toy_fingerprints, toy_site, toy_site_tracks, toy_tracks
 from training.checkpoint import save_backbone
 from training.data.fingerprints import EnvironmentMeta, write_environment
 from training.data.site import write_site
@@ -111,14 +111,14 @@ def test_malformed_tracks_are_a_422_naming_the_field(
 def _walked_site(path: Path) -> Path:
     """A 3-BS site and walks seen by two of its BSs (groups named by BS id)."""
     write_site(path, "hall", toy_site(60, drop=0.0))
-    for k, bs in enumerate(("bs0", "bs2")):
-        tracks, _ = toy_tracks(2, 10, TOY_SITE_BS[bs], seed=k, size=(8.0, 6.0))
-        write_unlabelled(path, f"walks/{bs}", tracks, META)
+    seen = toy_site_tracks(2, 10, seed=1)
+    for bs in ("bs0", "bs2"):
+        write_unlabelled(path, f"walks/{bs}", seen[bs], META)
     return path
 
 
 def test_tracks_beside_a_multi_bs_upload_train_the_bss_that_saw_them(
-    real: TestClient, tmp_path: Path
+    real: TestClient, repo: ModelRepository, tmp_path: Path
 ) -> None:
     body = _walked_site(tmp_path / "multi.h5").read_bytes()
     r = real.post("/sites/hall/adapt?mode=finetune", content=body, headers=H5)
@@ -128,6 +128,10 @@ def test_tracks_beside_a_multi_bs_upload_train_the_bss_that_saw_them(
     training = real.get("/sites/hall", headers=LOCATE).json()["versions"][0]["training"]
     assert training["unlabelled_samples"] == 40 and training["unlabelled_tracks"] == 4
     assert training["track_pairs"] == 36  # 2 BSs x 2 tracks x 9 consecutive pairs
+    config = repo.manifest("site", "hall", repo.resolve("site", "hall"))["config"]
+    assert config["bs"]["bs1"]["track_pairs"] == 0  # bs1 saw none of the walks
+    # the joint head: the 20 instants both BSs saw (one recording, shared track ids)
+    assert config["joint"]["unlabelled_samples"] == 20
 
 
 def test_tracks_for_a_bs_the_site_lacks_are_a_422(client: TestClient, tmp_path: Path) -> None:

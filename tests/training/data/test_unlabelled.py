@@ -95,6 +95,10 @@ def test_a_multi_bs_sites_tracks_are_the_groups_named_by_its_base_stations(
     got = load_site_unlabelled(path, ["bs0", "bs1", "bs2"])
     assert sorted(got) == ["bs0", "bs1"]  # a BS without tracks is left out
     assert len(got["bs0"]) == 42 and got["bs0"].tracks == 4 and len(got["bs1"]) == 20
+    # one recording's tracks keep one id at every BS that saw them (the joint head pairs
+    # the BSs' views by track and time); another recording's never join them
+    np.testing.assert_array_equal(got["bs1"].track, got["bs0"].track[:20])
+    assert set(got["bs0"].track[20:].tolist()).isdisjoint(got["bs1"].track.tolist())
     assert len(load_site_unlabelled(path, ["bs0", "bs1"], "day1")["bs0"]) == 22
     # a recorded walk (labelled, with time and track) reads per BS, positions dropped
     tracks, pos = toy_tracks(2, 10, (0.0, 0.0), seed=3)
