@@ -24,6 +24,10 @@ better than the BSs' fusion on two sites and worse on one, so it is fused, not u
 instead. Its
 errors correlate with the BSs' (same CSI, same backbone): the inflation fitted on
 validation absorbs that.
+
+Unlabelled tracks (the walks a site's BSs saw without positions, per BS id) add the
+track-consistency term (`training.unlabelled`) to each BS that saw them and, at the
+instants two or more BSs saw together (`joint_tracks`), to the joint head.
 """
 
 from __future__ import annotations
