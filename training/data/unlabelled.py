@@ -19,7 +19,8 @@ environment that carries ``time`` and ``track`` can also be read as unlabelled t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,20 @@ def list_unlabelled(path: str | Path) -> list[str]:
     return sorted(found)
 
 
+@contextlib.contextmanager
+def _group(path: str | Path, name: str) -> Iterator[h5py.Group]:
+    """Group ``name`` of a fingerprint file, open for reading."""
+    spath = str(path)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{spath}: no such fingerprint file")
+    with h5py.File(path, "r") as f:
+        _check_root(f, spath)
+        group = f.get(name)
+        if not isinstance(group, h5py.Group):
+            raise SchemaError(spath, name, "(group)", "no such group")
+        yield group
+
+
 def read_unlabelled(path: str | Path, env: str) -> UnlabelledTracks:
     """Group `env` of `path` as unlabelled tracks, validated.
 
@@ -165,13 +180,7 @@ def read_unlabelled(path: str | Path, env: str) -> UnlabelledTracks:
     (its positions are not read).
     """
     spath = str(path)
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{spath}: no such fingerprint file")
-    with h5py.File(path, "r") as f:
-        _check_root(f, spath)
-        group = f.get(env)
-        if not isinstance(group, h5py.Group):
-            raise SchemaError(spath, env, "(group)", "no such group")
+    with _group(path, env) as group:
         arrays: dict[str, npt.NDArray[Any]] = {}
         n: int | None = None
         for name in _FIELDS:
@@ -222,13 +231,7 @@ def load_site_unlabelled(
     if group is None:
         names = list_unlabelled(path)
     else:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{spath}: no such fingerprint file")
-        with h5py.File(path, "r") as f:
-            _check_root(f, spath)
-            node = f.get(group)
-            if not isinstance(node, h5py.Group):
-                raise SchemaError(spath, group, "(group)", "no such group")
+        with _group(path, group) as node:
             names = sorted(
                 f"{group.rstrip('/')}/{k}" for k, v in node.items() if isinstance(v, h5py.Group)
             )

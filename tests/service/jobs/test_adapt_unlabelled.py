@@ -54,13 +54,19 @@ def real(repo: ModelRepository, make_settings: Callable[..., Settings]) -> Itera
         yield c
 
 
-def test_tracks_in_the_upload_reach_the_manifest(real: TestClient, tmp_path: Path) -> None:
-    body = tracked_file(tmp_path / "up.h5").read_bytes()
-    r = real.post("/sites/walked/adapt?mode=finetune", content=body, headers=H5)
+def _adapted(client: TestClient, site: str, body: bytes) -> dict[str, Any]:
+    """Upload, wait for the job to succeed; the new version's `training` as the API shows it."""
+    r = client.post(f"/sites/{site}/adapt?mode=finetune", content=body, headers=H5)
     assert r.status_code == 202, r.text
-    job = wait_job(real, r.json()["job_id"], timeout=240)
+    job = wait_job(client, r.json()["job_id"], timeout=240)
     assert job["state"] == "succeeded", job
-    training = real.get("/sites/walked", headers=LOCATE).json()["versions"][0]["training"]
+    versions = client.get(f"/sites/{site}", headers=LOCATE).json()["versions"]
+    training: dict[str, Any] = versions[0]["training"]
+    return training
+
+
+def test_tracks_in_the_upload_reach_the_manifest(real: TestClient, tmp_path: Path) -> None:
+    training = _adapted(real, "walked", tracked_file(tmp_path / "up.h5").read_bytes())
     assert training["unlabelled_samples"] == 60 and training["unlabelled_tracks"] == 3
     assert training["track_pairs"] == 57 and training["track_weight"] == 1.0
 
@@ -120,12 +126,7 @@ def _walked_site(path: Path) -> Path:
 def test_tracks_beside_a_multi_bs_upload_train_the_bss_that_saw_them(
     real: TestClient, repo: ModelRepository, tmp_path: Path
 ) -> None:
-    body = _walked_site(tmp_path / "multi.h5").read_bytes()
-    r = real.post("/sites/hall/adapt?mode=finetune", content=body, headers=H5)
-    assert r.status_code == 202, r.text
-    job = wait_job(real, r.json()["job_id"], timeout=240)
-    assert job["state"] == "succeeded", job
-    training = real.get("/sites/hall", headers=LOCATE).json()["versions"][0]["training"]
+    training = _adapted(real, "hall", _walked_site(tmp_path / "multi.h5").read_bytes())
     assert training["unlabelled_samples"] == 40 and training["unlabelled_tracks"] == 4
     assert training["track_pairs"] == 36  # 2 BSs x 2 tracks x 9 consecutive pairs
     config = repo.manifest("site", "hall", repo.resolve("site", "hall"))["config"]
