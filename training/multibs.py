@@ -667,7 +667,8 @@ def adapt_multi_bs_site(
         "torch_threads": torch.get_num_threads(),
         "inputs": next(iter(models.values())).backbone.config.inputs,
         "unlabelled_samples": sum(len(t) for t in tracks.values()),
-        "unlabelled_tracks": sum(t.tracks for t in tracks.values()),
+        # one walk seen by several BSs is one track (a recording's ids are shared)
+        "unlabelled_tracks": len({int(k) for t in tracks.values() for k in np.unique(t.track)}),
         "track_pairs": sum(summaries[bs]["track_pairs"] for bs in data.bs_ids),
         **(extra or {}),
     }
