@@ -450,6 +450,39 @@ def _site_auto(
     return runs[chosen], choice
 
 
+def _keep_tracks(
+    walks: dict[str, TargetResult],
+    walks_joint: TargetResult | None,
+    plain: dict[str, TargetResult],
+    plain_joint: TargetResult | None,
+    val: SiteFingerprints,
+    cfg: TrainConfig,
+) -> dict[str, Any]:
+    """Whether a site trained with its unlabelled tracks keeps them: yes unless the site
+    trained without them fuses better on validation (`fused_scores`, the score `auto`
+    compares modes by). On three held-out sites the tracks lowered the fused error on 7
+    of 9 site-seeds and raised it on two of the small-error lab's, one of which its
+    validation saw (docs/results/site-trust/walks)."""
+
+    def score(results: dict[str, TargetResult], joint: TargetResult | None) -> tuple[Array, float]:
+        models = {bs: r.model for bs, r in results.items()}
+        return fused_scores(models, val, cfg, None if joint is None else joint.model)
+
+    with_tracks, me_with = score(walks, walks_joint)
+    without, me_without = score(plain, plain_joint)
+    kept = float(with_tracks.mean()) <= float(without.mean())
+    choice = {
+        "kept": kept,
+        "criterion": f"fused validation {'ME' if cfg.select == 'me' else 'NLL'}",
+        "val_score_with": float(with_tracks.mean()),
+        "val_score_without": float(without.mean()),
+        "val_me_with": me_with,
+        "val_me_without": me_without,
+    }
+    log.info("unlabelled tracks %s: %s", "kept" if kept else "dropped", choice)
+    return choice
+
+
 def _rmse(models: dict[str, SiteModel], val: SiteFingerprints) -> dict[str, tuple[float, float]]:
     out: dict[str, tuple[float, float]] = {}
     for bs, model in models.items():
@@ -502,7 +535,9 @@ def adapt_multi_bs_site(
     """`adapt_site` for a site of two or more base stations (see the module docstring).
     ``unlabelled``: per BS id (any of the site's), tracks it saw without positions; that
     BS's training then adds the track-consistency term (`training.unlabelled`), in every
-    mode, and the joint head's the instants its BSs saw together (`joint_tracks`)."""
+    mode, and the joint head's the instants its BSs saw together (`joint_tracks`). The
+    site is also trained without them, and they are kept unless it fuses better on
+    validation without (`_keep_tracks`; ``config.unlabelled_choice`` says why)."""
     from training.transfer import AdaptResult, starting_backbone, train_target, unlabelled_summary
 
     t0 = time.perf_counter()
@@ -528,40 +563,55 @@ def adapt_multi_bs_site(
 
         return report
 
-    subsets = joint_subsets(len(data.bs_ids))
-    jtracks = joint_tracks(tracks, data.bs_ids, subsets) if tracks else None
-    # The joint head depends on the parent only, so it is trained first: a site-level
-    # `auto` scores every candidate mode with it in the fusion, as the site will serve.
-    joint_result = (
-        None
-        if start is None
-        else train_joint(
-            start, train, val, cfg, quiet=quiet, progress=report_for(JOINT), unlabelled=jtracks
-        )
-    )
-    joint = None if joint_result is None else joint_result.model
-
-    def train_every_bs(m: TargetMode, backbone: Backbone | None) -> dict[str, TargetResult]:
-        return {
-            bs: train_target(
-                backbone,
-                train.station(bs),
-                val.station(bs),
-                cfg,
-                mode=m,
-                backbone_config=backbone_config,
-                quiet=quiet,
-                progress=report_for(bs),
-                unlabelled=tracks.get(bs),
+    def train_site(
+        walks: Mapping[str, UnlabelledTracks],
+    ) -> tuple[dict[str, TargetResult], dict[str, Any], TargetResult | None]:
+        """Every BS's model and the joint head, with these tracks: (results, auto's
+        choice, the joint head)."""
+        jtracks = joint_tracks(walks, data.bs_ids, joint_subsets(len(data.bs_ids)))
+        # The joint head depends on the parent only, so it is trained first: a site-level
+        # `auto` scores every candidate mode with it in the fusion, as the site will serve.
+        joint_result = (
+            None
+            if start is None
+            else train_joint(
+                start, train, val, cfg, quiet=quiet, progress=report_for(JOINT), unlabelled=jtracks
             )
-            for bs in data.bs_ids
-        }
+        )
+        joint = None if joint_result is None else joint_result.model
 
-    site_choice: dict[str, Any] = {}
-    if mode == "auto" and start is not None:
-        results, site_choice = _site_auto(start, train, val, cfg, joint, train_every_bs)
-    else:
-        results = train_every_bs(mode, start)
+        def train_every_bs(m: TargetMode, backbone: Backbone | None) -> dict[str, TargetResult]:
+            return {
+                bs: train_target(
+                    backbone,
+                    train.station(bs),
+                    val.station(bs),
+                    cfg,
+                    mode=m,
+                    backbone_config=backbone_config,
+                    quiet=quiet,
+                    progress=report_for(bs),
+                    unlabelled=walks.get(bs),
+                )
+                for bs in data.bs_ids
+            }
+
+        if mode == "auto" and start is not None:
+            results, choice = _site_auto(start, train, val, cfg, joint, train_every_bs)
+            return results, choice, joint_result
+        return train_every_bs(mode, start), {}, joint_result
+
+    results, site_choice, joint_result = train_site(tracks)
+    track_choice: dict[str, Any] = {}
+    if tracks:  # kept unless the site fuses better on validation without them
+        plain = train_site({})
+        track_choice = _keep_tracks(results, joint_result, plain[0], plain[2], val, cfg)
+        track_choice["uploaded_samples"] = sum(len(t) for t in tracks.values())
+        if not track_choice["kept"]:
+            results, site_choice, joint_result = plain
+            tracks = {}
+    jtracks = joint_tracks(tracks, data.bs_ids, joint_subsets(len(data.bs_ids)))
+    joint = None if joint_result is None else joint_result.model
 
     models: dict[str, SiteModel] = {}
     per_bs: dict[str, dict[str, Any]] = {}
@@ -670,6 +720,7 @@ def adapt_multi_bs_site(
         # one walk seen by several BSs is one track (a recording's ids are shared)
         "unlabelled_tracks": len({int(k) for t in tracks.values() for k in np.unique(t.track)}),
         "track_pairs": sum(summaries[bs]["track_pairs"] for bs in data.bs_ids),
+        **({"unlabelled_choice": track_choice} if track_choice else {}),
         **(extra or {}),
     }
     pool_samples = len(train) + len(val)

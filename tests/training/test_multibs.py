@@ -297,10 +297,36 @@ def test_unlabelled_tracks_train_the_bss_that_saw_them(repo: ModelRepository) ->
     assert config["track_pairs"] == 66 and config["bs"]["bs0"]["unlabelled_samples"] == 36
     # a subset head answers for two BSs: every instant bs0 and bs1 both saw
     assert config["joint"]["unlabelled_samples"] == 36 and config["joint"]["track_pairs"] == 33
+    choice = config["unlabelled_choice"]  # kept: the site fused no worse on validation
+    assert choice["kept"] and choice["val_score_with"] <= choice["val_score_without"]
+    assert choice["uploaded_samples"] == 72
     with pytest.raises(ValueError, match=r"base stations \['bs7'\] the site does not have"):
         adapt_site(repo, "walked", site, mode="head", config=CFG, unlabelled={"bs7": seen["bs0"]})
     with pytest.raises(ValueError, match="takes unlabelled tracks per base station"):
         adapt_site(repo, "walked", site, mode="head", config=CFG, unlabelled=seen["bs0"])
+
+
+def test_tracks_the_site_fuses_worse_with_are_dropped(
+    repo: ModelRepository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where validation says the site fuses better without its tracks, the version is
+    the one trained without them (the same numbers as an adaptation given none)."""
+    import training.multibs
+
+    site = toy_site(90, seed=3, drop=0.0)
+    plain = adapt_site(repo, "plain", site, mode="finetune", config=CFG)
+
+    def worse(*args: Any) -> dict[str, Any]:
+        return {"kept": False, "criterion": "test"}
+
+    monkeypatch.setattr(training.multibs, "_keep_tracks", worse)
+    walks = toy_site_tracks(3, 12, seed=5)
+    dropped = adapt_site(repo, "walked", site, mode="finetune", config=CFG, unlabelled=walks)
+    config = repo.manifest("site", "walked", dropped.version)["config"]
+    choice = config["unlabelled_choice"]
+    assert choice == {"kept": False, "criterion": "test", "uploaded_samples": 108}
+    assert config["track_pairs"] == 0 and config["joint"]["unlabelled_samples"] == 0
+    assert dropped.metrics["me"] == plain.metrics["me"]
 
 
 def test_joint_tracks_stack_the_bss_at_the_instants_they_saw_together() -> None:
