@@ -117,7 +117,7 @@ def plot(ratios: dict[str, dict[str, list[float]]], out: Path) -> None:
             ax.plot([x] * len(r[key]), r[key], "k.", ms=4)
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_xticks(range(len(keys)), labels)
-    ax.set_ylim(0.7, 1.1)
+    ax.set_ylim(0.7, 1.25)
     ax.set_ylabel("ME with walks / without")
     ax.set_title(
         "Unlabelled walks, three held-out multi-BS sites (bar: median, dots: seeds)", fontsize=9
