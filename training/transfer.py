@@ -674,13 +674,14 @@ def adapt_site(
             extra=extra,
             unlabelled=unlabelled,
         )
+    ids = list(data.stations) if isinstance(data, SiteFingerprints) else None
     if isinstance(data, SiteFingerprints):
         data = next(iter(data.stations.values())).data
     if isinstance(unlabelled, Mapping):  # one BS: its tracks, if any
-        if len(unlabelled) > 1:
+        if len(unlabelled) > 1 or (ids is not None and set(unlabelled) - set(ids)):
             raise ValueError(
-                "unlabelled tracks for several base stations need a multi-BS site; got "
-                f"tracks for {sorted(unlabelled)}"
+                f"unlabelled tracks for base stations {sorted(unlabelled)}; this site has "
+                f"one base station ({ids or 'unnamed'})"
             )
         unlabelled = next(iter(unlabelled.values()), None)
     if unlabelled is not None:

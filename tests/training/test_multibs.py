@@ -351,6 +351,11 @@ def test_one_bs_site_is_a_single_bs_site(repo: ModelRepository) -> None:
     result = adapt_site(repo, "one", site, mode="head", config=CFG)
     manifest = repo.manifest("site", "one", result.version)
     assert "base_stations" not in manifest and "model.onnx" in manifest["files"]
+    walks = toy_site_tracks(2, 6, seed=1, stations={"only": (0.0, 0.0)})
+    result = adapt_site(repo, "one", site, mode="head", config=CFG, unlabelled=walks)
+    assert repo.manifest("site", "one", result.version)["config"]["track_pairs"] == 10
+    with pytest.raises(ValueError, match="this site has one base station"):
+        adapt_site(repo, "one", site, mode="head", config=CFG, unlabelled={"bs7": walks["only"]})
 
 
 def test_too_few_samples_for_a_bs_is_refused(repo: ModelRepository) -> None:
