@@ -27,6 +27,7 @@ as the labelled environments are) and copied as ``JOB_UNLABELLED_GROUP/<bs>``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import math
 import os
@@ -287,7 +288,7 @@ def prepare_h5(path: Path, env: str | None, limits: UploadLimits, directory: Pat
         bs_ids = [e.rpartition("/")[2] for e in envs if e.rpartition("/")[0] == site_group]
         walks = _unlabelled_by_bs(unlabelled, bs_ids)
         try:
-            return _prepare_site(path, site_group, limits, directory, walks)
+            prepared, metas = _prepare_site(path, site_group, limits, directory)
         except InvalidInput as exc:
             if env is not None:
                 raise
@@ -297,6 +298,12 @@ def prepare_h5(path: Path, env: str | None, limits: UploadLimits, directory: Pat
                 f"stations of one site ({exc.message}); name one with the 'env' field",
                 {"environments": envs, "site": exc.detail},
             ) from None
+        if not walks:
+            return prepared
+        # outside the guess above: a bad walks group is its own 422, not "do not join"
+        with _job_data(prepared.path, path, next(iter(walks.values()))[0]):
+            copied = _copy_site_unlabelled(path, walks, metas, limits, prepared.path)
+        return dataclasses.replace(prepared, unlabelled=copied)
     if env is None:
         if len(envs) != 1:
             raise InvalidInput(
@@ -372,7 +379,11 @@ def _unlabelled_by_bs(groups: list[str], bs_ids: list[str]) -> dict[str, list[st
 
 
 def _copy_site_unlabelled(
-    path: Path, by_bs: dict[str, list[str]], site: SiteFingerprints, limits: UploadLimits, out: Path
+    path: Path,
+    by_bs: dict[str, list[str]],
+    metas: dict[str, EnvironmentMeta],
+    limits: UploadLimits,
+    out: Path,
 ) -> int:
     """A multi-BS upload's unlabelled groups per BS (`_unlabelled_by_bs`): size-checked,
     read, validated, joined per BS (`join_recordings`: a recording's track ids shared by
@@ -386,7 +397,7 @@ def _copy_site_unlabelled(
     copied = 0
     for bs, tracks in join_recordings(parts).items():
         with _storage_errors():
-            write_unlabelled(out, f"{JOB_UNLABELLED_GROUP}/{bs}", tracks, site.stations[bs].meta)
+            write_unlabelled(out, f"{JOB_UNLABELLED_GROUP}/{bs}", tracks, metas[bs])
         copied += len(tracks)
     return copied
 
@@ -413,14 +424,10 @@ def _site_group(path: Path, envs: list[str], env: str | None) -> str | None:
 
 
 def _prepare_site(
-    path: Path,
-    group: str,
-    limits: UploadLimits,
-    directory: Path,
-    unlabelled: dict[str, list[str]],
-) -> PreparedData:
+    path: Path, group: str, limits: UploadLimits, directory: Path
+) -> tuple[PreparedData, dict[str, EnvironmentMeta]]:
     """A multi-BS upload: size-checked per BS (summed), joined, written as `JOB_SITE_GROUP`;
-    its ``unlabelled`` groups per BS beside it (`_copy_site_unlabelled`)."""
+    also each BS's environment attributes (its unlabelled groups are written with them)."""
     envs = site_groups(path)[group]
     rows = 0
     decoded = 0
@@ -458,8 +465,7 @@ def _prepare_site(
             )
         with _storage_errors():
             write_site(out, JOB_SITE_GROUP, site)
-        copied = _copy_site_unlabelled(path, unlabelled, site, limits, out) if unlabelled else 0
-        return PreparedData(out, len(site), copied)
+        return PreparedData(out, len(site)), {bs: st.meta for bs, st in site.stations.items()}
 
 
 _JSON_TRACKS = {"csi": "[K][8][103][2]", "time": "[K] seconds", "track": "[K] integer ids"}

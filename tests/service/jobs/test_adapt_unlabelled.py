@@ -144,6 +144,23 @@ def test_tracks_for_a_bs_the_site_lacks_are_a_422(client: TestClient, tmp_path: 
     assert client.get("/jobs", headers=ADMIN).json()["jobs"] == []
 
 
+def test_a_malformed_walks_group_beside_a_multi_bs_upload_is_a_422_naming_it(
+    client: TestClient, tmp_path: Path
+) -> None:
+    path = _walked_site(tmp_path / "multi.h5")
+    with h5py.File(path, "a") as f:
+        _backwards(f["walks/bs2"])
+    err = refused(client.post("/sites/hall/adapt", content=path.read_bytes(), headers=H5))
+    assert err["detail"] == {
+        "group": "walks/bs2",
+        "field": "time",
+        "problem": err["detail"]["problem"],
+    }
+    assert "strictly increasing time within each track" in err["message"]
+    assert "do not join" not in err["message"]  # not mistaken for a bad site
+    assert client.get("/jobs", headers=ADMIN).json()["jobs"] == []
+
+
 def _json_body(tracks: dict[str, Any] | None) -> dict[str, Any]:
     data = toy_fingerprints(60, (0.0, 0.0), seed=0)
     body: dict[str, Any] = {
