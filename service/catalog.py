@@ -77,6 +77,7 @@ _TRAINING_KEYS = (
     "unlabelled_tracks",
     "track_pairs",
     "track_weight",
+    "unlabelled_choice",
 )
 
 

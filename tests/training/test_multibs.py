@@ -12,6 +12,7 @@ import torch
 from tests.training.toychannel import toy_site, toy_site_tracks
 from training.checkpoint import load_site_model, save_backbone
 from training.config import TrainConfig
+from training.data.fingerprints import EnvironmentMeta
 from training.data.unlabelled import UnlabelledTracks
 from training.fusion import JOINT_FILES, SET_MIN_VAL, fit_inflation, fuse_by
 from training.multibs import (
@@ -394,6 +395,40 @@ def test_cli_train_site_on_a_group_adapts_every_bs(repo: ModelRepository, tmp_pa
          "--out", str(repo.root), "--quiet"],
     )  # fmt: skip
     assert bad.exit_code != 0 and "holds no environments" in bad.output
+
+
+def test_cli_train_site_reads_walks_per_bs(
+    repo: ModelRepository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--unlabelled`` with a multi-BS site: the groups named by BS id; the output says
+    what was used, or that the site fused better without."""
+    from typer.testing import CliRunner
+
+    import training.multibs
+    from training.cli import app
+    from training.data.site import write_site
+    from training.data.unlabelled import write_unlabelled
+
+    data, walks = tmp_path / "hall.h5", tmp_path / "walks.h5"
+    write_site(data, "hall", toy_site(90, seed=8, drop=0.0))
+    for bs, tracks in toy_site_tracks(2, 10, seed=2).items():
+        write_unlabelled(walks, f"day0/{bs}", tracks, EnvironmentMeta(description="walk"))
+    args = ["train", "site", "--data", str(data), "--env", "hall", "--site", "hall",
+            "--out", str(repo.root), "--mode", "head", "--epochs", "2", "--min-steps", "0",
+            "--head-warmup-steps", "2", "--quiet", "--unlabelled", str(walks)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert repo.manifest("site", "hall")["config"]["unlabelled_choice"]["kept"]
+    assert "60 samples on 2 tracks, 54 pairs" in result.stdout
+    assert "base stations bs0, bs1, bs2" in result.stdout
+    bad = CliRunner().invoke(app, [*args[:-1], str(data)])  # a file without tracks
+    assert bad.exit_code != 0 and "no unlabelled tracks" in bad.output
+    scores = {"val_score_with": 2.0, "val_score_without": 1.5, "criterion": "fused NLL"}
+    monkeypatch.setattr(training.multibs, "_keep_tracks", lambda *a: {"kept": False, **scores})
+    dropped = CliRunner().invoke(app, args)
+    assert dropped.exit_code == 0, dropped.output
+    assert "not used: the site fused better on validation without them" in dropped.stdout
+    assert "(fused NLL 1.500 against 2.000 with)" in dropped.stdout
 
 
 @pytest.mark.parametrize(

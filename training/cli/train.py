@@ -620,12 +620,22 @@ def _adapt_cli(
         console.print(f"fused covariance inflation by the BSs heard: {sets}", soft_wrap=True)
     if tracks is not None:
         used = repo.manifest("site", site, result.version)["config"]
-        console.print(
-            f"unlabelled: {used['unlabelled_samples']} samples on {used['unlabelled_tracks']} "
-            f"tracks, {used['track_pairs']} pairs (track weight {config.track_weight:g})"
-            + (f"; base stations {', '.join(tracks)}" if isinstance(tracks, dict) else ""),
-            soft_wrap=True,
-        )
+        choice = used.get("unlabelled_choice") or {}
+        if choice.get("kept") is False:  # a multi-BS site fused better without them
+            console.print(
+                f"unlabelled: not used: the site fused better on validation without them "
+                f"({choice['criterion']} {choice['val_score_without']:.3f} against "
+                f"{choice['val_score_with']:.3f} with)",
+                soft_wrap=True,
+            )
+        else:
+            console.print(
+                f"unlabelled: {used['unlabelled_samples']} samples on "
+                f"{used['unlabelled_tracks']} tracks, {used['track_pairs']} pairs (track "
+                f"weight {config.track_weight:g})"
+                + (f"; base stations {', '.join(tracks)}" if isinstance(tracks, dict) else ""),
+                soft_wrap=True,
+            )
     novelty = result.metrics.get("novelty")
     if isinstance(novelty, dict):
         tested = novelty.get("test_false_alarm")

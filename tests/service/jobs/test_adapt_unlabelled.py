@@ -129,6 +129,8 @@ def test_tracks_beside_a_multi_bs_upload_train_the_bss_that_saw_them(
     training = _adapted(real, "hall", _walked_site(tmp_path / "multi.h5").read_bytes())
     assert training["unlabelled_samples"] == 40 and training["unlabelled_tracks"] == 2
     assert training["track_pairs"] == 36  # 2 BSs x 2 tracks x 9 consecutive pairs
+    choice = training["unlabelled_choice"]  # operators see whether the walks were kept
+    assert choice["kept"] is True and choice["uploaded_samples"] == 40
     config = repo.manifest("site", "hall", repo.resolve("site", "hall"))["config"]
     assert config["bs"]["bs1"]["track_pairs"] == 0  # bs1 saw none of the walks
     # the joint head: the 20 instants both BSs saw (one recording, shared track ids)
