@@ -35,9 +35,9 @@ from training.data.schema import N_ANTENNAS
 from training.fusion import (
     JOINT,
     JOINT_FILES,
-    JOINT_MIN_HEARD,
     PRODUCT,
     inflation_for,
+    joint_min_heard,
     set_key,
     sigma_from_rmse,
 )
@@ -326,7 +326,7 @@ class ServedSite:
         if self._joint is None:
             return None
         heard = [bs for bs in self.base_stations if bs in csi]
-        need = JOINT_MIN_HEARD if self.joint_subsets else len(self.base_stations)
+        need = joint_min_heard(len(self.base_stations), self.joint_subsets)
         if len(heard) < need:
             return None
         shape = csi[heard[0]].shape

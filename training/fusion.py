@@ -80,6 +80,13 @@ JOINT_MIN_HEARD = 2
 """Fewest BSs a subset joint head (``metrics.fusion.joint.subsets``) answers for: with one
 it would fuse a second estimate from the same CSI as that BS's own model."""
 
+
+def joint_min_heard(stations: int, subsets: bool) -> int:
+    """Fewest of a site's ``stations`` BSs a joint head answers for: `JOINT_MIN_HEARD`
+    for a subset head, every BS otherwise (one rule for training and serving)."""
+    return min(JOINT_MIN_HEARD, stations) if subsets else stations
+
+
 SET_MAX_STATIONS = 6
 """Sites with up to this many BSs get a factor per set of BSs heard (2^K - 1 sets, each
 fitted on the validation UEs that heard the set); larger sites use the one factor."""

@@ -61,6 +61,7 @@ from training.fusion import (
     fit_inflation,
     fuse_by,
     inflation_for,
+    joint_min_heard,
     set_key,
 )
 from training.fusion import nll as fused_nll
@@ -123,7 +124,7 @@ def joint_rows(data: SiteFingerprints, subsets: bool = False) -> npt.NDArray[np.
     """The samples a joint head answers: those every BS heard; with ``subsets``
     (`JointBackbone`), those heard by `JOINT_MIN_HEARD` or more BSs."""
     heard_by = data.mask()
-    need = min(JOINT_MIN_HEARD, heard_by.shape[1]) if subsets else heard_by.shape[1]
+    need = joint_min_heard(heard_by.shape[1], subsets)
     return np.flatnonzero(heard_by.sum(axis=1) >= need)
 
 
@@ -182,7 +183,7 @@ def joint_tracks(
     track ids and times (`training.data.unlabelled.join_recordings`)."""
     from training.data.unlabelled import UnlabelledTracks
 
-    need = JOINT_MIN_HEARD if subsets else len(bs_ids)
+    need = joint_min_heard(len(bs_ids), subsets)
     where: dict[tuple[int, float], dict[str, int]] = {}
     for bs, t in tracks.items():
         for i, key in enumerate(zip(t.track.tolist(), t.time.tolist(), strict=True)):
@@ -564,11 +565,10 @@ def adapt_multi_bs_site(
         return report
 
     def train_site(
-        walks: Mapping[str, UnlabelledTracks],
+        walks: Mapping[str, UnlabelledTracks], jtracks: UnlabelledTracks | None
     ) -> tuple[dict[str, TargetResult], dict[str, Any], TargetResult | None]:
-        """Every BS's model and the joint head, with these tracks: (results, auto's
-        choice, the joint head)."""
-        jtracks = joint_tracks(walks, data.bs_ids, joint_subsets(len(data.bs_ids)))
+        """Every BS's model and the joint head, with these tracks (``jtracks``: the
+        joint head's, `joint_tracks`): (results, auto's choice, the joint head)."""
         # The joint head depends on the parent only, so it is trained first: a site-level
         # `auto` scores every candidate mode with it in the fusion, as the site will serve.
         joint_result = (
@@ -601,16 +601,16 @@ def adapt_multi_bs_site(
             return results, choice, joint_result
         return train_every_bs(mode, start), {}, joint_result
 
-    results, site_choice, joint_result = train_site(tracks)
+    jtracks = joint_tracks(tracks, data.bs_ids, joint_subsets(len(data.bs_ids)))
+    results, site_choice, joint_result = train_site(tracks, jtracks)
     track_choice: dict[str, Any] = {}
     if tracks:  # kept unless the site fuses better on validation without them
-        plain = train_site({})
+        plain = train_site({}, None)
         track_choice = _keep_tracks(results, joint_result, plain[0], plain[2], val, cfg)
         track_choice["uploaded_samples"] = sum(len(t) for t in tracks.values())
         if not track_choice["kept"]:
             results, site_choice, joint_result = plain
-            tracks = {}
-    jtracks = joint_tracks(tracks, data.bs_ids, joint_subsets(len(data.bs_ids)))
+            tracks, jtracks = {}, None
     joint = None if joint_result is None else joint_result.model
 
     models: dict[str, SiteModel] = {}
