@@ -287,6 +287,7 @@ def prepare_h5(path: Path, env: str | None, limits: UploadLimits, directory: Pat
     if site_group is not None:
         bs_ids = [e.rpartition("/")[2] for e in envs if e.rpartition("/")[0] == site_group]
         walks = _unlabelled_by_bs(unlabelled, bs_ids)
+        _check_unlabelled_size(path, unlabelled, limits)  # before copying anything
         try:
             prepared, metas = _prepare_site(path, site_group, limits, directory)
         except InvalidInput as exc:
@@ -302,7 +303,7 @@ def prepare_h5(path: Path, env: str | None, limits: UploadLimits, directory: Pat
             return prepared
         # outside the guess above: a bad walks group is its own 422, not "do not join"
         with _job_data(prepared.path, path, next(iter(walks.values()))[0]):
-            copied = _copy_site_unlabelled(path, walks, metas, limits, prepared.path)
+            copied = _copy_site_unlabelled(path, walks, metas, prepared.path)
         return dataclasses.replace(prepared, unlabelled=copied)
     if env is None:
         if len(envs) != 1:
@@ -314,6 +315,7 @@ def prepare_h5(path: Path, env: str | None, limits: UploadLimits, directory: Pat
         env = envs[0]
     if env not in envs:
         raise InvalidInput(f"no environment {env!r} in the upload", {"environments": envs})
+    _check_unlabelled_size(path, unlabelled, limits)  # before copying anything
     out = _new_data_file(directory)
     with (
         _job_data(out, path, f"{env}/csi"),
@@ -327,16 +329,15 @@ def prepare_h5(path: Path, env: str | None, limits: UploadLimits, directory: Pat
     if not unlabelled:
         return PreparedData(out, writer.count)
     with _job_data(out, path, unlabelled[0]):
-        tracks = _copy_unlabelled(path, unlabelled, limits, out, meta)
+        tracks = _copy_unlabelled(path, unlabelled, out, meta)
     return PreparedData(out, writer.count, len(tracks))
 
 
 def _copy_unlabelled(
-    path: Path, groups: list[str], limits: UploadLimits, out: Path, meta: EnvironmentMeta
+    path: Path, groups: list[str], out: Path, meta: EnvironmentMeta
 ) -> UnlabelledTracks:
-    """Size-check the unlabelled groups from their shapes, then read, validate and join them
-    into the job's file as `JOB_UNLABELLED_GROUP`."""
-    _check_unlabelled_size(path, groups, limits)
+    """Read, validate and join the unlabelled groups (size-checked by `prepare_h5`) into
+    the job's file as `JOB_UNLABELLED_GROUP`."""
     tracks = UnlabelledTracks.concat([read_unlabelled(path, g) for g in groups])
     with _storage_errors():
         write_unlabelled(out, JOB_UNLABELLED_GROUP, tracks, meta)
@@ -382,13 +383,12 @@ def _copy_site_unlabelled(
     path: Path,
     by_bs: dict[str, list[str]],
     metas: dict[str, EnvironmentMeta],
-    limits: UploadLimits,
     out: Path,
 ) -> int:
-    """A multi-BS upload's unlabelled groups per BS (`_unlabelled_by_bs`): size-checked,
-    read, validated, joined per BS (`join_recordings`: a recording's track ids shared by
-    its BSs) and written as ``JOB_UNLABELLED_GROUP/<bs>``; returns the samples copied."""
-    _check_unlabelled_size(path, [g for names in by_bs.values() for g in names], limits)
+    """A multi-BS upload's unlabelled groups per BS (`_unlabelled_by_bs`; size-checked by
+    `prepare_h5`): read, validated, joined per BS (`join_recordings`: a recording's track
+    ids shared by its BSs) and written as ``JOB_UNLABELLED_GROUP/<bs>``; returns the
+    samples copied."""
     parts = [
         (g.rpartition("/")[0], bs, read_unlabelled(path, g))
         for bs, names in by_bs.items()

@@ -241,3 +241,23 @@ def test_json_tracks_over_the_sample_cap_are_a_413(
         assert "unlabelled tracks hold 120 samples" in err["message"], err
         assert err["detail"]["max_samples"] == 100
         assert c.get("/jobs", headers=ADMIN).json()["jobs"] == []
+
+
+def test_walks_over_the_cap_beside_a_multi_bs_upload_are_a_413_before_any_copy(
+    make_settings: Callable[..., Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The walks' size is checked from their shapes before the labelled site is copied."""
+    import service.adaptation
+
+    path = _walked_site(tmp_path / "multi.h5")
+    more, _ = toy_tracks(4, 20, (0.0, 0.0), seed=3)  # 80 + the 40 above: 120 samples
+    write_unlabelled(path, "walks2/bs1", more, META)
+
+    def copied(*args: Any) -> None:
+        raise AssertionError("the labelled site was copied before the walks were size-checked")
+
+    monkeypatch.setattr(service.adaptation, "_prepare_site", copied)
+    with TestClient(create_app(make_settings(max_adapt_samples=100))) as c:
+        err = refused(c.post("/sites/hall/adapt", content=path.read_bytes(), headers=H5), 413)
+        assert "unlabelled tracks hold 120 samples" in err["message"], err
+        assert c.get("/jobs", headers=ADMIN).json()["jobs"] == []
