@@ -111,6 +111,13 @@ class ServedSite:
     consistency: Consistency | None = None
     """The UE-level cross-BS detector of a multi-BS site (`training.consistency`); None
     for versions without one, or without per-BS detectors."""
+    ue_scale: float = 1.0
+    """What the median of a UE's BS scores is divided by (a single-BS site's: its head's
+    score): the manifest's ``metrics.ue_novelty.scale``, fitted on the site's walks
+    (`training.walk_alarm`); 1 for versions adapted without walks."""
+    check_scale: float = 1.0
+    """What the cross-BS check's score is divided by: ``metrics.ue_novelty.check_scale``,
+    fitted on the walks too (1 without)."""
     fusion_method: str = PRODUCT
     """How the BSs' estimates are fused (`training.fusion.METHODS`): the manifest's
     ``metrics.fusion.method``, the product of Gaussians for versions without one."""
@@ -167,8 +174,21 @@ class ServedSite:
         self.outputs = outputs
         self.loss = str(meta.get("csipos.loss") or self.manifest.get("loss") or "mse")
         self.novelty = self._load_novelty()
+        self.ue_scale = self._ue_scale()
         self._session = session
         return self
+
+    def _ue_scale(self, key: str = "scale") -> float:
+        """``metrics.ue_novelty.<key>`` (1 without, or null): a version that would judge
+        its UEs by a scale that is not a positive number is broken."""
+        scale = ((self.manifest.get("metrics") or {}).get("ue_novelty") or {}).get(key)
+        if scale is None:
+            return 1.0
+        if not _is_factor(scale):
+            raise ValueError(
+                f"{self.path}: metrics.ue_novelty.{key} {scale!r}: expected a positive number"
+            )
+        return float(scale)
 
     def _load_novelty(self) -> NoveltyModel | None:
         """The single head's novelty model when the version has one and the graph gives
@@ -229,6 +249,8 @@ class ServedSite:
         self.base_stations = tuple(stations)
         self.bs_novelty = self._load_bs_novelty(stations)
         self.consistency = self._load_consistency(stations) if self.bs_novelty else None
+        self.ue_scale = self._ue_scale()
+        self.check_scale = self._ue_scale("check_scale")
         self._sessions = sessions
         self._joint = joint
         self.joint_subsets = joint is not None and (fusion.get(JOINT) or {}).get("subsets") is True
@@ -276,13 +298,15 @@ class ServedSite:
         present: np.ndarray | None = None,
     ) -> np.ndarray:
         """Each UE's out-of-site score (above 1: out of site): the median over the BSs
-        that heard it of their scores [K, B] (`training.novelty.combine_scores`), or the
-        cross-BS `consistency` score of their spatial statistics (`spatial`, per BS id
-        [B, D], NaN rows where it did not hear), whichever is larger."""
-        median = combine_scores(scores, present)
+        that heard it of their scores [K, B] (`training.novelty.combine_scores`) over
+        `ue_scale`, or the cross-BS `consistency` score of their spatial statistics
+        (`spatial`, per BS id [B, D], NaN rows where it did not hear) over `check_scale`,
+        whichever is larger."""
+        median = combine_scores(scores, present) / self.ue_scale
         if self.consistency is None:
             return median
-        return np.asarray(np.maximum(median, self.consistency.score(spatial)))
+        check = self.consistency.score(spatial) / self.check_scale
+        return np.asarray(np.maximum(median, check))
 
     def _load_bs_novelty(self, stations: list[str]) -> dict[str, NoveltyModel]:
         """Every base station's novelty model, or none (the site then answers in_site
@@ -367,8 +391,7 @@ class ServedSite:
                     {"base_stations": list(self._sessions)},
                 )
             raise Unavailable(f"site {self.site!r} version {self.version} is not loaded")
-        novelty = self.novelty
-        return self._run_scored(session, novelty, csi)
+        return self._run_scored(session, self.novelty, csi, scale=self.ue_scale)
 
     def _run_scored(
         self,
@@ -377,11 +400,12 @@ class ServedSite:
         csi: np.ndarray,
         inflate: bool = True,
         stats: Mapping[str, np.ndarray] | None = None,
+        scale: float = 1.0,
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """One session's positions, sigma and novelty scores (``stats``: the CSI's channel
-        statistics, when already computed); with `inflate`, an out-of-site fingerprint's
-        sigma raised to the site's spread (a multi-BS site widens the fused covariance of
-        an out-of-site UE instead)."""
+        """One session's positions, sigma and novelty scores over ``scale`` (``stats``: the
+        CSI's channel statistics, when already computed); with `inflate`, an out-of-site
+        fingerprint's sigma raised to the site's spread (a multi-BS site widens the fused
+        covariance of an out-of-site UE instead)."""
         names = ["position", "sigma"] if self.has_sigma else ["position"]
         if novelty is not None:
             names.append("features")
@@ -390,7 +414,7 @@ class ServedSite:
         sigma = np.asarray(result[1], dtype=np.float32) if self.has_sigma else None
         if novelty is None:
             return position, sigma, None
-        score = novelty.score(result[-1], csi, stats)
+        score = novelty.score(result[-1], csi, stats) / scale
         if inflate and sigma is not None and novelty.inflates and (score > 1.0).any():
             sigma = inflate_sigma(sigma, score, novelty.site_sigma)
         return position, sigma, score

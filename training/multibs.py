@@ -69,6 +69,7 @@ from training.metrics import evaluate
 from training.nets import Backbone, BackboneConfig, HeadConfig, JointBackbone, SiteModel
 from training.novelty import NoveltyModel, backbone_features, fit_site_novelty
 from training.repository import ModelRepository
+from training.walk_alarm import fit_walk_scale
 
 if TYPE_CHECKING:
     from training.data.unlabelled import UnlabelledTracks
@@ -181,13 +182,10 @@ def joint_tracks(
     `joint_rows`), each BS's CSI stacked on the antenna axis in ``bs_ids`` order, zeros
     where a BS did not see it; None when there are none. A recording's BSs share its
     track ids and times (`training.data.unlabelled.join_recordings`)."""
-    from training.data.unlabelled import UnlabelledTracks
+    from training.data.unlabelled import UnlabelledTracks, instants
 
     need = joint_min_heard(len(bs_ids), subsets)
-    where: dict[tuple[int, float], dict[str, int]] = {}
-    for bs, t in tracks.items():
-        for i, key in enumerate(zip(t.track.tolist(), t.time.tolist(), strict=True)):
-            where.setdefault(key, {})[bs] = i
+    where = instants(tracks)
     keys = sorted(k for k, seen in where.items() if len(seen) >= need)
     if not keys:
         return None
@@ -544,6 +542,7 @@ def adapt_multi_bs_site(
     t0 = time.perf_counter()
     data.validate(group=site)
     tracks = dict(unlabelled or {})
+    walks = dict(tracks)  # the UE-level threshold uses them even where training drops them
     unknown = sorted(set(tracks) - set(data.bs_ids))
     if unknown:
         raise ValueError(
@@ -680,6 +679,9 @@ def adapt_multi_bs_site(
     consistency = fit_consistency([train, val]) if len(novelty) == len(data.bs_ids) else None
     if consistency is not None:
         metrics["consistency"] = consistency.summary()
+    ue_novelty = fit_walk_scale(models, novelty, consistency, walks, stations, seed=cfg.seed)
+    if ue_novelty is not None:
+        metrics["ue_novelty"] = ue_novelty
     test_metrics = None
     if test is not None:
         test_estimate = fused_estimate(models, test, rmse, joint)

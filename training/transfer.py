@@ -76,6 +76,7 @@ from training.novelty import (
 )
 from training.repository import ModelRepository, check_name, parse_ref
 from training.unlabelled import TrackPairs
+from training.walk_alarm import fit_walk_scale
 
 __all__ = [
     "AUTO_CANDIDATES",
@@ -708,6 +709,18 @@ def adapt_site(
     )
     if novelty is not None:
         metrics["novelty"] = novelty.summary()
+        walks = {SINGLE_HEAD: unlabelled} if unlabelled is not None else {}
+        ue_novelty = fit_walk_scale(
+            {SINGLE_HEAD: result.model},
+            {SINGLE_HEAD: novelty},
+            None,
+            walks,
+            [SINGLE_HEAD],
+            false_alarm=novelty_false_alarm,
+            seed=cfg.seed,
+        )
+        if ue_novelty is not None:
+            metrics["ue_novelty"] = ue_novelty
     test = None
     if test_data is not None:
         test = evaluate_model(result.model.backbone, result.model.head, test_data)
@@ -716,6 +729,9 @@ def adapt_site(
             feats = backbone_features(result.model.backbone, test_data.csi)
             scores = novelty.score(feats, test_data.csi)
             metrics["novelty"]["test_false_alarm"] = float(np.mean(scores > 1.0))
+            if "ue_novelty" in metrics:  # as served: over the walks' scale
+                scale = metrics["ue_novelty"]["scale"]
+                metrics["ue_novelty"]["test_false_alarm"] = float(np.mean(scores > scale))
     training: dict[str, Any] = {
         **cfg.to_dict(),
         **result.summary(),

@@ -196,6 +196,7 @@ def _publish_multi_bs_with_detectors(
     consistency: bool = False,
     check: Consistency | None = None,
     load: bool = True,
+    metrics: dict[str, Any] | None = None,
 ) -> SiteFingerprints:
     """`hall-ood`: 3 BSs on one untrained backbone, a novelty model each (toy site; with
     ``consistency`` the cross-BS check fitted on it, or ``check`` as given), published
@@ -213,7 +214,7 @@ def _publish_multi_bs_with_detectors(
     if consistency and check is None:
         check = fit_consistency([train, val])
     save_multi_bs_site_model(
-        repo, "hall-ood", models, parent=None, novelty=novelty, consistency=check
+        repo, "hall-ood", models, parent=None, novelty=novelty, consistency=check, metrics=metrics
     )
     if load:
         client.app.state.store.refresh()  # type: ignore[attr-defined]
@@ -345,3 +346,45 @@ def test_a_consistency_model_for_other_base_stations_is_not_served(
     assert new != good
     store.refresh()
     assert store.get("hall-ood").version == good
+
+
+def test_the_ues_rule_is_over_the_scales_fitted_on_the_sites_walks(
+    repo: ModelRepository, client: TestClient
+) -> None:
+    """`training.walk_alarm`: the median of the BSs' scores is divided by the manifest's
+    ``metrics.ue_novelty.scale``, the cross-BS check's by ``check_scale``; each BS's own
+    score is not. A scale that is not a positive number makes the version broken: the
+    last good one serves on."""
+    store = client.app.state.store  # type: ignore[attr-defined]
+    answers = {}
+    for scale, check_scale, check in ((1.0, None, False), (0.5, None, False), (1.0, None, True),
+                                      (0.5, 2.0, True)):  # fmt: skip
+        own = _publish_multi_bs_with_detectors(
+            repo, client, consistency=check, metrics=_scale(scale, check_scale)
+        )
+        served = store.get("hall-ood")
+        assert (served.ue_scale, served.check_scale) == (scale, check_scale or 1.0)
+        csi = {bs: own.station(bs).csi for bs in own.bs_ids}
+        answers[scale, check] = _locate_hall(client, csi)
+    for b, a in zip(answers[1.0, False], answers[0.5, False], strict=True):
+        assert a["novelty"] == pytest.approx(2.0 * b["novelty"], rel=1e-5)  # the median
+        assert a["in_site"] is (a["novelty"] <= 1.0)
+        assert a["bs"]["bs0"]["novelty"] == pytest.approx(b["bs"]["bs0"]["novelty"], rel=1e-5)
+    for m, b, a in zip(answers[1.0, False], answers[1.0, True], answers[0.5, True], strict=True):
+        # b is max(median, check); a is max(median / 0.5, check / 2)
+        want = max(2.0 * m["novelty"], b["novelty"] / 2.0)
+        assert a["novelty"] == pytest.approx(want, rel=1e-5)
+    decided = [
+        b["novelty"] > m["novelty"] * 1.01
+        for m, b in zip(answers[1.0, False], answers[1.0, True], strict=True)
+    ]
+    assert any(decided)  # the check, not the median, scores some UEs
+    good = store.get("hall-ood").version
+    for bad in (_scale(0.0), _scale(-1.0), _scale("half"), _scale(1.0, 0.0)):
+        _publish_multi_bs_with_detectors(repo, client, consistency=True, metrics=bad, load=False)
+        store.refresh()
+        assert store.get("hall-ood").version == good
+
+
+def _scale(value: object, check: object = None) -> dict[str, Any]:
+    return {"ue_novelty": {"scale": value, "check_scale": check}}

@@ -72,3 +72,18 @@ def test_tracks_without_time_are_a_clear_error(files: tuple[Path, Path], tmp_pat
          "--out", str(tmp_path / "m"), "--unlabelled-env", "walks", *TINY],
     )  # fmt: skip
     assert lonely.exit_code == 2 and "--unlabelled-env needs --unlabelled" in lonely.output
+
+
+def test_walks_set_the_sites_out_of_site_scale(tmp_path: Path) -> None:
+    """Five or more tracks also calibrate the served out-of-site score
+    (`training.walk_alarm`); the output says on what and with what effect."""
+    torch.set_num_threads(1)
+    data, tracks = tmp_path / "site.h5", tmp_path / "tracks.h5"
+    write_environment(data, "lab", toy_fingerprints(200, (0.0, 0.0), seed=0), META)
+    write_unlabelled(tracks, "walks", toy_tracks(5, 20, (0.0, 0.0), seed=1)[0], META)
+    args = ["train", "scratch", "--data", str(data), "--env", "lab", "--site", "walked",
+            "--out", str(tmp_path / "m"), "--unlabelled", str(tracks), *TINY]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "out of site: threshold scale" in result.stdout
+    assert "fitted on 100 walk instants (5 tracks)" in result.stdout

@@ -123,6 +123,7 @@ def test_a_site_with_detectors_on_every_bs_gets_the_cross_bs_check(
     assert test is not None and check["references"] == len(train) + len(val)
     assert check["sets"] == ["bs0+bs1", "bs0+bs1+bs2", "bs0+bs2", "bs1+bs2"]
     assert 0.0 <= check["test_false_alarm"] <= 0.05
+    assert "ue_novelty" not in manifest["metrics"]  # no walks: the UEs' scores unscaled
 
 
 def test_joint_input_stacks_every_bs_on_the_antenna_axis() -> None:

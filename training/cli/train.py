@@ -645,6 +645,15 @@ def _adapt_cli(
             "points)" + ("" if tested is None else f"; test-set false alarms {100 * tested:.1f} %"),
             soft_wrap=True,
         )
+    ue = result.metrics.get("ue_novelty")
+    if isinstance(ue, dict):  # the out-of-site threshold's scale from the walks (walk_alarm)
+        console.print(
+            f"out of site: threshold scale {ue['scale']:.2f}, fitted on "
+            f"{ue['walk_instants']} walk instants ({ue['walk_tracks']} tracks); the walks "
+            f"alarm on {100 * ue['walk_false_alarm_unscaled']:.1f} % unscaled, "
+            f"{100 * ue['walk_false_alarm']:.1f} % as served",
+            soft_wrap=True,
+        )
     if val.get("degenerate"):
         err_console.print(
             "[yellow]warning:[/yellow] degenerate run: validation ME within 5 % of the "

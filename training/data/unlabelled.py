@@ -20,7 +20,7 @@ environment that carries ``time`` and ``track`` can also be read as unlabelled t
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -281,6 +281,16 @@ def join_recordings(
         )
         for bs, got in sorted(by_bs.items())
     }
+
+
+def instants(tracks: Mapping[str, UnlabelledTracks]) -> dict[tuple[int, float], dict[str, int]]:
+    """Each instant (track id, time) any BS saw: per BS that saw it, its row there (the
+    key `join_recordings` keeps shared between a recording's BSs)."""
+    where: dict[tuple[int, float], dict[str, int]] = {}
+    for bs, t in tracks.items():
+        for i, key in enumerate(zip(t.track.tolist(), t.time.tolist(), strict=True)):
+            where.setdefault(key, {})[bs] = i
+    return where
 
 
 def write_unlabelled(
