@@ -117,6 +117,25 @@ def walk_scale(
     return max(float(np.quantile(thresholds, confidence)), 1e-12)
 
 
+def part_scales(
+    median: F64,
+    check: F64,
+    track: npt.NDArray[np.int64],
+    false_alarm: float,
+    check_false_alarm: float | None,
+    *,
+    seed: int = 0,
+) -> tuple[float | None, float | None]:
+    """The median's scale at ``false_alarm`` and, with a ``check_false_alarm``, the
+    check's over the instants it scores (``check > 0``: heard by a set of BSs it has a
+    threshold for), from the walks' parts (`walk_ue_scores`); None where too few tracks."""
+    scale = walk_scale(median, track, false_alarm=false_alarm, seed=seed)
+    if check_false_alarm is None:
+        return scale, None
+    scored = check > 0.0
+    return scale, walk_scale(check[scored], track[scored], false_alarm=check_false_alarm, seed=seed)
+
+
 def fit_walk_scale(
     models: Mapping[str, SiteModel],
     novelty: Mapping[str, NoveltyModel],
@@ -137,15 +156,9 @@ def fit_walk_scale(
     target = false_alarm - share
     if target <= 0.0:
         return None
-    scale = walk_scale(median, track, false_alarm=target, seed=seed)
+    scale, check_scale = part_scales(median, check, track, target, share or None, seed=seed)
     if scale is None:
         return None
-    scored = check > 0.0  # the instants heard by a set of BSs the check scores
-    check_scale = (
-        walk_scale(check[scored], track[scored], false_alarm=share, seed=seed)
-        if consistency is not None
-        else None
-    )
     after = np.maximum(median / scale, check / (check_scale or 1.0))
     return {
         "scale": scale,
@@ -156,7 +169,7 @@ def fit_walk_scale(
         "confidence": CONFIDENCE,
         "walk_instants": len(median),
         "walk_tracks": len(np.unique(track)),
-        "walk_check_instants": int(scored.sum()),
+        "walk_check_instants": int((check > 0.0).sum()),
         "walk_false_alarm_unscaled": float(np.mean(np.maximum(median, check) > 1.0)),
         "walk_false_alarm": float(np.mean(after > 1.0)),
     }

@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from training.novelty import conformal_threshold
-from training.walk_alarm import walk_scale
+from training.walk_alarm import part_scales, walk_scale
 
 BUILT = "as built: median and check each at 0.5 %"
 BEFORE = "served before (no scale)"
@@ -44,9 +44,10 @@ def rules(d: Any, seed: int) -> dict[str, tuple[float, float]]:
         return float(walk_scale(x, track, false_alarm=a, seed=seed) or 1.0)
 
     whole = boot(np.maximum(med, chk), t, 0.01)
+    built = part_scales(med, chk, t, 0.005, 0.005, seed=seed)  # as the product fits them
     return {
         BEFORE: (1.0, 1.0),
-        BUILT: (boot(med, t, 0.005), boot(chk[scored], t[scored], 0.005)),
+        BUILT: (built[0] or 1.0, built[1] or 1.0),
         "each at 0.5 %, pooled (no bootstrap)": (
             conformal_threshold(med, 0.005),
             conformal_threshold(chk[scored], 0.005),
