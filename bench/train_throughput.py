@@ -107,6 +107,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--batched", choices=("auto", "on", "off"), default="auto")
     ap.add_argument("--lazy", action="store_true", help="train from the HDF5 file (LazyRows)")
+    ap.add_argument(
+        "--read-workers", type=int, default=0, help="--lazy: reader processes (0: in the trainer)"
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
@@ -153,18 +156,27 @@ def main() -> None:
         # is the least disturbed one.
         # Warm-up: the first run pays one-time costs (lazy imports, allocator) that the
         # ceiling's warm-up steps also leave out.
-        train_sources(envs, cfg.replace(max_steps=2, eval_every=2), quiet=True, device=device)
+        train_sources(
+            envs,
+            cfg.replace(max_steps=2, eval_every=2),
+            quiet=True,
+            device=device,
+            read_workers=args.read_workers,
+        )
         meml: list[float] = []
         top: list[float] = []
         for _ in range(args.rounds):
-            result = train_sources(envs, cfg, quiet=True, device=device)
+            result = train_sources(
+                envs, cfg, quiet=True, device=device, read_workers=args.read_workers
+            )
             meml.append(result.report.samples_per_s)
             top.append(ceiling(args.envs, per_step, args.batch_size, steps, batched_eff, device))
     print(
         f"device {device}, threads {torch.get_num_threads()}, {args.envs} envs x "
         f"{args.samples} samples, {per_step} envs/step x batch {args.batch_size}, "
         f"{steps} steps/round, heads {'batched' if batched_eff else 'separate'}, "
-        f"{'lazy (HDF5)' if args.lazy else 'in memory'}, {args.rounds} rounds"
+        f"{f'lazy (HDF5, {args.read_workers} reader processes)' if args.lazy else 'in memory'}, "
+        f"{args.rounds} rounds"
     )
     print(f"MEML training     best {max(meml):7.0f}  median {np.median(meml):7.0f} samples/s")
     print(f"bare fwd+bwd loop best {max(top):7.0f}  median {np.median(top):7.0f} samples/s")

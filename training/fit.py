@@ -61,6 +61,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -287,6 +288,7 @@ def fit(
     batched_heads: bool | None = None,
     selector: Selector | None = None,
     track_weight: float = 0.0,
+    read_pool: Executor | None = None,
 ) -> FitReport:
     """Train ``backbone`` and the tasks' heads through ``phases``; return the report.
 
@@ -306,6 +308,7 @@ def fit(
     ``track_weight`` > 0: every step also adds that weight times the track-consistency
     hinge (`training.unlabelled`) on a batch of each drawn task's `Task.tracks` pairs,
     drawn from their own seeded generator; 0 trains exactly as without tracks.
+    ``read_pool``: where lazy tasks read their windows ahead (`LazyRows.stream`).
     """
     if selector is not None and shard is not None and shard.world > 1:
         raise ValueError("a selector scores on one process; it cannot run under torchrun")
@@ -327,7 +330,7 @@ def fit(
     env_gen = torch.Generator().manual_seed(seed * 1000 + ENV_SEED_OFFSET)
     tracks = _track_setup(tasks, track_weight, batch_size, seed, dev, distributed)
 
-    sources = [_Source(t.train, dev, batch_size, gen) for t in tasks]
+    sources = [_Source(t.train, dev, batch_size, gen, read_pool) for t in tasks]
     lazy = any(s.data is None for s in sources)
     val_sets = [_on(t.val, dev) for t in tasks]
     backbone.to(dev)
@@ -641,13 +644,14 @@ class _Source:
         dev: torch.device,
         batch_size: int,
         gen: torch.Generator,
+        pool: Executor | None = None,
     ) -> None:
         self.dev = dev
         self.data: tuple[torch.Tensor, torch.Tensor] | None = None
         self._index: _IndexStream | None = None
         self._lazy: Iterator[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] | None = None
         if isinstance(train, LazyRows):
-            self._lazy = train.stream(batch_size, gen)
+            self._lazy = train.stream(batch_size, gen, pool)
         else:
             self.data = _on(train, dev)
             self._index = _IndexStream(len(self.data[0]), batch_size, gen)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,7 @@ import torch
 from training.config import TrainConfig
 from training.data.fingerprints import Fingerprints, data_fingerprint, open_environment
 from training.data.lazy import LazyRows
+from training.data.prefetch import reader_pool
 from training.data.splits import split_train_val, train_val_indices
 from training.data.unlabelled import UnlabelledTracks
 from training.fit import FitReport, Phase, ProgressFn, Shard, Task, fit
@@ -201,6 +203,7 @@ def train_sources(
     device: torch.device | str = "cpu",
     probe: TransferProbe | None = None,
     target_recipe: bool = False,
+    read_workers: int = 0,
 ) -> SourceResult:
     """Train a fresh backbone and one fresh head per environment of ``sources``.
 
@@ -215,10 +218,47 @@ def train_sources(
     early stopping and the kept checkpoint then follow their mean ME, not the
     source validation loss, and `SourceResult.probe_me` holds the final ME per
     held-out environment. ``target_recipe``: train with target training's selection
-    and schedule (see `source_phases`).
+    and schedule (see `source_phases`). ``read_workers`` > 0: lazy sources read their
+    windows in that many processes (`training.data.prefetch`; the same batches), for a
+    device that trains faster than one core inflates HDF5 chunks.
     """
     if not sources:
         raise ValueError("no environments to train on: expected at least one")
+    lazy = any(isinstance(src.train, LazyRows) for src in sources.values())
+    pool = reader_pool(read_workers) if read_workers and lazy else None
+    try:
+        return _train_retrying(
+            sources,
+            config,
+            backbone_config=backbone_config,
+            head_config=head_config,
+            quiet=quiet,
+            progress=progress,
+            shard=shard,
+            device=device,
+            probe=probe,
+            target_recipe=target_recipe,
+            read_pool=pool,
+        )
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def _train_retrying(
+    sources: Mapping[str, SourceData],
+    config: TrainConfig,
+    *,
+    backbone_config: BackboneConfig | None,
+    head_config: HeadConfig | None,
+    quiet: bool,
+    progress: ProgressFn | None,
+    shard: Shard | None,
+    device: torch.device | str,
+    probe: TransferProbe | None,
+    target_recipe: bool,
+    read_pool: Executor | None,
+) -> SourceResult:
 
     def once(init_seed: int) -> SourceResult:
         return _train_once(
@@ -233,6 +273,7 @@ def train_sources(
             device=device,
             probe=probe,
             target_recipe=target_recipe,
+            read_pool=read_pool,
         )
 
     result = once(config.seed)
@@ -257,6 +298,7 @@ def _train_once(
     device: torch.device | str,
     probe: TransferProbe | None = None,
     target_recipe: bool = False,
+    read_pool: Executor | None = None,
 ) -> SourceResult:
     backbone = Backbone(backbone_config, seed=init_seed)
     heads: dict[str, Head] = {}
@@ -290,6 +332,7 @@ def _train_once(
         batched_heads=config.batched_heads,
         selector=None if probe is None else probe.score,
         track_weight=config.track_weight,
+        read_pool=read_pool,
     )
     backbone.cpu()
     for head in heads.values():

@@ -235,6 +235,17 @@ def test_meml_lazy_with_sampled_environments(tmp_path: Path, tiny_h5: Path) -> N
     )  # fmt: skip
     manifest = json.loads((repo / "backbones/lazy/versions/v1/manifest.json").read_text())
     assert manifest["config"]["envs_per_step"] == 1
+    # Reader processes read the same batches: the same weights.
+    invoke(
+        "train", "meml", "--data", str(tiny_h5), "--envs", "industrial/bs0,industrial/bs1",
+        "--out", str(repo), "--name", "pooled", "--max-steps", "4", "--eval-every", "2",
+        "--min-steps", "0", "--envs-per-step", "1", "--lazy", "--read-workers", "2", "--quiet",
+    )  # fmt: skip
+    weights = [
+        (repo / f"backbones/{name}/versions/v1/backbone.pt").read_bytes()
+        for name in ("lazy", "pooled")
+    ]
+    assert weights[0] == weights[1]
 
 
 def test_meml_selects_by_transfer_to_held_out_environments(tmp_path: Path, tiny_h5: Path) -> None:

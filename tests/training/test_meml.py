@@ -177,6 +177,18 @@ def test_lazy_rows_cover_every_row_once_per_pass(tmp_path: Path) -> None:
     np.testing.assert_array_equal(next(stream2)[1], batches[0][1])  # seeded
 
 
+def test_reader_processes_train_the_same_backbone_from_lazy_rows(tmp_path: Path) -> None:
+    path = write_toy_file(tmp_path / "toy.h5", n=120)
+    cfg = TrainConfig(epochs=2, min_steps=0, patience=5, batch_size=16, envs_per_step=2)
+    names = ["industrial/bs0", "industrial/bs1", "lab-los"]
+    sources = {n: SourceData.from_file(path, n, 0.25, 0, lazy=True) for n in names}
+    local = train_sources(sources, cfg, quiet=True)
+    pooled = train_sources(sources, cfg, quiet=True, read_workers=2)
+    a, b = local.backbone.state_dict(), pooled.backbone.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert local.metrics == pooled.metrics
+
+
 def test_meml_trains_from_lazy_rows_with_sampled_environments(tmp_path: Path) -> None:
     from training.data.lazy import LazyRows
 

@@ -292,6 +292,14 @@ def meml(
         bool,
         typer.Option(help="Leave the training CSI on disk and read it as batches are drawn."),
     ] = False,
+    read_workers: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="With --lazy: processes that read ahead (0: the trainer reads). For a GPU, "
+            "which trains faster than one core inflates the file; the batches are the same.",
+        ),
+    ] = 0,
     probe_envs: Annotated[
         str | None,
         typer.Option(
@@ -349,6 +357,7 @@ def meml(
             shard=ses.shard,
             device=ses.device,
             probe=probe,
+            read_workers=read_workers,
         )
         if ses.is_main:
             _publish_source(
