@@ -840,8 +840,11 @@ def _validate(
     ``features``: the backbone's cached outputs for the validation sets (head-only phases).
     """
     joint.eval()
-    # Per task: loss sum, error sum, count; summed over ranks when distributed.
-    sums = torch.zeros(len(val_sets), 3, dtype=torch.float64)
+    # Per task: loss sum, error sum, count; summed over ranks when distributed. Kept on
+    # the device (float64, as Python floats were) and read once: one host sync a
+    # validation, not two per task and chunk (hundreds of tasks on a GPU).
+    dev = next(joint.parameters()).device
+    sums = torch.zeros(len(val_sets), 3, dtype=torch.float64, device=dev)
     for k, ((csi, truth), head, scale) in enumerate(zip(val_sets, heads, scales, strict=True)):
         source = features[k] if features is not None else csi
         for c, t in zip(torch.split(source, 512), torch.split(truth, 512), strict=True):
@@ -849,11 +852,12 @@ def _validate(
             if n == 0:
                 continue
             pos, sigma = head(c if features is not None else joint.backbone(c))
-            sums[k, 0] += float(position_loss(loss, pos, sigma, t, scale)) * n
-            sums[k, 1] += float((pos - t).norm(dim=1).sum())
+            sums[k, 0] += position_loss(loss, pos, sigma, t, scale).double() * n
+            sums[k, 1] += (pos - t).norm(dim=1).sum().double()
             sums[k, 2] += n
+    sums = sums.cpu()
     if distributed:
-        sums = _all_reduced(sums, next(joint.parameters()).device)
+        sums = _all_reduced(sums, dev)
     counts = sums[:, 2].clamp_min(1)
     val_loss = float((sums[:, 0] / counts).sum())
     return val_loss, {n: float(v) for n, v in zip(names, sums[:, 1] / counts, strict=True)}
