@@ -226,39 +226,6 @@ def train_sources(
         raise ValueError("no environments to train on: expected at least one")
     lazy = any(isinstance(src.train, LazyRows) for src in sources.values())
     pool = reader_pool(read_workers) if read_workers and lazy else None
-    try:
-        return _train_retrying(
-            sources,
-            config,
-            backbone_config=backbone_config,
-            head_config=head_config,
-            quiet=quiet,
-            progress=progress,
-            shard=shard,
-            device=device,
-            probe=probe,
-            target_recipe=target_recipe,
-            read_pool=pool,
-        )
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-
-
-def _train_retrying(
-    sources: Mapping[str, SourceData],
-    config: TrainConfig,
-    *,
-    backbone_config: BackboneConfig | None,
-    head_config: HeadConfig | None,
-    quiet: bool,
-    progress: ProgressFn | None,
-    shard: Shard | None,
-    device: torch.device | str,
-    probe: TransferProbe | None,
-    target_recipe: bool,
-    read_pool: Executor | None,
-) -> SourceResult:
 
     def once(init_seed: int) -> SourceResult:
         return _train_once(
@@ -273,16 +240,20 @@ def _train_retrying(
             device=device,
             probe=probe,
             target_recipe=target_recipe,
-            read_pool=read_pool,
+            read_pool=pool,
         )
 
-    result = once(config.seed)
-    if result.degenerate and config.retry_degenerate and len(sources) == 1:
-        again = once(config.seed + RETRY_SEED_OFFSET)
-        if again.report.best_score < result.report.best_score:
-            result = again
-        result.retried = True
-    return result
+    try:
+        result = once(config.seed)
+        if result.degenerate and config.retry_degenerate and len(sources) == 1:
+            again = once(config.seed + RETRY_SEED_OFFSET)
+            if again.report.best_score < result.report.best_score:
+                result = again
+            result.retried = True
+        return result
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
 
 
 def _train_once(
