@@ -641,6 +641,23 @@ TRANSFER_BIG_2CORE = dataclasses.replace(
 corpus transfer better when it also gets the compute to use it? (48 scenes, not 64: what
 one session's simulation on 2 cores affords beside the training.)"""
 
+TRANSFER_MANY_2CORE = dataclasses.replace(
+    TRANSFER_BIG_2CORE,
+    name="transfer-many-2core",
+    folds=(0, 1),
+    source_sets=(SourceSet("corpus256", ("proc/*",), 256),),
+    source=TRANSFER_NB_2CORE.source,
+    notes=(
+        "Many environments at the trace budget of few, on 2 CPU cores: MEML over 256 "
+        "environments of procedural scenes 0-135 traced at 200 positions each (~51k, about "
+        "the 55 x 800 of `transfer-2core`'s corpus), with the N_B grid's source compute (8 "
+        "a step, at most 1,200 steps, a probe every 70); scratch and MEML at 500 labels on "
+        "the 8 held-out procedural scenes, 2 seeds; runs pair with `transfer-2core`'s. N_B = "
+        "256 as the `transfer` preset asks, with a quarter of its positions per environment."
+    ),
+)
+"""The N_B = 256 arm that 2 cores afford (docs/results/transfer, "256 environments")."""
+
 PAPER_META = dataclasses.replace(
     PAPER,
     name="paper-meta",
@@ -679,6 +696,7 @@ PRESETS: dict[str, Preset] = {
         TRANSFER_SIGMA_2CORE,
         TRANSFER_WIDE_2CORE,
         TRANSFER_BIG_2CORE,
+        TRANSFER_MANY_2CORE,
     )
 }
 

@@ -194,3 +194,28 @@ def test_the_wide_cut_differs_from_transfer_2core_only_in_width() -> None:
     a = target_split(5000, base, 0, runs[-1].target).run_indices(runs[-1], 0)
     b = target_split(5000, wide, 0, runs[-1].target).run_indices(runs[-1], 0)
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_the_many_environments_cut_pairs_transfer_2core_with_256_sources() -> None:
+    """`transfer-many-2core` draws 256 environments (the probe scenes never among them) with
+    the N_B grid's source compute, and trains and tests every run on `transfer-2core`'s
+    samples, so its MEML and scratch pair with the 55-environment grid's by seed."""
+    base, nb, many = (
+        get_preset("transfer-2core"),
+        get_preset("transfer-nb-2core"),
+        get_preset("transfer-many-2core"),
+    )
+    available = [f"proc/s{i:04d}/bs{b}" for i in range(136) for b in (0, 1, 2)]
+    picked = source_set_envs(many, "corpus256", available + list(many.targets), 0)
+    assert len(picked) == 256 and set(picked) <= set(available)
+    probes = tuple(f"proc/s{i:04d}/" for i in range(12, 16))
+    assert not any(e.startswith(probes) for e in picked)
+    assert many.source == nb.source and many.target == base.target
+    runs = many.runs()
+    assert len(runs) == 32 and {r.fold for r in runs} == {0, 1}
+    shared = {r.id for r in runs} & {r.id for r in base.runs()}
+    assert shared == {r.id for r in runs if r.strategy == "scratch"}
+    for run in runs[-2:]:
+        a = target_split(2000, base, 0, run.target).run_indices(run, 0)
+        b = target_split(2000, many, 0, run.target).run_indices(run, 0)
+        assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
