@@ -6,10 +6,11 @@ and the figure ``figures/scale.png`` (ratio against N_B). Every ratio is over th
 grid's scratch (the runs MEML 8/24/55 were compared with); one more row divides by the
 re-trained scratch of this grid.
 
-    python3 docs/results/transfer/big/scale.py NB_RESULTS.csv BIG_DIR [FIGURE.png]
+    python3 docs/results/transfer/big/scale.py NB_RESULTS.csv BIG_DIR [FIGURE.png [PRESET]]
 
 NB_RESULTS.csv is `docs/results/transfer/nb/results.csv` (one row per run); BIG_DIR the
-`csipos experiment --preset transfer-big-2core` directory.
+`csipos experiment --preset transfer-big-2core` directory. PRESET: another cut paired
+the same way (`transfer-many-2core`: its one MEML arm, on the seeds it ran).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import numpy as np
 from training.experiments.grid import get_preset
 from training.experiments.store import ResultStore
 
-SEEDS = (0, 1, 2)
+SEEDS: tuple[int, ...] = (0, 1, 2)
 BIG = "meml-nll@corpus48"
+PRESET = "transfer-big-2core"
 NB_ARMS = {"meml-nll@corpus8": 8, "meml-nll@corpus24": 24, "meml-nll@corpus": 55}
 Key = tuple[str, str, int]
 
@@ -42,7 +44,7 @@ def load_nb(path: Path) -> dict[Key, float]:
 
 def load_big(out_dir: Path) -> tuple[dict[Key, float], list[str]]:
     """The big grid's runs (test ME) and which of them were flagged degenerate."""
-    results = ResultStore(out_dir).load(get_preset("transfer-big-2core").runs())
+    results = ResultStore(out_dir).load(get_preset(PRESET).runs())
     me = {(r.run.target, r.run.strategy, r.run.fold): r.metrics["me"] for r in results}
     degenerate = [r.run.id for r in results if r.metrics.get("degenerate")]
     return me, degenerate
@@ -119,6 +121,14 @@ def main(nb_csv: Path, big_dir: Path, figure: Path | None) -> None:
         plot(points, figure)
 
 
+def use_preset(name: str) -> None:
+    """Compare ``name``'s MEML arm on its seeds instead of `transfer-big-2core`'s."""
+    global SEEDS, BIG, PRESET
+    preset = get_preset(name)
+    (source_set,) = preset.source_sets
+    PRESET, SEEDS, BIG = name, preset.folds, f"meml-nll@{source_set.name}"
+
+
 def plot(points: list[tuple[int, float, float, float, str]], figure: Path) -> None:
     import matplotlib
 
@@ -136,14 +146,14 @@ def plot(points: list[tuple[int, float, float, float, str]], figure: Path) -> No
         [p[1] for p in big],
         "s",
         color="C1",
-        label="48 scenes, budget 2,400 steps",
+        label="48 scenes, budget 2,400 steps" if PRESET == "transfer-big-2core" else PRESET,
     )
     ax.axhline(0.6, ls="--", color="grey", lw=1, label="goal (0.6)")
     ax.axhline(1.0, color="black", lw=0.6)
     ax.set_xscale("log")
     ax.set_xlabel("source environments N_B")
     ax.set_ylabel("MEML / scratch ME (8 held-out scenes)")
-    ax.set_title("500 labels, seeds 0-2 (bars: per-seed range)")
+    ax.set_title(f"500 labels, seeds {SEEDS[0]}-{SEEDS[-1]} (bars: per-seed range)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     figure.parent.mkdir(parents=True, exist_ok=True)
@@ -152,4 +162,6 @@ def plot(points: list[tuple[int, float, float, float, str]], figure: Path) -> No
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 4:
+        use_preset(sys.argv[4])
     main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]) if len(sys.argv) > 3 else None)
