@@ -646,14 +646,18 @@ TRANSFER_MANY_2CORE = dataclasses.replace(
     name="transfer-many-2core",
     folds=(0, 1),
     source_sets=(SourceSet("corpus256", ("proc/*",), 256),),
+    # At 200 positions probe scene 12 kept 53-105 samples a BS, too few beside 100 labels;
+    # the other three probe scenes keep all 200 (scene 12 may then be a source).
+    probe_envs=("proc/s0013/*", "proc/s0014/*", "proc/s0015/*"),
     source=TRANSFER_NB_2CORE.source,
     notes=(
-        "Many environments at the trace budget of few, on 2 CPU cores: MEML over 256 "
-        "environments of procedural scenes 0-135 traced at 200 positions each (~51k, about "
-        "the 55 x 800 of `transfer-2core`'s corpus), with the N_B grid's source compute (8 "
-        "a step, at most 1,200 steps, a probe every 70); scratch and MEML at 500 labels on "
-        "the 8 held-out procedural scenes, 2 seeds; runs pair with `transfer-2core`'s. N_B = "
-        "256 as the `transfer` preset asks, with a quarter of its positions per environment."
+        "Many environments at the trace budget of few, on 2 CPU cores: MEML over 256 of "
+        "the base stations of procedural scenes 0-135 traced at 200 positions each (about "
+        "the samples of `transfer-2core`'s 55 x 800), the N_B grid's source compute (8 a "
+        "step, at most 1,200 steps, a probe every 70 on probe scenes 13-15), scratch and "
+        "MEML at 500 labels on the 8 held-out procedural scenes, 2 seeds; runs pair with "
+        "`transfer-2core`'s. N_B = 256 as the `transfer` preset asks, with a quarter of "
+        "its positions per environment."
     ),
 )
 """The N_B = 256 arm that 2 cores afford (docs/results/transfer, "256 environments")."""
