@@ -31,8 +31,16 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from training.data.fingerprints import CHUNK_SAMPLES
-from training.data.prefetch import Batch, Shared, discard, read_rows, read_shared, take_shared
+from training.data.fingerprints import CHUNK_SAMPLES, LazyEnvironment
+from training.data.prefetch import (
+    Batch,
+    Shared,
+    discard,
+    open_for_reads,
+    read_shared,
+    read_window,
+    take_shared,
+)
 
 WINDOW_CHUNKS = 2
 """HDF5 chunks held in memory per environment; a batch is drawn from their union."""
@@ -60,13 +68,20 @@ class LazyRows:
         self.path, self.env = Path(path), env
         self.rows = np.sort(np.asarray(rows, dtype=np.int64))
         self.chunk_rows, self.window_chunks = chunk_rows, window_chunks
+        self._lazy: LazyEnvironment | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
 
+    def __getstate__(self) -> dict[str, object]:
+        # The HDF5 handle does not pickle; it reopens on first read.
+        return {**self.__dict__, "_lazy": None}
+
     def read(self, rows: npt.NDArray[np.int64]) -> Batch:
         """CSI and positions of file rows ``rows`` (sorted reads are fastest)."""
-        return read_rows(str(self.path), self.env, rows)
+        if self._lazy is None:
+            self._lazy = open_for_reads(str(self.path), self.env)
+        return read_window(self._lazy, rows)
 
     def stream(
         self, batch_size: int, gen: torch.Generator, pool: Executor | None = None
@@ -94,10 +109,9 @@ class LazyRows:
                     yield picked, torch.randperm(len(picked), generator=gen).numpy()
 
         def schedule(picked: npt.NDArray[np.int64], perm: npt.NDArray[np.int64]) -> _Window:
-            args = (str(self.path), self.env, picked)
             if pool is None:
-                return _Window(lambda: _shuffled(read_rows(*args), perm))
-            future = pool.submit(read_shared, *args)
+                return _Window(lambda: _shuffled(self.read(picked), perm))
+            future = pool.submit(read_shared, str(self.path), self.env, picked)
             return _Window(lambda: take_shared(future.result(), perm), future)
 
         planned = windows()

@@ -30,16 +30,18 @@ fit)."""
 
 Batch = tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]
 
-_OPEN: dict[tuple[str, str], LazyEnvironment] = {}
-"""This process's open environments (a worker's, or the trainer's own reads)."""
+_WORKER_OPEN: dict[tuple[str, str], LazyEnvironment] = {}
+"""A reader process's open environments. Its pool lives for one training run, so no file
+changes under it; the trainer's own reads keep one handle per `LazyRows` instead."""
 
 
-def read_rows(path: str, env: str, rows: npt.NDArray[np.int64]) -> Batch:
-    """CSI and positions of file rows ``rows`` of ``env`` (sorted reads are fastest)."""
-    key = (path, env)
-    lazy = _OPEN.get(key)
-    if lazy is None:
-        lazy = _OPEN[key] = open_environment(path, env, cache_bytes=READ_CACHE_BYTES)
+def open_for_reads(path: str, env: str) -> LazyEnvironment:
+    """``env`` of ``path`` opened with the small chunk cache that window reads need."""
+    return open_environment(path, env, cache_bytes=READ_CACHE_BYTES)
+
+
+def read_window(lazy: LazyEnvironment, rows: npt.NDArray[np.int64]) -> Batch:
+    """CSI and positions of file rows ``rows`` (sorted reads are fastest)."""
     data = lazy.read(rows)
     return (
         np.ascontiguousarray(data.csi, dtype=np.float32),
@@ -52,8 +54,12 @@ Shared = tuple[str, tuple[int, ...], tuple[int, ...]]
 
 
 def read_shared(path: str, env: str, rows: npt.NDArray[np.int64]) -> Shared:
-    """`read_rows` into a new shared-memory block (a worker's task); the caller unlinks it."""
-    csi, pos = read_rows(path, env, rows)
+    """A window read into a new shared-memory block (a worker's task); the caller unlinks it."""
+    key = (path, env)
+    lazy = _WORKER_OPEN.get(key)
+    if lazy is None:
+        lazy = _WORKER_OPEN[key] = open_for_reads(path, env)
+    csi, pos = read_window(lazy, rows)
     block = SharedMemory(create=True, size=max(1, csi.nbytes + pos.nbytes))
     try:
         np.ndarray(csi.shape, np.float32, block.buf)[...] = csi
