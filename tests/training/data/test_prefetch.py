@@ -19,12 +19,16 @@ def test_a_reader_pool_gives_the_same_batches_as_reading_in_process(tmp_path: Pa
     lazy = LazyRows(path, "lab-los", rows, chunk_rows=6, window_chunks=2)
     local = lazy.stream(10, torch.Generator().manual_seed(3))
     want = [next(local) for _ in range(12)]  # three passes
-    blocks = set(Path("/dev/shm").iterdir())
+
+    def blocks() -> set[Path]:  # shared-memory blocks (other tests' semaphores live there too)
+        return set(Path("/dev/shm").glob("psm_*"))
+
+    before = blocks()
     with reader_pool(2) as pool:
         pooled = lazy.stream(10, torch.Generator().manual_seed(3), pool)
         got = [next(pooled) for _ in range(12)]
         pooled.close()  # the windows read ahead are freed, not left in shared memory
-    assert set(Path("/dev/shm").iterdir()) <= blocks
+    assert blocks() <= before
     for (c1, p1), (c2, p2) in zip(want, got, strict=True):
         np.testing.assert_array_equal(c1, c2)
         np.testing.assert_array_equal(p1, p2)
