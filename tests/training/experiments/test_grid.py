@@ -19,9 +19,20 @@ from training.experiments.grid import (
     meta_variant,
     strategy_kind,
 )
-from training.experiments.jobs import target_split
+from training.experiments.jobs import IndexArray, target_split
 from training.experiments.sources import source_set_envs
 from training.nets import Backbone
+
+
+def assert_same_samples(
+    base: Preset, cut: Preset, run: Run, pool: int
+) -> tuple[IndexArray, IndexArray]:
+    """``run`` trains and validates on the same rows of a ``pool``-sample target in both
+    grids (fold 0); returns them (train, val)."""
+    a = target_split(pool, base, 0, run.target).run_indices(run, 0)
+    b = target_split(pool, cut, 0, run.target).run_indices(run, 0)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    return a
 
 
 def test_quick_grid_has_every_strategy_mode_and_unique_ids() -> None:
@@ -147,9 +158,7 @@ def test_two_core_cuts_share_runs_with_transfer_2core(name: str) -> None:
     assert all(s == base.source_set(s.name) for s in same_name)
     labels = min(set(cut.labels) & set(base.labels))
     run = next(r for r in cut.runs() if r.id in shared and r.labels == labels)
-    a = target_split(5000, base, 0, run.target).run_indices(run, 0)
-    b = target_split(5000, cut, 0, run.target).run_indices(run, 0)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    a = assert_same_samples(base, cut, run, 5000)
     assert len(a[0]) + len(a[1]) == labels
 
 
@@ -171,9 +180,7 @@ def test_the_big_corpus_cut_nests_transfer_2core_and_pairs_its_runs() -> None:
     shared = {r.id for r in runs} & {r.id for r in base.runs()}
     assert shared == {r.id for r in runs if r.strategy == "scratch"}
     for run in runs[-2:]:
-        a = target_split(2000, base, 0, run.target).run_indices(run, 0)
-        b = target_split(2000, big, 0, run.target).run_indices(run, 0)
-        assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+        assert_same_samples(base, big, run, 2000)
 
 
 def test_the_wide_cut_differs_from_transfer_2core_only_in_width() -> None:
@@ -191,9 +198,7 @@ def test_the_wide_cut_differs_from_transfer_2core_only_in_width() -> None:
     assert wide.fingerprint() != base.fingerprint()
     runs = wide.runs()
     assert {r.id for r in runs} <= {r.id for r in base.runs()} and len(runs) == 60
-    a = target_split(5000, base, 0, runs[-1].target).run_indices(runs[-1], 0)
-    b = target_split(5000, wide, 0, runs[-1].target).run_indices(runs[-1], 0)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert_same_samples(base, wide, runs[-1], 5000)
 
 
 def test_the_many_environments_cut_pairs_transfer_2core_with_256_sources() -> None:
@@ -216,6 +221,4 @@ def test_the_many_environments_cut_pairs_transfer_2core_with_256_sources() -> No
     shared = {r.id for r in runs} & {r.id for r in base.runs()}
     assert shared == {r.id for r in runs if r.strategy == "scratch"}
     for run in runs[-2:]:
-        a = target_split(2000, base, 0, run.target).run_indices(run, 0)
-        b = target_split(2000, many, 0, run.target).run_indices(run, 0)
-        assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+        assert_same_samples(base, many, run, 2000)
