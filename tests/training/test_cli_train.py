@@ -246,6 +246,13 @@ def test_meml_lazy_with_sampled_environments(tmp_path: Path, tiny_h5: Path) -> N
         for name in ("lazy", "pooled")
     ]
     assert weights[0] == weights[1]
+    result = runner.invoke(
+        app,
+        ["train", "meml", "--data", str(tiny_h5), "--envs", "industrial/bs0", "--out", str(repo),
+         "--read-workers", "2"],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "--read-workers 2" in result.output
+    assert "needs --lazy" in result.output
 
 
 def test_meml_selects_by_transfer_to_held_out_environments(tmp_path: Path, tiny_h5: Path) -> None:

@@ -328,6 +328,11 @@ def meml(
 
     _setup_logging(quiet)
     with _cli_errors(), distributed.session() as ses:
+        if read_workers and not lazy:
+            raise ValueError(
+                f"--read-workers {read_workers} reads the training CSI from disk ahead of the "
+                "trainer: it needs --lazy (without it the CSI is in memory)"
+            )
         found = _expand_envs(data, envs)
         held_out = _expand_envs(data, probe_envs, "--probe-envs") if probe_envs else {}
         names = [e for e in found if e not in held_out]
