@@ -15,7 +15,8 @@ stations of the site: the environments directly inside one group, each with a
 as the group `JOB_SITE_GROUP` of the job's file; the job then adapts one model per BS.
 
 Unlabelled tracks (`training.data.unlabelled`: groups with the attribute
-``unlabelled=True`` holding ``csi``, ``time`` and ``track``) may ride in the same file
+``unlabelled=True`` holding ``csi``, ``time`` and ``track``, or ``csi`` alone for
+fingerprints without tracks) may ride in the same file
 beside a single-BS upload, or come as the ``unlabelled`` member of a JSON body. They are
 size-checked, validated (time strictly increasing within each track, the CSI's shape)
 and copied as the group `JOB_UNLABELLED_GROUP`; the job passes them to the trainer, which
@@ -472,17 +473,20 @@ _JSON_TRACKS = {"csi": "[K][8][103][2]", "time": "[K] seconds", "track": "[K] in
 
 
 def _json_tracks(raw: Any, limits: UploadLimits) -> UnlabelledTracks:
-    """The optional ``unlabelled`` member of a JSON body, validated like an uploaded group."""
-    if not isinstance(raw, dict) or any(k not in raw for k in _JSON_TRACKS):
+    """The optional ``unlabelled`` member of a JSON body, validated like an uploaded group
+    (``csi`` alone: fingerprints without tracks)."""
+    untracked = isinstance(raw, dict) and "csi" in raw and "time" not in raw and "track" not in raw
+    if not isinstance(raw, dict) or not (untracked or all(k in raw for k in _JSON_TRACKS)):
         raise InvalidInput(
             "'unlabelled' must be an object with 'csi' [K][8][103][2], 'time' [K] and "
-            "'track' [K] (samples of UE tracks, without positions)",
+            "'track' [K] (samples of UE tracks, without positions), or 'csi' alone "
+            "(fingerprints without tracks)",
             {"expected": _JSON_TRACKS},
         )
     try:
         csi = np.asarray(raw["csi"], dtype=np.float32)
-        time = np.asarray(raw["time"], dtype=np.float64)
-        ids = np.asarray(raw["track"], dtype=np.float64)
+        time = np.asarray(raw.get("time", np.zeros(len(csi))), dtype=np.float64)
+        ids = np.asarray(raw.get("track", np.arange(len(csi))), dtype=np.float64)
     except (ValueError, TypeError, RecursionError) as exc:
         raise InvalidInput(
             "unlabelled csi, time and track must be numeric arrays",
@@ -609,8 +613,9 @@ OPENAPI_BODY: dict[str, Any] = {
                         "unlabelled": {
                             "type": "object",
                             "description": "optional tracks of the site's UEs without "
-                            "positions (the track-consistency term)",
-                            "required": ["csi", "time", "track"],
+                            "positions (the track-consistency term); 'csi' alone: "
+                            "fingerprints without tracks",
+                            "required": ["csi"],
                             "properties": {
                                 "csi": {"type": "array", "description": "[K][8][103][2] floats"},
                                 "time": {"type": "array", "description": "[K] seconds"},

@@ -76,6 +76,7 @@ _TRAINING_KEYS = (
     "unlabelled_samples",
     "unlabelled_tracks",
     "track_pairs",
+    "found_pairs",
     "track_weight",
     "unlabelled_choice",
 )

@@ -183,6 +183,9 @@ class TrainConfig:
     """Consecutive samples of a track further apart in time than this are not paired."""
     track_slack_m: float = 0.05
     """Added to every pair's bound (m): timing jitter, a UE a little faster than v_max."""
+    found_bound_m: float = 1.0
+    """Bound (m) of the pairs found among fingerprints without tracks (mutual nearest
+    neighbours of their channels, `training.unlabelled.found_pairs`): near, not 0.3 m."""
 
     def __post_init__(self) -> None:
         check_loss_name(self.loss)
@@ -223,7 +226,7 @@ class TrainConfig:
             raise ValueError(f"beta={self.beta}, expected in [0, 1]")
         if self.seed < 0:
             raise ValueError(f"seed={self.seed}, expected >= 0")
-        for name in ("track_weight", "track_slack_m"):
+        for name in ("track_weight", "track_slack_m", "found_bound_m"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name}={value}, expected a finite number >= 0")

@@ -700,7 +700,9 @@ def _track_setup(
         if p is None or not len(p):
             out.append(None)
             continue
-        moved = TrackPairs(p.csi.to(dev, torch.float32), p.a.to(dev), p.b.to(dev), p.bound.to(dev))
+        moved = TrackPairs(
+            p.csi.to(dev, torch.float32), p.a.to(dev), p.b.to(dev), p.bound.to(dev), p.found
+        )
         out.append((moved, _IndexStream(len(p), batch_size, gen)))
     return out
 

@@ -185,7 +185,8 @@ def joint_tracks(
     from training.data.unlabelled import UnlabelledTracks, instants
 
     need = joint_min_heard(len(bs_ids), subsets)
-    where = instants(tracks)
+    # a sample alone in its track (a fingerprint without track) has no instant two BSs share
+    where = instants({bs: _with_neighbours(t) for bs, t in tracks.items()})
     keys = sorted(k for k, seen in where.items() if len(seen) >= need)
     if not keys:
         return None
@@ -202,6 +203,14 @@ def joint_tracks(
         np.array([k[1] for k in keys], dtype=np.float64),
         np.array([k[0] for k in keys], dtype=np.int32),
     )
+
+
+def _with_neighbours(tracks: UnlabelledTracks) -> UnlabelledTracks:
+    """The rows of tracks with two or more samples."""
+    from training.data.unlabelled import UnlabelledTracks
+
+    keep = ~tracks.singletons()
+    return UnlabelledTracks(tracks.csi[keep], tracks.time[keep], tracks.track[keep])
 
 
 def train_joint(
@@ -722,6 +731,7 @@ def adapt_multi_bs_site(
         # one walk seen by several BSs is one track (a recording's ids are shared)
         "unlabelled_tracks": len({int(k) for t in tracks.values() for k in np.unique(t.track)}),
         "track_pairs": sum(summaries[bs]["track_pairs"] for bs in data.bs_ids),
+        "found_pairs": sum(summaries[bs]["found_pairs"] for bs in data.bs_ids),
         **({"unlabelled_choice": track_choice} if track_choice else {}),
         **(extra or {}),
     }

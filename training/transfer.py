@@ -563,12 +563,13 @@ class AdaptResult:
 def unlabelled_summary(tracks: UnlabelledTracks | None, cfg: TrainConfig) -> dict[str, int]:
     """What a manifest records about the unlabelled tracks a version was trained with."""
     if tracks is None:
-        return {"unlabelled_samples": 0, "unlabelled_tracks": 0, "track_pairs": 0}
+        return {"unlabelled_samples": 0, "unlabelled_tracks": 0, "track_pairs": 0, "found_pairs": 0}
     pairs = TrackPairs.for_config(tracks, cfg)
     return {
         "unlabelled_samples": len(tracks),
         "unlabelled_tracks": tracks.tracks,
         "track_pairs": len(pairs),
+        "found_pairs": pairs.found,
     }
 
 

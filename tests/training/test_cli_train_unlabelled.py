@@ -54,6 +54,26 @@ def test_scratch_with_tracks_records_the_counts(files: tuple[Path, Path], tmp_pa
     assert manifest(repo, "plain")["track_pairs"] == 0
 
 
+def test_a_labelled_environment_without_tracks_is_unlabelled_fingerprints(
+    files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`--unlabelled-env` naming CSI without time and track (here a labelled environment:
+    its positions are not read): each sample its own track, pairs found by the channels."""
+    data, _ = files
+    other = tmp_path / "other.h5"
+    write_environment(other, "seen", toy_fingerprints(90, (0.0, 0.0), seed=3), META)
+    repo = tmp_path / "models"
+    result = runner.invoke(
+        app,
+        ["train", "scratch", "--data", str(data), "--env", "lab", "--site", "seen",
+         "--out", str(repo), "--unlabelled", str(other), "--unlabelled-env", "seen", *TINY],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    config = manifest(repo, "seen")
+    assert config["unlabelled_tracks"] == 90 and config["found_pairs"] == config["track_pairs"]
+    assert f"{config['found_pairs']} of them found by their channels" in result.stdout
+
+
 def test_tracks_without_time_are_a_clear_error(files: tuple[Path, Path], tmp_path: Path) -> None:
     data, tracks = files
     with h5py.File(tracks, "a") as f:

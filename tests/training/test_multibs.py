@@ -348,6 +348,18 @@ def test_joint_tracks_stack_the_bss_at_the_instants_they_saw_together() -> None:
     assert joint_tracks({"bs0": seen["bs0"]}, ids, subsets=True) is None
 
 
+def test_fingerprints_without_tracks_never_reach_the_joint_head() -> None:
+    """Row k of two BSs' untracked groups is not one UE at one instant (each sample is a
+    track of its own, at time 0), so they are not stacked; tracks beside them still are."""
+    seen = toy_site_tracks(2, 5, seed=1)
+    alone = {bs: UnlabelledTracks.untracked(seen[bs].csi) for bs in ("bs0", "bs2")}
+    ids = ["bs0", "bs1", "bs2"]
+    assert joint_tracks(alone, ids, subsets=True) is None
+    mixed = {bs: UnlabelledTracks.concat([seen[bs], alone[bs]]) for bs in alone}
+    got = joint_tracks(mixed, ids, subsets=True)
+    assert got is not None and len(got) == len(seen["bs0"])  # the tracked instants only
+
+
 def test_one_bs_site_is_a_single_bs_site(repo: ModelRepository) -> None:
     site = toy_site(60, seed=4, stations={"only": (0.0, 0.0)}, drop=0.0)
     result = adapt_site(repo, "one", site, mode="head", config=CFG)

@@ -11,8 +11,9 @@ from tests.training.toychannel import toy_fingerprints, toy_tracks
 from training.config import TrainConfig
 from training.data.unlabelled import UnlabelledTracks
 from training.fit import fit, predict
+from training.novelty import spatial_statistics
 from training.transfer import train_target
-from training.unlabelled import TrackPairs, track_hinge, track_pairs
+from training.unlabelled import TrackPairs, found_pairs, track_hinge, track_pairs
 
 BS = (0.0, 0.0)
 
@@ -38,9 +39,58 @@ def test_bound_is_vmax_times_dt_plus_slack() -> None:
         np.array([0.0, 0.1, 0.3]),
         np.zeros(3, np.int32),
     )
-    pairs = TrackPairs.build(tracks, v_max=2.0, max_gap_s=0.5, slack_m=0.05)
+    pairs = TrackPairs.build(tracks, v_max=2.0, max_gap_s=0.5, slack_m=0.05, found_bound_m=1.0)
     assert pairs.bound.tolist() == pytest.approx([0.25, 0.45])
-    assert len(pairs) == 2 and pairs.samples == 3
+    assert len(pairs) == 2 and pairs.samples == 3 and pairs.found == 0
+
+
+def test_found_pairs_are_mutual_nearest_neighbours_of_the_spatial_statistic() -> None:
+    """Toy line-of-sight CSI: the spatial statistic is the angle, so the pairs are mutual
+    nearest neighbours in angle; each pair once, never a sample with itself."""
+    fp = toy_fingerprints(300, BS, seed=4)
+    a, b = found_pairs(fp.csi)
+    assert len(a) > 50 and (a < b).all() and len(set(a.tolist()) | set(b.tolist())) == 2 * len(a)
+    stat = spatial_statistics(fp.csi)
+    d = np.linalg.norm(stat[:, None] - stat[None], axis=2)
+    np.fill_diagonal(d, np.inf)
+    nearest = d.argmin(axis=1)
+    assert (nearest[a] == b).all() and (nearest[b] == a).all()
+    assert len(a) == int((nearest[nearest] == np.arange(300)).sum() // 2)  # all of them
+    angle = np.arctan2(fp.pos[:, 1] - BS[1], fp.pos[:, 0] - BS[0])
+    random = np.abs(angle[:150] - angle[150:]).mean()
+    assert np.abs(angle[a] - angle[b]).mean() < 0.1 * random
+    assert [len(v) for v in found_pairs(fp.csi[:1])] == [0, 0]
+
+
+def test_at_most_found_max_samples_are_searched_and_the_draw_is_seeded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import training.unlabelled
+
+    monkeypatch.setattr(training.unlabelled, "FOUND_MAX_SAMPLES", 60)
+    alone = UnlabelledTracks.untracked(toy_fingerprints(200, BS, seed=5).csi)
+    first = TrackPairs.for_config(alone, TrainConfig())
+    assert first.found > 0 and len(torch.unique(torch.cat([first.a, first.b]))) <= 60
+    again = TrackPairs.for_config(alone, TrainConfig())
+    assert torch.equal(first.a, again.a) and torch.equal(first.b, again.b)
+
+
+def test_samples_alone_in_their_track_are_paired_by_their_channels() -> None:
+    """Tracks keep their consecutive pairs; fingerprints without tracks get found pairs
+    with the found bound; the two never mix."""
+    tracks, _ = toy_tracks(2, 10, BS, seed=0)
+    alone = UnlabelledTracks.untracked(toy_fingerprints(200, BS, seed=5).csi)
+    both = UnlabelledTracks.concat([tracks, alone])
+    cfg = TrainConfig()
+    only_tracks = TrackPairs.for_config(tracks, cfg)
+    pairs = TrackPairs.for_config(both, cfg)
+    fa, _ = found_pairs(alone.csi)
+    assert pairs.found == len(fa) > 0 and len(pairs) == len(only_tracks) + len(fa)
+    assert (pairs.a[-pairs.found :] >= len(tracks)).all()  # found pairs: untracked rows
+    assert (pairs.bound[-pairs.found :] == cfg.found_bound_m).all()
+    assert torch.equal(pairs.bound[: len(only_tracks)], only_tracks.bound)
+    with pytest.raises(ValueError, match="found_bound_m"):
+        TrackPairs.build(alone, 3.0, 0.5, 0.05, found_bound_m=-1.0)
 
 
 def test_hinge_is_zero_within_the_bound_and_the_hand_formula_outside() -> None:

@@ -645,8 +645,13 @@ def _adapt_cli(
         else:
             console.print(
                 f"unlabelled: {used['unlabelled_samples']} samples on "
-                f"{used['unlabelled_tracks']} tracks, {used['track_pairs']} pairs (track "
-                f"weight {config.track_weight:g})"
+                f"{used['unlabelled_tracks']} tracks, {used['track_pairs']} pairs"
+                + (
+                    f" ({used['found_pairs']} of them found by their channels)"
+                    if used.get("found_pairs")
+                    else ""
+                )
+                + f" (track weight {config.track_weight:g})"
                 + (f"; base stations {', '.join(tracks)}" if isinstance(tracks, dict) else ""),
                 soft_wrap=True,
             )
@@ -680,8 +685,9 @@ UnlabelledFile = Annotated[
     Path | None,
     typer.Option(
         "--unlabelled",
-        help="HDF5 file of unlabelled tracks from the same BS (csi, time, track; no positions): "
-        "its groups with attribute unlabelled=True, or the one --unlabelled-env names. For a "
+        help="HDF5 file of unlabelled tracks from the same BS (csi, time, track; no positions; "
+        "csi alone: fingerprints without tracks, paired by their channels): its groups with "
+        "attribute unlabelled=True, or the one --unlabelled-env names. For a "
         "multi-BS site, groups named by BS id (or the children of --unlabelled-env).",
     ),
 ]

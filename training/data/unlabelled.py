@@ -11,6 +11,11 @@ a group with the attribute ``unlabelled = True``, the environment attributes
 - ``track`` int32 [M], which trajectory (UE recording) a row belongs to;
 - no ``pos`` (a ``pos`` there is ignored: training never reads it).
 
+``time`` and ``track`` may both be absent: fingerprints without tracks, the unlabelled
+CSI any BS collects. Each such sample is a track of its own (``time`` 0, a new ``track``
+id: `UnlabelledTracks.untracked`), so it forms no consecutive pair; training pairs such
+samples by their channels instead (`training.unlabelled.found_pairs`).
+
 `list_environments` does not list such groups, so every reader of labelled data and
 every existing file behave as before; `list_unlabelled` finds them. A labelled
 environment that carries ``time`` and ``track`` can also be read as unlabelled tracks
@@ -57,7 +62,8 @@ UNLABELLED_ATTR = "unlabelled"
 _MEMORY = "<memory>"
 _FIELDS = ("csi", "time", "track")
 _EXPECTED = (
-    "unlabelled tracks need 'csi' [M,8,103,2] float32, 'time' [M] float64 and 'track' [M] int32"
+    "unlabelled tracks need 'csi' [M,8,103,2] float32, 'time' [M] float64 and 'track' [M] int32 "
+    "(or 'csi' alone: fingerprints without tracks)"
 )
 
 
@@ -72,10 +78,21 @@ class UnlabelledTracks:
     def __len__(self) -> int:
         return int(self.csi.shape[0])
 
+    @classmethod
+    def untracked(cls, csi: npt.NDArray[np.float32]) -> UnlabelledTracks:
+        """Fingerprints without tracks: each sample a track of its own, at time 0."""
+        n = int(np.shape(csi)[0])
+        return cls(csi, np.zeros(n, dtype=np.float64), np.arange(n, dtype=np.int32))
+
     @property
     def tracks(self) -> int:
         """How many distinct tracks."""
         return len(np.unique(self.track))
+
+    def singletons(self) -> npt.NDArray[np.bool_]:
+        """[M] whether a row is the only sample of its track (a fingerprint without track)."""
+        _, inverse, counts = np.unique(self.track, return_inverse=True, return_counts=True)
+        return np.asarray(counts[inverse] == 1)
 
     def validate(self, path: str = _MEMORY, group: str = _MEMORY) -> None:
         """Raise `SchemaError` unless the arrays follow the layout and time is ordered."""
@@ -176,14 +193,16 @@ def _group(path: str | Path, name: str) -> Iterator[h5py.Group]:
 def read_unlabelled(path: str | Path, env: str) -> UnlabelledTracks:
     """Group `env` of `path` as unlabelled tracks, validated.
 
-    `env` may be an unlabelled group or a labelled environment with `time` and `track`
-    (its positions are not read).
+    `env` may be an unlabelled group or a labelled environment (its positions are not
+    read); without `time` and `track` its samples are fingerprints without tracks
+    (`UnlabelledTracks.untracked`).
     """
     spath = str(path)
     with _group(path, env) as group:
         arrays: dict[str, npt.NDArray[Any]] = {}
         n: int | None = None
-        for name in _FIELDS:
+        untracked = "time" not in group and "track" not in group and "csi" in group
+        for name in _FIELDS[:1] if untracked else _FIELDS:
             node = group.get(name)
             if not isinstance(node, h5py.Dataset):
                 raise SchemaError(spath, env, name, f"missing dataset; {_EXPECTED}")
@@ -193,10 +212,13 @@ def read_unlabelled(path: str | Path, env: str) -> UnlabelledTracks:
                     spath, env, name, f"{node.shape[0]} samples but csi has {n}; lengths must match"
                 )
             n = int(node.shape[0])
-        for name in _FIELDS:
+        for name in _FIELDS[:1] if untracked else _FIELDS:
             arrays[name] = np.asarray(group[name][()])
         EnvironmentMeta.from_attrs(group.attrs, spath, env).validate(spath, env)
-    tracks = UnlabelledTracks(arrays["csi"], arrays["time"], arrays["track"])
+    if untracked:
+        tracks = UnlabelledTracks.untracked(arrays["csi"])
+    else:
+        tracks = UnlabelledTracks(arrays["csi"], arrays["time"], arrays["track"])
     tracks.validate(spath, env)
     return tracks
 
@@ -213,7 +235,7 @@ def load_unlabelled(path: str | Path, env: str | None = None) -> UnlabelledTrack
             "/",
             "(group)",
             f"no unlabelled tracks (a group with attribute {UNLABELLED_ATTR}=True and "
-            "csi, time, track); name a group that has time and track with --unlabelled-env",
+            "csi, time, track, or csi alone); name a group of CSI with --unlabelled-env",
         )
     return UnlabelledTracks.concat([read_unlabelled(path, n) for n in names])
 
@@ -253,7 +275,7 @@ def load_site_unlabelled(
             group or "/",
             "(group)",
             "no unlabelled tracks; expected groups named by base station id "
-            f"({sorted(bs_ids)}) with csi, time and track",
+            f"({sorted(bs_ids)}) with csi, time and track (or csi alone)",
         )
     return join_recordings(parts)
 

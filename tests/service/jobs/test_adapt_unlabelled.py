@@ -71,6 +71,33 @@ def test_tracks_in_the_upload_reach_the_manifest(real: TestClient, tmp_path: Pat
     assert training["track_pairs"] == 57 and training["track_weight"] == 1.0
 
 
+def test_fingerprints_without_tracks_are_paired_by_their_channels(
+    real: TestClient, tmp_path: Path
+) -> None:
+    """An unlabelled group of csi alone (what any BS collects): every sample its own track,
+    the pairs found among them (mutual nearest neighbours), as the manifest shows."""
+    path = tmp_path / "up.h5"
+    write_environment(path, "lab", toy_fingerprints(60, (0.0, 0.0), seed=0), META)
+    with h5py.File(path, "a") as f:
+        g = f.create_group("seen")
+        g.attrs.update(META.to_attrs())
+        g.attrs["unlabelled"] = True
+        g.create_dataset("csi", data=toy_fingerprints(80, (0.0, 0.0), seed=2).csi)
+    training = _adapted(real, "seen", path.read_bytes())
+    assert training["unlabelled_samples"] == 80 and training["unlabelled_tracks"] == 80
+    assert training["found_pairs"] == training["track_pairs"] > 10
+
+
+def test_fingerprints_without_tracks_in_a_json_body(real: TestClient) -> None:
+    alone = {"csi": toy_fingerprints(80, (0.0, 0.0), seed=2).csi.tolist()}
+    r = real.post("/sites/seen/adapt", json=_json_body(alone), headers=ADMIN)
+    assert r.status_code == 202, r.text
+    assert wait_job(real, r.json()["job_id"], timeout=240)["state"] == "succeeded"
+    training = real.get("/sites/seen", headers=LOCATE).json()["versions"][0]["training"]
+    assert training["unlabelled_samples"] == 80
+    assert training["found_pairs"] == training["track_pairs"] > 10
+
+
 def _break(path: Path, change: Callable[[h5py.Group], None]) -> Path:
     with h5py.File(path, "a") as f:
         change(f["walks"])
@@ -135,6 +162,23 @@ def test_tracks_beside_a_multi_bs_upload_train_the_bss_that_saw_them(
     assert config["bs"]["bs1"]["track_pairs"] == 0  # bs1 saw none of the walks
     # the joint head: the 20 instants both BSs saw (one recording, shared track ids)
     assert config["joint"]["unlabelled_samples"] == 20
+
+
+def test_fingerprints_without_tracks_beside_a_multi_bs_upload_are_accepted(
+    real: TestClient, tmp_path: Path
+) -> None:
+    """Untracked groups named by BS id train like walks (which BSs and the joint head get
+    what: tests/training/test_multibs.py); the guard's choice covers all 80 samples."""
+    path = tmp_path / "multi.h5"
+    write_site(path, "hall", toy_site(60, drop=0.0))
+    for k, bs in enumerate(("bs0", "bs2")):
+        with h5py.File(path, "a") as f:
+            g = f.create_group(f"seen/{bs}")
+            g.attrs.update(META.to_attrs())
+            g.attrs["unlabelled"] = True
+            g.create_dataset("csi", data=toy_fingerprints(40, (0.0, 0.0), seed=7 + k).csi)
+    choice = _adapted(real, "hall", path.read_bytes())["unlabelled_choice"]
+    assert choice["uploaded_samples"] == 80 and isinstance(choice["kept"], bool)
 
 
 def test_tracks_for_a_bs_the_site_lacks_are_a_422(client: TestClient, tmp_path: Path) -> None:

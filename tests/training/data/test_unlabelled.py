@@ -62,11 +62,26 @@ def test_a_labelled_environment_with_tracks_reads_as_unlabelled(tmp_path: Path) 
     write_environment(path, "traj", fp, META)
     got = load_unlabelled(path, "traj")
     np.testing.assert_array_equal(got.time, tracks.time)
-    write_environment(path, "plain", toy_fingerprints(5, (0.0, 0.0), seed=1), META)
-    with pytest.raises(SchemaError, match="'time': missing dataset"):
-        read_unlabelled(path, "plain")
     with pytest.raises(SchemaError, match="no unlabelled tracks"):
         load_unlabelled(path)
+
+
+def test_csi_without_time_and_track_reads_as_fingerprints_without_tracks(
+    tmp_path: Path,
+) -> None:
+    """A labelled environment without time and track, or an unlabelled group of csi alone:
+    each sample a track of its own, so nothing pairs them as consecutive."""
+    path = tmp_path / "plain.h5"
+    plain = toy_fingerprints(5, (0.0, 0.0), seed=1)
+    write_environment(path, "plain", plain, META)
+    got = read_unlabelled(path, "plain")
+    np.testing.assert_array_equal(got.csi, plain.csi)
+    assert got.tracks == 5 and got.singletons().all()
+    np.testing.assert_array_equal(got.time, np.zeros(5))
+    _group(path, csi=CSI)  # unlabelled=True, csi only
+    assert load_unlabelled(path).tracks == 3 and list_unlabelled(path) == ["bad"]
+    tracks, _ = toy_tracks(2, 10, (0.0, 0.0), seed=0)
+    assert not tracks.singletons().any()
 
 
 def _group(path: Path, **arrays: np.ndarray) -> None:
@@ -120,6 +135,7 @@ def test_a_multi_bs_sites_tracks_are_the_groups_named_by_its_base_stations(
     ("arrays", "field", "message"),
     [
         ({"csi": CSI, "track": TRACK}, "time", "missing dataset"),
+        ({"csi": CSI, "time": TIME}, "track", r"missing dataset.*or 'csi' alone"),
         ({"csi": CSI[:, :4], "time": TIME, "track": TRACK}, "csi", r"expected \[M, 8, 103, 2\]"),
         ({"csi": CSI, "time": TIME[::-1].copy(), "track": TRACK}, "time", "strictly increasing"),
         ({"csi": CSI, "time": TIME, "track": TRACK[:2]}, "track", "lengths must match"),
