@@ -185,8 +185,7 @@ def joint_tracks(
     from training.data.unlabelled import UnlabelledTracks, instants
 
     need = joint_min_heard(len(bs_ids), subsets)
-    # a sample alone in its track (a fingerprint without track) has no instant two BSs share
-    where = instants({bs: _with_neighbours(t) for bs, t in tracks.items()})
+    where = instants(_tracked(tracks))
     keys = sorted(k for k, seen in where.items() if len(seen) >= need)
     if not keys:
         return None
@@ -205,12 +204,19 @@ def joint_tracks(
     )
 
 
-def _with_neighbours(tracks: UnlabelledTracks) -> UnlabelledTracks:
-    """The rows of tracks with two or more samples."""
+def _tracked(tracks: Mapping[str, UnlabelledTracks]) -> dict[str, UnlabelledTracks]:
+    """Each BS's rows of the tracks some BS saw twice or more: a track of one sample at
+    every BS is a fingerprint without track (`UnlabelledTracks.untracked`), and row k of
+    two BSs' untracked groups is not one UE at one instant."""
     from training.data.unlabelled import UnlabelledTracks
 
-    keep = ~tracks.singletons()
-    return UnlabelledTracks(tracks.csi[keep], tracks.time[keep], tracks.track[keep])
+    parts = [t.track[~t.singletons()] for t in tracks.values()]
+    walked = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int32)
+    out = {}
+    for bs, t in tracks.items():
+        keep = np.isin(t.track, walked)
+        out[bs] = UnlabelledTracks(t.csi[keep], t.time[keep], t.track[keep])
+    return out
 
 
 def train_joint(

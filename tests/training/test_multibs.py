@@ -358,6 +358,12 @@ def test_fingerprints_without_tracks_never_reach_the_joint_head() -> None:
     mixed = {bs: UnlabelledTracks.concat([seen[bs], alone[bs]]) for bs in alone}
     got = joint_tracks(mixed, ids, subsets=True)
     assert got is not None and len(got) == len(seen["bs0"])  # the tracked instants only
+    # a walk one BS kept a single sample of still joins at that instant
+    one = {"bs0": seen["bs0"], "bs2": UnlabelledTracks.untracked(seen["bs2"].csi[:1])}
+    one["bs2"].track[:] = seen["bs2"].track[0]
+    one["bs2"].time[:] = seen["bs2"].time[0]
+    got = joint_tracks(one, ids, subsets=True)
+    assert got is not None and len(got) == 1 and got.csi[:, 16:].any()
 
 
 def test_one_bs_site_is_a_single_bs_site(repo: ModelRepository) -> None:
