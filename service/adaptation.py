@@ -59,6 +59,7 @@ from training.data.unlabelled import (
     list_unlabelled,
     load_unlabelled,
     read_unlabelled,
+    recording_of,
     write_unlabelled,
 )
 
@@ -391,7 +392,7 @@ def _copy_site_unlabelled(
     ids shared by its BSs) and written as ``JOB_UNLABELLED_GROUP/<bs>``; returns the
     samples copied."""
     parts = [
-        (g.rpartition("/")[0], bs, read_unlabelled(path, g))
+        (recording_of(path, g), bs, read_unlabelled(path, g))
         for bs, names in by_bs.items()
         for g in names
     ]

@@ -54,6 +54,7 @@ __all__ = [
     "load_site_unlabelled",
     "load_unlabelled",
     "read_unlabelled",
+    "recording_of",
     "write_unlabelled",
 ]
 
@@ -259,7 +260,7 @@ def load_site_unlabelled(
             )
     parts: list[tuple[str, str, UnlabelledTracks]] = []
     for name in names:
-        recording, _, bs = name.rpartition("/")
+        _, _, bs = name.rpartition("/")
         if bs not in bs_ids:
             raise SchemaError(
                 spath,
@@ -268,7 +269,7 @@ def load_site_unlabelled(
                 f"unlabelled tracks for {bs!r}, which is not one of the site's base stations; "
                 f"expected groups named {sorted(bs_ids)}",
             )
-        parts.append((recording, bs, read_unlabelled(path, name)))
+        parts.append((recording_of(path, name), bs, read_unlabelled(path, name)))
     if not parts:
         raise SchemaError(
             spath,
@@ -278,6 +279,16 @@ def load_site_unlabelled(
             f"({sorted(bs_ids)}) with csi, time and track (or csi alone)",
         )
     return join_recordings(parts)
+
+
+def recording_of(path: str | Path, name: str) -> str:
+    """The recording a BS's group belongs to, for `join_recordings`: its parent (``day0``
+    of ``day0/bs0``), whose BSs share track ids; a group without ``time`` and ``track``
+    (fingerprints without tracks) is a recording of its own, since its row k and another
+    BS's row k are not the same UE at the same instant."""
+    with _group(path, name) as group:
+        untracked = "time" not in group and "track" not in group
+    return name if untracked else name.rpartition("/")[0]
 
 
 def join_recordings(

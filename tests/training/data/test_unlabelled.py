@@ -22,6 +22,7 @@ from training.data.unlabelled import (
     load_site_unlabelled,
     load_unlabelled,
     read_unlabelled,
+    recording_of,
     write_unlabelled,
 )
 
@@ -129,6 +130,28 @@ def test_a_multi_bs_sites_tracks_are_the_groups_named_by_its_base_stations(
     write_environment(empty, "lab", toy_fingerprints(5, (0.0, 0.0), seed=1), META)
     with pytest.raises(SchemaError, match="no unlabelled tracks; expected groups named by"):
         load_site_unlabelled(empty, ["bs0"])
+
+
+def test_untracked_groups_of_one_recording_share_no_track_ids(tmp_path: Path) -> None:
+    """Row k of two BSs' csi-only groups is not one UE at one instant: their ids never
+    meet (so no UE-level score or joint head pairs them), while walks still share theirs."""
+    path = tmp_path / "seen.h5"
+    for k, bs in enumerate(("bs0", "bs1")):
+        with h5py.File(path, "a") as f:
+            f.attrs["schema_version"] = 1
+            g = f.create_group(f"seen/{bs}")
+            g.attrs.update(META.to_attrs())
+            g.attrs["unlabelled"] = True
+            g.create_dataset("csi", data=toy_fingerprints(6, (0.0, 0.0), seed=k).csi)
+        tracks, _ = toy_tracks(2, 5, (0.0, 0.0), seed=0)
+        write_unlabelled(path, f"walks/{bs}", tracks, META)
+    assert recording_of(path, "seen/bs0") == "seen/bs0"
+    assert recording_of(path, "walks/bs0") == "walks"
+    got = load_site_unlabelled(path, ["bs0", "bs1"])
+    alone = {bs: set(got[bs].track[got[bs].singletons()].tolist()) for bs in got}
+    assert len(alone["bs0"]) == len(alone["bs1"]) == 6 and alone["bs0"].isdisjoint(alone["bs1"])
+    walked = {bs: set(got[bs].track[~got[bs].singletons()].tolist()) for bs in got}
+    assert walked["bs0"] == walked["bs1"] and len(walked["bs0"]) == 2
 
 
 @pytest.mark.parametrize(
