@@ -335,6 +335,7 @@ _META_CONFIG_DEFAULTS = {
         "track_vmax",
         "track_max_gap_s",
         "track_slack_m",
+        "found_bound_m",
     )
 }
 
