@@ -72,9 +72,9 @@ def main(out: Path) -> None:
     print("|---|---|---|---|---|")
     ratios = {}
     for a, b, name in ARMS:
-        r = np.array([float(str(x[f"{a}_me"])) / float(str(x[f"{b}_me"])) for x in ad])
-        ratios[name] = r
-        print(ratio_line(name, r))
+        ratio = np.array([float(str(x[f"{a}_me"])) / float(str(x[f"{b}_me"])) for x in ad])
+        ratios[name] = ratio
+        print(ratio_line(name, ratio))
     c = np.array([float(str(x["meml_spatial_crps"])) / float(str(x["meml_crps"])) for x in ad])
     print(ratio_line("CRPS: MEML + pairs / MEML (spatial)", c))
 
