@@ -486,8 +486,8 @@ def _json_tracks(raw: Any, limits: UploadLimits) -> UnlabelledTracks:
         )
     try:
         csi = np.asarray(raw["csi"], dtype=np.float32)
-        time = np.asarray(raw.get("time", np.zeros(len(csi))), dtype=np.float64)
-        ids = np.asarray(raw.get("track", np.arange(len(csi))), dtype=np.float64)
+        time = None if untracked else np.asarray(raw["time"], dtype=np.float64)
+        ids = None if untracked else np.asarray(raw["track"], dtype=np.float64)
     except (ValueError, TypeError, RecursionError) as exc:
         raise InvalidInput(
             "unlabelled csi, time and track must be numeric arrays",
@@ -498,17 +498,20 @@ def _json_tracks(raw: Any, limits: UploadLimits) -> UnlabelledTracks:
             f"unlabelled tracks hold {len(csi)} samples; at most {limits.max_samples} are accepted",
             {"max_samples": limits.max_samples, "got": len(csi)},
         )
-    int32 = np.iinfo(np.int32)
-    if ids.ndim != 1 or not (
-        np.isfinite(ids).all()
-        and (ids == np.round(ids)).all()
-        and ((ids >= int32.min) & (ids <= int32.max)).all()
-    ):
-        raise InvalidInput(
-            "unlabelled track must be a list of integer track ids (32-bit), one per sample",
-            {"expected": _JSON_TRACKS["track"], "shape": list(ids.shape)},
-        )
-    tracks = UnlabelledTracks(csi=csi, time=time, track=ids.astype(np.int32))
+    if time is None or ids is None:
+        tracks = UnlabelledTracks.untracked(np.atleast_1d(csi))
+    else:
+        int32 = np.iinfo(np.int32)
+        if ids.ndim != 1 or not (
+            np.isfinite(ids).all()
+            and (ids == np.round(ids)).all()
+            and ((ids >= int32.min) & (ids <= int32.max)).all()
+        ):
+            raise InvalidInput(
+                "unlabelled track must be a list of integer track ids (32-bit), one per sample",
+                {"expected": _JSON_TRACKS["track"], "shape": list(ids.shape)},
+            )
+        tracks = UnlabelledTracks(csi=csi, time=time, track=ids.astype(np.int32))
     try:
         tracks.validate("request", "unlabelled")
     except SchemaError as exc:

@@ -36,7 +36,6 @@ from training.data.fingerprints import Fingerprints, data_fingerprint, open_envi
 from training.data.lazy import LazyRows
 from training.data.prefetch import reader_pool
 from training.data.splits import split_train_val, train_val_indices
-from training.data.unlabelled import UnlabelledTracks
 from training.fit import FitReport, Phase, ProgressFn, Shard, Task, fit
 from training.metrics import finish_head
 from training.nets import Backbone, BackboneConfig, Head, HeadConfig, SiteModel
@@ -91,8 +90,8 @@ class SourceData:
     fingerprint: str
     val_full: Fingerprints | None = None
     """The whole validation split, for the final metrics (main process only)."""
-    tracks: UnlabelledTracks | None = None
-    """Unlabelled tracks of this environment (`training.unlabelled`; scratch on a site)."""
+    tracks: TrackPairs | None = None
+    """Unlabelled pairs of this environment (`training.unlabelled`; scratch on a site)."""
 
     @classmethod
     def in_memory(
@@ -282,8 +281,7 @@ def _train_once(
             tasks.append(Task.lazy(name, head, src.train, src.val))
         else:
             tasks.append(Task.from_fingerprints(name, head, src.train, src.val))
-        if src.tracks is not None:
-            tasks[-1].tracks = TrackPairs.for_config(src.tracks, config)
+        tasks[-1].tracks = src.tracks
     # This rank's rows set the epoch: under torchrun an epoch is over the shard.
     n_train = max(len(src.train) for src in sources.values())
     report = fit(

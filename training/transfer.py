@@ -215,13 +215,15 @@ def train_target(
     then adds the track-consistency term (`training.unlabelled`, ``config.track_weight``).
     """
     mode = check_mode(mode)
+    # built once: `auto` trains several candidates (and folds) on the same pairs
+    pairs = None if unlabelled is None else TrackPairs.for_config(unlabelled, config)
     if head_init is not None and head_init.loss != config.loss:
         raise ValueError(f"head_init is a {head_init.loss} head; the config trains {config.loss}")
     if backbone is None:
         if mode not in ("finetune", "auto"):
             raise ValueError(f"mode {mode!r} needs a pre-trained backbone; scratch trains all")
         return _scratch(
-            train, val, config, backbone_config, head_config, quiet, progress, device, unlabelled
+            train, val, config, backbone_config, head_config, quiet, progress, device, pairs
         )
     if mode == "auto":
         return _auto(
@@ -234,10 +236,10 @@ def train_target(
             progress,
             device,
             head_init,
-            unlabelled,
+            pairs,
         )
     run = _Trainer(
-        backbone, train, val, config, head_config, quiet, progress, device, head_init, unlabelled
+        backbone, train, val, config, head_config, quiet, progress, device, head_init, pairs
     )
     model, report = run.mode(mode, config.seed)
     retried = False
@@ -268,10 +270,10 @@ def _scratch(
     quiet: bool,
     progress: ProgressFn | None,
     device: torch.device | str,
-    unlabelled: UnlabelledTracks | None = None,
+    pairs: TrackPairs | None = None,
 ) -> TargetResult:
     source = SourceData.in_memory(train, val)
-    source.tracks = unlabelled
+    source.tracks = pairs
     result = train_sources(
         {"target": source},
         config,
@@ -310,10 +312,10 @@ class _Trainer:
         progress: ProgressFn | None,
         device: torch.device | str,
         head_init: Head | None = None,
-        unlabelled: UnlabelledTracks | None = None,
+        pairs: TrackPairs | None = None,
     ) -> None:
         self.backbone, self.train, self.val, self.config = backbone, train, val, config
-        self.tracks = None if unlabelled is None else TrackPairs.for_config(unlabelled, config)
+        self.tracks = pairs
         self.head_init = head_init
         self.head_config, self.quiet, self.device = head_config, quiet, device
         self.progress = progress
@@ -436,7 +438,7 @@ def _auto(
     progress: ProgressFn | None,
     device: torch.device | str,
     head_init: Head | None = None,
-    unlabelled: UnlabelledTracks | None = None,
+    pairs: TrackPairs | None = None,
 ) -> TargetResult:
     splits = _auto_splits(train, val, config)
     losses: dict[str, list[npt.NDArray[np.float64]]] = {m: [] for m in AUTO_CANDIDATES}
@@ -446,14 +448,14 @@ def _auto(
         # One split (validation alone is large enough), so it is scored on the same
         # samples as the modes; the same recipe as `train_target(None, ...)`.
         alone = _scratch(
-            train, val, config, backbone.config, head_config, quiet, progress, device, unlabelled
+            train, val, config, backbone.config, head_config, quiet, progress, device, pairs
         )
         losses[SCRATCH_CANDIDATE] = [_per_sample_score(alone.model, val, config)]
         val_me[SCRATCH_CANDIDATE] = [alone.report.best_val_me]
         first[SCRATCH_CANDIDATE] = (alone.model, alone.report)
     for k, (tr, va) in enumerate(splits):
         trainer = _Trainer(
-            backbone, tr, va, config, head_config, quiet, progress, device, head_init, unlabelled
+            backbone, tr, va, config, head_config, quiet, progress, device, head_init, pairs
         )
         for mode in AUTO_CANDIDATES:
             label = mode if len(splits) == 1 else f"{mode}[{k + 1}/{len(splits)}]"

@@ -273,6 +273,22 @@ def test_malformed_json_tracks_are_a_422_and_queue_nothing(
     assert client.get("/jobs", headers=ADMIN).json()["jobs"] == []
 
 
+@pytest.mark.parametrize(
+    ("csi", "says"),
+    [
+        (5, "field 'csi': shape [1], expected [M, 8, 103, 2]"),
+        (np.zeros((3, 8, 50, 2)).tolist(), "shape [3, 8, 50, 2], expected [M, 8, 103, 2]"),
+        ("x", "unlabelled csi, time and track must be numeric arrays"),
+    ],
+)
+def test_malformed_json_fingerprints_without_tracks_are_a_422(
+    client: TestClient, csi: Any, says: str
+) -> None:
+    err = refused(client.post("/sites/seen/adapt", json=_json_body({"csi": csi}), headers=ADMIN))
+    assert says in err["message"], err
+    assert client.get("/jobs", headers=ADMIN).json()["jobs"] == []
+
+
 def test_json_tracks_over_the_sample_cap_are_a_413(
     make_settings: Callable[..., Settings],
 ) -> None:
