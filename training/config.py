@@ -186,6 +186,11 @@ class TrainConfig:
     found_bound_m: float = 1.0
     """Bound (m) of the pairs found among fingerprints without tracks (mutual nearest
     neighbours of their channels, `training.unlabelled.found_pairs`): near, not 0.3 m."""
+    anchor_weight: float = 0.0
+    """Target training from a backbone: weight of the L2-SP term (Li et al., 2018), the
+    squared distance of the backbone's weights from the pre-trained ones, added while the
+    backbone trains, so a few hundred labels move the features only where they must (0:
+    plain fine-tuning; scratch has nothing to anchor to and ignores it)."""
 
     def __post_init__(self) -> None:
         check_loss_name(self.loss)
@@ -206,6 +211,8 @@ class TrainConfig:
         for name in ("min_steps", "head_warmup_steps", "mse_warmup_steps", "envs_per_step"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)}, expected >= 0")
+        if not (math.isfinite(self.anchor_weight) and self.anchor_weight >= 0):
+            raise ValueError(f"anchor_weight={self.anchor_weight}, expected a finite number >= 0")
         if self.auto_scratch_min is not None and self.auto_scratch_min < 2:
             raise ValueError(f"auto_scratch_min={self.auto_scratch_min}, expected >= 2 or None")
         if self.max_steps is not None and self.max_steps < 1:

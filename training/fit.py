@@ -289,6 +289,7 @@ def fit(
     selector: Selector | None = None,
     track_weight: float = 0.0,
     read_pool: Executor | None = None,
+    anchor_weight: float = 0.0,
 ) -> FitReport:
     """Train ``backbone`` and the tasks' heads through ``phases``; return the report.
 
@@ -309,6 +310,9 @@ def fit(
     hinge (`training.unlabelled`) on a batch of each drawn task's `Task.tracks` pairs,
     drawn from their own seeded generator; 0 trains exactly as without tracks.
     ``read_pool``: where lazy tasks read their windows ahead (`LazyRows.stream`).
+    ``anchor_weight`` > 0: L2-SP; every step in which the backbone trains adds that weight
+    times the squared distance of its parameters from their values when `fit` was called
+    (the pre-trained backbone). It is left out of the reported training loss.
     """
     if selector is not None and shard is not None and shard.world > 1:
         raise ValueError("a selector scores on one process; it cannot run under torchrun")
@@ -334,6 +338,7 @@ def fit(
     lazy = any(s.data is None for s in sources)
     val_sets = [_on(t.val, dev) for t in tasks]
     backbone.to(dev)
+    anchor = _anchor_setup(backbone, anchor_weight)
     task_heads = nn.ModuleList([t.head for t in tasks]).to(dev)
     heads: nn.Module = (
         BatchedHeads([h for h in task_heads if isinstance(h, Head)]) if batched else task_heads
@@ -455,7 +460,10 @@ def fit(
                     total = total + track_weight * term
             for o in opts:
                 o.zero_grad(set_to_none=True)
-            total.backward()  # type: ignore[no-untyped-call]
+            if anchor and train_backbone:
+                (total + anchor_weight * _anchor_term(anchor)).backward()  # type: ignore[no-untyped-call]
+            else:
+                total.backward()  # type: ignore[no-untyped-call]
             if row_opt is not None:
                 row_opt.rows = env_index
             for o in opts:
@@ -725,6 +733,20 @@ def _track_term(
     pos, _ = head(x if cached else backbone(x))
     pos_a, pos_b = pos.chunk(2)
     return track_hinge(pos_a, pos_b, pairs.bound[i], scale.mean())
+
+
+def _anchor_setup(backbone: nn.Module, weight: float) -> list[tuple[nn.Parameter, torch.Tensor]]:
+    """The backbone's parameters paired with a copy of their values now (empty when off)."""
+    if not (math.isfinite(weight) and weight >= 0):
+        raise ValueError(f"anchor_weight={weight}, expected a finite number >= 0")
+    if weight == 0:
+        return []
+    return [(p, p.detach().clone()) for p in backbone.parameters()]
+
+
+def _anchor_term(anchor: list[tuple[nn.Parameter, torch.Tensor]]) -> torch.Tensor:
+    """L2-SP: the summed squared distance of the parameters from their anchors."""
+    return torch.stack([(p - ref).pow(2).sum() for p, ref in anchor]).sum()
 
 
 def _use_batched(tasks: Sequence[Task], wanted: bool | None, sampling: bool) -> bool:

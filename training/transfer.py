@@ -352,6 +352,7 @@ class _Trainer:
             device=self.device,
             start=start,
             track_weight=cfg.track_weight,
+            anchor_weight=cfg.anchor_weight,
         )
         model.cpu()
         return report

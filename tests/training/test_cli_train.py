@@ -223,6 +223,12 @@ def test_bad_input_is_one_clear_line(tmp_path: Path, trained: tuple[Path, Path, 
          "--site", "x", "--select", "nll"],
     )  # fmt: skip
     assert result.exit_code == 2 and "select='nll', expected one of me, loss" in result.output
+    result = runner.invoke(
+        app,
+        ["train", "site", "--data", str(data), "--env", "lab-los", "--out", str(repo),
+         "--site", "x", "--anchor-weight", "-1"],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "anchor_weight=-1.0, expected a finite number" in result.output
 
 
 def test_meml_lazy_with_sampled_environments(tmp_path: Path, tiny_h5: Path) -> None:

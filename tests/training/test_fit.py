@@ -436,3 +436,37 @@ def test_a_selector_chooses_the_state_and_stops_the_phase() -> None:
     assert ph.stopped_early and ph.steps == 25 and len(calls) == 5
     assert [r["score"] for r in report.history] == [5.0, 1.0, 4.0, 3.0, 2.0]
     assert all(torch.equal(kept[k], v) for k, v in params(backbone).items())
+
+
+def _drift(before: dict[str, torch.Tensor], module: nn.Module) -> float:
+    return float(sum(((v - before[k]) ** 2).sum() for k, v in params(module).items()))
+
+
+def test_anchor_weight_holds_the_backbone_near_its_start_and_only_while_it_trains() -> None:
+    def run(weight: float, train: str = "all") -> tuple[float, nn.Module]:
+        torch.manual_seed(0)
+        backbone, task = TinyBackbone(), make_task("a", 200, 3)
+        before = params(backbone)
+        fit(
+            backbone,
+            [task],
+            [phase("t", train, 1e-2, 40)],
+            loss="mse",
+            quiet=True,
+            anchor_weight=weight,
+        )
+        return _drift(before, backbone), task.head
+
+    free, _ = run(0.0)
+    held, _ = run(10.0)
+    assert free > 0 and held < 0.25 * free
+    _, head_free = run(0.0, "head")
+    _, head_held = run(10.0, "head")  # a frozen backbone: nothing to anchor, the same steps
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(params(head_free).values(), params(head_held).values(), strict=True)
+    )
+    with pytest.raises(ValueError, match="anchor_weight"):
+        run(-1.0)
+    with pytest.raises(ValueError, match="anchor_weight"):
+        TrainConfig(anchor_weight=float("nan"))

@@ -172,6 +172,21 @@ def test_auto_weighs_a_scratch_candidate_from_enough_labels() -> None:
         CFG.replace(auto_scratch_min=1)
 
 
+def test_the_anchor_weight_holds_a_finetuned_backbone_near_the_pretrained_one() -> None:
+    backbone = Backbone(seed=0)
+    original = state(backbone)
+    train, val = split_train_val(TARGET, 0.25, 0)
+
+    def drift(weight: float) -> float:
+        cfg = CFG.replace(anchor_weight=weight, epochs=6, patience=6)
+        tuned = train_target(backbone, train, val, cfg, mode="finetune", quiet=True)
+        now = tuned.model.backbone.state_dict()
+        return float(sum(((now[k] - v) ** 2).sum() for k, v in original.items()))
+
+    free, held = drift(0.0), drift(100.0)
+    assert free > 0 and held < 0.5 * free
+
+
 def test_scratch_is_a_target_run_without_a_backbone() -> None:
     train, val = split_train_val(TARGET, 0.25, 0)
     result = train_target(None, train, val, CFG, mode="auto", quiet=True)

@@ -48,6 +48,7 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("unfreeze_lr_factor", float, "gradual: learning-rate factor once all layers train."),
     _Option("select", str, "Target training: select the checkpoint by validation me or loss."),
     _Option("schedule", str, "Target training: learning-rate schedule, cosine or plateau."),
+    _Option("anchor_weight", float, "Target training from a backbone: L2-SP weight (0: off)."),
 )
 _SIGMA = _Option(
     "calibrate_sigma",

@@ -336,6 +336,8 @@ _META_CONFIG_DEFAULTS = {
         "track_max_gap_s",
         "track_slack_m",
         "found_bound_m",
+        # L2-SP: off unless a preset asks for it
+        "anchor_weight",
     )
 }
 
