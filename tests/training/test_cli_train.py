@@ -205,30 +205,15 @@ def test_bad_input_is_one_clear_line(tmp_path: Path, trained: tuple[Path, Path, 
          "--env", "lab-los", "--out", str(repo), "--site", "x", "--mode", "fast"],
     )  # fmt: skip
     assert result.exit_code == 2 and "expected one of auto, finetune, gradual" in result.output
-    result = runner.invoke(
-        app,
-        ["train", "site", "--data", str(data), "--env", "lab-los", "--out", str(repo),
-         "--site", "x", "--lr-patience", "1"],
-    )  # fmt: skip
-    assert result.exit_code == 2 and "No such option" in result.output
-    result = runner.invoke(
-        app,
-        ["train", "site", "--data", str(data), "--env", "lab-los", "--out", str(repo),
-         "--site", "x", "--beta", "2"],
-    )  # fmt: skip
-    assert result.exit_code == 2 and "beta=2.0, expected in [0, 1]" in result.output
-    result = runner.invoke(
-        app,
-        ["train", "site", "--data", str(data), "--env", "lab-los", "--out", str(repo),
-         "--site", "x", "--select", "nll"],
-    )  # fmt: skip
-    assert result.exit_code == 2 and "select='nll', expected one of me, loss" in result.output
-    result = runner.invoke(
-        app,
-        ["train", "site", "--data", str(data), "--env", "lab-los", "--out", str(repo),
-         "--site", "x", "--anchor-weight", "-1"],
-    )  # fmt: skip
-    assert result.exit_code == 2 and "anchor_weight=-1.0, expected a finite number" in result.output
+    site = ["train", "site", "--data", str(data), "--env", "lab-los", "--out", str(repo)]
+    for option, expected in [
+        (["--lr-patience", "1"], "No such option"),
+        (["--beta", "2"], "beta=2.0, expected in [0, 1]"),
+        (["--select", "nll"], "select='nll', expected one of me, loss"),
+        (["--anchor-weight", "-1"], "anchor_weight=-1.0, expected a finite number"),
+    ]:
+        result = runner.invoke(app, [*site, "--site", "x", *option])
+        assert result.exit_code == 2 and expected in result.output, option
 
 
 def test_meml_lazy_with_sampled_environments(tmp_path: Path, tiny_h5: Path) -> None:
