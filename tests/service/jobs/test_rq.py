@@ -66,7 +66,11 @@ class RQWorker:
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
-        self.proc.wait(timeout=10)
+        try:  # a loaded machine may take a while to shut a warm worker down
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
 
 
 @pytest.fixture
