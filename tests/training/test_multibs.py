@@ -18,6 +18,7 @@ from training.fusion import JOINT_FILES, SET_MIN_VAL, fit_inflation, fuse_by
 from training.multibs import (
     FUSION,
     JOINT_COPIES,
+    JOINT_MEMBERS,
     drop_stations,
     fused_scores,
     inflation_by_set,
@@ -26,6 +27,7 @@ from training.multibs import (
     set_factors,
     split_site,
     station_estimates,
+    train_joint,
 )
 from training.nets import Backbone, Head, HeadConfig, JointBackbone, SiteModel
 from training.repository import ModelRepository, RepositoryError
@@ -206,6 +208,9 @@ def test_nll_site_gets_a_joint_head_fused_where_every_bs_heard(repo: ModelReposi
     head = Head(HeadConfig(**obj["config"]))
     head.load_state_dict(obj["state_dict"])
     head.eval()
+    assert head.config.members == JOINT_MEMBERS > 1  # an ensemble, served as one graph
+    steps = manifest["config"]["joint"]["steps_run"]
+    assert {f"m{i}:head" for i in range(1, JOINT_MEMBERS)} <= set(steps)
     with torch.no_grad():
         parent = load_backbone(repo, "meml").eval()
         features = JointBackbone(parent, 3, subsets=True)(torch.from_numpy(csi))
@@ -213,6 +218,32 @@ def test_nll_site_gets_a_joint_head_fused_where_every_bs_heard(repo: ModelReposi
     assert sigma is not None
     np.testing.assert_allclose(pos_onnx, pos.numpy(), atol=1e-4)
     np.testing.assert_allclose(sigma_onnx, sigma.numpy(), rtol=1e-3)
+
+
+def test_the_joint_ensemble_adds_members_to_the_single_head(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Member 0 is the head a one-member site trains (same seed, same copies); the
+    others differ, and the ensemble is calibrated as one on validation."""
+    import training.multibs as multibs
+
+    site = toy_site(120, seed=4, drop=0.1)
+    train, val, _ = split_site(site, CFG.val_fraction, 0.0, 1.0, CFG.seed)
+    start = Backbone(seed=0).eval()
+    monkeypatch.setattr(multibs, "JOINT_MEMBERS", 1)
+    single = train_joint(start, train, val, CFG, quiet=True, progress=None)
+    monkeypatch.setattr(multibs, "JOINT_MEMBERS", 3)
+    ensemble = train_joint(start, train, val, CFG, quiet=True, progress=None)
+    assert single is not None and ensemble is not None
+    one, three = single.model.head, ensemble.model.head
+    assert one.config.members == 1 and three.config.members == 3
+    members = three.mlp
+    assert isinstance(members, torch.nn.ModuleList)
+    for key, value in one.mlp.state_dict().items():
+        torch.testing.assert_close(members[0].state_dict()[key], value, rtol=0, atol=0)
+    assert not torch.equal(members[0][0].weight, members[1][0].weight)
+    assert ensemble.metrics["me"] > 0 and "sigma_scale_x" in ensemble.metrics
+    assert ensemble.reason == "3 heads averaged"
 
 
 @pytest.mark.parametrize("subsets", [False, True])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -11,6 +13,7 @@ from training.export import site_model_onnx
 from training.nets import (
     Backbone,
     BackboneConfig,
+    BatchedHeads,
     Head,
     HeadConfig,
     JointBackbone,
@@ -24,6 +27,18 @@ def _last_linear(head: Head) -> torch.nn.Linear:
     last = head.mlp[-1]
     assert isinstance(last, torch.nn.Linear)
     return last
+
+
+def _assert_onnx_parity(model: SiteModel, csi: torch.Tensor) -> None:
+    """The exported graph gives the torch model's position and sigma."""
+    graph = site_model_onnx(model, site="s", version="v1", backbone_ref="b:v1")
+    session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+    pos_onnx, sigma_onnx = session.run(["position", "sigma"], {"csi": csi.numpy()})
+    with torch.no_grad():
+        pos, sigma = model(csi)
+    assert sigma is not None
+    np.testing.assert_allclose(pos_onnx, pos.numpy(), atol=1e-5)
+    np.testing.assert_allclose(sigma_onnx, sigma.numpy(), rtol=1e-4)
 
 
 def test_parameter_counts_match_the_paper() -> None:
@@ -136,6 +151,73 @@ def test_bad_input_shapes_and_configs() -> None:
         HeadConfig(sigma_floor=0.0)
 
 
+def _fitted_heads(n: int, loss: str = "nll") -> list[Head]:
+    pos = np.random.default_rng(0).normal([20.0, -5.0], 6.0, size=(100, 2))
+    heads = [Head(HeadConfig(loss=loss, in_features=16, hidden=(8,)), seed=i) for i in range(n)]  # type: ignore[arg-type]
+    for h in heads:
+        h.fit_position_normalisation(pos)
+    return heads
+
+
+def test_an_ensemble_head_is_its_members_gaussians_moments() -> None:
+    heads = _fitted_heads(3)
+    heads[1].sigma_scale.fill_(3.0)  # a member's own calibration does not carry over
+    ens = Head.ensemble(heads)
+    assert ens.config.members == 3 and torch.equal(ens.sigma_scale, torch.ones(2))
+    x = torch.randn(7, 16)
+    with torch.no_grad():
+        heads[1].sigma_scale.fill_(1.0)
+        outs = [h(x) for h in heads]
+        pos, sigma = ens(x)
+    means = torch.stack([o[0] for o in outs])
+    sig = torch.stack([o[1] for o in outs if o[1] is not None])
+    torch.testing.assert_close(pos, means.mean(dim=0))
+    var = sig.square().mean(dim=0) + (means - means.mean(dim=0)).square().mean(dim=0)
+    assert sigma is not None
+    torch.testing.assert_close(sigma, var.sqrt())
+    assert bool((sigma >= sig.min(dim=0).values).all())  # the spread only widens it
+    # saved and rebuilt from its config, as `training.checkpoint` loads a head
+    again = Head(HeadConfig(**dataclasses.asdict(ens.config)))
+    again.load_state_dict(ens.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(again(x)[0], pos)
+    # one member is the plain head; an MSE ensemble averages the positions
+    with torch.no_grad():
+        torch.testing.assert_close(Head.ensemble(heads[:1])(x)[0], outs[0][0])
+        mse = _fitted_heads(2, "mse")
+        got, none = Head.ensemble(mse)(x)
+        torch.testing.assert_close(got, (mse[0](x)[0] + mse[1](x)[0]) / 2)
+    assert none is None
+
+
+def test_an_ensemble_head_exports_to_the_same_numbers() -> None:
+    heads = [Head(loss="nll", seed=i) for i in range(3)]
+    for h in heads:
+        h.fit_position_normalisation(np.random.default_rng(1).normal(size=(50, 2)) * 4.0)
+    model = SiteModel(Backbone(seed=0), Head.ensemble(heads)).eval()
+    csi = torch.randn(4, 8, 103, 2)
+    _assert_onnx_parity(model, csi)
+
+
+def test_an_ensemble_refuses_what_it_cannot_average() -> None:
+    heads = _fitted_heads(2)
+    with pytest.raises(ValueError, match="at least one head"):
+        Head.ensemble([])
+    with pytest.raises(ValueError, match="plain heads of one config"):
+        Head.ensemble([heads[0], Head(HeadConfig(loss="nll", in_features=16, hidden=(4,)))])
+    with pytest.raises(ValueError, match="plain heads of one config"):
+        Head.ensemble([Head.ensemble(heads)])
+    other = _fitted_heads(1)[0]
+    other.fit_position_normalisation(np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]))
+    with pytest.raises(ValueError, match="different positions"):
+        Head.ensemble([heads[0], other])
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ValueError, match="members must be a positive integer"):
+            HeadConfig(members=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="plain heads"):
+        BatchedHeads([Head.ensemble(heads)])
+
+
 def test_joint_backbone_concatenates_each_bs_features_in_order() -> None:
     backbone = Backbone(seed=0).eval()
     joint = JointBackbone(backbone, 3)
@@ -175,14 +257,7 @@ def test_subset_joint_backbone_derives_presence_from_all_zero_blocks() -> None:
             torch.testing.assert_close(block[heard], backbone(csi[heard, 8 * k : 8 * (k + 1)]))
             assert not block[~heard].any()
     model = SiteModel(joint, Head(HeadConfig(loss="nll", in_features=joint.config.features)))
-    graph = site_model_onnx(model.eval(), site="s", version="v1", backbone_ref="b:v1")
-    session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
-    pos_onnx, sigma_onnx = session.run(["position", "sigma"], {"csi": csi.numpy()})
-    with torch.no_grad():
-        pos, sigma = model(csi)
-    assert sigma is not None
-    np.testing.assert_allclose(pos_onnx, pos.numpy(), atol=1e-5)
-    np.testing.assert_allclose(sigma_onnx, sigma.numpy(), rtol=1e-4)
+    _assert_onnx_parity(model.eval(), csi)
 
 
 def test_batched_heads_match_their_heads_and_write_back() -> None:
