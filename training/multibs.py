@@ -106,8 +106,9 @@ one-member site trains) and averaged into one (`training.nets.Head.ensemble`), i
 sigma calibrated on validation. Heads on ~400 labels differ by 10-15 % in error by
 their initialisation alone; on frozen features of three held-out sites x 3 seeds, 5
 heads took the fused error from 0.60 / 0.66 / 0.43 to 0.56 / 0.61 / 0.38 x the best
-BS (hall / corridor / lab; 9 of 9 site-seeds lower; 3 heads gave most of it). The
-joint head's training costs 5x (docs/results/site-trust/joint, section 5)."""
+BS (hall / corridor / lab; 9 of 9 site-seeds lower; 3 heads gave most of it); served in
+`auto` over 5 seeds, from 0.596 / 0.614 / 0.589 to 0.582 / 0.595 / 0.533 (15 of 15
+lower). The joint head's training costs 5x (docs/results/site-trust/joint, section 5)."""
 JOINT_SEED_STRIDE = 1000
 
 Array = npt.NDArray[np.float64]
