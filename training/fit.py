@@ -460,10 +460,11 @@ def fit(
                     total = total + track_weight * term
             for o in opts:
                 o.zero_grad(set_to_none=True)
-            if anchor and train_backbone:
-                (total + anchor_weight * _anchor_term(anchor)).backward()  # type: ignore[no-untyped-call]
-            else:
-                total.backward()  # type: ignore[no-untyped-call]
+            # L2-SP joins the gradient only; `total` stays the reported loss
+            objective = (
+                total + anchor_weight * _anchor_term(anchor) if anchor and train_backbone else total
+            )
+            objective.backward()  # type: ignore[no-untyped-call]
             if row_opt is not None:
                 row_opt.rows = env_index
             for o in opts:
