@@ -263,11 +263,14 @@ class Tracker:
         mean: np.ndarray,
         cov: np.ndarray,
         noise: str,
+        foreign: bool = False,
     ) -> dict[str, Any]:
         """Apply one measurement (`mean` [2], `cov` [2, 2], metres) to the UE's track.
 
         `timestamp` None: the server's clock. `noise` names where `cov` came from
-        (reported back). Returns the `track` object of the /locate answer.
+        (reported back). `foreign`: the site judged the fingerprint out of site (its
+        `cov` widened to the site's spread), taken as white noise alone
+        (`training.tracking.step`). Returns the `track` object of the /locate answer.
         """
         config = self.config
         received = time.time()
@@ -277,7 +280,7 @@ class Tracker:
             if t is None:
                 t = received if prior is None else max(received, prior.time + SERVER_TICK_S)
             try:
-                return step(prior, t, mean, cov, config)
+                return step(prior, t, mean, cov, config, foreign)
             except ValueError as exc:
                 raise InvalidInput(
                     "the position estimate cannot be tracked", {"reason": str(exc)}

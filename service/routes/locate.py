@@ -332,7 +332,9 @@ async def _track_fused(
     mean = fused.position[0].astype(np.float64)
     noise = "predicted" if fused.sigma_source == "predicted" else "validation_me"
     label = metrics.site_label(fused.site, positioner.store.knows)
-    return await tracker.update(fused.site, label, ue, stamp, mean, fused.cov[0], noise)
+    foreign = fused.in_site is not None and not bool(fused.in_site[0])
+    cov = fused.cov[0]
+    return await tracker.update(fused.site, label, ue, stamp, mean, cov, noise, foreign)
 
 
 async def _track(
@@ -345,4 +347,5 @@ async def _track(
     manifest = served.manifest if served.version == pred.version else {}
     mean, cov, noise = measurement(pred, 0, manifest, settings.track_mse_sigma_m)
     label = metrics.site_label(pred.site, positioner.store.knows)
-    return await tracker.update(pred.site, label, ue, stamp, mean, cov, noise)
+    foreign = pred.in_site is not None and not bool(pred.in_site[0])
+    return await tracker.update(pred.site, label, ue, stamp, mean, cov, noise, foreign)

@@ -21,6 +21,7 @@ from training.data.site import SiteFingerprints
 from training.nets import Backbone, Head, SiteModel
 from training.novelty import fit_site_novelty, spatial_statistics
 from training.repository import ModelRepository
+from training.tracking import track
 
 SITE = toy_fingerprints(400, (5.0, -2.0), seed=7, size=(8.0, 6.0))
 TRAIN = SITE.subset(np.arange(200))
@@ -388,3 +389,62 @@ def test_the_ues_rule_is_over_the_scales_fitted_on_the_sites_walks(
 
 def _scale(value: object, check: object = None) -> dict[str, Any]:
     return {"ue_novelty": {"scale": value, "check_scale": check}}
+
+
+def test_a_tracked_out_of_site_answer_reaches_the_filter_as_foreign(
+    ood_client: TestClient,
+) -> None:
+    # own, own, foreign, own fingerprints of one UE at 10 Hz: the service's track is the
+    # offline filter's with the third measurement passed as foreign (white noise alone)
+    frames = [OWN.csi[0], OWN.csi[1], csi_batch(1, seed=3)[0], OWN.csi[2]]
+    answers = []
+    for i, csi in enumerate(frames):
+        body = {"site": "toy", "csi": csi.tolist(), "ue": "walker", "timestamp": 10.0 + 0.1 * i}
+        r = ood_client.post("/locate", json=body, headers=LOCATE)
+        assert r.status_code == 200, r.text
+        answers.append(r.json())
+    shown = [a["positions"][0] for a in answers]
+    assert [p["in_site"] for p in shown] == [True, True, False, True]
+    config = ood_client.app.state.tracker.config  # type: ignore[attr-defined]
+    t = 10.0 + 0.1 * np.arange(4)
+    z = np.array([[p["x"], p["y"]] for p in shown])
+    r = np.array([np.diag([p["sigma_x"] ** 2, p["sigma_y"] ** 2]) for p in shown])
+    flags = np.array([not p["in_site"] for p in shown])
+    want = track(t, z, r, config, flags)
+    got = answers[-1]["track"]
+    assert np.allclose([got["x"], got["y"]], want.position[-1], atol=1e-4)
+    assert np.allclose(got["cov"], want.cov[-1], rtol=1e-4, atol=1e-9)
+    unflagged = track(t, z, r, config)  # the widened sigma taken as the site's error field
+    assert not np.allclose(unflagged.cov[-1], want.cov[-1], rtol=1e-3)
+
+
+def test_a_tracked_multi_bs_ue_out_of_site_reaches_the_filter_as_foreign(
+    repo: ModelRepository, client: TestClient
+) -> None:
+    own = _publish_multi_bs_with_detectors(repo, client)
+    mine = {bs: own.station(bs).csi[:3] for bs in own.bs_ids}
+    away = {bs: csi_batch(1, seed=40 + k) for k, bs in enumerate(own.bs_ids)}
+    frames = [{bs: v[i] for bs, v in mine.items()} for i in range(2)]
+    frames.insert(1, {bs: v[0] for bs, v in away.items()})
+    answers = []
+    for i, csi in enumerate(frames):
+        body = {
+            "site": "hall-ood",
+            "csi": {bs: v.tolist() for bs, v in csi.items()},
+            "ue": "forklift",
+            "timestamp": 5.0 + 0.1 * i,
+        }
+        r = client.post("/locate", json=body, headers=LOCATE)
+        assert r.status_code == 200, r.text
+        answers.append(r.json())
+    shown = [a["positions"][0] for a in answers]
+    assert shown[1]["in_site"] is False
+    config = client.app.state.tracker.config  # type: ignore[attr-defined]
+    t = 5.0 + 0.1 * np.arange(3)
+    z = np.array([[p["x"], p["y"]] for p in shown])
+    r = np.array([p["cov"] for p in shown])
+    want = track(t, z, r, config, np.array([not p["in_site"] for p in shown]))
+    got = answers[-1]["track"]
+    assert np.allclose([got["x"], got["y"]], want.position[-1], atol=1e-4)
+    assert np.allclose(got["cov"], want.cov[-1], rtol=1e-4, atol=1e-9)
+    assert not np.allclose(track(t, z, r, config).cov[-1], want.cov[-1], rtol=1e-3)

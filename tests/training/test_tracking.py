@@ -322,3 +322,48 @@ def test_a_stale_row_repeats_the_smoothed_row_before_it() -> None:
     t[10] = t[9]  # a repeat: stale
     out = smooth(t, z, r, 0.5)
     assert out.stale[10] and np.allclose(out.position[10], out.position[9])
+
+
+def test_a_foreign_measurement_is_white_noise_and_leaves_the_error_field_alone() -> None:
+    config = TrackerConfig(error_share=0.6, error_length_m=2.0)
+    t, z, r = _walk(30, seed=3)
+    state = track(t, z, r, config)  # a settled track; its last state, rebuilt
+    s: TrackState | None = None
+    for i in range(30):
+        s = step(s, float(t[i]), z[i], r[i], config).state
+    assert s is not None and np.allclose(s.mean[:2], state.position[-1])
+    wide = 100.0 * EYE2  # an out-of-site answer: the site's spread, 10 m
+    decayed = predict(s, 3.1, config)  # the error field decays, nothing is added
+    foreign = step(s, 3.1, [5.0, 1.0], wide, config, foreign=True)
+    assert not foreign.gated and foreign.predicted is not None
+    assert np.allclose(foreign.predicted.cov, decayed.cov)
+    assert np.trace(foreign.state.cov[4:, 4:]) <= np.trace(s.cov[4:, 4:])
+    # taken as part of the error field, the wide answer widens the error state 10x and more
+    inside = step(s, 3.1, [5.0, 1.0], wide, config)
+    assert np.trace(inside.state.cov[4:, 4:]) > 10 * np.trace(s.cov[4:, 4:])
+    # a track that starts out of site has no error field yet
+    first = step(None, 0.0, [1.0, 1.0], wide, config, foreign=True).state
+    assert np.allclose(first.cov[4:, :], 0.0) and np.allclose(first.cov[:2, :2], wide)
+
+
+def test_false_alarms_no_longer_drag_the_track_behind_its_measurements() -> None:
+    # every 10th measurement is judged out of site (a false alarm): its covariance is
+    # widened to 10 m; passed as foreign the track stays close to the unwidened one
+    t, truth, meas, covs = _walk_with_correlated_errors(seed=2, share=0.6, length=2.0, n=2000)
+    config = TrackerConfig(error_share=0.6, error_length_m=2.0)
+    flagged = np.arange(len(t)) % 10 == 7
+    wide = covs.copy()
+    wide[flagged] = 100.0 * EYE2
+
+    def me(out: object) -> float:
+        return float(np.linalg.norm(out.position - truth, axis=1).mean())  # type: ignore[attr-defined]
+
+    clean = me(track(t, meas, covs, config))
+    as_foreign = me(track(t, meas, wide, config, flagged))
+    as_field = me(track(t, meas, wide, config))
+    assert as_foreign < 1.05 * clean, (as_foreign, clean)
+    assert as_field > 1.1 * as_foreign, (as_field, as_foreign)
+    smoothed = smooth(t, meas, wide, 1.0, config, flagged)
+    assert float(np.linalg.norm(smoothed.position - truth, axis=1).mean()) < as_foreign
+    with pytest.raises(ValueError, match="foreign"):
+        track(t, meas, covs, config, flagged[:-1])
