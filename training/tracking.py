@@ -35,6 +35,9 @@ averages nothing out and grows over-confident. The error is split as ``e = b + w
   ``sqrt(|v|^2 + tr P_vv)`` of the predicted state, so a UE that stands still keeps its
   error (repeating a measurement teaches nothing) and a fast one decorrelates it.
 
+A measurement the site judged out of site (`step(..., foreign=True)`) is white noise
+alone: its covariance, widened to the site's spread, neither sets nor feeds ``b``.
+
 ``c`` (`TrackerConfig.error_share`) and ``L`` (`error_length_m`) are an exponential
 correlogram with a nugget, ``corr(d) = c exp(-d / L)``, the geostatistics model of a
 spatial error field; `training.correlogram` fits them on a site's held-out labelled

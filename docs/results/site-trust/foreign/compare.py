@@ -19,19 +19,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-FUSED = "fused (robust_student_t, as served)"
-TRACKED = "fused + tracked (noise scale 1)"
-SMOOTHED = "fused + tracked + smoothed"
-
-
-def rows(path: Path) -> dict[str, list[str]]:
-    """The table rows of one evaluation, keyed by the estimate's name."""
-    out = {}
-    for line in path.read_text().splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("| ") and len(cells) == 6 and cells[1].isdigit():
-            out[cells[0]] = cells
-    return out
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "seeds"))
+from ratios import FUSED, TRACKED, rows
 
 
 def share(cell: str) -> float:
