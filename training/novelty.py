@@ -79,6 +79,7 @@ from __future__ import annotations
 
 import functools
 import io
+import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -90,6 +91,8 @@ import numpy.typing as npt
 if TYPE_CHECKING:  # the API process scores features with numpy alone: no torch import
     from training.data.fingerprints import Fingerprints
     from training.nets import Backbone, SiteModel
+
+log = logging.getLogger(__name__)
 
 METHOD = "mahalanobis-lw"
 FILE = "novelty.npz"
@@ -251,6 +254,14 @@ class NoveltyModel:
         return int(self.mean.shape[0])
 
     @property
+    def false_alarm_bound(self) -> float:
+        """What the validation split can guarantee: the union bound over the features'
+        and each part's threshold, each `conformal_bound` (n_val, its share of the
+        target); above `false_alarm` when the split is too small for the target."""
+        share = self.false_alarm / (1 + len(self.parts))
+        return min(1.0, (1 + len(self.parts)) * conformal_bound(self.n_val, share))
+
+    @property
     def inflates(self) -> bool:
         """Whether out-of-site answers get ``site_sigma`` as their least sigma."""
         return bool(np.isfinite(self.site_sigma).all() and self.site_sigma.shape == (2,))
@@ -286,6 +297,7 @@ class NoveltyModel:
             "threshold": self.threshold,
             "shrinkage": self.shrinkage,
             "false_alarm": self.false_alarm,
+            "false_alarm_bound": self.false_alarm_bound,
             "features": self.features,
             "n_train": self.n_train,
             "n_val": self.n_val,
@@ -330,16 +342,27 @@ def ledoit_wolf(x: npt.ArrayLike) -> tuple[F64, F64, float]:
     return mean, shrunk, float(shrinkage)
 
 
-def conformal_threshold(scores: npt.ArrayLike, false_alarm: float) -> float:
-    """The ``ceil((n + 1)(1 - a))``-th smallest score (the largest when n is too small):
-    a new score from the same distribution exceeds it with probability <= ``a``."""
+def _conformal_rank(n: int, false_alarm: float) -> int:
     if not 0.0 < false_alarm < 1.0:
         raise ValueError(f"false_alarm={false_alarm}, expected in (0, 1)")
-    s = np.sort(np.asarray(scores, dtype=np.float64))
-    if s.size == 0:
+    if n <= 0:
         raise ValueError("no validation scores to calibrate the threshold on")
-    k = min(math.ceil((s.size + 1) * (1.0 - false_alarm)), s.size)
-    return float(s[k - 1])
+    return min(math.ceil((n + 1) * (1.0 - false_alarm)), n)
+
+
+def conformal_threshold(scores: npt.ArrayLike, false_alarm: float) -> float:
+    """The ``ceil((n + 1)(1 - a))``-th smallest of n scores, or the largest when n is too
+    small for ``a``: a new score from the same distribution exceeds it with probability
+    at most `conformal_bound` (n, a), which is ``a`` once ``n >= 1 / a - 1``."""
+    s = np.sort(np.asarray(scores, dtype=np.float64))
+    return float(s[_conformal_rank(s.size, false_alarm) - 1])
+
+
+def conformal_bound(n: int, false_alarm: float) -> float:
+    """The false-alarm rate `conformal_threshold` guarantees with n scores for the target
+    ``a``: ``1 - k / (n + 1)`` for its rank k; ``1 / (n + 1)`` (not ``a``) when n is too
+    small, e.g. 1/83 against a target of 1/300 on 82 validation points."""
+    return 1.0 - _conformal_rank(n, false_alarm) / (n + 1)
 
 
 def fit_novelty(
@@ -419,7 +442,7 @@ def fit_site_novelty(
     points), relative to the starting backbone's corpus ``background`` when it has one."""
     if len(val) < MIN_VAL or len(train) < 2:
         return None
-    return fit_novelty(
+    model = fit_novelty(
         backbone_features(backbone, train.csi),
         backbone_features(backbone, val.csi),
         false_alarm=false_alarm,
@@ -428,6 +451,16 @@ def fit_site_novelty(
         val_csi=val.csi,
         background=background,
     )
+    if model.false_alarm_bound > false_alarm:
+        log.warning(
+            "out-of-site detector: %d validation points guarantee false alarms <= %.1f %%, "
+            "not the %.1f %% target; the site's walks calibrate the UE's rule "
+            "(training.walk_alarm), or more labels make a larger validation split",
+            len(val),
+            100 * model.false_alarm_bound,
+            100 * false_alarm,
+        )
+    return model
 
 
 def combine_scores(scores: npt.ArrayLike, present: npt.ArrayLike | None = None) -> F64:

@@ -26,6 +26,7 @@ from training.novelty import (
     background_bytes,
     channel_statistics,
     combine_scores,
+    conformal_bound,
     conformal_threshold,
     evaluate_out_of_site,
     fit_background,
@@ -73,6 +74,25 @@ def test_conformal_threshold_is_the_right_order_statistic() -> None:
     assert conformal_threshold(scores[:50], 0.01) == 50.0  # too few points: the largest
     with pytest.raises(ValueError, match="false_alarm"):
         conformal_threshold(scores, 0.0)
+
+
+def test_a_small_validation_split_says_what_false_alarm_it_can_guarantee() -> None:
+    assert conformal_bound(200, 0.05) == pytest.approx(1 - 191 / 201)
+    assert conformal_bound(999, 0.01) == pytest.approx(0.01)
+    assert conformal_bound(82, 1 / 300) == pytest.approx(1 / 83)  # the largest of 82
+    # the bound is what happens: over 30 validation draws of 82 points, a target of
+    # 0.2 % flags ~1/83 of new fingerprints
+    train = gaussian_features(1000, 0)
+    test = gaussian_features(20_000, 2)
+    rates = []
+    for seed in range(30):
+        model = fit_novelty(train, gaussian_features(82, 100 + seed), false_alarm=0.002)
+        rates.append(float(np.mean(model.score(test) > 1)))
+    assert model.false_alarm_bound == pytest.approx(1 / 83)
+    assert model.summary()["false_alarm_bound"] == pytest.approx(1 / 83)
+    assert 0.5 / 83 < float(np.mean(rates)) < 1.5 / 83, np.mean(rates)
+    big = fit_novelty(train, gaussian_features(2000, 1), false_alarm=0.01)
+    assert big.false_alarm_bound <= 0.01
 
 
 def test_ledoit_wolf_shrinks_and_copes_with_dead_features() -> None:
