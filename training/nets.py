@@ -185,6 +185,12 @@ class Backbone(nn.Module):
         return features
 
 
+def _unit_sigma(raw: torch.Tensor, config: HeadConfig) -> torch.Tensor:
+    """The sigma link of every head, in normalised units: softplus of the raw outputs plus
+    the floor (`Head`, its ensembles and `BatchedHeads` must agree)."""
+    return F.softplus(raw) + config.sigma_floor
+
+
 class Head(nn.Module):
     """g: features [B, 128] -> position [B, 2] in metres and, for nll, sigma [B, 2] in metres.
 
@@ -298,7 +304,7 @@ class Head(nn.Module):
         position = raw[:, :2] * self.pos_scale + self.pos_mean
         if self.config.out == 2:
             return position, None
-        sigma = (F.softplus(raw[:, 2:4]) + self.config.sigma_floor) * self.pos_scale
+        sigma = _unit_sigma(raw[:, 2:4], self.config) * self.pos_scale
         sigma = sigma * self.sigma_scale
         return position, sigma
 
@@ -311,7 +317,7 @@ class Head(nn.Module):
         position = mean * self.pos_scale + self.pos_mean
         if self.config.out == 2:
             return position, None
-        var = (F.softplus(raw[..., 2:4]) + self.config.sigma_floor).square().mean(dim=0)
+        var = _unit_sigma(raw[..., 2:4], self.config).square().mean(dim=0)
         sigma = (var + (means - mean).square().mean(dim=0)).sqrt() * self.pos_scale
         return position, sigma * self.sigma_scale
 
@@ -395,7 +401,7 @@ class BatchedHeads(nn.Module):
         position = x[..., :2] * scale + self.pos_mean[envs].unsqueeze(1)
         if self.config.out == 2:
             return position, None
-        sigma = (F.softplus(x[..., 2:4]) + self.config.sigma_floor) * scale
+        sigma = _unit_sigma(x[..., 2:4], self.config) * scale
         return position, sigma * self.sigma_scale[envs].unsqueeze(1)
 
     def env_forward(
