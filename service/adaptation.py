@@ -94,9 +94,10 @@ class AdaptOptions(BaseModel):
     """What the adaptation should do (the request's options); validated here only."""
 
     mode: TargetMode = "auto"
-    """auto (trains finetune, gradual and head, and from 2,000 labels scratch too; keeps the
-    best on validation; at a multi-BS site one mode for every BS, the best fused), finetune,
-    gradual, gradual-paper or head (see `training.transfer`, `training.multibs`)."""
+    """auto (trains finetune, gradual and head, and from 2,000 labels scratch and
+    fresh-dense, a fresh `dense` layer, too; keeps the best on validation; at a multi-BS
+    site one mode for every BS, the best fused), finetune, gradual, gradual-paper or head
+    (see `training.transfer`, `training.multibs`)."""
     loss: Literal["nll", "mse"] = "nll"
     val_fraction: float = Field(0.2, gt=0.0, lt=0.9)
     seed: int = Field(0, ge=0)

@@ -145,9 +145,10 @@ class TrainConfig:
     """``auto``: below this many validation samples the choice uses ``auto_folds`` splits."""
     auto_scratch_min: int | None = 2000
     """``auto``: from this many labelled samples (train + validation) it also trains a
-    candidate from random initialisation (``scratch``) and weighs it like the modes; None:
+    candidate from random initialisation (``scratch``) and one with the backbone's
+    ``dense`` layer drawn afresh (``fresh-dense``), and weighs them like the modes; None:
     never. With thousands of labels a pre-trained backbone can lose to scratch (lab-nlos at
-    3,000 labels, docs/results/transfer); below ~1,000 it never did, and the extra run
+    3,000 labels, docs/results/transfer); below ~1,000 it never did, and the extra runs
     would only cost time (the 500-label adaptation target is 60 s)."""
 
     # --- the NLL ---

@@ -488,14 +488,18 @@ def _site_auto(
         AUTO_CANDIDATES,
         SCRATCH_CANDIDATE,
         choose_mode,
-        has_scratch_candidate,
+        large_site_candidates,
     )
 
     runs: dict[str, dict[str, TargetResult]] = {
         m: train_every_bs(m, start) for m in AUTO_CANDIDATES
     }
-    if has_scratch_candidate(len(train) + len(val), 1, cfg):
-        runs[SCRATCH_CANDIDATE] = train_every_bs("finetune", None)
+    for name in large_site_candidates(len(train) + len(val), 1, cfg):
+        # `scratch` (no backbone) or `fresh-dense`: both fine-tune every layer
+        fresh = None if name == SCRATCH_CANDIDATE else start.with_fresh_dense(cfg.seed)
+        runs[name] = train_every_bs("finetune", fresh)
+        for r in runs[name].values():
+            r.chosen = name  # what each BS's manifest entry reports if this is kept
     scores: dict[str, Array] = {}
     val_me: dict[str, list[float]] = {}
     for m, results in runs.items():

@@ -13,8 +13,10 @@ The modes are phase lists for the one loop in `training.fit`:
 - ``head``: head only throughout (backbone bit-identical);
 - ``auto`` (the default): trains ``finetune``, ``gradual`` and ``head`` (and, from
   ``auto_scratch_min`` labelled samples, ``scratch``: every layer from random
-  initialisation, so a site with thousands of labels is never held back by a backbone
-  that does not suit it) and keeps the one with the best validation score (``select``:
+  initialisation, and ``fresh-dense``: fine-tuning with the backbone's ``dense`` layer
+  drawn afresh, so a site with thousands of labels is never held back by a backbone, or
+  by the part of it, that does not suit it) and keeps the one with the best validation
+  score (``select``:
   the plain loss by default, NLL, or MSE for MSE sites; or the ME). The
   candidates share work: one head warm-up starts both ``gradual`` and ``head``,
   and head-only steps run on cached backbone features. With fewer than
@@ -80,15 +82,18 @@ from training.walk_alarm import fit_walk_scale
 
 __all__ = [
     "AUTO_CANDIDATES",
+    "FRESH_DENSE_CANDIDATE",
     "PAPER_UNFREEZE_LR_FACTOR",
     "SCRATCH_CANDIDATE",
     "AdaptResult",
+    "AutoRuns",
     "TargetResult",
     "adapt_site",
+    "auto_candidates",
     "check_mode",
     "choose_mode",
-    "has_scratch_candidate",
     "holdout_split",
+    "large_site_candidates",
     "starting_backbone",
     "target_phases",
     "train_target",
@@ -104,6 +109,11 @@ features, and which of the three wins depends on the site, not only on its size.
 SCRATCH_CANDIDATE = "scratch"
 """``auto``'s candidate from random initialisation, from ``TrainConfig.auto_scratch_min``
 labelled samples on."""
+FRESH_DENSE_CANDIDATE = "fresh-dense"
+"""``auto``'s candidate that fine-tunes the backbone with its ``dense`` layer drawn afresh
+(`Backbone.with_fresh_dense`), from ``TrainConfig.auto_scratch_min`` labelled samples on:
+the convolutions transfer at every label budget, the source ``dense`` layer only while
+labels are few (docs/results/transfer, "Which layers transfer")."""
 
 
 def target_phases(mode: TargetMode, config: TrainConfig, n_train: int) -> list[Phase]:
@@ -160,7 +170,8 @@ class TargetResult:
     mode: TargetMode
     config: TrainConfig
     chosen: str
-    """A `TargetMode`, or ``scratch`` when ``auto`` kept its from-scratch candidate."""
+    """A `TargetMode`, or the name of one of ``auto``'s large-site candidates
+    (`SCRATCH_CANDIDATE`, `FRESH_DENSE_CANDIDATE`) when it kept one."""
     candidates: dict[str, dict[str, float]] = field(default_factory=dict)
     reason: str = ""
     retried: bool = False
@@ -226,18 +237,24 @@ def train_target(
             train, val, config, backbone_config, head_config, quiet, progress, device, pairs
         )
     if mode == "auto":
-        return _auto(
+        runs = auto_candidates(
             backbone,
             train,
             val,
             config,
-            head_config,
-            quiet,
-            progress,
-            device,
-            head_init,
-            pairs,
+            head_config=head_config,
+            quiet=quiet,
+            progress=progress,
+            device=device,
+            head_init=head_init,
+            pairs=pairs,
         )
+        chosen, why, candidates = choose_mode(
+            runs.scores, runs.val_me, runs.folds, _criterion(config)
+        )
+        model, report = runs.runs[chosen]
+        metrics = _finish(model, report, val, config)
+        return TargetResult(model, report, metrics, "auto", config, chosen, candidates, why)
     run = _Trainer(
         backbone, train, val, config, head_config, quiet, progress, device, head_init, pairs
     )
@@ -429,54 +446,83 @@ def _per_sample_score(
     return nll_per_point(pos_t, sigma_t, data.pos)
 
 
-def _auto(
+@dataclass
+class AutoRuns:
+    """Every candidate ``auto`` trained, before the choice: per-sample validation scores
+    pooled over the splits (`_per_sample_score`), validation ME per split, and each
+    candidate's model and report on the first split (the one kept if it is chosen)."""
+
+    scores: dict[str, npt.NDArray[np.float64]]
+    val_me: dict[str, list[float]]
+    runs: dict[str, tuple[SiteModel, FitReport]]
+    folds: int
+
+
+def auto_candidates(
     backbone: Backbone,
     train: Fingerprints,
     val: Fingerprints,
     config: TrainConfig,
-    head_config: HeadConfig | None,
-    quiet: bool,
-    progress: ProgressFn | None,
-    device: torch.device | str,
+    *,
+    head_config: HeadConfig | None = None,
+    quiet: bool = True,
+    progress: ProgressFn | None = None,
+    device: torch.device | str = "cpu",
     head_init: Head | None = None,
     pairs: TrackPairs | None = None,
-) -> TargetResult:
+) -> AutoRuns:
+    """Train what ``auto`` chooses between (`AUTO_CANDIDATES` on every split, and the
+    `large_site_candidates` on the one split they run on) and score each on validation."""
     splits = _auto_splits(train, val, config)
     losses: dict[str, list[npt.NDArray[np.float64]]] = {m: [] for m in AUTO_CANDIDATES}
-    val_me: dict[str, list[float]] = {m: [] for m in AUTO_CANDIDATES}
-    first: dict[str, tuple[SiteModel, FitReport]] = {}
-    if has_scratch_candidate(len(train) + len(val), len(splits), config):
+    val_me: dict[str, list[float]] = {}
+    runs: dict[str, tuple[SiteModel, FitReport]] = {}
+
+    def keep(name: str, model: SiteModel, report: FitReport, va: Fingerprints) -> None:
+        losses.setdefault(name, []).append(_per_sample_score(model, va, config))
+        val_me.setdefault(name, []).append(report.best_val_me)
+        runs.setdefault(name, (model, report))  # the first split's
+
+    large = large_site_candidates(len(train) + len(val), len(splits), config)
+    if SCRATCH_CANDIDATE in large:
         # One split (validation alone is large enough), so it is scored on the same
         # samples as the modes; the same recipe as `train_target(None, ...)`.
         alone = _scratch(
             train, val, config, backbone.config, head_config, quiet, progress, device, pairs
         )
-        losses[SCRATCH_CANDIDATE] = [_per_sample_score(alone.model, val, config)]
-        val_me[SCRATCH_CANDIDATE] = [alone.report.best_val_me]
-        first[SCRATCH_CANDIDATE] = (alone.model, alone.report)
+        keep(SCRATCH_CANDIDATE, alone.model, alone.report, val)
     for k, (tr, va) in enumerate(splits):
         trainer = _Trainer(
             backbone, tr, va, config, head_config, quiet, progress, device, head_init, pairs
         )
         for mode in AUTO_CANDIDATES:
             label = mode if len(splits) == 1 else f"{mode}[{k + 1}/{len(splits)}]"
-            model, report = trainer.mode(mode, config.seed, label)
-            losses[mode].append(_per_sample_score(model, va, config))
-            val_me[mode].append(report.best_val_me)
-            if k == 0:
-                first[mode] = (model, report)
-    pooled = {m: np.concatenate(v) for m, v in losses.items()}
-    chosen, reason, candidates = choose_mode(pooled, val_me, len(splits), _criterion(config))
-    model, report = first[chosen]
-    metrics = _finish(model, report, val, config)
-    return TargetResult(model, report, metrics, "auto", config, chosen, candidates, reason)
+            keep(mode, *trainer.mode(mode, config.seed, label), va)
+    if FRESH_DENSE_CANDIDATE in large:
+        # a meta-learned head was learned on the old `dense` features: a random head here
+        fresh = _Trainer(
+            backbone.with_fresh_dense(config.seed),
+            train,
+            val,
+            config,
+            head_config,
+            quiet,
+            progress,
+            device,
+            None,
+            pairs,
+        )
+        model, report = fresh.mode("finetune", config.seed, FRESH_DENSE_CANDIDATE)
+        keep(FRESH_DENSE_CANDIDATE, model, report, val)
+    scores = {m: np.concatenate(v) for m, v in losses.items()}
+    return AutoRuns(scores, val_me, runs, len(splits))
 
 
-def has_scratch_candidate(labelled: int, splits: int, config: TrainConfig) -> bool:
-    """Whether ``auto`` also trains from scratch: enough labels, and one validation split."""
-    return (
-        config.auto_scratch_min is not None and labelled >= config.auto_scratch_min and splits == 1
-    )
+def large_site_candidates(labelled: int, splits: int, config: TrainConfig) -> tuple[str, ...]:
+    """What ``auto`` also trains once a site has ``auto_scratch_min`` labelled samples and
+    one validation split: `SCRATCH_CANDIDATE` and `FRESH_DENSE_CANDIDATE` (else none)."""
+    enough = config.auto_scratch_min is not None and labelled >= config.auto_scratch_min
+    return (SCRATCH_CANDIDATE, FRESH_DENSE_CANDIDATE) if enough and splits == 1 else ()
 
 
 def _criterion(config: TrainConfig) -> str:

@@ -517,6 +517,30 @@ def test_auto_chooses_one_mode_for_every_bs_by_the_fused_validation_score(
         assert scores[chosen] == pytest.approx(me, rel=1e-9)
 
 
+def test_site_auto_weighs_the_large_site_candidates_and_each_bs_reports_the_choice(
+    tmp_path: Path,
+) -> None:
+    """From `auto_scratch_min` labels the site-level `auto` also trains every BS from
+    scratch and with a fresh `dense` layer. With a backbone whose `dense` layer is stuck
+    (no gradient through it) only those two can fit, so one of them is kept, and every
+    BS's manifest entry names it (not the `finetune` recipe it was trained with)."""
+    repo = ModelRepository(tmp_path / "models")
+    stuck = Backbone(seed=0)
+    with torch.no_grad():
+        stuck.dense.bias.fill_(-60.0)
+    save_backbone(repo, "meml", stuck, loss="nll")
+    site = toy_site(120, seed=2, drop=0.0)
+    cfg = CFG.replace(epochs=6, auto_scratch_min=2)
+    result = adapt_site(repo, "a", site, mode="auto", loss="nll", config=cfg)
+    config = repo.manifest("site", "a", result.version)["config"]
+    choice = config["site_choice"]
+    assert set(choice["candidates"]) == {"finetune", "gradual", "head", "scratch", "fresh-dense"}
+    chosen = choice["chosen_mode"]
+    assert chosen in ("scratch", "fresh-dense"), choice
+    assert all(config["bs"][bs]["chosen_mode"] == chosen for bs in site.bs_ids)
+    assert result.chosen_mode == ",".join(f"{bs}={chosen}" for bs in site.bs_ids)
+
+
 def test_fused_nll_is_the_gaussian_density() -> None:
     from scipy.stats import multivariate_normal
 

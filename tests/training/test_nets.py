@@ -291,3 +291,23 @@ def test_batched_heads_match_their_heads_and_write_back() -> None:
     torch.testing.assert_close(fresh[2].mlp[0].weight, heads[2].mlp[0].weight)
     with pytest.raises(ValueError, match="one config"):
         BatchedHeads([heads[0], Head(HeadConfig(in_features=12, hidden=(8,)))])
+
+
+def test_with_fresh_dense_redraws_only_the_dense_layer_from_its_seed() -> None:
+    """`auto`'s fresh-dense candidate keeps the pre-trained convolutions and draws the
+    `dense` layer afresh: the copy differs from the source there alone, the same seed draws
+    the same layer, and the source is untouched."""
+    source = Backbone(seed=3)
+    before = {k: v.clone() for k, v in source.state_dict().items()}
+    fresh = source.with_fresh_dense(7)
+    for key, value in fresh.state_dict().items():
+        if key.startswith("dense."):
+            assert not torch.equal(value, before[key]), key
+            torch.testing.assert_close(value, Backbone(seed=7).state_dict()[key], rtol=0, atol=0)
+        else:
+            torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+    for key, value in source.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+    again = source.with_fresh_dense(7).dense.weight
+    torch.testing.assert_close(again, fresh.dense.weight, rtol=0, atol=0)
+    assert not torch.equal(source.with_fresh_dense(8).dense.weight, fresh.dense.weight)

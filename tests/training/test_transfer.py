@@ -16,7 +16,14 @@ from training.data.splits import split_train_val
 from training.fit import Task, fit
 from training.nets import Backbone, Head
 from training.repository import InvalidName, ModelRepository, NotFound
-from training.transfer import adapt_site, choose_mode, holdout_split, target_phases, train_target
+from training.transfer import (
+    adapt_site,
+    auto_candidates,
+    choose_mode,
+    holdout_split,
+    target_phases,
+    train_target,
+)
 
 TARGET = toy_fingerprints(160, (5.0, -2.0), seed=7, size=(8.0, 6.0))
 CFG = TrainConfig(
@@ -157,7 +164,7 @@ def test_auto_weighs_a_scratch_candidate_from_enough_labels() -> None:
             p.zero_()
     cfg = CFG.replace(epochs=8, auto_min_val=1, auto_scratch_min=len(TARGET))
     result = train_target(dead, train, val, cfg, mode="auto", quiet=True)
-    assert set(result.candidates) == {"finetune", "gradual", "head", "scratch"}
+    assert set(result.candidates) == {"finetune", "gradual", "head", "scratch", "fresh-dense"}
     assert result.chosen == "scratch" and "scratch beats finetune" in result.reason
     assert result.summary()["chosen_mode"] == "scratch"
     alone = train_target(None, train, val, cfg, mode="finetune", quiet=True)
@@ -167,9 +174,33 @@ def test_auto_weighs_a_scratch_candidate_from_enough_labels() -> None:
     fewer = train_target(
         dead, train, val, cfg.replace(auto_scratch_min=len(TARGET) + 1), mode="auto", quiet=True
     )
-    assert "scratch" not in fewer.candidates and fewer.chosen != "scratch"
+    assert set(fewer.candidates) == {"finetune", "gradual", "head"} and fewer.chosen != "scratch"
     with pytest.raises(ValueError, match="auto_scratch_min"):
         CFG.replace(auto_scratch_min=1)
+
+
+def test_auto_weighs_a_fresh_dense_candidate_from_enough_labels() -> None:
+    """From `auto_scratch_min` labels `auto` also fine-tunes the backbone with its `dense`
+    layer drawn afresh. Here the convolutions are trained on the site and the `dense`
+    layer is saturated (every feature stuck at ELU's floor, no gradient through it), so
+    every mode that keeps it fails and the candidate that re-draws it wins; it is the
+    same run as fine-tuning `with_fresh_dense(seed)` by hand."""
+    train, val = split_train_val(TARGET, 0.25, 0)
+    cfg = CFG.replace(epochs=8, auto_min_val=1, auto_scratch_min=len(TARGET))
+    trained = train_target(Backbone(seed=0), train, val, cfg, mode="finetune", quiet=True)
+    stuck = trained.model.backbone
+    with torch.no_grad():
+        stuck.dense.bias.fill_(-60.0)
+    runs = auto_candidates(stuck, train, val, cfg)
+    assert set(runs.scores) == {"finetune", "gradual", "head", "scratch", "fresh-dense"}
+    assert runs.scores["fresh-dense"].mean() < runs.scores["finetune"].mean() - 0.5
+    result = train_target(stuck, train, val, cfg, mode="auto", quiet=True)
+    assert result.chosen == "fresh-dense" and "fresh-dense beats finetune" in result.reason
+    by_hand = train_target(stuck.with_fresh_dense(cfg.seed), train, val, cfg, mode="finetune")
+    for k, v in by_hand.model.state_dict().items():
+        torch.testing.assert_close(result.model.state_dict()[k], v, rtol=0, atol=0)
+    fewer = auto_candidates(stuck, train, val, cfg.replace(auto_scratch_min=len(TARGET) + 1))
+    assert set(fewer.scores) == {"finetune", "gradual", "head"}
 
 
 def test_the_anchor_weight_holds_a_finetuned_backbone_near_the_pretrained_one() -> None:

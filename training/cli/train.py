@@ -725,7 +725,8 @@ def site_cmd(
         str,
         typer.Option(
             help="auto (default: trains finetune, gradual and head, and from 2,000 labels "
-            "scratch too; keeps the best on validation; at a multi-BS site one mode for "
+            "scratch and fresh-dense (a fresh dense layer) too; keeps the best on "
+            "validation; at a multi-BS site one mode for "
             "every BS, the best fused) | finetune | gradual (short head "
             "warm-up, then all layers) | "
             "gradual-paper (head until plateau, then all at lr x 0.1) | head."

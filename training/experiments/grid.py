@@ -205,9 +205,10 @@ class Preset:
     does (`training.calibration`); off is the paper's protocol (sigma as trained). It changes
     no position: ME and p90 are those of the uncalibrated run with the same seed."""
     auto_scratch: bool = False
-    """``auto`` also weighs a candidate trained from scratch from
-    ``target.auto_scratch_min`` labels, as the product does; off (the grids before it):
-    finetune, gradual and head only."""
+    """``auto`` also weighs its large-site candidates from ``target.auto_scratch_min``
+    labels, as the product does (scratch; fresh-dense since 2026-12-05, so a rerun's new
+    runs differ from the 2026-12-02 report's); off (the grids before it): finetune,
+    gradual and head only."""
 
     def __post_init__(self) -> None:
         bad = [f for f in self.fractions if not 0.0 < f <= 1.0]
