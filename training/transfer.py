@@ -14,11 +14,10 @@ The modes are phase lists for the one loop in `training.fit`:
 - ``auto`` (the default): trains ``finetune``, ``gradual`` and ``head`` (and, from
   ``auto_scratch_min`` labelled samples, ``scratch``: every layer from random
   initialisation, and ``fresh-dense``: fine-tuning with the backbone's ``dense`` layer
-  drawn afresh, so a site with thousands of labels is never held back by a backbone, or
+  drawn afresh, so a site with thousands of labels is not held back by a backbone, or
   by the part of it, that does not suit it) and keeps the one with the best validation
-  score (``select``:
-  the plain loss by default, NLL, or MSE for MSE sites; or the ME). The
-  candidates share work: one head warm-up starts both ``gradual`` and ``head``,
+  score (``select``: the plain loss by default, NLL, or MSE for MSE sites; or the ME).
+  The candidates share work: one head warm-up starts both ``gradual`` and ``head``,
   and head-only steps run on cached backbone features. With fewer than
   ``auto_min_val`` validation samples the score is pooled over ``auto_folds``
   disjoint validation splits so the choice is not noise; ``finetune`` (the mode
