@@ -196,7 +196,8 @@ def test_auto_weighs_a_fresh_dense_candidate_from_enough_labels() -> None:
     assert runs.scores["fresh-dense"].mean() < runs.scores["finetune"].mean() - 0.5
     result = train_target(stuck, train, val, cfg, mode="auto", quiet=True)
     assert result.chosen == "fresh-dense" and "fresh-dense beats finetune" in result.reason
-    by_hand = train_target(stuck.with_fresh_dense(cfg.seed), train, val, cfg, mode="finetune")
+    fresh = stuck.with_fresh_dense(cfg.seed)
+    by_hand = train_target(fresh, train, val, cfg, mode="finetune", quiet=True)
     for k, v in by_hand.model.state_dict().items():
         torch.testing.assert_close(result.model.state_dict()[k], v, rtol=0, atol=0)
     fewer = auto_candidates(stuck, train, val, cfg.replace(auto_scratch_min=len(TARGET) + 1))
