@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from training.config import TrainConfig
-from training.data.fingerprints import read_environment
+from training.data.fingerprints import Fingerprints, read_environment
 from training.data.splits import split_train_val, train_val_test
 from training.metrics import evaluate_model, finish_head
 from training.repository import ModelRepository
@@ -39,13 +39,23 @@ KEPT = ("me", "crps", "within_1sigma", "within_2sigma")
 MODELS = Path(__file__).resolve().parents[4] / "models"
 
 
-def run(data: str, env: str, seed: int, out: Path, labels: int) -> None:
+def target_split(
+    data: str, env: str, seed: int, labels: int
+) -> tuple[Fingerprints, Fingerprints, Fingerprints, TrainConfig]:
+    """(train, val, test, the recipe): `adapt_site`'s split leaving ``labels`` labelled
+    samples (also what ../sources-mix/arm.py trains on)."""
     fps = read_environment(data, env)
     pool_n = len(train_val_test(len(fps), 0.0, HOLDOUT, seed).train)
     pool, test = holdout_split(fps, HOLDOUT, min(1.0, labels / pool_n), seed)
     assert test is not None
     cfg = TrainConfig().replace(loss="nll", seed=seed, val_fraction=0.2)
     train, val = split_train_val(pool, cfg.val_fraction, cfg.seed)
+    return train, val, test, cfg
+
+
+def run(data: str, env: str, seed: int, out: Path, labels: int) -> None:
+    train, val, test, cfg = target_split(data, env, seed, labels)
+    pool_size = len(train) + len(val)
     _, backbone, _ = starting_backbone(ModelRepository(MODELS), None)
     assert backbone is not None
     t0 = time.time()
@@ -61,7 +71,7 @@ def run(data: str, env: str, seed: int, out: Path, labels: int) -> None:
     row = {
         "env": env,
         "seed": seed,
-        "labels": len(pool),
+        "labels": pool_size,
         "train": len(train),
         "val": len(val),
         "n_test": len(test),

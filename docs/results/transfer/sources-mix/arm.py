@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""One 500-label target run of one backbone, on `adapt_site`'s split, so every arm of a
-(target, seed) trains and is tested on the same samples: the held-out 20 % is the test
-set, LABELS of the rest are labelled, 0.2 of those validate; the product's default
-recipe (Gaussian NLL, sigma calibrated on validation), fine-tuning.
+"""One 500-label target run of one backbone, on `adapt_site`'s split (`target_split` of
+../fresh-dense/pair.py), so every arm of a (target, seed) trains and is tested on the
+same samples: the held-out 20 % is the test set, LABELS of the rest are labelled, 0.2 of
+those validate; the product's default recipe (Gaussian NLL, sigma calibrated on
+validation), fine-tuning.
 
     arm.py DATA ENV SEED ARM OUT.jsonl [LABELS]   # ARM: a model repository, or `scratch`
 """
@@ -14,23 +15,16 @@ import sys
 import time
 from pathlib import Path
 
-from training.config import TrainConfig
-from training.data.fingerprints import read_environment
-from training.data.splits import split_train_val, train_val_test
 from training.metrics import evaluate_model, finish_head
 from training.repository import ModelRepository
-from training.transfer import holdout_split, starting_backbone, train_target
+from training.transfer import starting_backbone, train_target
 
-HOLDOUT = 0.2
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fresh-dense"))
+from pair import target_split  # the same split as the fresh-dense pairs
 
 
 def main(data: str, env: str, seed: int, arm: str, out: Path, labels: int) -> None:
-    fps = read_environment(data, env)
-    pool_n = len(train_val_test(len(fps), 0.0, HOLDOUT, seed).train)
-    pool, test = holdout_split(fps, HOLDOUT, min(1.0, labels / pool_n), seed)
-    assert test is not None
-    cfg = TrainConfig().replace(loss="nll", seed=seed, val_fraction=0.2)
-    train, val = split_train_val(pool, cfg.val_fraction, cfg.seed)
+    train, val, test, cfg = target_split(data, env, seed, labels)
     backbone = None
     if arm != "scratch":
         _, backbone, _ = starting_backbone(ModelRepository(Path(arm)), None)
@@ -44,7 +38,7 @@ def main(data: str, env: str, seed: int, arm: str, out: Path, labels: int) -> No
         "arm": arm,
         "mode": "finetune",
         "chosen": r.chosen,
-        "labels": len(pool),
+        "labels": len(train) + len(val),
         "n_test": len(test),
         "me": t["me"],
         "crps": t.get("crps"),
