@@ -6,33 +6,26 @@ plot.py RESULTS.jsonl OUT.png LABEL=ARM [LABEL=ARM ...]
 
 from __future__ import annotations
 
-import collections
-import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from table import paired, read_rows, targets  # this directory's table.py
 
 
 def main(results: Path, out: Path, named: list[str]) -> None:
     arms = dict(a.split("=", 1) for a in named)
-    by: dict[tuple[str, int], dict[str, Any]] = collections.defaultdict(dict)
-    with results.open() as f:
-        for line in f:
-            r = json.loads(line)
-            by[(r["env"], r["seed"])][r["arm"]] = r
-    envs = sorted({e for e, _ in by}, key=lambda e: (not e.startswith("lab"), e))
+    by = read_rows(results)
+    envs = targets(by)
     fig, ax = plt.subplots(figsize=(10, 4))
     width = 0.8 / len(arms)
-    needed = ["scratch", *arms.values()]
     for j, (label, arm) in enumerate(arms.items()):
         for i, env in enumerate(envs):
-            keys = [k for k in by if k[0] == env and all(a in by[k] for a in needed)]
+            keys = paired(by, env, arms.values())
             r = [by[k][arm]["me"] / by[k]["scratch"]["me"] for k in keys]
             if not r:
                 continue

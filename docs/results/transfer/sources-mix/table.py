@@ -10,19 +10,39 @@ from __future__ import annotations
 import collections
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+Rows = dict[tuple[str, int], dict[str, Any]]
 
-def main(path: str, named: list[str]) -> None:
-    arms = dict(a.split("=", 1) for a in named)
-    by: dict[tuple[str, int], dict[str, Any]] = collections.defaultdict(dict)
-    with Path(path).open() as f:
+
+def read_rows(path: Path) -> Rows:
+    """`arm.py` rows by (target, seed), then by arm."""
+    by: Rows = collections.defaultdict(dict)
+    with path.open() as f:
         for line in f:
             r = json.loads(line)
             by[(r["env"], r["seed"])][r["arm"]] = r
+    return by
+
+
+def targets(by: Rows) -> list[str]:
+    """The targets, labs first."""
+    return sorted({e for e, _ in by}, key=lambda e: (not e.startswith("lab"), e))
+
+
+def paired(by: Rows, env: str, arms: Iterable[str]) -> list[tuple[str, int]]:
+    """The (target, seed) keys of ``env`` where scratch and every one of ``arms`` ran."""
+    needed = ["scratch", *arms]
+    return [k for k in by if k[0] == env and all(a in by[k] for a in needed)]
+
+
+def main(path: str, named: list[str]) -> None:
+    arms = dict(a.split("=", 1) for a in named)
+    by = read_rows(Path(path))
     labels = list(arms)
     a, b = labels[-2:] if len(labels) > 1 else (None, None)
     head = ["target", "seeds", "scratch ME (m)", *(f"{x} / scratch" for x in labels)]
@@ -30,11 +50,8 @@ def main(path: str, named: list[str]) -> None:
         head.append(f"{b} / {a} (lower / higher)")
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     pooled: dict[str, list[float]] = collections.defaultdict(list)
-    envs = sorted({e for e, _ in by}, key=lambda e: (not e.startswith("lab"), e))
-    for env in envs:
-        keys = [
-            k for k in by if k[0] == env and all(v in by[k] for v in ["scratch", *arms.values()])
-        ]
+    for env in targets(by):
+        keys = paired(by, env, arms.values())
         if not keys:
             continue
         cells = [env, str(len(keys)), f"{np.median([by[k]['scratch']['me'] for k in keys]):.3f}"]
