@@ -164,6 +164,12 @@ class TrainConfig:
     """A run that ends degenerate (validation ME near the centroid predictor's) is trained
     once more from another initialisation; the better of the two is kept and still flagged."""
 
+    episode_weight: float = 0.0
+    """Source training: weight of the episodic ridge term (`training.fit.episode_loss`):
+    every step, a linear head fitted in closed form on part of each drawn environment's
+    batch is scored on the rest, so the backbone is trained for what a new site does with
+    few labels (0: off). Measured in docs/results/transfer ("Episodes")."""
+
     # --- meta-learned sources (MAML, TB-MAML: `training.meta`) ---
     inner_lr: float = 0.01
     """MAML inner loop: plain gradient-descent rate of the per-environment adaptation
@@ -234,7 +240,7 @@ class TrainConfig:
             raise ValueError(f"beta={self.beta}, expected in [0, 1]")
         if self.seed < 0:
             raise ValueError(f"seed={self.seed}, expected >= 0")
-        for name in ("track_weight", "track_slack_m", "found_bound_m"):
+        for name in ("track_weight", "track_slack_m", "found_bound_m", "episode_weight"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name}={value}, expected a finite number >= 0")

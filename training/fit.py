@@ -290,6 +290,7 @@ def fit(
     track_weight: float = 0.0,
     read_pool: Executor | None = None,
     anchor_weight: float = 0.0,
+    episode_weight: float = 0.0,
 ) -> FitReport:
     """Train ``backbone`` and the tasks' heads through ``phases``; return the report.
 
@@ -313,12 +314,17 @@ def fit(
     ``anchor_weight`` > 0: L2-SP; every step in which the backbone trains adds that weight
     times the squared distance of its parameters from their values when `fit` was called
     (the pre-trained backbone). It is left out of the reported training loss.
+    ``episode_weight`` > 0: every step in which the backbone trains adds that weight times
+    the episodic ridge term (`episode_loss`) over the drawn tasks' batches; 0 trains
+    exactly as without it.
     """
     if selector is not None and shard is not None and shard.world > 1:
         raise ValueError("a selector scores on one process; it cannot run under torchrun")
     _check_inputs(tasks, phases, batch_size, allow_empty_val=shard is not None and shard.world > 1)
     if envs_per_step < 0:
         raise ValueError(f"envs_per_step={envs_per_step}, expected >= 0 (0: all)")
+    if not (math.isfinite(episode_weight) and episode_weight >= 0):
+        raise ValueError(f"episode_weight={episode_weight}, expected a finite number >= 0")
     dev = torch.device(device)
     shard = shard or Shard(0, 1)
     distributed = shard.world > 1
@@ -428,11 +434,13 @@ def fit(
             sizes = [len(x) for x, _ in parts]
             x = torch.cat([x for x, _ in parts])
             env_index = torch.tensor(envs, device=dev)
-            outs = (
-                joint.heads_on(x, sizes, env_index)
-                if inputs is not None
-                else model(x, sizes, env_index)
-            )
+            feats: torch.Tensor | None = None
+            if inputs is not None:
+                outs = joint.heads_on(x, sizes, env_index)
+            elif episode_weight > 0 and train_backbone:
+                outs, feats = model(x, sizes, env_index, with_features=True)
+            else:
+                outs = model(x, sizes, env_index)
             step_loss: LossName = "mse" if step < phase.mse_warmup_steps else loss
             if isinstance(outs, _Stacked):
                 assert scale_all is not None
@@ -451,6 +459,10 @@ def fit(
                 total = torch.zeros((), device=dev)
                 for (pos, sigma), (_, truth_e), e in zip(outs, parts, envs, strict=True):
                     total = total + position_loss(step_loss, pos, sigma, truth_e, scales[e], beta)
+            if feats is not None:
+                truth_all = torch.cat([p for _, p in parts])
+                episodes = episode_loss(feats, truth_all, sizes, [scales[e] for e in envs])
+                total = total + episode_weight * episodes
             for e in envs:
                 track = tracks[e]
                 if track is not None:
@@ -610,10 +622,13 @@ class _Joint(nn.Module):
         self.heads = heads
 
     def forward(
-        self, csi: torch.Tensor, sizes: list[int], envs: torch.Tensor
-    ) -> list[HeadOutput] | _Stacked:
+        self, csi: torch.Tensor, sizes: list[int], envs: torch.Tensor, with_features: bool = False
+    ) -> list[HeadOutput] | _Stacked | tuple[list[HeadOutput] | _Stacked, torch.Tensor]:
         # One backbone pass over all tasks' batches: bigger matmuls, fewer calls.
-        return self.heads_on(self.backbone(csi), sizes, envs)
+        feats = self.backbone(csi)
+        outs = self.heads_on(feats, sizes, envs)
+        # The features go out through forward (not a second backbone call) so DDP syncs them.
+        return (outs, feats) if with_features else outs
 
     def heads_on(
         self, feats: torch.Tensor, sizes: list[int], envs: torch.Tensor
@@ -678,6 +693,44 @@ class _Source:
         assert self._lazy is not None
         csi, pos = next(self._lazy)
         return torch.from_numpy(csi).to(self.dev), torch.from_numpy(pos).to(self.dev)
+
+
+EPISODE_SUPPORT = 5 / 8
+"""Share of each environment's batch the episode's ridge head is fitted on; the rest scores it."""
+EPISODE_RIDGE = 0.1
+"""The episode's ridge strength, relative to the mean squared norm of the centred features."""
+
+
+def episode_loss(
+    feats: torch.Tensor, truth: torch.Tensor, sizes: list[int], scales: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """The episodic term of source training: what a new site does with few labels, per step.
+
+    Per environment, a fresh linear head is fitted in closed form (ridge, with intercept)
+    on the first `EPISODE_SUPPORT` of its batch's features and scored by the squared error
+    of its positions (in the head's normalised units) on the rest; summed over the
+    environments. Differentiable through the solve, so the backbone learns features a few
+    labels can read positions from (MetaOptNet, Lee et al. 2019; R2-D2, Bertinetto et al.
+    2019). Solved in the dual (support x support), cheap for batches of tens.
+    """
+    total = feats.new_zeros(())
+    for f, y, scale in zip(
+        torch.split(feats, sizes), torch.split(truth, sizes), scales, strict=True
+    ):
+        n_support = int(len(f) * EPISODE_SUPPORT)
+        if n_support < 4 or len(f) - n_support < 2:
+            continue  # too small a batch to fit and score a head
+        support, query = f[:n_support], f[n_support:]
+        y_support, y_query = y[:n_support] / scale, y[n_support:] / scale
+        f_mean, y_mean = support.mean(0), y_support.mean(0)
+        support, query = support - f_mean, query - f_mean
+        gram = support @ support.T
+        ridge = EPISODE_RIDGE * gram.diagonal().mean().detach().clamp_min(1e-6)
+        eye = torch.eye(n_support, dtype=f.dtype, device=f.device)
+        alpha = torch.linalg.solve(gram + ridge * eye, y_support - y_mean)
+        predicted = y_mean + (query @ support.T) @ alpha
+        total = total + ((predicted - y_query) ** 2).sum(1).mean()
+    return total
 
 
 def _sample_envs(n: int, k: int, gen: torch.Generator) -> list[int]:

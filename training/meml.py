@@ -301,6 +301,7 @@ def _train_once(
         batched_heads=config.batched_heads,
         selector=None if probe is None else probe.score,
         track_weight=config.track_weight,
+        episode_weight=config.episode_weight,
         read_pool=read_pool,
     )
     backbone.cpu()

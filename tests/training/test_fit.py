@@ -14,7 +14,7 @@ from torch import nn
 
 from tests.training.toychannel import toy_fingerprints
 from training.config import StepBudget, TrainConfig
-from training.fit import Phase, Task, _IndexStream, fit, predict
+from training.fit import EPISODE_RIDGE, Phase, Task, _IndexStream, episode_loss, fit, predict
 from training.metrics import evaluate
 
 
@@ -470,3 +470,57 @@ def test_anchor_weight_holds_the_backbone_near_its_start_and_only_while_it_train
         run(-1.0)
     with pytest.raises(ValueError, match="anchor_weight"):
         TrainConfig(anchor_weight=float("nan"))
+
+
+def test_episode_loss_is_a_ridge_head_fitted_on_the_support_and_scored_on_the_query() -> None:
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(2 * 16, 5, generator=gen, dtype=torch.float64)
+    truth = torch.randn(2 * 16, 2, generator=gen, dtype=torch.float64) * 3.0
+    scales = [torch.tensor(2.0, dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64)]
+    got = episode_loss(feats, truth, [16, 16], scales)
+    want = 0.0
+    for k in range(2):
+        f, y = feats[16 * k : 16 * (k + 1)].numpy(), truth[16 * k : 16 * (k + 1)].numpy()
+        y = y / float(scales[k])
+        s, q = f[:10], f[10:]  # 5/8 of 16 is the support
+        sm, ym = s.mean(0), y[:10].mean(0)
+        sc = s - sm
+        lam = EPISODE_RIDGE * float(np.mean(np.sum(sc**2, axis=1)))
+        # the primal ridge solution, against which the dual one in episode_loss is checked
+        w = np.linalg.solve(sc.T @ sc + lam * np.eye(5), sc.T @ (y[:10] - ym))
+        pred = ym + (q - sm) @ w
+        want += float(np.mean(np.sum((pred - y[10:]) ** 2, axis=1)))
+    assert float(got) == pytest.approx(want, rel=1e-9)
+    # a too-small batch contributes nothing instead of an ill-posed head
+    assert float(episode_loss(feats[:5], truth[:5], [5], scales[:1])) == 0.0
+    feats.requires_grad_(True)
+    episode_loss(feats, truth, [16, 16], scales).backward()  # type: ignore[no-untyped-call]
+    assert feats.grad is not None and float(feats.grad.abs().sum()) > 0
+
+
+def test_episode_weight_changes_source_training_only_when_on_and_the_backbone_trains() -> None:
+    def run(weight: float, train: str = "all") -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        backbone, tasks = TinyBackbone(), [make_task("a", 200, 3), make_task("b", 200, 4)]
+        fit(
+            backbone,
+            tasks,
+            [phase("t", train, 1e-2, 20)],
+            loss="mse",
+            quiet=True,
+            batch_size=32,
+            episode_weight=weight,
+        )
+        return params(nn.ModuleList([backbone, tasks[0].head, tasks[1].head]))
+
+    def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    assert same(run(0.0), run(0.0))
+    assert not same(run(0.0), run(1.0))
+    assert same(run(1.0), run(1.0))  # seeded: the same numbers again
+    assert same(run(0.0, "head"), run(1.0, "head"))  # a frozen backbone: the term is off
+    with pytest.raises(ValueError, match="episode_weight"):
+        run(-1.0)
+    with pytest.raises(ValueError, match="episode_weight"):
+        TrainConfig(episode_weight=float("inf"))

@@ -49,6 +49,11 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("select", str, "Target training: select the checkpoint by validation me or loss."),
     _Option("schedule", str, "Target training: learning-rate schedule, cosine or plateau."),
     _Option("anchor_weight", float, "Target training from a backbone: L2-SP weight (0: off)."),
+    _Option(
+        "episode_weight",
+        float,
+        "Source training: weight of the episodic ridge-head term (0: off).",
+    ),
 )
 _SIGMA = _Option(
     "calibrate_sigma",

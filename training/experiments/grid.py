@@ -339,6 +339,8 @@ _META_CONFIG_DEFAULTS = {
         "found_bound_m",
         # L2-SP: off unless a preset asks for it
         "anchor_weight",
+        # episodic ridge heads in source training: likewise
+        "episode_weight",
     )
 }
 
