@@ -315,8 +315,8 @@ def fit(
     times the squared distance of its parameters from their values when `fit` was called
     (the pre-trained backbone). It is left out of the reported training loss.
     ``episode_weight`` > 0: every step in which the backbone trains adds that weight times
-    the episodic ridge term (`episode_loss`) over the drawn tasks' batches; 0 trains
-    exactly as without it.
+    the episodic ridge term (`episode_loss`) over the drawn tasks' batches (it counts in
+    the reported training loss); 0 trains exactly as without it.
     """
     if selector is not None and shard is not None and shard.world > 1:
         raise ValueError("a selector scores on one process; it cannot run under torchrun")

@@ -247,15 +247,17 @@ def test_meml_lazy_with_sampled_environments(tmp_path: Path, tiny_h5: Path) -> N
 
 
 def test_meml_selects_by_transfer_to_held_out_environments(tmp_path: Path, tiny_h5: Path) -> None:
-    """`--probe-envs`: held out of the sources even when a pattern covers them, and scored."""
+    """`--probe-envs`: held out of the sources even when a pattern covers them, and scored
+    (here with the episodic term on, as `scripts/build-default-models` trains)."""
     repo = tmp_path / "models"
     invoke(
         "train", "meml", "--data", str(tiny_h5), "--data", str(tiny_h5),
         "--envs", "industrial/*", "--probe-envs", "industrial/bs3,lab-los", "--probe-labels", "40",
         "--out", str(repo), "--name", "probed", "--max-steps", "6", "--eval-every", "2",
-        "--min-steps", "0", "--quiet",
+        "--min-steps", "0", "--episode-weight", "1", "--quiet",
     )  # fmt: skip
     manifest = json.loads((repo / "backbones/probed/versions/v1/manifest.json").read_text())
+    assert manifest["config"]["episode_weight"] == 1.0
     assert manifest["config"]["envs"] == ["industrial/bs0", "industrial/bs1", "industrial/bs2"]
     assert manifest["config"]["probe_envs"] == ["industrial/bs3", "lab-los"]
     metrics = manifest["metrics"]
