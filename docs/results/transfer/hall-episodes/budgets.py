@@ -58,8 +58,12 @@ def main(path: Path, out: Path, named: list[str]) -> None:
     lines = [head + f" | {a1} / {a2} |", "|---" * (4 + len(arms)) + "|"]
     fig, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 3.6), sharey=True)
     for ax, env in zip(np.atleast_1d(axes), envs, strict=True):
+        # each arm's paired ratios to scratch per budget, for the plot and the table
+        per = {
+            arm: {n: ratios(by, arm, "scratch", env, n) for n in labels} for arm in arms.values()
+        }
         for label, arm in arms.items():
-            med = [np.median(ratios(by, arm, "scratch", env, n) or [np.nan]) for n in labels]
+            med = [np.median(per[arm][n] or [np.nan]) for n in labels]
             ax.plot(labels, med, marker="o", label=label)
         ax.axhline(1.0, color="grey", lw=0.8)
         ax.axhline(0.6, color="grey", lw=0.8, ls=":")
@@ -73,7 +77,7 @@ def main(path: Path, out: Path, named: list[str]) -> None:
                 for (e, _, k), runs in by.items()
                 if e == env and k == n and "scratch" in runs
             ]
-            cells = [cell(ratios(by, arm, "scratch", env, n)) for arm in arms.values()]
+            cells = [cell(per[arm][n]) for arm in arms.values()]
             direct = cell(ratios(by, r1, r2, env, n))
             lines.append(
                 f"| {env} | {n} | {np.median(scratch):.3f} m | "
