@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 LossName = Literal["mse", "nll"]
-Selection = Literal["me", "loss"]
-SELECTIONS: tuple[Selection, ...] = ("me", "loss")
+Selection = Literal["me", "loss", "calibrated"]
+SELECTIONS: tuple[Selection, ...] = ("me", "loss", "calibrated")
 Schedule = Literal["cosine", "plateau"]
 SCHEDULES: tuple[Schedule, ...] = ("cosine", "plateau")
 LOSSES: tuple[LossName, ...] = ("mse", "nll")
@@ -124,12 +124,16 @@ class TrainConfig:
     select: Selection = "loss"
     """Target training (a site's modes, scratch at a site): the validation score that
     keeps a checkpoint, stops a phase and lets ``auto`` choose a mode: ``loss`` (the
-    plain validation loss) or ``me`` (mean error, metres). ``me`` with the cosine
-    schedule cut the test ME to 0.83-0.86x at 500 labels on 8 held-out scenes, but
-    its later checkpoints have heavy-tailed errors that no Gaussian sigma fits (the
-    demo sites' 1-sigma coverage went to 58-76 %), so it is not the default yet
-    (docs/results/transfer, "The target recipe in the product"). Source training
-    always selects by its loss (or a transfer probe)."""
+    plain validation loss), ``calibrated`` (the validation NLL after sigma's per-axis
+    calibration factor, the sigma the service serves: the plain NLL peaks while the
+    positions still improve, ``training.fit``) or ``me`` (mean error, metres).
+    ``calibrated`` cut the test ME to 0.77-0.92x at 500 and 1,000 labels (labs and 8
+    held-out scenes), ``me`` with the cosine schedule to 0.83-0.86x at 500, but their
+    later checkpoints have heavy-tailed errors that no Gaussian sigma fits (1-sigma
+    coverage 47-54 %, and 58-76 % on the demo sites with ``me``), so neither is the
+    default yet (docs/results/transfer, "The target recipe in the product",
+    "Checkpoints by the calibrated NLL"). Source training always selects by its loss
+    (or a transfer probe)."""
     schedule: Schedule = "plateau"
     """Target training: ``plateau`` halves the rate after ``lr_patience`` validations
     without improvement; ``cosine`` decays it to 0 over each phase's ``max_steps``.

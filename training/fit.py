@@ -116,8 +116,10 @@ class Phase:
     """Validations without improvement before the rate drops."""
     mse_warmup_steps: int = 0
     select: Selection = "loss"
-    """What keeps a checkpoint and stops the phase: the plain validation ``loss`` or the
-    validation ``me`` (a ``selector`` given to `fit` overrides both)."""
+    """What keeps a checkpoint and stops the phase: the plain validation ``loss``, the
+    validation NLL after sigma's calibration (``calibrated``; the plateau schedule then
+    follows it too) or the validation ``me`` (a ``selector`` given to `fit` overrides
+    all three)."""
     schedule: Schedule = "plateau"
     """``plateau`` (halve after ``lr_patience`` validations without a better validation
     loss) or ``cosine`` (decay to 0 over the phase's ``max_steps``, every step)."""
@@ -500,7 +502,15 @@ def fit(
                 # Hundreds of small validation sets: one backbone pass over all of them.
                 val_feats = _features_across(backbone, [csi for csi, _ in val_sets])
             val_loss, val_me = _validate(
-                joint, head_fns, names, val_sets, scales, loss, distributed, val_feats
+                joint,
+                head_fns,
+                names,
+                val_sets,
+                scales,
+                loss,
+                distributed,
+                val_feats,
+                calibrated=phase.select == "calibrated",
             )
             me_mean = float(np.mean(list(val_me.values())))
             if selector is not None:
@@ -912,17 +922,22 @@ def _validate(
     loss: LossName,
     distributed: bool,
     features: list[torch.Tensor] | None = None,
+    *,
+    calibrated: bool = False,
 ) -> tuple[float, dict[str, float]]:
     """Summed mean validation loss (plain: beta 0) over tasks, and the ME per task (metres).
 
     ``features``: the backbone's cached outputs for the validation sets (head-only phases).
+    ``calibrated``: the NLL is the one after each task's per-axis sigma factor is fitted
+    on these points (`_calibrated_nll`); MSE is unchanged.
     """
     joint.eval()
-    # Per task: loss sum, error sum, count; summed over ranks when distributed. Kept on
-    # the device (float64, as Python floats were) and read once: one host sync a
-    # validation, not two per task and chunk (hundreds of tasks on a GPU).
+    # Per task: loss sum, error sum, count, then per axis the sums of (err / sigma)^2 and
+    # log(sigma / scale); summed over ranks when distributed. Kept on the device (float64,
+    # as Python floats were) and read once: one host sync a validation, not two per task
+    # and chunk (hundreds of tasks on a GPU).
     dev = next(joint.parameters()).device
-    sums = torch.zeros(len(val_sets), 3, dtype=torch.float64, device=dev)
+    sums = torch.zeros(len(val_sets), 7, dtype=torch.float64, device=dev)
     for k, ((csi, truth), head, scale) in enumerate(zip(val_sets, heads, scales, strict=True)):
         source = features[k] if features is not None else csi
         for c, t in zip(torch.split(source, 512), torch.split(truth, 512), strict=True):
@@ -933,12 +948,29 @@ def _validate(
             sums[k, 0] += position_loss(loss, pos, sigma, t, scale).double() * n
             sums[k, 1] += (pos - t).norm(dim=1).sum().double()
             sums[k, 2] += n
+            if calibrated and loss == "nll" and sigma is not None:
+                sums[k, 3:5] += ((pos - t) / sigma).double().square().sum(dim=0)
+                sums[k, 5:7] += (sigma / scale).double().log().sum(dim=0)
     sums = sums.cpu()
     if distributed:
         sums = _all_reduced(sums, dev)
     counts = sums[:, 2].clamp_min(1)
-    val_loss = float((sums[:, 0] / counts).sum())
+    per_task = sums[:, 0] / counts
+    if calibrated and loss == "nll":
+        per_task = _calibrated_nll(sums[:, 3:5] / counts[:, None], sums[:, 5:7] / counts[:, None])
+    val_loss = float(per_task.sum())
     return val_loss, {n: float(v) for n, v in zip(names, sums[:, 1] / counts, strict=True)}
+
+
+def _calibrated_nll(mean_z2: torch.Tensor, mean_log_sigma: torch.Tensor) -> torch.Tensor:
+    """Per task, the mean Gaussian NLL (normalised units, summed over x and y) after the
+    NLL-optimal per-axis factor on sigma, ``sqrt(mean z^2)``: the sigma the service
+    serves once `training.calibration` has scaled it. The plain NLL of a target run
+    climbs as its sigma shrinks onto the memorised training set while its positions
+    still improve; after the factor only the errors and sigma's shape count."""
+    z2 = mean_z2.clamp_min(1e-12)
+    per_axis = mean_log_sigma + 0.5 * z2.log() + 0.5 + 0.5 * math.log(2 * math.pi)
+    return per_axis.sum(dim=1)
 
 
 @torch.no_grad()

@@ -209,7 +209,7 @@ def test_bad_input_is_one_clear_line(tmp_path: Path, trained: tuple[Path, Path, 
     for option, expected in [
         (["--lr-patience", "1"], "No such option"),
         (["--beta", "2"], "beta=2.0, expected in [0, 1]"),
-        (["--select", "nll"], "select='nll', expected one of me, loss"),
+        (["--select", "nll"], "select='nll', expected one of me, loss, calibrated"),
         (["--anchor-weight", "-1"], "anchor_weight=-1.0, expected a finite number"),
     ]:
         result = runner.invoke(app, [*site, "--site", "x", *option])

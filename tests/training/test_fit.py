@@ -14,7 +14,17 @@ from torch import nn
 
 from tests.training.toychannel import toy_fingerprints
 from training.config import StepBudget, TrainConfig
-from training.fit import EPISODE_RIDGE, Phase, Task, _IndexStream, episode_loss, fit, predict
+from training.fit import (
+    EPISODE_RIDGE,
+    Phase,
+    Task,
+    _calibrated_nll,
+    _IndexStream,
+    episode_loss,
+    fit,
+    predict,
+)
+from training.losses import gaussian_nll
 from training.metrics import evaluate
 
 
@@ -149,6 +159,39 @@ def test_select_me_keeps_the_checkpoint_of_the_best_validation_error() -> None:
     # The NLL's own choice would be another checkpoint in this run (its minimum comes earlier).
     by_loss = min(report.history, key=lambda r: r["val_loss"])
     assert by_loss["step"] != best_row["step"]
+
+
+def test_calibrated_nll_is_the_nll_after_the_best_per_axis_sigma_factor() -> None:
+    gen = torch.Generator().manual_seed(0)
+    pos, truth = torch.randn(64, 2, generator=gen), torch.randn(64, 2, generator=gen)
+    sigma = torch.rand(64, 2, generator=gen) * 0.1 + 0.05  # over-confident: errors ~1.4
+    z2 = ((pos - truth) / sigma).square().mean(0)
+    factor = z2.sqrt()
+    value = float(_calibrated_nll(z2[None], sigma.log().mean(0)[None])[0])
+    assert value == pytest.approx(float(gaussian_nll(pos, sigma * factor, truth)), rel=1e-5)
+    # no other factor does better, and the plain NLL of the over-confident sigma is far worse
+    for f in (0.8, 1.25):
+        assert value < float(gaussian_nll(pos, sigma * factor * f, truth))
+    assert float(gaussian_nll(pos, sigma, truth)) > value + 10
+
+
+def test_select_calibrated_keeps_the_checkpoint_of_the_best_calibrated_nll() -> None:
+    torch.manual_seed(0)
+    backbone, task = TinyBackbone(), make_task("a", 200, 3, out=4)
+    steps = phase("t", "all", 3e-3, 200, every=10)
+    cal = Phase("t", "all", 3e-3, steps.budget, select="calibrated")
+    report = fit(backbone, [task], [cal], loss="nll", quiet=True)
+    ph = report.phases[0]
+    best_row = report.history[ph.best_step // 10 - 1]
+    assert best_row["val_loss"] == min(r["val_loss"] for r in report.history)
+    assert ph.best_score == pytest.approx(ph.best_val_loss)
+    # the kept model's validation NLL once sigma is scaled by its best factor, normalised
+    pos, sigma = predict(backbone, task.head, task.val[0])
+    assert sigma is not None
+    scale = task.head.pos_scale
+    z2 = ((pos - task.val[1]) / sigma).square().mean(0)
+    expected = gaussian_nll(pos / scale, sigma * z2.sqrt() / scale, task.val[1] / scale)
+    assert ph.best_val_loss == pytest.approx(float(expected), rel=1e-4)
 
 
 def test_cosine_schedule_decays_to_zero_over_the_phase() -> None:

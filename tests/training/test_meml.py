@@ -115,7 +115,7 @@ def test_config_and_split_errors_are_clear() -> None:
         train_sources({}, FAST)
     with pytest.raises(ValueError, match=r"lr_patience=2, expected >= 3"):
         TrainConfig(lr_patience=2)
-    with pytest.raises(ValueError, match="select='mae', expected one of me, loss"):
+    with pytest.raises(ValueError, match="select='mae', expected one of me, loss, calibrated"):
         TrainConfig(select="mae")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="schedule='step', expected one of cosine, plateau"):
         TrainConfig(schedule="step")  # type: ignore[arg-type]

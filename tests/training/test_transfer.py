@@ -126,6 +126,25 @@ def test_auto_trains_every_candidate_and_reports_the_choice() -> None:
     assert c["finetune"]["folds"] == 1.0
 
 
+def test_auto_with_calibrated_selection_compares_the_nll_after_sigma_s_factor() -> None:
+    """The score is invariant to a per-axis factor on sigma: the kept model's (already
+    calibrated) predictions give the same value as the candidate's recorded score."""
+    from training.fit import predict
+    from training.metrics import nll_per_point
+
+    train, val = split_train_val(TARGET, 0.25, 0)
+    cfg = CFG.replace(epochs=8, auto_min_val=1, select="calibrated")
+    result = train_target(Backbone(seed=0), train, val, cfg, mode="auto", quiet=True)
+    pos, sigma = predict(result.model.backbone, result.model.head, torch.from_numpy(val.csi))
+    assert sigma is not None
+    err, sig = pos.double().numpy() - val.pos, sigma.double().numpy()
+    raw = nll_per_point(pos.numpy(), sig, val.pos).mean()
+    factor = np.sqrt(np.mean(np.square(err / sig), axis=0))
+    calibrated = nll_per_point(pos.numpy(), sig * factor, val.pos).mean()
+    assert result.candidates[result.chosen]["val_score"] == pytest.approx(calibrated, rel=1e-4)
+    assert calibrated <= raw
+
+
 def test_auto_uses_several_validation_splits_when_validation_is_small() -> None:
     train, val = split_train_val(TARGET, 0.25, 0)
     seen: set[str] = set()

@@ -46,7 +46,11 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("mse_warmup_steps", int, "nll: train positions with the MSE for this many steps."),
     _Option("head_warmup_steps", int, "gradual: head-only warm-up steps before unfreezing."),
     _Option("unfreeze_lr_factor", float, "gradual: learning-rate factor once all layers train."),
-    _Option("select", str, "Target training: select the checkpoint by validation me or loss."),
+    _Option(
+        "select",
+        str,
+        "Target training: keep the checkpoint by validation loss, calibrated (NLL) or me.",
+    ),
     _Option("schedule", str, "Target training: learning-rate schedule, cosine or plateau."),
     _Option("anchor_weight", float, "Target training from a backbone: L2-SP weight (0: off)."),
     _Option(
