@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 ARMS = {"scratch": "scratch", "models": "shipped backbone"}
-SELECTS = ("loss", "calibrated")
+SELECTS = ("loss", "calibrated", "me")
 Key = tuple[str, int, str, int, str]
 
 
@@ -95,6 +95,23 @@ def main(src: Path, table: Path, figure: Path) -> None:
         names.append(f"{g.replace('8 procedural scenes', 'scenes')}\n{n}")
         for key, c in zip(("bb", "sc", "loss", "cal"), cols, strict=True):
             plot[key].append(float(np.median(c)) if c else np.nan)
+    me_cells = [(g, n) for g, n in cells if ratios(d, g, n, ("models", "me"), ("models", "loss"))]
+    if me_cells:  # `select="me"` (plateau) on the same splits, where it was run
+        lines += [
+            "",
+            '`select="me"` (plateau schedule) on the same splits:',
+            "",
+            "| target | labels | backbone: me / calibrated | scratch: me / calibrated "
+            "| backbone / scratch, me |",
+            "|---|---|---|---|---|",
+        ]
+        for g, n in me_cells:
+            cols = [
+                ratios(d, g, n, ("models", "me"), ("models", "calibrated")),
+                ratios(d, g, n, ("scratch", "me"), ("scratch", "calibrated")),
+                ratios(d, g, n, ("models", "me"), ("scratch", "me")),
+            ]
+            lines.append(f"| {g} | {n} | " + " | ".join(fmt(c) for c in cols) + " |")
     table.write_text("\n".join(lines) + "\n")
 
     import matplotlib
