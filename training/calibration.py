@@ -31,6 +31,17 @@ MIN_SAMPLES = 10
 """Fewest validation points a factor is fitted on; below it sigma stays as trained."""
 
 
+Floats = npt.NDArray[np.float64]
+
+
+def nll_factor(err: Floats, sigma: Floats) -> Floats:
+    """The NLL-optimal factor per axis on ``sigma`` [N, 2] for errors ``err`` [N, 2],
+    ``sqrt(mean((err / sigma)^2))`` (float64, no checks: `fit_sigma_scale` validates)."""
+    scale: Floats = np.sqrt(np.mean(np.square(err / sigma), axis=0))
+    # A perfect fit (all errors 0) would give 0, a sigma of 0: keep a tiny positive floor.
+    return np.maximum(scale, 1e-6)
+
+
 def fit_sigma_scale(err: npt.ArrayLike, sigma: npt.ArrayLike) -> npt.NDArray[np.float64]:
     """The per-axis factor on ``sigma`` [N, 2] for errors ``err`` [N, 2] (metres): NLL-optimal
     per axis, then with `COVERAGE_MIN` points or more both axes scaled together to the
@@ -41,9 +52,7 @@ def fit_sigma_scale(err: npt.ArrayLike, sigma: npt.ArrayLike) -> npt.NDArray[np.
         raise ValueError(f"err and sigma must both be [N >= 1, 2], got {e.shape} and {s.shape}")
     if not (np.isfinite(e).all() and np.isfinite(s).all() and (s > 0).all()):
         raise ValueError("err must be finite and sigma finite and positive")
-    scale: npt.NDArray[np.float64] = np.sqrt(np.mean(np.square(e / s), axis=0))
-    # A perfect fit (all errors 0) would give 0, a sigma of 0: keep a tiny positive floor.
-    scale = np.maximum(scale, 1e-6)
+    scale = nll_factor(e, s)
     if len(e) >= COVERAGE_MIN:
         d2 = np.sum(np.square(e / (s * scale)), axis=1)
         scale = np.maximum(scale * np.sqrt(coverage_factor(d2)), 1e-6)

@@ -52,6 +52,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from training.calibration import nll_factor
 from training.checkpoint import load_backbone, load_background, save_site_model
 from training.config import (
     DEFAULT_TARGET_MODE,
@@ -446,8 +447,8 @@ def _per_sample_score(
     if config.loss == "mse" or sigma_t is None:
         return np.asarray(np.square(err).sum(axis=1))
     sigma = sigma_t.double().numpy()
-    if config.select == "calibrated":  # the NLL-optimal per-axis factor, as `training.fit`
-        sigma = sigma * np.maximum(np.sqrt(np.mean(np.square(err / sigma), axis=0)), 1e-6)
+    if config.select == "calibrated":  # the factor `training.fit`'s score assumes
+        sigma = sigma * nll_factor(err, sigma)
     return nll_per_point(pos_t, sigma, data.pos)
 
 

@@ -6,6 +6,7 @@ A tiny linear model stands in for the CNN here: the loop, not the net, is under 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,10 +14,12 @@ import torch
 from torch import nn
 
 from tests.training.toychannel import toy_fingerprints
-from training.config import StepBudget, TrainConfig
+from training.config import Selection, StepBudget, TrainConfig
 from training.fit import (
     EPISODE_RIDGE,
+    FitReport,
     Phase,
+    PhaseReport,
     Task,
     _calibrated_nll,
     _IndexStream,
@@ -144,14 +147,22 @@ def test_early_stopping_and_best_restore() -> None:
     assert evaluate(pos, None, task.val[1])["me"] == pytest.approx(ph.best_val_me, rel=1e-4)
 
 
-def test_select_me_keeps_the_checkpoint_of_the_best_validation_error() -> None:
+def fit_selecting(
+    select: Selection,
+) -> tuple[TinyBackbone, Task, FitReport, PhaseReport, dict[str, Any]]:
+    """One 200-step NLL phase validated every 10 steps, kept by ``select``: the model, its
+    task, the report, the phase's report and the history row of the kept step."""
     torch.manual_seed(0)
     backbone, task = TinyBackbone(), make_task("a", 200, 3, out=4)
     steps = phase("t", "all", 3e-3, 200, every=10)
-    me_phase = Phase("t", "all", 3e-3, steps.budget, select="me")
-    report = fit(backbone, [task], [me_phase], loss="nll", quiet=True)
+    kept_by = Phase("t", "all", 3e-3, steps.budget, select=select)
+    report = fit(backbone, [task], [kept_by], loss="nll", quiet=True)
     ph = report.phases[0]
-    best_row = report.history[ph.best_step // 10 - 1]
+    return backbone, task, report, ph, report.history[ph.best_step // 10 - 1]
+
+
+def test_select_me_keeps_the_checkpoint_of_the_best_validation_error() -> None:
+    backbone, task, report, ph, best_row = fit_selecting("me")
     assert best_row["val_me"] == min(r["val_me"] for r in report.history)
     assert ph.best_score == pytest.approx(ph.best_val_me)
     pos, _ = predict(backbone, task.head, task.val[0])
@@ -176,13 +187,7 @@ def test_calibrated_nll_is_the_nll_after_the_best_per_axis_sigma_factor() -> Non
 
 
 def test_select_calibrated_keeps_the_checkpoint_of_the_best_calibrated_nll() -> None:
-    torch.manual_seed(0)
-    backbone, task = TinyBackbone(), make_task("a", 200, 3, out=4)
-    steps = phase("t", "all", 3e-3, 200, every=10)
-    cal = Phase("t", "all", 3e-3, steps.budget, select="calibrated")
-    report = fit(backbone, [task], [cal], loss="nll", quiet=True)
-    ph = report.phases[0]
-    best_row = report.history[ph.best_step // 10 - 1]
+    backbone, task, report, ph, best_row = fit_selecting("calibrated")
     assert best_row["val_loss"] == min(r["val_loss"] for r in report.history)
     assert ph.best_score == pytest.approx(ph.best_val_loss)
     # the kept model's validation NLL once sigma is scaled by its best factor, normalised
