@@ -310,7 +310,14 @@ def _train_once(
     degenerate = report.degenerate_tasks
     metrics = {
         name: finish_head(
-            backbone, heads[name], src.val if src.val_full is None else src.val_full, config
+            backbone,
+            heads[name],
+            src.val if src.val_full is None else src.val_full,
+            config,
+            # sigma's distance term needs every training fingerprint (not a rank's shard)
+            reference=src.train
+            if isinstance(src.train, Fingerprints) and len(src.train) == src.train_size
+            else None,
         )
         for name, src in sources.items()
     }

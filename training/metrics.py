@@ -116,13 +116,23 @@ def evaluate_model(backbone: Backbone, head: Head, data: Fingerprints) -> dict[s
 
 
 def finish_head(
-    backbone: Backbone, head: Head, val: Fingerprints, config: TrainConfig
+    backbone: Backbone,
+    head: Head,
+    val: Fingerprints,
+    config: TrainConfig,
+    *,
+    reference: Fingerprints | None = None,
 ) -> dict[str, float]:
-    """After training: calibrate the head's sigma on ``val`` (if configured), then its
+    """After training: calibrate the head's sigma on ``val`` (if configured; with its
+    distance term given the head's training fingerprints ``reference``), then its
     validation metrics, with the calibration factors when they were fitted."""
     from training.calibration import calibrate_sigma
 
-    scale = calibrate_sigma(backbone, head, val) if config.calibrate_sigma else None
+    scale = (
+        calibrate_sigma(backbone, head, val, reference=reference, seed=config.seed)
+        if config.calibrate_sigma
+        else None
+    )
     metrics = evaluate_model(backbone, head, val)
     if scale is not None:
         metrics["sigma_scale_x"], metrics["sigma_scale_y"] = scale

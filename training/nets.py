@@ -195,6 +195,24 @@ class Backbone(nn.Module):
         return out
 
 
+REF_NEIGHBOURS = 5
+"""Nearest labelled fingerprints whose mean feature distance widens sigma (`Head`)."""
+
+
+def log_reference_distance(
+    features: torch.Tensor, reference: torch.Tensor, neighbours: int = REF_NEIGHBOURS
+) -> torch.Tensor:
+    """log of the mean Euclidean distance from each of ``features`` [B, F] to its
+    ``neighbours`` (<= M) nearest rows of ``reference`` [M, F]: [B]. A matmul and TopK (no
+    cdist), so that it exports to ONNX; both sides centred on the reference's mean first,
+    so that the float32 expansion keeps the small distances that matter."""
+    centre = reference.mean(dim=0)
+    f, r = features - centre, reference - centre
+    d2 = f.square().sum(dim=1, keepdim=True) + r.square().sum(dim=1) - 2.0 * f @ r.t()
+    near = torch.topk(d2, neighbours, dim=1, largest=False).values
+    return near.clamp_min(1e-12).sqrt().mean(dim=1).log()
+
+
 def _unit_sigma(raw: torch.Tensor, config: HeadConfig) -> torch.Tensor:
     """The sigma link of every head, in normalised units: softplus of the raw outputs plus
     the floor (`Head`, its ensembles and `BatchedHeads` must agree)."""
@@ -209,11 +227,20 @@ class Head(nn.Module):
     with the head, so its outputs are always metres. With ``config.members`` > 1 it is
     an ensemble: ``mlp`` holds one MLP per member, and the output is their Gaussians'
     moments (mean of the means; variance the mean variance plus the means' spread).
+
+    After calibration (`training.calibration`) sigma is multiplied by ``sigma_scale`` and,
+    when ``ref_features`` holds the site's labelled fingerprints' features, by
+    ``exp(ref_weight * (log d - ref_centre))``, d the mean feature distance to the
+    `REF_NEIGHBOURS` nearest of them: a fingerprint unlike every labelled one is where the
+    head interpolates, and its error is larger than the head's sigma says.
     """
 
     pos_mean: torch.Tensor
     pos_scale: torch.Tensor
     sigma_scale: torch.Tensor
+    ref_features: torch.Tensor
+    ref_weight: torch.Tensor
+    ref_centre: torch.Tensor
 
     def __init__(
         self,
@@ -251,11 +278,63 @@ class Head(nn.Module):
         # Per-axis factor on sigma, fitted on validation data after training
         # (`training.calibration`); ones = sigma as trained.
         self.register_buffer("sigma_scale", torch.ones(2))
+        # The distance term (class docstring); no rows = off.
+        self.register_buffer("ref_features", torch.zeros(0, config.in_features))
+        self.register_buffer("ref_weight", torch.zeros(1))
+        self.register_buffer("ref_centre", torch.zeros(1))
+        self._reference_rows = 0  # a Python int: the ONNX tracer cannot branch on a shape
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        # Heads saved before sigma calibration existed have no sigma_scale: uncalibrated.
+        # Heads saved before sigma calibration (or its distance term) existed: uncalibrated.
         state_dict.setdefault(prefix + "sigma_scale", torch.ones(2))
+        ref = state_dict.setdefault(prefix + "ref_features", self.ref_features.new_zeros(0, 0))
+        if ref.dim() == 2 and ref.shape[0] == 0:
+            state_dict[prefix + "ref_features"] = self.ref_features.new_zeros(
+                0, self.config.in_features
+            )
+        elif ref.dim() == 2 and ref.shape[1] == self.config.in_features:
+            self.ref_features = torch.empty_like(ref)  # the site's row count
+        self._reference_rows = int(state_dict[prefix + "ref_features"].shape[0])
+        state_dict.setdefault(prefix + "ref_weight", torch.zeros(1))
+        state_dict.setdefault(prefix + "ref_centre", torch.zeros(1))
         super()._load_from_state_dict(state_dict, prefix, *args)
+
+    @torch.no_grad()
+    def reset_calibration(self) -> None:
+        """Sigma as trained: no factor, no distance term."""
+        self.sigma_scale.fill_(1.0)
+        self.set_reference(None)
+
+    @torch.no_grad()
+    def set_reference(
+        self, features: torch.Tensor | None, weight: float = 0.0, centre: float = 0.0
+    ) -> None:
+        """Turn the distance term on with ``features`` [M >= 1, in_features] (the labelled
+        fingerprints' backbone features), or off with None."""
+        if features is None:
+            self.ref_features = self.ref_features.new_zeros(0, self.config.in_features)
+            weight = centre = 0.0
+        else:
+            if features.dim() != 2 or features.shape[1] != self.config.in_features:
+                raise ValueError(
+                    f"reference features must be [M, {self.config.in_features}], "
+                    f"got {list(features.shape)}"
+                )
+            if features.shape[0] < 1 or not torch.isfinite(features).all():
+                raise ValueError("reference features must be one or more finite rows")
+            self.ref_features = features.detach().to(self.sigma_scale).clone()
+        self._reference_rows = 0 if features is None else int(features.shape[0])
+        self.ref_weight.fill_(weight)
+        self.ref_centre.fill_(centre)
+
+    def _widen(self, sigma: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """sigma times the calibration factor and, when on, the distance term."""
+        sigma = sigma * self.sigma_scale
+        if not self._reference_rows:
+            return sigma
+        k = min(REF_NEIGHBOURS, self._reference_rows)
+        log_d = log_reference_distance(features, self.ref_features, k)
+        return sigma * torch.exp(self.ref_weight * (log_d - self.ref_centre)).unsqueeze(1)
 
     @property
     def loss(self) -> LossName:
@@ -315,8 +394,7 @@ class Head(nn.Module):
         if self.config.out == 2:
             return position, None
         sigma = _unit_sigma(raw[:, 2:4], self.config) * self.pos_scale
-        sigma = sigma * self.sigma_scale
-        return position, sigma
+        return position, self._widen(sigma, features)
 
     def _ensemble(
         self, members: nn.ModuleList, features: torch.Tensor
@@ -329,7 +407,7 @@ class Head(nn.Module):
             return position, None
         var = _unit_sigma(raw[..., 2:4], self.config).square().mean(dim=0)
         sigma = (var + (means - mean).square().mean(dim=0)).sqrt() * self.pos_scale
-        return position, sigma * self.sigma_scale
+        return position, self._widen(sigma, features)
 
 
 class BatchedHeads(nn.Module):

@@ -255,7 +255,7 @@ def train_target(
             runs.scores, runs.val_me, runs.folds, _criterion(config)
         )
         model, report = runs.runs[chosen]
-        metrics = _finish(model, report, val, config)
+        metrics = _finish(model, report, train, val, config)
         return TargetResult(model, report, metrics, "auto", config, chosen, candidates, why)
     run = _Trainer(
         backbone, train, val, config, head_config, quiet, progress, device, head_init, pairs
@@ -267,14 +267,18 @@ def train_target(
         if again[1].best_score < report.best_score:
             model, report = again
         retried = True
-    metrics = _finish(model, report, val, config)
+    metrics = _finish(model, report, train, val, config)
     return TargetResult(model, report, metrics, mode, config, mode, retried=retried)
 
 
 def _finish(
-    model: SiteModel, report: FitReport, val: Fingerprints, config: TrainConfig
+    model: SiteModel,
+    report: FitReport,
+    train: Fingerprints,
+    val: Fingerprints,
+    config: TrainConfig,
 ) -> dict[str, float]:
-    metrics = finish_head(model.backbone, model.head, val, config)
+    metrics = finish_head(model.backbone, model.head, val, config, reference=train)
     if report.degenerate_tasks:
         metrics["degenerate"] = 1.0
     return metrics
@@ -381,7 +385,7 @@ class _Trainer:
         initialisation (``config.seed``) when given, else random ones from ``init_seed``."""
         if self.head_init is not None and init_seed == self.config.seed:
             head = copy.deepcopy(self.head_init)
-            head.sigma_scale.fill_(1.0)
+            head.reset_calibration()
         else:
             head = Head(self.head_config, loss=self.config.loss, seed=init_seed + 1)
         head.fit_position_normalisation(self.train.pos)

@@ -11,14 +11,19 @@ import pytest
 import torch
 
 from tests.training.toychannel import toy_fingerprints
-from training.calibration import calibrate_sigma, fit_sigma_scale
+from training.calibration import (
+    REF_MIN_VAL,
+    calibrate_sigma,
+    fit_distance_weight,
+    fit_sigma_scale,
+)
 from training.checkpoint import load_site_model, save_site_model
 from training.config import TrainConfig
 from training.data.fingerprints import Fingerprints
 from training.data.splits import split_train_val
 from training.fusion import COVERAGE_MIN
 from training.metrics import evaluate, evaluate_model
-from training.nets import Backbone, Head, SiteModel
+from training.nets import REF_NEIGHBOURS, Backbone, Head, SiteModel, log_reference_distance
 from training.repository import ModelRepository
 from training.transfer import train_target
 
@@ -152,3 +157,75 @@ def test_the_factor_is_saved_exported_and_old_heads_load_uncalibrated(tmp_path: 
     old = Head(loss="nll", seed=1)
     old.load_state_dict(state)
     assert old.sigma_scale.tolist() == [1.0, 1.0]
+
+
+def test_the_distance_weight_is_found_where_errors_grow_with_distance() -> None:
+    rng = np.random.default_rng(5)
+    n = 4000
+    sigma = rng.uniform(0.5, 2.0, (n, 2))
+    log_d = rng.normal(1.0, 0.5, n)
+    grow = np.exp(0.8 * (log_d - 1.0))[:, None]
+    weight, centre = fit_distance_weight(rng.standard_normal((n, 2)) * sigma * grow, sigma, log_d)
+    assert weight == pytest.approx(0.8, abs=0.1) and centre == pytest.approx(1.0, abs=0.05)
+    weight, _ = fit_distance_weight(rng.standard_normal((n, 2)) * sigma, sigma, log_d)
+    assert weight <= 0.1  # errors that do not depend on the distance: (almost) off
+
+
+def test_the_distance_term_widens_sigma_away_from_the_reference(tmp_path: Path) -> None:
+    backbone = Backbone(seed=0).eval()
+    head = _constant_head(-1.0, TARGET.pos)
+    csi = torch.from_numpy(TARGET.csi)
+    with torch.no_grad():
+        feats = backbone(csi)
+        _, plain = head(feats)
+        head.set_reference(feats[:40], weight=0.7, centre=0.0)
+        _, widened = head(feats)
+    assert plain is not None and widened is not None
+    factor = torch.exp(0.7 * log_reference_distance(feats, feats[:40])).unsqueeze(1)
+    torch.testing.assert_close(widened, plain * factor)
+    assert widened[100:].mean() > widened[:40].mean()  # the reference's own points: closest
+    with pytest.raises(ValueError, match=r"\[M, 128\]"):
+        head.set_reference(feats[:, :5], weight=1.0)
+    # Saved, loaded (a fresh head has no rows) and exported: the same sigma.
+    model = SiteModel(backbone, head).eval()
+    repo = ModelRepository(tmp_path / "models")
+    save_site_model(repo, "lab", model, parent=None, config={}, metrics={})
+    loaded = load_site_model(repo, "lab")
+    assert loaded.head.ref_features.shape == (40, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(csi)[1], widened)
+    sess = ort.InferenceSession(
+        str(repo.path("site", "lab") / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    names = [o.name for o in sess.get_outputs()]
+    outputs = dict(zip(names, sess.run(None, {"csi": TARGET.csi[:8]}), strict=True))
+    # rtol 1e-3: these rows are reference points, their nearest distance float32 noise
+    np.testing.assert_allclose(outputs["sigma"], widened[:8].numpy(), rtol=1e-3)
+    # A head saved before the term existed loads with it off; reset turns it off.
+    state = {k: v for k, v in head.state_dict().items() if not k.startswith("ref_")}
+    old = Head(loss="nll", seed=1)
+    old.load_state_dict(state)
+    with torch.no_grad():
+        torch.testing.assert_close(old(feats)[1], plain)
+    head.reset_calibration()
+    with torch.no_grad():
+        torch.testing.assert_close(head(feats)[1], plain)
+    assert head.ref_features.shape == (0, 128)
+
+
+def test_calibration_with_a_reference_never_raises_the_validation_nll() -> None:
+    cfg = TrainConfig(loss="nll", epochs=3, min_steps=0, patience=2, batch_size=32, lr=2e-3)
+    train, val = split_train_val(TARGET, 0.4, 0)
+    assert len(val) >= REF_MIN_VAL and len(train) >= REF_NEIGHBOURS
+    model = train_target(Backbone(seed=0), train, val, cfg, mode="head", quiet=True).model
+    calibrate_sigma(model.backbone, model.head, val)
+    without = evaluate_model(model.backbone, model.head, val)
+    calibrate_sigma(model.backbone, model.head, val, reference=train)
+    with_ref = evaluate_model(model.backbone, model.head, val)
+    assert with_ref["me"] == pytest.approx(without["me"])  # positions untouched
+    assert with_ref["nll"] <= without["nll"] + 1e-6  # weight 0 is among the ones tried
+    rows = model.head.ref_features.shape[0]
+    assert rows in (0, len(train)) and (rows > 0) == (model.head.ref_weight.item() > 0)
+    few = Fingerprints(csi=val.csi[: REF_MIN_VAL - 1], pos=val.pos[: REF_MIN_VAL - 1])
+    calibrate_sigma(model.backbone, model.head, few, reference=train)
+    assert model.head.ref_features.shape[0] == 0  # too few validation points: term off

@@ -113,7 +113,14 @@ def test_position_normalisation() -> None:
     assert sigma is not None
     expected = last.bias[:2] * head.pos_scale + head.pos_mean
     torch.testing.assert_close(out[0], expected)
-    assert set(dict(head.named_buffers())) == {"pos_mean", "pos_scale", "sigma_scale"}
+    assert set(dict(head.named_buffers())) == {
+        "pos_mean",
+        "pos_scale",
+        "sigma_scale",
+        "ref_features",
+        "ref_weight",
+        "ref_centre",
+    }
     assert "pos_scale" in head.state_dict()
     # Degenerate positions fall back to a 1 m scale; bad shapes are refused.
     head.fit_position_normalisation(np.ones((4, 2)))

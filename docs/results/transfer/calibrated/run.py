@@ -25,11 +25,10 @@ from training.config import check_mode
 from training.data.fingerprints import Fingerprints
 from training.fit import predict
 from training.metrics import evaluate_model, finish_head
-from training.repository import ModelRepository
-from training.transfer import starting_backbone, train_target
+from training.transfer import train_target
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fresh-dense"))
-from pair import target_split  # the same split as the other transfer studies
+from pair import arm_backbone, target_split  # the same split as the other transfer studies
 
 
 def main(argv: list[str]) -> None:
@@ -39,9 +38,7 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(1)
     train, val, test, cfg = target_split(data, env, int(seed), int(labels))
     cfg = cfg.replace(select=select)
-    backbone = None
-    if arm != "scratch":
-        _, backbone, _ = starting_backbone(ModelRepository(Path(arm)), None)
+    backbone = arm_backbone(arm)
     t0 = time.time()
     r = train_target(backbone, train, val, cfg, mode=mode, quiet=True)
     name = "scratch" if arm == "scratch" else Path(arm).name

@@ -25,6 +25,7 @@ from training.config import TrainConfig
 from training.data.fingerprints import Fingerprints, read_environment
 from training.data.splits import split_train_val, train_val_test
 from training.metrics import evaluate_model, finish_head
+from training.nets import Backbone
 from training.repository import ModelRepository
 from training.transfer import (
     FRESH_DENSE_CANDIDATE,
@@ -37,6 +38,14 @@ from training.transfer import (
 HOLDOUT = 0.2
 KEPT = ("me", "crps", "within_1sigma", "within_2sigma")
 MODELS = Path(__file__).resolve().parents[4] / "models"
+
+
+def arm_backbone(arm: str) -> Backbone | None:
+    """The default backbone of the model repository at path ``arm``; None for ``scratch``."""
+    if arm == "scratch":
+        return None
+    _, backbone, _ = starting_backbone(ModelRepository(Path(arm)), None)
+    return backbone
 
 
 def target_split(
