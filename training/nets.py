@@ -196,21 +196,41 @@ class Backbone(nn.Module):
 
 
 REF_NEIGHBOURS = 5
-"""Nearest labelled fingerprints whose mean feature distance widens sigma (`Head`)."""
+"""Nearest labelled fingerprints behind a head's neighbour terms (`Head`): their weighted
+position is blended in, their mean feature distance widens sigma."""
+
+
+def reference_neighbours(
+    features: torch.Tensor, reference: torch.Tensor, neighbours: int = REF_NEIGHBOURS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Euclidean distances [B, k] from each of ``features`` [B, F] to its ``neighbours``
+    (k <= M) nearest rows of ``reference`` [M, F], and their row indices [B, k]. A matmul
+    and TopK (no cdist), so that it exports to ONNX; both sides centred on the reference's
+    mean first, so that the float32 expansion keeps the small distances that matter."""
+    centre = reference.mean(dim=0)
+    f, r = features - centre, reference - centre
+    d2 = f.square().sum(dim=1, keepdim=True) + r.square().sum(dim=1) - 2.0 * f @ r.t()
+    near, index = torch.topk(d2, neighbours, dim=1, largest=False)
+    return near.clamp_min(1e-12).sqrt(), index
 
 
 def log_reference_distance(
     features: torch.Tensor, reference: torch.Tensor, neighbours: int = REF_NEIGHBOURS
 ) -> torch.Tensor:
-    """log of the mean Euclidean distance from each of ``features`` [B, F] to its
-    ``neighbours`` (<= M) nearest rows of ``reference`` [M, F]: [B]. A matmul and TopK (no
-    cdist), so that it exports to ONNX; both sides centred on the reference's mean first,
-    so that the float32 expansion keeps the small distances that matter."""
-    centre = reference.mean(dim=0)
-    f, r = features - centre, reference - centre
-    d2 = f.square().sum(dim=1, keepdim=True) + r.square().sum(dim=1) - 2.0 * f @ r.t()
-    near = torch.topk(d2, neighbours, dim=1, largest=False).values
-    return near.clamp_min(1e-12).sqrt().mean(dim=1).log()
+    """log of the mean distance to the nearest rows (`reference_neighbours`): [B]."""
+    return reference_neighbours(features, reference, neighbours)[0].mean(dim=1).log()
+
+
+def neighbour_position(
+    distance: torch.Tensor, index: torch.Tensor, positions: torch.Tensor
+) -> torch.Tensor:
+    """The inverse-distance weighted mean [B, 2] of the ``positions`` [M, 2] of the rows
+    ``index`` [B, k] at ``distance`` [B, k] (`reference_neighbours`). The distances are
+    softened by a tenth of their mean, so that an exact match weighs ~10x a typical
+    neighbour, not by float noise."""
+    weights = 1.0 / (distance + 0.1 * distance.mean(dim=1, keepdim=True))
+    weights = weights / weights.sum(dim=1, keepdim=True)
+    return (positions[index] * weights.unsqueeze(2)).sum(dim=1)
 
 
 def _unit_sigma(raw: torch.Tensor, config: HeadConfig) -> torch.Tensor:
@@ -228,17 +248,22 @@ class Head(nn.Module):
     an ensemble: ``mlp`` holds one MLP per member, and the output is their Gaussians'
     moments (mean of the means; variance the mean variance plus the means' spread).
 
-    After calibration (`training.calibration`) sigma is multiplied by ``sigma_scale`` and,
-    when ``ref_features`` holds the site's labelled fingerprints' features, by
-    ``exp(ref_weight * (log d - ref_centre))``, d the mean feature distance to the
-    `REF_NEIGHBOURS` nearest of them: a fingerprint unlike every labelled one is where the
-    head interpolates, and its error is larger than the head's sigma says.
+    After calibration (`training.calibration`) sigma is multiplied by ``sigma_scale``.
+    When ``ref_features`` holds the site's labelled fingerprints' features (and
+    ``ref_positions`` their positions), two more terms use the `REF_NEIGHBOURS` nearest of
+    them: the position moves ``ref_blend`` of the way to their inverse-distance weighted
+    mean (a k-NN fingerprinting estimate in the backbone's feature space), and sigma is
+    multiplied by ``exp(ref_weight * (log d - ref_centre))``, d their mean distance: a
+    fingerprint unlike every labelled one is where the head interpolates, and its error is
+    larger than the head's sigma says.
     """
 
     pos_mean: torch.Tensor
     pos_scale: torch.Tensor
     sigma_scale: torch.Tensor
     ref_features: torch.Tensor
+    ref_positions: torch.Tensor
+    ref_blend: torch.Tensor
     ref_weight: torch.Tensor
     ref_centre: torch.Tensor
 
@@ -278,8 +303,10 @@ class Head(nn.Module):
         # Per-axis factor on sigma, fitted on validation data after training
         # (`training.calibration`); ones = sigma as trained.
         self.register_buffer("sigma_scale", torch.ones(2))
-        # The distance term (class docstring); no rows = off.
+        # The neighbour terms (class docstring); no rows = off.
         self.register_buffer("ref_features", torch.zeros(0, config.in_features))
+        self.register_buffer("ref_positions", torch.zeros(0, 2))
+        self.register_buffer("ref_blend", torch.zeros(1))
         self.register_buffer("ref_weight", torch.zeros(1))
         self.register_buffer("ref_centre", torch.zeros(1))
         self._reference_rows = 0  # a Python int: the ONNX tracer cannot branch on a shape
@@ -294,26 +321,39 @@ class Head(nn.Module):
             )
         elif ref.dim() == 2 and ref.shape[1] == self.config.in_features:
             self.ref_features = torch.empty_like(ref)  # the site's row count
-        self._reference_rows = int(state_dict[prefix + "ref_features"].shape[0])
+        rows = int(state_dict[prefix + "ref_features"].shape[0])
+        positions = state_dict.setdefault(prefix + "ref_positions", torch.zeros(rows, 2))
+        if positions.shape != self.ref_positions.shape and positions.shape == (rows, 2):
+            self.ref_positions = torch.empty_like(positions)
+        self._reference_rows = rows
+        state_dict.setdefault(prefix + "ref_blend", torch.zeros(1))
         state_dict.setdefault(prefix + "ref_weight", torch.zeros(1))
         state_dict.setdefault(prefix + "ref_centre", torch.zeros(1))
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     @torch.no_grad()
     def reset_calibration(self) -> None:
-        """Sigma as trained: no factor, no distance term."""
+        """The head as trained: no factor, no neighbour terms."""
         self.sigma_scale.fill_(1.0)
         self.set_reference(None)
 
     @torch.no_grad()
     def set_reference(
-        self, features: torch.Tensor | None, weight: float = 0.0, centre: float = 0.0
+        self,
+        features: torch.Tensor | None,
+        positions: torch.Tensor | None = None,
+        *,
+        blend: float = 0.0,
+        weight: float = 0.0,
+        centre: float = 0.0,
     ) -> None:
-        """Turn the distance term on with ``features`` [M >= 1, in_features] (the labelled
-        fingerprints' backbone features), or off with None."""
+        """Turn the neighbour terms on with ``features`` [M >= 1, in_features] (the
+        labelled fingerprints' backbone features) and their ``positions`` [M, 2] (metres),
+        or off with None."""
         if features is None:
             self.ref_features = self.ref_features.new_zeros(0, self.config.in_features)
-            weight = centre = 0.0
+            self.ref_positions = self.ref_positions.new_zeros(0, 2)
+            blend = weight = centre = 0.0
         else:
             if features.dim() != 2 or features.shape[1] != self.config.in_features:
                 raise ValueError(
@@ -322,19 +362,30 @@ class Head(nn.Module):
                 )
             if features.shape[0] < 1 or not torch.isfinite(features).all():
                 raise ValueError("reference features must be one or more finite rows")
+            if positions is None or tuple(positions.shape) != (features.shape[0], 2):
+                raise ValueError(f"reference positions must be [{features.shape[0]}, 2]")
+            if not torch.isfinite(positions).all():
+                raise ValueError("reference positions must be finite")
             self.ref_features = features.detach().to(self.sigma_scale).clone()
+            self.ref_positions = positions.detach().to(self.sigma_scale).clone()
         self._reference_rows = 0 if features is None else int(features.shape[0])
+        self.ref_blend.fill_(blend)
         self.ref_weight.fill_(weight)
         self.ref_centre.fill_(centre)
 
-    def _widen(self, sigma: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """sigma times the calibration factor and, when on, the distance term."""
-        sigma = sigma * self.sigma_scale
-        if not self._reference_rows:
-            return sigma
-        k = min(REF_NEIGHBOURS, self._reference_rows)
-        log_d = log_reference_distance(features, self.ref_features, k)
-        return sigma * torch.exp(self.ref_weight * (log_d - self.ref_centre)).unsqueeze(1)
+    def _finish(
+        self, position: torch.Tensor, sigma: torch.Tensor | None, features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The neighbour terms (when on) and the calibration factor on sigma."""
+        if self._reference_rows:
+            k = min(REF_NEIGHBOURS, self._reference_rows)
+            distance, index = reference_neighbours(features, self.ref_features, k)
+            nearby = neighbour_position(distance, index, self.ref_positions)
+            position = position + self.ref_blend * (nearby - position)
+            if sigma is not None:
+                log_d = distance.mean(dim=1).log()
+                sigma = sigma * torch.exp(self.ref_weight * (log_d - self.ref_centre)).unsqueeze(1)
+        return position, None if sigma is None else sigma * self.sigma_scale
 
     @property
     def loss(self) -> LossName:
@@ -392,9 +443,9 @@ class Head(nn.Module):
         raw = self.mlp(features)
         position = raw[:, :2] * self.pos_scale + self.pos_mean
         if self.config.out == 2:
-            return position, None
+            return self._finish(position, None, features)
         sigma = _unit_sigma(raw[:, 2:4], self.config) * self.pos_scale
-        return position, self._widen(sigma, features)
+        return self._finish(position, sigma, features)
 
     def _ensemble(
         self, members: nn.ModuleList, features: torch.Tensor
@@ -404,10 +455,10 @@ class Head(nn.Module):
         mean = means.mean(dim=0)
         position = mean * self.pos_scale + self.pos_mean
         if self.config.out == 2:
-            return position, None
+            return self._finish(position, None, features)
         var = _unit_sigma(raw[..., 2:4], self.config).square().mean(dim=0)
         sigma = (var + (means - mean).square().mean(dim=0)).sqrt() * self.pos_scale
-        return position, self._widen(sigma, features)
+        return self._finish(position, sigma, features)
 
 
 class BatchedHeads(nn.Module):

@@ -14,6 +14,7 @@ from tests.training.toychannel import toy_fingerprints
 from training.calibration import (
     REF_MIN_VAL,
     calibrate_sigma,
+    fit_blend,
     fit_distance_weight,
     fit_sigma_scale,
 )
@@ -23,7 +24,15 @@ from training.data.fingerprints import Fingerprints
 from training.data.splits import split_train_val
 from training.fusion import COVERAGE_MIN
 from training.metrics import evaluate, evaluate_model
-from training.nets import REF_NEIGHBOURS, Backbone, Head, SiteModel, log_reference_distance
+from training.nets import (
+    REF_NEIGHBOURS,
+    Backbone,
+    Head,
+    SiteModel,
+    log_reference_distance,
+    neighbour_position,
+    reference_neighbours,
+)
 from training.repository import ModelRepository
 from training.transfer import train_target
 
@@ -171,49 +180,64 @@ def test_the_distance_weight_is_found_where_errors_grow_with_distance() -> None:
     assert weight <= 0.1  # errors that do not depend on the distance: (almost) off
 
 
-def test_the_distance_term_widens_sigma_away_from_the_reference(tmp_path: Path) -> None:
+def test_the_neighbour_terms_blend_positions_and_widen_sigma(tmp_path: Path) -> None:
     backbone = Backbone(seed=0).eval()
     head = _constant_head(-1.0, TARGET.pos)
     csi = torch.from_numpy(TARGET.csi)
+    truth = torch.from_numpy(TARGET.pos)
     with torch.no_grad():
         feats = backbone(csi)
-        _, plain = head(feats)
-        head.set_reference(feats[:40], weight=0.7, centre=0.0)
-        _, widened = head(feats)
+        plain_pos, plain = head(feats)
+        head.set_reference(feats[:40], truth[:40], blend=0.5, weight=0.7, centre=0.0)
+        pos, widened = head(feats)
     assert plain is not None and widened is not None
+    distance, index = reference_neighbours(feats, feats[:40])
+    nearby = neighbour_position(distance, index, truth[:40])
+    torch.testing.assert_close(pos, plain_pos + 0.5 * (nearby - plain_pos))
+    # A reference fingerprint's own position dominates its neighbours' estimate.
+    own, plain_err = ((p[:40] - truth[:40]).norm(dim=1).mean() for p in (pos, plain_pos))
+    assert own < 0.7 * plain_err
     factor = torch.exp(0.7 * log_reference_distance(feats, feats[:40])).unsqueeze(1)
     torch.testing.assert_close(widened, plain * factor)
     assert widened[100:].mean() > widened[:40].mean()  # the reference's own points: closest
     with pytest.raises(ValueError, match=r"\[M, 128\]"):
-        head.set_reference(feats[:, :5], weight=1.0)
-    # Saved, loaded (a fresh head has no rows) and exported: the same sigma.
+        head.set_reference(feats[:, :5], truth, weight=1.0)
+    with pytest.raises(ValueError, match=r"positions must be \[40, 2\]"):
+        head.set_reference(feats[:40], truth[:39], weight=1.0)
+    # Saved, loaded (a fresh head has no rows) and exported: the same answers.
     model = SiteModel(backbone, head).eval()
     repo = ModelRepository(tmp_path / "models")
     save_site_model(repo, "lab", model, parent=None, config={}, metrics={})
     loaded = load_site_model(repo, "lab")
     assert loaded.head.ref_features.shape == (40, 128)
+    assert loaded.head.ref_positions.shape == (40, 2)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(csi)[1], widened)
+        got_pos, got_sigma = loaded(csi)
+    torch.testing.assert_close(got_pos, pos)
+    torch.testing.assert_close(got_sigma, widened)
     sess = ort.InferenceSession(
         str(repo.path("site", "lab") / "model.onnx"), providers=["CPUExecutionProvider"]
     )
     names = [o.name for o in sess.get_outputs()]
-    outputs = dict(zip(names, sess.run(None, {"csi": TARGET.csi[:8]}), strict=True))
-    # rtol 1e-3: these rows are reference points, their nearest distance float32 noise
-    np.testing.assert_allclose(outputs["sigma"], widened[:8].numpy(), rtol=1e-3)
-    # A head saved before the term existed loads with it off; reset turns it off.
+    # Fingerprints off the reference (an exact match's distance is float32 noise).
+    outputs = dict(zip(names, sess.run(None, {"csi": TARGET.csi[100:108]}), strict=True))
+    np.testing.assert_allclose(outputs["sigma"], widened[100:108].numpy(), rtol=1e-4)
+    np.testing.assert_allclose(outputs["position"], pos[100:108].numpy(), atol=1e-4)
+    # A head saved before the terms existed loads with them off; reset turns them off.
     state = {k: v for k, v in head.state_dict().items() if not k.startswith("ref_")}
     old = Head(loss="nll", seed=1)
     old.load_state_dict(state)
     with torch.no_grad():
-        torch.testing.assert_close(old(feats)[1], plain)
+        old_pos, old_sigma = old(feats)
+    torch.testing.assert_close(old_pos, plain_pos)
+    torch.testing.assert_close(old_sigma, plain)
     head.reset_calibration()
     with torch.no_grad():
         torch.testing.assert_close(head(feats)[1], plain)
-    assert head.ref_features.shape == (0, 128)
+    assert head.ref_features.shape == (0, 128) and head.ref_positions.shape == (0, 2)
 
 
-def test_calibration_with_a_reference_never_raises_the_validation_nll() -> None:
+def test_calibration_with_a_reference_never_raises_the_validation_error() -> None:
     cfg = TrainConfig(loss="nll", epochs=3, min_steps=0, patience=2, batch_size=32, lr=2e-3)
     train, val = split_train_val(TARGET, 0.4, 0)
     assert len(val) >= REF_MIN_VAL and len(train) >= REF_NEIGHBOURS
@@ -222,10 +246,19 @@ def test_calibration_with_a_reference_never_raises_the_validation_nll() -> None:
     without = evaluate_model(model.backbone, model.head, val)
     calibrate_sigma(model.backbone, model.head, val, reference=train)
     with_ref = evaluate_model(model.backbone, model.head, val)
-    assert with_ref["me"] == pytest.approx(without["me"])  # positions untouched
-    assert with_ref["nll"] <= without["nll"] + 1e-6  # weight 0 is among the ones tried
+    assert with_ref["me"] <= without["me"] + 1e-6  # blend 0 is among the ones tried
     rows = model.head.ref_features.shape[0]
-    assert rows in (0, len(train)) and (rows > 0) == (model.head.ref_weight.item() > 0)
+    on = model.head.ref_weight.item() > 0 or model.head.ref_blend.item() > 0
+    assert rows in (0, len(train)) and (rows > 0) == on
     few = Fingerprints(csi=val.csi[: REF_MIN_VAL - 1], pos=val.pos[: REF_MIN_VAL - 1])
     calibrate_sigma(model.backbone, model.head, few, reference=train)
     assert model.head.ref_features.shape[0] == 0  # too few validation points: term off
+
+
+def test_the_blend_is_the_share_with_the_lowest_error() -> None:
+    rng = np.random.default_rng(2)
+    truth = rng.uniform(0, 10, (500, 2))
+    head = truth + rng.normal(0, 1.0, (500, 2))
+    nearby = truth + rng.normal(0, 1.0, (500, 2))  # as good, independent: halfway is best
+    assert fit_blend(head, nearby, truth) == pytest.approx(0.5)
+    assert fit_blend(head, truth + rng.normal(0, 5.0, (500, 2)), truth) == 0.0

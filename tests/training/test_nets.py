@@ -118,6 +118,8 @@ def test_position_normalisation() -> None:
         "pos_scale",
         "sigma_scale",
         "ref_features",
+        "ref_positions",
+        "ref_blend",
         "ref_weight",
         "ref_centre",
     }

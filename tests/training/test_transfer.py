@@ -247,6 +247,25 @@ def test_scratch_is_a_target_run_without_a_backbone() -> None:
         train_target(None, train, val, CFG, mode="head", quiet=True)
 
 
+@pytest.mark.parametrize("backbone", [Backbone(seed=0), None], ids=["backbone", "scratch"])
+def test_target_runs_calibrate_with_their_training_split_as_the_reference(
+    backbone: Backbone | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import training.calibration
+
+    seen: list[int | None] = []
+    calibrate = training.calibration.calibrate_sigma
+
+    def spy(*args: Any, reference: Any = None, **kwargs: Any) -> Any:
+        seen.append(None if reference is None else len(reference))
+        return calibrate(*args, reference=reference, **kwargs)
+
+    monkeypatch.setattr(training.calibration, "calibrate_sigma", spy)
+    train, val = split_train_val(TARGET, 0.25, 0)
+    train_target(backbone, train, val, CFG, mode="finetune", quiet=True)
+    assert seen and seen[-1] == len(train)  # the head's neighbour terms see its labels
+
+
 def test_holdout_split_matches_evaluate_and_nests_fractions() -> None:
     pool, test = holdout_split(TARGET, 0.2, 1.0, seed=3)
     assert test is not None and len(pool) + len(test) == len(TARGET)

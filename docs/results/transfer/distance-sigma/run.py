@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """One target run on `adapt_site`'s split (`target_split` of ../fresh-dense/pair.py), scored
-on the test set twice from the same trained model: sigma calibrated with the distance term
-(what `train_target` ships) and without it (the calibration before it). Appends one row to
-OUT.jsonl.
+on the test set three times from the same trained model: as `train_target` ships it
+(the neighbour blend of positions and sigma's distance term, ``blend``), with the
+distance term only (``term``: the blends tried limited to 0) and with neither (``off``:
+calibrated without the reference, as before both). Appends one row to OUT.jsonl.
 
     run.py DATA ENV SEED ARM LABELS SELECT OUT.jsonl
     # ARM: a model repository (its default backbone) or `scratch`; SELECT: loss|calibrated
+
+Rows written before the blend existed (results.jsonl) hold ``on`` (the term) and ``off``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from training.calibration import calibrate_sigma
+import training.calibration as calibration
 from training.metrics import evaluate_model
 from training.transfer import train_target
 
@@ -36,11 +39,17 @@ def main(argv: list[str]) -> None:
     t0 = time.time()
     model = train_target(backbone, train, val, cfg, mode="finetune", quiet=True).model
     wall = time.time() - t0
-    head = model.head
-    on = evaluate_model(model.backbone, head, test)
-    weight, rows = float(head.ref_weight.item()), int(head.ref_features.shape[0])
-    calibrate_sigma(model.backbone, head, val)  # the same head, without the term
-    off = evaluate_model(model.backbone, head, test)
+    head, bb = model.head, model.backbone
+    blend = evaluate_model(bb, head, test)
+    shares = {k: float(getattr(head, k).item()) for k in ("ref_blend", "ref_weight")}
+    rows = int(head.ref_features.shape[0])
+    kept = calibration.REF_BLENDS
+    calibration.REF_BLENDS = (0.0,)  # the same head with the distance term only
+    calibration.calibrate_sigma(bb, head, val, reference=train, seed=cfg.seed)
+    calibration.REF_BLENDS = kept
+    term = evaluate_model(bb, head, test)
+    calibration.calibrate_sigma(bb, head, val)  # neither
+    off = evaluate_model(bb, head, test)
     row = {
         "env": env,
         "seed": int(seed),
@@ -48,9 +57,11 @@ def main(argv: list[str]) -> None:
         "labels": int(labels),
         "select": select,
         "val": len(val),
-        "weight": weight,
+        "blend_share": shares["ref_blend"],
+        "weight": shares["ref_weight"],
         "rows": rows,
-        "on": {k: on[k] for k in SCORES},
+        "blend": {k: blend[k] for k in SCORES},
+        "term": {k: term[k] for k in SCORES},
         "off": {k: off[k] for k in SCORES},
         "wall_s": round(wall, 1),
     }
