@@ -312,7 +312,7 @@ class Head(nn.Module):
         self._reference_rows = 0  # a Python int: the ONNX tracer cannot branch on a shape
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        # Heads saved before sigma calibration (or its distance term) existed: uncalibrated.
+        # Heads saved before sigma calibration (or the neighbour terms) existed: uncalibrated.
         state_dict.setdefault(prefix + "sigma_scale", torch.ones(2))
         ref = state_dict.setdefault(prefix + "ref_features", self.ref_features.new_zeros(0, 0))
         if ref.dim() == 2 and ref.shape[0] == 0:
