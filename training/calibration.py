@@ -50,7 +50,7 @@ MIN_SAMPLES = 10
 
 
 REF_MIN_VAL = 50
-"""Fewest validation points the distance term's weight is fitted on; below, it stays off."""
+"""Fewest validation points the neighbour terms are fitted on; below, they stay off."""
 
 REF_MAX = 2048
 """Most labelled fingerprints kept as the reference (a seeded draw beyond): 1 MB of
