@@ -32,7 +32,6 @@ import numpy.typing as npt
 import torch
 
 from training.data.fingerprints import Fingerprints
-from training.fit import predict
 from training.fusion import COVERAGE_MIN, coverage_factor
 from training.nets import (
     REF_NEIGHBOURS,
@@ -147,20 +146,19 @@ def calibrate_sigma(
     if len(val) < min_samples:
         log.info("sigma not calibrated: %d validation points, need %d", len(val), min_samples)
         return None
-    pos_t, sigma_t = predict(backbone, head, torch.from_numpy(np.ascontiguousarray(val.csi)))
+    # One backbone pass over validation: the head's input and the neighbour search's.
+    val_features = torch.from_numpy(backbone_features(backbone, val.csi))
+    head.eval()
+    pos_t, sigma_t = head(val_features.to(head.sigma_scale))
     assert sigma_t is not None  # an nll head always gives sigma
-    pos = pos_t.numpy().astype(np.float64)
-    sigma = sigma_t.numpy().astype(np.float64)
+    pos = pos_t.cpu().numpy().astype(np.float64)
+    sigma = sigma_t.cpu().numpy().astype(np.float64)
     truth = val.pos.astype(np.float64)
     if reference is not None and len(val) >= REF_MIN_VAL and len(reference) >= REF_NEIGHBOURS:
-        ref = _reference(reference, seed)
+        ref = _reference(reference, seed)  # >= REF_NEIGHBOURS rows
         ref_features = torch.from_numpy(backbone_features(backbone, ref.csi))
         ref_pos = torch.from_numpy(ref.pos.astype(np.float64))
-        distance, index = reference_neighbours(
-            torch.from_numpy(backbone_features(backbone, val.csi)),
-            ref_features,
-            min(REF_NEIGHBOURS, len(ref)),
-        )
+        distance, index = reference_neighbours(val_features, ref_features)
         nearby = neighbour_position(distance, index, ref_pos).numpy()
         blend = fit_blend(pos, nearby, truth)
         pos = pos + blend * (nearby - pos)
