@@ -260,13 +260,17 @@ def train_joint(
         return None
     backbone = JointBackbone(start, k, subsets=subsets)
     head = HeadConfig(loss=cfg.loss, in_features=backbone.config.features)
+
+    def member_train(seed: int) -> Fingerprints:
+        return drop_stations(jt, k, seed) if subsets else jt
+
     members = []
     for i in range(JOINT_MEMBERS):
         member_cfg = dataclasses.replace(cfg, seed=cfg.seed + JOINT_SEED_STRIDE * i)
         members.append(
             train_target(
                 backbone,
-                drop_stations(jt, k, member_cfg.seed) if subsets else jt,
+                member_train(member_cfg.seed),
                 jv,
                 member_cfg,
                 mode=JOINT_MODE,
@@ -276,21 +280,26 @@ def train_joint(
                 unlabelled=unlabelled,
             )
         )
-    return members[0] if len(members) == 1 else _joint_ensemble(members, jv, cfg)
+    if len(members) == 1:
+        return members[0]
+    return _joint_ensemble(members, jv, cfg, reference=member_train(cfg.seed))
 
 
 def _joint_ensemble(
-    members: list[TargetResult], val: Fingerprints, cfg: TrainConfig
+    members: list[TargetResult], val: Fingerprints, cfg: TrainConfig, *, reference: Fingerprints
 ) -> TargetResult:
     """The members' heads as one (`Head.ensemble`) on the first's frozen backbone (they
-    share its weights: mode ``head``), calibrated and scored on ``val``. The report is
-    the first member's with the others' phases added as ``m<i>:<phase>``."""
+    share its weights: mode ``head``), calibrated and scored on ``val``, with the
+    neighbour terms over ``reference`` (the first member's training set, dropped copies
+    included: a UE heard by some BSs finds its neighbours among rows heard alike), as
+    every head gets them. The report is the first member's with the others' phases
+    added as ``m<i>:<phase>``."""
     from training.transfer import TargetResult
 
     first = members[0]
     head = Head.ensemble([m.model.head for m in members])
     model = SiteModel(first.model.backbone, head).eval()
-    metrics = finish_head(model.backbone, head, val, cfg)
+    metrics = finish_head(model.backbone, head, val, cfg, reference=reference)
     phases = list(first.report.phases) + [
         dataclasses.replace(p, name=f"m{i}:{p.name}")
         for i, m in enumerate(members[1:], start=1)

@@ -13,6 +13,7 @@ from tests.training.toychannel import toy_site, toy_site_tracks
 from training.checkpoint import load_site_model, save_backbone
 from training.config import TrainConfig
 from training.data.fingerprints import EnvironmentMeta
+from training.data.site import SiteFingerprints
 from training.data.unlabelled import UnlabelledTracks
 from training.fusion import JOINT_FILES, SET_MIN_VAL, fit_inflation, fuse_by
 from training.multibs import (
@@ -190,10 +191,18 @@ def test_nll_site_gets_a_joint_head_fused_where_every_bs_heard(repo: ModelReposi
         and joint["without"] != manifest["metrics"]["fusion"]["uninflated"]
     )
     assert manifest["config"]["joint"]["train_samples"] > 0
-    # the exported joint graph gives what the torch head gives on the same stacked CSI
-    import onnxruntime as ort
+    steps = manifest["config"]["joint"]["steps_run"]
+    assert {f"m{i}:head" for i in range(1, JOINT_MEMBERS)} <= set(steps)
+    head = _assert_joint_onnx_serves_the_torch_head(repo, "j", result.version, site)
+    assert head.config.members == JOINT_MEMBERS > 1  # an ensemble, served as one graph
 
-    from training.checkpoint import load_backbone
+
+def _assert_joint_onnx_serves_the_torch_head(
+    repo: ModelRepository, name: str, version: str, site: SiteFingerprints
+) -> Head:
+    """The exported joint graph gives what the torch head gives on the same stacked CSI
+    (3 UEs of ``site`` heard by every BS, 3 by some); returns the torch head."""
+    import onnxruntime as ort
 
     _, stacked = joint_fingerprints(site, subsets=True)
     heard = np.abs(stacked.csi.reshape(len(stacked), 3, -1)).max(axis=2) > 0
@@ -201,23 +210,43 @@ def test_nll_site_gets_a_joint_head_fused_where_every_bs_heard(repo: ModelReposi
         np.r_[np.flatnonzero(heard.all(axis=1))[:3], np.flatnonzero(~heard.all(axis=1))[:3]]
     ]
     assert len(csi) == 6
-    path = repo.path("site", "j", result.version) / JOINT_FILES[0]
+    path = repo.path("site", name, version) / JOINT_FILES[0]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     pos_onnx, sigma_onnx = session.run(["position", "sigma"], {"csi": csi})
-    obj = torch.load(path.parent / JOINT_FILES[1], weights_only=True)
-    head = Head(HeadConfig(**obj["config"]))
-    head.load_state_dict(obj["state_dict"])
-    head.eval()
-    assert head.config.members == JOINT_MEMBERS > 1  # an ensemble, served as one graph
-    steps = manifest["config"]["joint"]["steps_run"]
-    assert {f"m{i}:head" for i in range(1, JOINT_MEMBERS)} <= set(steps)
+    model = _joint_model(repo, name, version, 3)
     with torch.no_grad():
-        parent = load_backbone(repo, "meml").eval()
-        features = JointBackbone(parent, 3, subsets=True)(torch.from_numpy(csi))
-        pos, sigma = head(features)
+        pos, sigma = model(torch.from_numpy(csi))
     assert sigma is not None
     np.testing.assert_allclose(pos_onnx, pos.numpy(), atol=1e-4)
     np.testing.assert_allclose(sigma_onnx, sigma.numpy(), rtol=1e-3)
+    return model.head
+
+
+def test_the_joint_ensemble_gets_the_neighbour_terms_over_its_first_members_rows(
+    repo: ModelRepository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As every head: the five-head ensemble moves towards its nearest labelled rows,
+    those the first member trained on (dropped copies included, so a UE heard by some
+    BSs meets rows heard alike), and the exported graph serves it."""
+    import training.calibration as calibration
+
+    monkeypatch.setattr(calibration, "REF_MIN_VAL", 10)  # the toy validation split is small
+    monkeypatch.setattr(calibration, "REF_BLENDS", (0.5,))  # on, whether or not it pays here
+    site = toy_site(120, seed=2, drop=0.15)
+    result = adapt_site(
+        repo, "j", site, mode="head", config=CFG, holdout=0.2, val_fraction=CFG.val_fraction
+    )
+    train, _, test = split_site(site, CFG.val_fraction, 0.2, 1.0, CFG.seed)
+    assert test is not None
+    # held-out UEs: a reference row itself sits at distance ~0, where float32 rounding
+    # moves its inverse-distance weight between torch and onnxruntime by a few per cent
+    head = _assert_joint_onnx_serves_the_torch_head(repo, "j", result.version, test)
+    assert head.config.members == JOINT_MEMBERS > 1 and head.ref_blend.item() == 0.5
+    _, jt = joint_fingerprints(train, subsets=True)
+    rows = drop_stations(jt, 3, CFG.seed)
+    assert len(rows) == (JOINT_COPIES + 1) * len(jt) <= calibration.REF_MAX
+    np.testing.assert_allclose(head.ref_positions.numpy(), rows.pos, atol=1e-6)
+    assert head.ref_features[:, -3:].sum(dim=1).lt(3).any()  # some rows heard by fewer BSs
 
 
 def test_the_joint_ensemble_adds_members_to_the_single_head(
