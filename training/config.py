@@ -163,7 +163,8 @@ class TrainConfig:
     """NLL: train the positions with the MSE for this many steps first (sigma untrained)."""
     calibrate_sigma: bool = True
     """NLL heads: after training, scale sigma per axis to fit the validation errors
-    (`training.calibration`); the metrics then report ``sigma_scale_x``/``_y``."""
+    (`training.calibration`); the metrics then report ``sigma_scale_x``/``_y`` (and
+    ``neighbour_*`` where the head's neighbour terms are on)."""
     retry_degenerate: bool = True
     """A run that ends degenerate (validation ME near the centroid predictor's) is trained
     once more from another initialisation; the better of the two is kept and still flagged."""

@@ -124,8 +124,10 @@ def finish_head(
     reference: Fingerprints | None = None,
 ) -> dict[str, float]:
     """After training: calibrate the head's sigma on ``val`` (if configured; with its
-    distance term given the head's training fingerprints ``reference``), then its
-    validation metrics, with the calibration factors when they were fitted."""
+    neighbour terms given the head's training fingerprints ``reference``), then its
+    validation metrics, with the calibration factors when they were fitted and the
+    neighbour terms when they are on (``neighbour_rows``, ``_blend``, ``_weight``: an
+    operator reads from the manifest what the head does)."""
     from training.calibration import calibrate_sigma
 
     scale = (
@@ -136,6 +138,10 @@ def finish_head(
     metrics = evaluate_model(backbone, head, val)
     if scale is not None:
         metrics["sigma_scale_x"], metrics["sigma_scale_y"] = scale
+    if rows := int(head.ref_features.shape[0]):
+        metrics["neighbour_rows"] = float(rows)
+        metrics["neighbour_blend"] = float(head.ref_blend)
+        metrics["neighbour_weight"] = float(head.ref_weight)
     return metrics
 
 

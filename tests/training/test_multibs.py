@@ -242,6 +242,8 @@ def test_the_joint_ensemble_gets_the_neighbour_terms_over_its_first_members_rows
     # moves its inverse-distance weight between torch and onnxruntime by a few per cent
     head = _assert_joint_onnx_serves_the_torch_head(repo, "j", result.version, test)
     assert head.config.members == JOINT_MEMBERS > 1 and head.ref_blend.item() == 0.5
+    joint = repo.manifest("site", "j", result.version)["metrics"]["fusion"]["joint"]
+    assert joint["neighbour_blend"] == 0.5 and joint["neighbour_rows"] == len(head.ref_positions)
     _, jt = joint_fingerprints(train, subsets=True)
     rows = drop_stations(jt, 3, CFG.seed)
     assert len(rows) == (JOINT_COPIES + 1) * len(jt) <= calibration.REF_MAX
