@@ -260,17 +260,13 @@ def train_joint(
         return None
     backbone = JointBackbone(start, k, subsets=subsets)
     head = HeadConfig(loss=cfg.loss, in_features=backbone.config.features)
-
-    def member_train(seed: int) -> Fingerprints:
-        return drop_stations(jt, k, seed) if subsets else jt
-
     members = []
     for i in range(JOINT_MEMBERS):
         member_cfg = dataclasses.replace(cfg, seed=cfg.seed + JOINT_SEED_STRIDE * i)
         members.append(
             train_target(
                 backbone,
-                member_train(member_cfg.seed),
+                drop_stations(jt, k, member_cfg.seed) if subsets else jt,
                 jv,
                 member_cfg,
                 mode=JOINT_MODE,
@@ -280,26 +276,21 @@ def train_joint(
                 unlabelled=unlabelled,
             )
         )
-    if len(members) == 1:
-        return members[0]
-    return _joint_ensemble(members, jv, cfg, reference=member_train(cfg.seed))
+    return members[0] if len(members) == 1 else _joint_ensemble(members, jv, cfg)
 
 
 def _joint_ensemble(
-    members: list[TargetResult], val: Fingerprints, cfg: TrainConfig, *, reference: Fingerprints
+    members: list[TargetResult], val: Fingerprints, cfg: TrainConfig
 ) -> TargetResult:
     """The members' heads as one (`Head.ensemble`) on the first's frozen backbone (they
-    share its weights: mode ``head``), calibrated and scored on ``val``, with the
-    neighbour terms over ``reference`` (the first member's training set, dropped copies
-    included: a UE heard by some BSs finds its neighbours among rows heard alike), as
-    every head gets them. The report is the first member's with the others' phases
-    added as ``m<i>:<phase>``."""
+    share its weights: mode ``head``), calibrated and scored on ``val``. The report is
+    the first member's with the others' phases added as ``m<i>:<phase>``."""
     from training.transfer import TargetResult
 
     first = members[0]
     head = Head.ensemble([m.model.head for m in members])
     model = SiteModel(first.model.backbone, head).eval()
-    metrics = finish_head(model.backbone, head, val, cfg, reference=reference)
+    metrics = finish_head(model.backbone, head, val, cfg)
     phases = list(first.report.phases) + [
         dataclasses.replace(p, name=f"m{i}:{p.name}")
         for i, m in enumerate(members[1:], start=1)

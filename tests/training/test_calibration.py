@@ -255,6 +255,21 @@ def test_calibration_with_a_reference_never_raises_the_validation_error() -> Non
     assert model.head.ref_features.shape[0] == 0  # too few validation points: term off
 
 
+def test_a_heads_metrics_report_its_neighbour_terms(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The manifest tells an operator what the head does: its terms when on, else none."""
+    import training.calibration as calibration
+
+    cfg = TrainConfig(loss="nll", epochs=3, min_steps=0, patience=2, batch_size=32, lr=2e-3)
+    train, val = split_train_val(TARGET, 0.4, 0)
+    monkeypatch.setattr(calibration, "REF_BLENDS", (0.5,))  # on, whether or not it pays here
+    on = train_target(Backbone(seed=0), train, val, cfg, mode="head", quiet=True)
+    assert on.metrics["neighbour_blend"] == 0.5 and on.metrics["neighbour_rows"] == len(train)
+    assert on.metrics["neighbour_weight"] == on.model.head.ref_weight.item()
+    monkeypatch.setattr(calibration, "REF_MIN_VAL", len(val) + 1)
+    off = train_target(Backbone(seed=0), train, val, cfg, mode="head", quiet=True)
+    assert not any(k.startswith("neighbour_") for k in off.metrics)
+
+
 def test_the_blend_is_the_share_with_the_lowest_error() -> None:
     rng = np.random.default_rng(2)
     truth = rng.uniform(0, 10, (500, 2))

@@ -222,35 +222,6 @@ def _assert_joint_onnx_serves_the_torch_head(
     return model.head
 
 
-def test_the_joint_ensemble_gets_the_neighbour_terms_over_its_first_members_rows(
-    repo: ModelRepository, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """As every head: the five-head ensemble moves towards its nearest labelled rows,
-    those the first member trained on (dropped copies included, so a UE heard by some
-    BSs meets rows heard alike), and the exported graph serves it."""
-    import training.calibration as calibration
-
-    monkeypatch.setattr(calibration, "REF_MIN_VAL", 10)  # the toy validation split is small
-    monkeypatch.setattr(calibration, "REF_BLENDS", (0.5,))  # on, whether or not it pays here
-    site = toy_site(120, seed=2, drop=0.15)
-    result = adapt_site(
-        repo, "j", site, mode="head", config=CFG, holdout=0.2, val_fraction=CFG.val_fraction
-    )
-    train, _, test = split_site(site, CFG.val_fraction, 0.2, 1.0, CFG.seed)
-    assert test is not None
-    # held-out UEs: a reference row itself sits at distance ~0, where float32 rounding
-    # moves its inverse-distance weight between torch and onnxruntime by a few per cent
-    head = _assert_joint_onnx_serves_the_torch_head(repo, "j", result.version, test)
-    assert head.config.members == JOINT_MEMBERS > 1 and head.ref_blend.item() == 0.5
-    joint = repo.manifest("site", "j", result.version)["metrics"]["fusion"]["joint"]
-    assert joint["neighbour_blend"] == 0.5 and joint["neighbour_rows"] == len(head.ref_positions)
-    _, jt = joint_fingerprints(train, subsets=True)
-    rows = drop_stations(jt, 3, CFG.seed)
-    assert len(rows) == (JOINT_COPIES + 1) * len(jt) <= calibration.REF_MAX
-    np.testing.assert_allclose(head.ref_positions.numpy(), rows.pos, atol=1e-6)
-    assert head.ref_features[:, -3:].sum(dim=1).lt(3).any()  # some rows heard by fewer BSs
-
-
 def test_the_joint_ensemble_adds_members_to_the_single_head(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

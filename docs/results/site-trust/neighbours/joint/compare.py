@@ -4,9 +4,10 @@
 of each arm's best single BS, joint head alone, fused (as served) and tracked ME, the
 goals' ratios and the served coverages, from `scripts/evaluate-site-trust` outputs named
 ``SITE-sSEED-all.txt`` in one folder per arm (README.md beside this file); a figure of
-the last two arms' ratios per seed.
+each arm's ratios to ``off``'s per seed, titled by its file name.
 
-    python3 compare.py none=../../foreign/served off=off on=on joint.png > table.md
+    python3 compare.py none=../../foreign/served off=off on=on on2=on2 every-BS-heard.png > table.md
+    python3 compare.py off=bs0-out/off on=bs0-out/on on2=bs0-out/on2 bs0-left-out.png > bs0-out.md
 """
 
 from __future__ import annotations
@@ -76,27 +77,34 @@ def main() -> None:
                 f"{np.median(v['f1']):.1f} / {np.median(v['f2']):.1f} % | "
                 f"{np.median(v['t1']):.1f} / {np.median(v['t2']):.1f} % |"
             )
-    a, b = names[-2], names[-1]
-    print(f"\nPaired, {b} / {a}, median over seeds (range; lower in):\n")
-    print("| site | joint head ME | fused ME | tracked ME |")
-    print("|---|---|---|---|")
+    base = "off"
+    tried = [n for n in names if n not in (base, "none")]
+    print(f"\nPaired against `{base}`, median over seeds (range; lower in):\n")
+    print("| site | arm | joint head ME | fused ME | tracked ME |")
+    print("|---|---|---|---|---|")
     _, ax = plt.subplots(figsize=(7, 3.6))
+    shapes = {"joint": "o", "fused": "s", "tracked": "^"}
     for i, site in enumerate(sites):
-        seeds = sorted(s for (t, s) in arms[b] if t == site and (t, s) in arms[a])
-        cells = []
-        for k in ("joint", "fused", "tracked"):
-            r = np.array([arms[b][(site, s)][k] / arms[a][(site, s)][k] for s in seeds])
-            x = i + {"joint": -0.22, "fused": 0.0, "tracked": 0.22}[k]
-            colour = {"joint": "tab:blue", "fused": "tab:orange", "tracked": "tab:green"}[k]
-            ax.scatter(np.full(len(r), x), r, color=colour, label=k if i == 0 else None, s=18)
-            lower = int((r < 1).sum())
-            cells.append(f"{np.median(r):.3f} ({r.min():.3f}-{r.max():.3f}; {lower} of {len(r)})")
-        print(f"| {site} | " + " | ".join(cells) + " |")
+        for j, arm in enumerate(tried):
+            seeds = sorted(s for (t, s) in arms[arm] if t == site and (t, s) in arms[base])
+            cells = []
+            for m, k in enumerate(("joint", "fused", "tracked")):
+                r = np.array([arms[arm][(site, s)][k] / arms[base][(site, s)][k] for s in seeds])
+                x = i + 0.25 * (j - (len(tried) - 1) / 2) + 0.07 * (m - 1)
+                label = f"{arm}: {k}" if i == 0 else None
+                ax.scatter(
+                    np.full(len(r), x), r, color=f"C{j}", marker=shapes[k], s=16, label=label
+                )
+                lower = int((r < 1).sum())
+                cells.append(
+                    f"{np.median(r):.3f} ({r.min():.3f}-{r.max():.3f}; {lower} of {len(r)})"
+                )
+            print(f"| {site} | {arm} | " + " | ".join(cells) + " |")
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_xticks(range(len(sites)), sites)
-    ax.set_ylabel(f"ME, {b} / {a} (per seed)")
-    ax.set_title("The joint head's neighbour terms, paired seed for seed")
-    ax.legend(["joint head alone", "fused (served)", "tracked"], fontsize=8)
+    ax.set_ylabel(f"ME / {base}'s (per seed)")
+    ax.set_title(Path(sys.argv[-1]).stem.replace("-", " "))
+    ax.legend(fontsize=7, ncol=2)
     plt.tight_layout()
     plt.savefig(sys.argv[-1], dpi=120)
 
