@@ -18,6 +18,10 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from training.config import TrainConfig
+from training.tracking import TrackerConfig
+
+_TRACKER = TrackerConfig()
+"""The tracker's defaults: the settings below start from them (one source for both)."""
 
 _TRAIN = TrainConfig()
 """The training core's defaults: the adaptation settings start from them."""
@@ -161,13 +165,20 @@ class Settings(BaseSettings):
     track_noise_scale: float = Field(default=1.0, gt=0)
     """Tracking: multiplies each measurement's covariance (1: the estimate's own)."""
 
-    track_error_share: float = Field(default=0.55, ge=0, lt=1)
+    track_error_share: float = Field(default=_TRACKER.error_share, ge=0, lt=1)
     """Tracking: share of a measurement's error variance that is correlated along a track
-    (a field over space, decaying over `track_error_length_m`); 0: independent errors, the
-    plain filter. Measured on held-out sites in docs/results/site-trust."""
+    (a field over space, decaying over the error length); 0: independent errors, the
+    plain filter. Set on held-out trajectories in docs/results/site-trust/error-length."""
 
-    track_error_length_m: float = Field(default=1.8, gt=0)
-    """Tracking: distance (m) over which the correlated part of the error decays by 1/e."""
+    track_error_length_spacings: float = Field(default=_TRACKER.error_length_spacings, ge=0)
+    """Tracking: the error length in units of the site version's label spacing (the
+    manifest's ``metrics.label_spacing_m``): a model's error persists over a few distances
+    between the labels it was trained on. 0: always `track_error_length_m`."""
+
+    track_error_length_m: float = Field(default=_TRACKER.error_length_m, gt=0)
+    """Tracking: distance (m) over which the correlated part of the error decays by 1/e,
+    for site versions adapted before the label spacing was stored (or with
+    `track_error_length_spacings` 0)."""
 
     track_gate_probability: float = Field(default=0.99, gt=0, lt=1)
     """Tracking: a measurement outside this chi-square (2 dof) probability mass of the

@@ -121,6 +121,10 @@ class ServedSite:
     fusion_method: str = PRODUCT
     """How the BSs' estimates are fused (`training.fusion.METHODS`): the manifest's
     ``metrics.fusion.method``, the product of Gaussians for versions without one."""
+    label_spacing_m: float | None = None
+    """The manifest's ``metrics.label_spacing_m``: how far apart the version's training
+    labels lie, which sets the error length its UEs are tracked with
+    (`training.tracking.TrackerConfig.for_site`); None for versions before it."""
     _session: ort.InferenceSession | None = None
     _sessions: dict[str, ort.InferenceSession] = field(default_factory=dict)
     _joint: ort.InferenceSession | None = None
@@ -167,6 +171,12 @@ class ServedSite:
         manifest_file = self.path / "manifest.json"
         self.manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
         stations = self.manifest.get("base_stations") or []
+        spacing = (self.manifest.get("metrics") or {}).get("label_spacing_m")
+        if spacing is not None and not _is_factor(spacing):
+            raise ValueError(
+                f"{self.path}: metrics.label_spacing_m {spacing!r}: expected a positive number"
+            )
+        self.label_spacing_m = None if spacing is None else float(spacing)
         if stations:
             return self._load_stations([str(bs) for bs in stations])
         session, outputs = self._open("model.onnx")

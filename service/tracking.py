@@ -264,15 +264,18 @@ class Tracker:
         cov: np.ndarray,
         noise: str,
         foreign: bool = False,
+        label_spacing_m: float | None = None,
     ) -> dict[str, Any]:
         """Apply one measurement (`mean` [2], `cov` [2, 2], metres) to the UE's track.
 
         `timestamp` None: the server's clock. `noise` names where `cov` came from
         (reported back). `foreign`: the site judged the fingerprint out of site (its
         `cov` widened to the site's spread), taken as white noise alone
-        (`training.tracking.step`). Returns the `track` object of the /locate answer.
+        (`training.tracking.step`). `label_spacing_m`: the site version's label spacing,
+        which sets the error length (`TrackerConfig.for_site`; None: the setting).
+        Returns the `track` object of the /locate answer.
         """
-        config = self.config
+        config = self.config.for_site(label_spacing_m)
         received = time.time()
 
         def transition(prior: TrackState | None) -> Step:
@@ -327,6 +330,7 @@ def make_tracker(settings: Settings) -> Tracker:
         noise_scale=settings.track_noise_scale,
         error_share=settings.track_error_share,
         error_length_m=settings.track_error_length_m,
+        error_length_spacings=settings.track_error_length_spacings,
     )
     store: TrackStore
     if settings.redis_url:

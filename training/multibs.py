@@ -47,6 +47,7 @@ import torch
 from training.checkpoint import save_multi_bs_site_model
 from training.config import TargetMode, TrainConfig
 from training.consistency import fit_consistency, spatial_by_bs
+from training.correlogram import spacing_metrics
 from training.data.fingerprints import Fingerprints, data_fingerprint
 from training.data.site import SiteFingerprints
 from training.data.splits import fraction_subset, train_val_indices, train_val_test
@@ -716,6 +717,7 @@ def adapt_multi_bs_site(
     stations = data.bs_ids
     factors = set_factors(val_estimate[3], stations, by_set, inflation)
     metrics: dict[str, Any] = fused_metrics(val_estimate, k, factors)
+    metrics.update(spacing_metrics(train.pos))
     metrics["fusion"] = {
         "method": FUSION,
         "inflation": inflation,

@@ -63,6 +63,7 @@ from training.config import (
     check_loss_name,
     check_mode,
 )
+from training.correlogram import spacing_metrics
 from training.data.fingerprints import Fingerprints, data_fingerprint
 from training.data.site import SiteFingerprints
 from training.data.splits import fraction_subset, split_train_val, train_val_test
@@ -766,6 +767,7 @@ def adapt_site(
         unlabelled=unlabelled,
     )
     metrics: dict[str, Any] = dict(result.metrics)
+    metrics.update(spacing_metrics(train.pos))
     novelty = fit_site_novelty(
         result.model.backbone, train, val, false_alarm=novelty_false_alarm, background=background
     )

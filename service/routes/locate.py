@@ -334,7 +334,8 @@ async def _track_fused(
     label = metrics.site_label(fused.site, positioner.store.knows)
     foreign = fused.in_site is not None and not bool(fused.in_site[0])
     cov = fused.cov[0]
-    return await tracker.update(fused.site, label, ue, stamp, mean, cov, noise, foreign)
+    spacing = _label_spacing(positioner, fused.site, fused.version)
+    return await tracker.update(fused.site, label, ue, stamp, mean, cov, noise, foreign, spacing)
 
 
 async def _track(
@@ -348,4 +349,11 @@ async def _track(
     mean, cov, noise = measurement(pred, 0, manifest, settings.track_mse_sigma_m)
     label = metrics.site_label(pred.site, positioner.store.knows)
     foreign = pred.in_site is not None and not bool(pred.in_site[0])
-    return await tracker.update(pred.site, label, ue, stamp, mean, cov, noise, foreign)
+    spacing = served.label_spacing_m if served.version == pred.version else None
+    return await tracker.update(pred.site, label, ue, stamp, mean, cov, noise, foreign, spacing)
+
+
+def _label_spacing(positioner: Positioner, site: str, version: str) -> float | None:
+    """The label spacing of the version that answered (None if another one serves now)."""
+    served = positioner.store.get(site)
+    return served.label_spacing_m if served.version == version else None

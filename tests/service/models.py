@@ -159,13 +159,15 @@ def publish_linear_multi_bs(
     joint: tuple[int, tuple[float, float]] | None = None,
     joint_file: bool = True,
     joint_subsets: bool = False,
+    label_spacing_m: float | None = None,
 ) -> str:
     """A multi-BS site of linear models: {bs id: (seed, bias)}; MSE ones fuse with `rmse`;
     `method` names the fusion method in the manifest (None: none, the product). ``joint``
     (seed, bias): a linear joint head on the BSs' stacked CSI, named in the manifest and
     written unless ``joint_file`` is False (a broken version); ``joint_subsets``: the
     manifest says it answers for any 2+ BSs (`training.fusion.JOINT_MIN_HEARD`);
-    ``inflation_by_set``: the manifest's factor per set of BSs heard."""
+    ``inflation_by_set``: the manifest's factor per set of BSs heard; ``label_spacing_m``:
+    the manifest's label spacing (the tracker's error length)."""
 
     def write(directory: Path, version: str) -> None:
         for bs, (seed, bias) in stations.items():
@@ -187,6 +189,7 @@ def publish_linear_multi_bs(
         metrics={
             "me": 0.5,
             "bs": per_bs,
+            **({"label_spacing_m": label_spacing_m} if label_spacing_m is not None else {}),
             "fusion": {
                 "inflation": inflation,
                 **({"inflation_by_set": inflation_by_set} if inflation_by_set else {}),

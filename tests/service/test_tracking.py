@@ -128,6 +128,40 @@ def test_mse_sites_use_the_validation_error_as_noise(
     assert mse_sigma({"metrics": {"me": float("nan")}}, 2.0) == (2.0, "setting")
 
 
+def test_a_site_is_tracked_with_the_error_length_of_its_label_spacing(
+    repo: ModelRepository, make_settings: Callable[..., Settings]
+) -> None:
+    """The manifest's ``metrics.label_spacing_m`` sets the version's error length
+    (`TrackerConfig.for_site`); one that is not a positive number makes the version
+    broken, and the last good one tracks on."""
+    csi = csi_batch(3, seed=7)
+    pos, sigma = expected(csi, seed=1, bias=(1.0, 2.0))
+    t = 100.0 + 0.5 * np.arange(3)
+    covs = np.stack([np.diag(s.astype(np.float64) ** 2) for s in sigma])
+    with TestClient(create_app(make_settings()), raise_server_exceptions=False) as c:
+        store = c.app.state.store  # type: ignore[attr-defined]
+        config = c.app.state.tracker.config  # type: ignore[attr-defined]
+        for spacing in (0.1, 2.0):
+            metrics = {"val_me": 1.0, "label_spacing_m": spacing}
+            publish_linear(repo, "spaced", "nll", seed=1, bias=(1.0, 2.0), metrics=metrics)
+            store.refresh()
+            assert store.get("spaced").label_spacing_m == spacing
+            for i in range(3):
+                body = {"site": "spaced", "csi": csi[i].tolist(), "ue": f"u{spacing}"}
+                r = c.post("/locate", json={**body, "timestamp": t[i]}, headers=LOCATE)
+                assert r.status_code == 200, r.text
+            want = track(t, pos.astype(np.float64), covs, config.for_site(spacing))
+            assert np.allclose(r.json()["track"]["cov"], want.cov[-1], rtol=1e-4)
+            default = track(t, pos.astype(np.float64), covs, config)  # L from the setting
+            assert not np.allclose(default.cov[-1], want.cov[-1], rtol=1e-3)
+        good = store.get("spaced").version
+        for bad in (0.0, -1.0, "far"):
+            metrics = {"val_me": 1.0, "label_spacing_m": bad}
+            publish_linear(repo, "spaced", "nll", seed=1, bias=(1.0, 2.0), metrics=metrics)
+            store.refresh()
+            assert store.get("spaced").version == good
+
+
 def test_gated_measurements_are_counted_by_site(client: TestClient) -> None:
     tracker: Tracker = client.app.state.tracker  # type: ignore[attr-defined]
     cov = 0.04 * np.eye(2)

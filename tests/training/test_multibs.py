@@ -103,6 +103,7 @@ def test_adapt_three_bs_site_publishes_one_model_per_bs(repo: ModelRepository) -
     by_set = metrics["fusion"]["inflation_by_set"]  # one BS heard, two, all three
     assert {"bs0", "bs1", "bs2", "bs0+bs2", "bs0+bs1+bs2"} <= set(by_set)
     assert all(v >= 1.0 for v in by_set.values())
+    assert 0 < metrics["label_spacing_m"] < 1.0  # 120 positions on a toy site of a few metres
     assert manifest["config"]["chosen_mode"] == "bs0=head,bs1=head,bs2=head"
     assert {p["bs"] for p in progress} == {"bs0", "bs1", "bs2", "joint"}
     model = load_site_model(repo, "hall", bs="bs2")

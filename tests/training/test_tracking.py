@@ -97,7 +97,7 @@ def test_filtered_covariance_is_consistent_on_a_constant_velocity_process() -> N
 
 
 def test_a_50_m_jump_is_gated_then_the_track_restarts_after_max_gated() -> None:
-    config = TrackerConfig(max_gated=3)
+    config = TrackerConfig(max_gated=3, error_share=0.0)  # the measurements are white
     rng = np.random.default_rng(1)
     state = None
     t = 0.0
@@ -171,6 +171,31 @@ def test_config_is_validated() -> None:
     with pytest.raises(ValueError):
         TrackerConfig(gate_probability=1.5)
     assert TrackerConfig().gate == pytest.approx(9.2103, abs=1e-4)
+    with pytest.raises(ValueError, match="error_length_spacings"):
+        TrackerConfig(error_length_spacings=-1.0)
+
+
+def test_a_sites_error_length_is_its_label_spacing_times_the_setting() -> None:
+    config = TrackerConfig(error_length_m=1.8, error_length_spacings=3.0)
+    assert config.for_site(0.25).error_length_m == pytest.approx(0.75)
+    assert config.for_site(0.25).error_share == config.error_share  # only the length
+    assert config.for_site(None) is config  # a version without a spacing: the setting
+    off = TrackerConfig(error_length_spacings=0.0)
+    assert off.for_site(0.25).error_length_m == off.error_length_m
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="label spacing"):
+            config.for_site(bad)
+
+
+def test_a_shorter_error_length_lets_a_walking_track_average_more() -> None:
+    # errors that decorrelate over 0.5 m: filtered with that length the track gains more
+    # over its measurements than with a 5 m one (which takes them as one persistent error)
+    t, truth, meas, covs = _walk_with_correlated_errors(seed=3, share=0.85, length=0.5)
+    near = track(t, meas, covs, TrackerConfig(error_share=0.85).for_site(0.5 / 3.0))
+    far = track(t, meas, covs, TrackerConfig(error_share=0.85, error_length_m=5.0))
+    me_near = np.linalg.norm(near.position - truth, axis=1)[50:].mean()
+    me_far = np.linalg.norm(far.position - truth, axis=1)[50:].mean()
+    assert me_near < 0.95 * me_far, (me_near, me_far)
 
 
 def test_noise_scale_inflates_the_measurement_covariance() -> None:

@@ -12,6 +12,7 @@ import torch
 from tests.training.toychannel import toy_fingerprints
 from training.checkpoint import load_site_model, save_backbone
 from training.config import TrainConfig, check_mode
+from training.correlogram import label_spacing
 from training.data.splits import split_train_val
 from training.fit import Task, fit
 from training.nets import Backbone, Head
@@ -311,6 +312,9 @@ def test_adapt_site_publishes_activates_and_reports(repo: ModelRepository) -> No
     assert manifest["config"]["chosen_mode"] == "gradual"
     assert manifest["config"]["torch_threads"] == 1
     assert manifest["metrics"]["me"] == pytest.approx(result.metrics["me"])
+    # the tracker's error length comes from how far apart the trained labels lie
+    train, _ = split_train_val(TARGET, 0.25, 1)  # the split adapt_site made
+    assert manifest["metrics"]["label_spacing_m"] == pytest.approx(label_spacing(train.pos))
     model = load_site_model(repo, "lab")
     _, sigma = model(torch.from_numpy(TARGET.csi[:2]))
     assert sigma is not None and bool((sigma > 0).all())

@@ -13,6 +13,7 @@ from tests.service.conftest import LOCATE, csi_batch
 from tests.service.models import expected, publish_linear_multi_bs
 from training import fusion
 from training.repository import ModelRepository
+from training.tracking import track
 
 STATIONS = {"bs0": (11, (1.0, 2.0)), "bs1": (12, (3.0, 1.0)), "bs2": (13, (2.0, 5.0))}
 
@@ -155,6 +156,28 @@ def test_tracking_takes_the_fused_covariance(multi: ModelRepository, client: Tes
     two = {"site": "hall", "csi": {"bs0": csi_batch(2).tolist()}, "ue": "tag-1"}
     r = _post(client, two)
     assert r.status_code == 422 and "one fingerprint per base station" in r.text
+
+
+def test_a_multi_bs_site_is_tracked_with_its_label_spacing(
+    repo: ModelRepository, client: TestClient
+) -> None:
+    publish_linear_multi_bs(repo, "hall-spaced", "nll", STATIONS, label_spacing_m=0.1)
+    client.app.state.store.refresh()  # type: ignore[attr-defined]
+    answers = []
+    for i in range(3):
+        csi = {bs: csi_batch(1, seed=10 * i + k)[0].tolist() for k, bs in enumerate(STATIONS)}
+        body = {"site": "hall-spaced", "csi": csi, "ue": "tag-2", "timestamp": 10.0 + 0.5 * i}
+        r = _post(client, body)
+        assert r.status_code == 200, r.text
+        answers.append(r.json())
+    fused = [a["positions"][0] for a in answers]
+    z = np.array([[f["x"], f["y"]] for f in fused])
+    covs = np.array([f["cov"] for f in fused])
+    config = client.app.state.tracker.config  # type: ignore[attr-defined]
+    want = track(10.0 + 0.5 * np.arange(3), z, covs, config.for_site(0.1))
+    assert np.allclose(answers[-1]["track"]["cov"], want.cov[-1], rtol=1e-4)
+    default = track(10.0 + 0.5 * np.arange(3), z, covs, config)
+    assert not np.allclose(default.cov[-1], want.cov[-1], rtol=1e-3)
 
 
 def test_a_robust_site_fuses_as_its_manifest_says(
