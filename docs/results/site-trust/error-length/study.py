@@ -34,15 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from service.store import ServedSite
 from training.correlogram import fit_correlogram, label_spacing
 from training.fusion import mahalanobis2
-from training.repository import ModelRepository
 from training.tracking import TrackerConfig, track
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "neighbours" / "joint"))
-from alpha import evaluate_site_trust  # noqa: E402  (scripts/evaluate-site-trust as a module)
+from alpha import evaluate_site_trust, served_version  # noqa: E402  (scripts/evaluate-site-trust as a module)
 
 BEFORE = TrackerConfig(error_share=0.55, error_length_m=1.8, error_length_spacings=0.0)
 """The error model the tracker had before this study (one length for every site)."""
@@ -71,13 +69,7 @@ class Served:
 
 def served(repo_dir: str, site_id: str, labelled: Path, tracks: Path) -> Served:
     ev = evaluate_site_trust()
-    repo = ModelRepository(repo_dir)
-    version = repo.resolve("site", site_id)
-    vdir = repo.path("site", site_id, version)
-    site = ServedSite(site_id, version, vdir).load()
-    manifest = json.loads((vdir / "manifest.json").read_text())
-    test = ev.estimates(site, tracks, None)
-    lab = ev.estimates(site, labelled, None)
+    site, manifest, test, lab = served_version(repo_dir, site_id, tracks, labelled)
     val, unused = ev.labelled_splits(manifest, len(lab.site))
     trained = np.setdiff1d(np.setdiff1d(np.arange(len(lab.site)), unused), val)
     spacing = label_spacing(lab.site.pos[trained])

@@ -39,6 +39,25 @@ def evaluate_site_trust() -> Any:
     return module
 
 
+def served_version(
+    repo_dir: str, site_id: str, tracks: Path, labelled: Path
+) -> tuple[ServedSite, dict[str, Any], Any, Any]:
+    """(the active version as served, its manifest, the `estimates` of the trajectories,
+    those of the labelled upload): what the studies beside this file start from."""
+    ev = evaluate_site_trust()
+    repo = ModelRepository(repo_dir)
+    version = repo.resolve("site", site_id)
+    vdir = repo.path("site", site_id, version)
+    served = ServedSite(site_id, version, vdir).load()
+    manifest = json.loads((vdir / "manifest.json").read_text())
+    return (
+        served,
+        manifest,
+        ev.estimates(served, tracks, None),
+        ev.estimates(served, labelled, None),
+    )
+
+
 def fused(est: Any, method: str, rows: Any, alpha: float) -> tuple[np.ndarray, np.ndarray]:
     k = est.stations
     means, covs, present = est.means[:, rows], est.covs[:, rows].copy(), est.present[:, rows]
@@ -52,16 +71,9 @@ def fused(est: Any, method: str, rows: Any, alpha: float) -> tuple[np.ndarray, n
 
 def measure(repo_dir: str, site_id: str, tracks: Path, labelled: Path) -> dict[str, Any]:
     ev = evaluate_site_trust()
-    repo = ModelRepository(repo_dir)
-    version = repo.resolve("site", site_id)
-    vdir = repo.path("site", site_id, version)
-    served = ServedSite(site_id, version, vdir).load()
+    served, manifest, test, lab = served_version(repo_dir, site_id, tracks, labelled)
     method = served.fusion_method
-    test = ev.estimates(served, tracks, None)
-    lab = ev.estimates(served, labelled, None)
-    val, unused = ev.labelled_splits(
-        json.loads((vdir / "manifest.json").read_text()), len(lab.site)
-    )
+    val, unused = ev.labelled_splits(manifest, len(lab.site))
     out = {}
     for alpha in ALPHAS:
         vm, vc = fused(lab, method, val, alpha)

@@ -19,11 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from alpha import evaluate_site_trust
+from alpha import evaluate_site_trust, served_version
 
-from service.store import ServedSite
 from training.fusion import ROBUST_DOF, ROBUST_ITERATIONS, fuse_robust
-from training.repository import ModelRepository
 
 
 def correlation(est: Any, rows: Any, shrink: float) -> np.ndarray:
@@ -70,15 +68,8 @@ def fuse(est: Any, r: np.ndarray) -> np.ndarray:
 
 
 def main(repo_dir: str, site_id: str, tracks: str, labelled: str) -> None:
-    ev = evaluate_site_trust()
-    repo = ModelRepository(repo_dir)
-    version = repo.resolve("site", site_id)
-    vdir = repo.path("site", site_id, version)
-    served = ServedSite(site_id, version, vdir).load()
-    test = ev.estimates(served, Path(tracks), None)
-    lab = ev.estimates(served, Path(labelled), None)
-    manifest = json.loads((vdir / "manifest.json").read_text())
-    val, _ = ev.labelled_splits(manifest, len(lab.site))
+    _, manifest, test, lab = served_version(repo_dir, site_id, Path(tracks), Path(labelled))
+    val, _ = evaluate_site_trust().labelled_splits(manifest, len(lab.site))
     robust, _ = fuse_robust(test.means, test.covs, test.present)
     me = float(np.linalg.norm(robust - test.site.pos, axis=1).mean())
     out: dict[str, Any] = {"site": site_id, "seed": manifest["config"]["seed"], "robust_me": me}
