@@ -19,6 +19,7 @@ One JSON line per version; ``table`` writes the tables and figure from the lines
 
     python3 study.py fit REPO SITE LABELLED.h5 TRACKS.h5 >> fit.jsonl
     python3 study.py track REPO SITE LABELLED.h5 TRACKS.h5 --share 0.9 >> track.jsonl
+    python3 study.py track ... --without bs0 >> track-without-bs0.jsonl   (a BS down)
     python3 study.py table fit.jsonl track.jsonl [track-c0.95.jsonl ...]
 """
 
@@ -28,7 +29,7 @@ import argparse
 import dataclasses
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +68,11 @@ class Served:
     val_cov: np.ndarray
 
 
-def served(repo_dir: str, site_id: str, labelled: Path, tracks: Path) -> Served:
+def served(
+    repo_dir: str, site_id: str, labelled: Path, tracks: Path, without: Sequence[str] = ()
+) -> Served:
     ev = evaluate_site_trust()
-    site, manifest, test, lab = served_version(repo_dir, site_id, tracks, labelled)
+    site, manifest, test, lab = served_version(repo_dir, site_id, tracks, labelled, without)
     val, unused = ev.labelled_splits(manifest, len(lab.site))
     trained = np.setdiff1d(np.setdiff1d(np.arange(len(lab.site)), unused), val)
     spacing = label_spacing(lab.site.pos[trained])
@@ -304,12 +307,13 @@ def main() -> None:
     parser.add_argument("command", choices=["fit", "track", "table"])
     parser.add_argument("args", nargs="+")
     parser.add_argument("--share", type=float, default=TrackerConfig().error_share)
+    parser.add_argument("--without", action="append", default=[], metavar="BS")
     a = parser.parse_args()
     if a.command == "table":
         table(*a.args)
         return
     repo, site, labelled, tracks = a.args
-    s = served(repo, site, Path(labelled), Path(tracks))
+    s = served(repo, site, Path(labelled), Path(tracks), a.without)
     result = fit(s) if a.command == "fit" else tracked(s, a.share)
     print(json.dumps(result), flush=True)
 

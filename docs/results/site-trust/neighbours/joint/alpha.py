@@ -15,6 +15,7 @@ import importlib.machinery
 import importlib.util
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +41,11 @@ def evaluate_site_trust() -> Any:
 
 
 def served_version(
-    repo_dir: str, site_id: str, tracks: Path, labelled: Path
+    repo_dir: str, site_id: str, tracks: Path, labelled: Path, without: Sequence[str] = ()
 ) -> tuple[ServedSite, dict[str, Any], Any, Any]:
     """(the active version as served, its manifest, the `estimates` of the trajectories,
-    those of the labelled upload): what the studies beside this file start from."""
+    those of the labelled upload; the BSs in ``without`` as if they heard nothing): what
+    the studies beside this file start from."""
     ev = evaluate_site_trust()
     repo = ModelRepository(repo_dir)
     version = repo.resolve("site", site_id)
@@ -53,8 +55,8 @@ def served_version(
     return (
         served,
         manifest,
-        ev.estimates(served, tracks, None),
-        ev.estimates(served, labelled, None),
+        ev.estimates(served, tracks, None, without),
+        ev.estimates(served, labelled, None, without),
     )
 
 
