@@ -107,10 +107,11 @@ class TrackerConfig:
     """c: share of the measurement error variance that is spatially correlated (in [0, 1);
     0 is the plain white-noise filter). Fused errors along held-out trajectories of six
     simulated sites correlate with c 0.71-0.99 (0.99 at the three calibration sites); 0.9
-    tracked as accurately as 0.95 there and kept the tracked coverage at the fused
-    estimate's (docs/results/site-trust/error-length). Labelled positions give lower
-    values (0.39-0.91) because each draws its own antenna height while a track keeps one:
-    the default before, 0.55, came from them and left the tracker over-confident."""
+    tracked slightly more accurately than 0.95 there and kept the tracked coverage at
+    the fused estimate's (docs/results/site-trust/error-length). Labelled positions give
+    lower values (0.39-0.91), likely because each draws its own antenna height while a
+    track keeps one: the default before, 0.55, came from them and left the tracker
+    over-confident."""
     error_length_m: float = 1.8
     """L: distance (m) over which the correlated error decays by 1/e, for a site whose
     label spacing is unknown (versions adapted before it was stored). The mean of two
