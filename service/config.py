@@ -180,6 +180,12 @@ class Settings(BaseSettings):
     for site versions adapted before the label spacing was stored (or with
     `track_error_length_spacings` 0)."""
 
+    track_novelty_time_s: float = Field(default=_TRACKER.novelty_time_s, ge=0)
+    """Tracking: time constant (s) of a tracked UE's averaged out-of-site score, which
+    sets the answer's ``track.in_site`` (0, the default: the latest fingerprint's score
+    alone). 10 s lowered the false alarms on every held-out site measured
+    (docs/results/site-trust/ue-average)."""
+
     track_gate_probability: float = Field(default=0.99, gt=0, lt=1)
     """Tracking: a measurement outside this chi-square (2 dof) probability mass of the
     predicted position is gated (not applied, reported)."""

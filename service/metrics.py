@@ -121,6 +121,17 @@ TRACKED_UES_SHARED = Gauge(
     "(the same on every replica: aggregate with max).",
     multiprocess_mode="livemostrecent",
 )
+TRACK_SCORED = Counter(
+    "csipos_track_scored_measurements",
+    "Tracked measurements of sites with an out-of-site detector (stale repeats not counted).",
+    ["site"],
+)
+TRACK_OUT_OF_SITE = Counter(
+    "csipos_track_out_of_site",
+    "Tracked measurements after which the UE's averaged out-of-site score says out of "
+    "site (the answer's track.in_site false; stale repeats not counted).",
+    ["site"],
+)
 TRACK_GATED = Counter(
     "csipos_track_gated_measurements",
     "Tracked measurements refused by the Mahalanobis gate (not applied to the track).",

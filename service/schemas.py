@@ -122,6 +122,14 @@ class Track(_Open):
     measurement_noise: Literal["predicted", "validation_me", "setting"] = Field(
         description="Where the measurement's covariance came from (MSE models have no sigma)."
     )
+    novelty: float | None = Field(
+        None,
+        description="The UE's out-of-site score averaged over its track (time constant "
+        "CSIPOS_TRACK_NOVELTY_TIME_S); null when the site has no out-of-site detector.",
+    )
+    in_site: bool | None = Field(
+        None, description="The averaged score at most 1: the UE, not one fingerprint, is in site."
+    )
 
 
 class LocateResponse(_Open):

@@ -27,6 +27,11 @@ Measurement noise. NLL models: ``diag(sigma_x^2, sigma_y^2)``. MSE models predic
 sigma: their noise is isotropic with sigma = validation ME x sqrt(2/pi) from the
 version's manifest (the ME of a 2-D isotropic Gaussian error is sigma sqrt(pi/2)), else
 `track_mse_sigma_m`; the answer's `measurement_noise` says which.
+
+Out of site. The fingerprint's score (the answer's `novelty`) is averaged over the UE's
+track (`training.tracking.average_novelty`, time constant `track_novelty_time_s`): the
+track's `novelty` and `in_site` judge the UE (with the setting at 0, the default, the
+latest fingerprint alone; docs/results/site-trust/ue-average measures 10 s).
 """
 
 from __future__ import annotations
@@ -265,6 +270,7 @@ class Tracker:
         noise: str,
         foreign: bool = False,
         label_spacing_m: float | None = None,
+        novelty: float | None = None,
     ) -> dict[str, Any]:
         """Apply one measurement (`mean` [2], `cov` [2, 2], metres) to the UE's track.
 
@@ -273,17 +279,21 @@ class Tracker:
         `cov` widened to the site's spread), taken as white noise alone
         (`training.tracking.step`). `label_spacing_m`: the site version's label spacing,
         which sets the error length (`TrackerConfig.for_site`; None: the setting).
+        `novelty`: the fingerprint's out-of-site score (None: the site has no detector),
+        averaged over the UE's track into the answer's `novelty` and `in_site`.
         Returns the `track` object of the /locate answer.
         """
         config = self.config.for_site(label_spacing_m)
         received = time.time()
+        if novelty is not None and not math.isfinite(novelty):
+            novelty = None  # no usable score: the average restarts at the next one
 
         def transition(prior: TrackState | None) -> Step:
             t = timestamp
             if t is None:
                 t = received if prior is None else max(received, prior.time + SERVER_TICK_S)
             try:
-                return step(prior, t, mean, cov, config, foreign)
+                return step(prior, t, mean, cov, config, foreign, novelty)
             except ValueError as exc:
                 raise InvalidInput(
                     "the position estimate cannot be tracked", {"reason": str(exc)}
@@ -296,7 +306,12 @@ class Tracker:
             metrics.TRACK_STALE.labels(site_label).inc()
         if result.reset is not None:
             metrics.TRACK_RESETS.labels(site_label, result.reset).inc()
-        return track_json(ue, result, noise)
+        answer = track_json(ue, result, noise)
+        if answer["in_site"] is not None and not result.stale:
+            metrics.TRACK_SCORED.labels(site_label).inc()
+            if not answer["in_site"]:
+                metrics.TRACK_OUT_OF_SITE.labels(site_label).inc()
+        return answer
 
 
 def track_json(ue: str, result: Step, noise: str) -> dict[str, Any]:
@@ -317,6 +332,8 @@ def track_json(ue: str, result: Step, noise: str) -> dict[str, Any]:
         "age_s": s.age_s,
         "updates": s.updates,
         "measurement_noise": noise,
+        "novelty": s.novelty,
+        "in_site": None if s.novelty is None else s.novelty <= 1.0,
     }
 
 
@@ -331,6 +348,7 @@ def make_tracker(settings: Settings) -> Tracker:
         error_share=settings.track_error_share,
         error_length_m=settings.track_error_length_m,
         error_length_spacings=settings.track_error_length_spacings,
+        novelty_time_s=settings.track_novelty_time_s,
     )
     store: TrackStore
     if settings.redis_url:

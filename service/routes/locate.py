@@ -335,7 +335,10 @@ async def _track_fused(
     foreign = fused.in_site is not None and not bool(fused.in_site[0])
     cov = fused.cov[0]
     spacing = _label_spacing(positioner, fused.site, fused.version)
-    return await tracker.update(fused.site, label, ue, stamp, mean, cov, noise, foreign, spacing)
+    score = None if fused.novelty is None else float(fused.novelty[0])
+    return await tracker.update(
+        fused.site, label, ue, stamp, mean, cov, noise, foreign, spacing, score
+    )
 
 
 async def _track(
@@ -350,7 +353,10 @@ async def _track(
     label = metrics.site_label(pred.site, positioner.store.knows)
     foreign = pred.in_site is not None and not bool(pred.in_site[0])
     spacing = served.label_spacing_m if served.version == pred.version else None
-    return await tracker.update(pred.site, label, ue, stamp, mean, cov, noise, foreign, spacing)
+    score = None if pred.novelty is None else float(pred.novelty[0])
+    return await tracker.update(
+        pred.site, label, ue, stamp, mean, cov, noise, foreign, spacing, score
+    )
 
 
 def _label_spacing(positioner: Positioner, site: str, version: str) -> float | None:

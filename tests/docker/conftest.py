@@ -92,6 +92,9 @@ def scraped_series(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
             for i, x in enumerate([1.0, 1.0, 1.0, 51.0]):
                 z = np.array([x, 0.0])
                 await tracker.update("lab", "lab", "ue", float(i), z, 0.04 * np.eye(2), "set")
+            # a tracked UE out of site at a site with a detector (a score over 1)
+            cov = 0.04 * np.eye(2)
+            await tracker.update("toy", "toy", "far", 0.0, np.zeros(2), cov, "set", novelty=5.0)
 
         asyncio.run(track())
         text = client.get("/metrics").text

@@ -410,12 +410,63 @@ def test_a_tracked_out_of_site_answer_reaches_the_filter_as_foreign(
     z = np.array([[p["x"], p["y"]] for p in shown])
     r = np.array([np.diag([p["sigma_x"] ** 2, p["sigma_y"] ** 2]) for p in shown])
     flags = np.array([not p["in_site"] for p in shown])
-    want = track(t, z, r, config, flags)
+    scores = np.array([p["novelty"] for p in shown])
+    want = track(t, z, r, config, flags, scores)
     got = answers[-1]["track"]
     assert np.allclose([got["x"], got["y"]], want.position[-1], atol=1e-4)
     assert np.allclose(got["cov"], want.cov[-1], rtol=1e-4, atol=1e-9)
     unflagged = track(t, z, r, config)  # the widened sigma taken as the site's error field
     assert not np.allclose(unflagged.cov[-1], want.cov[-1], rtol=1e-3)
+    # the UE's score is the fingerprints' average over time, as the offline filter has it
+    assert want.novelty is not None
+    for answer, average in zip(answers, want.novelty, strict=True):
+        assert answer["track"]["novelty"] == pytest.approx(average, rel=1e-6)
+        assert answer["track"]["in_site"] == (average <= 1.0)
+
+
+def track_out_of_site_count(client: TestClient, site: str) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(f'csipos_track_out_of_site_total{{site="{site}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_a_ue_that_stays_out_of_site_is_out_of_site_on_its_track(
+    ood_client: TestClient,
+) -> None:
+    # a UE sending another room's fingerprints at 10 Hz: its track says out of site and
+    # is counted; a stale repeat is not counted again
+    before = track_out_of_site_count(ood_client, "toy")
+    away = csi_batch(5, seed=8)
+    for i in range(5):
+        body = {"site": "toy", "csi": away[i].tolist(), "ue": "stranger", "timestamp": 1.0 + i / 10}
+        r = ood_client.post("/locate", json=body, headers=LOCATE)
+        assert r.status_code == 200, r.text
+        assert r.json()["track"]["in_site"] is False and r.json()["track"]["novelty"] > 1.0
+    r = ood_client.post("/locate", json=body, headers=LOCATE)
+    assert r.json()["track"]["stale"]
+    assert track_out_of_site_count(ood_client, "toy") == before + 5
+
+
+def test_with_an_averaging_time_one_odd_fingerprint_does_not_flip_the_tracked_ue(
+    repo: ModelRepository, make_settings: Callable[..., Settings]
+) -> None:
+    # CSIPOS_TRACK_NOVELTY_TIME_S 10: the snapshot of the foreign frame says out of site,
+    # the UE's track (the scores' geometric mean over ~10 s) stays in site; the default
+    # (0) judges the latest fingerprint, as the snapshot does
+    publish_toy_site(repo, "toy")
+    frames = [OWN.csi[0], OWN.csi[1], csi_batch(1, seed=3)[0], OWN.csi[2]]
+    for time_s, expect in ((10.0, [True, True, True, True]), (0.0, [True, True, False, True])):
+        settings = make_settings(track_novelty_time_s=time_s)
+        with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+            answers = []
+            for i, csi in enumerate(frames):
+                body = {"site": "toy", "csi": csi.tolist(), "ue": "w", "timestamp": 1.0 + i / 10}
+                r = c.post("/locate", json=body, headers=LOCATE)
+                assert r.status_code == 200, r.text
+                answers.append(r.json())
+        assert [a["positions"][0]["in_site"] for a in answers] == [True, True, False, True]
+        assert [a["track"]["in_site"] for a in answers] == expect, time_s
 
 
 def test_a_tracked_multi_bs_ue_out_of_site_reaches_the_filter_as_foreign(
@@ -443,8 +494,11 @@ def test_a_tracked_multi_bs_ue_out_of_site_reaches_the_filter_as_foreign(
     t = 5.0 + 0.1 * np.arange(3)
     z = np.array([[p["x"], p["y"]] for p in shown])
     r = np.array([p["cov"] for p in shown])
-    want = track(t, z, r, config, np.array([not p["in_site"] for p in shown]))
+    flags = np.array([not p["in_site"] for p in shown])
+    want = track(t, z, r, config, flags, np.array([p["novelty"] for p in shown]))
     got = answers[-1]["track"]
     assert np.allclose([got["x"], got["y"]], want.position[-1], atol=1e-4)
     assert np.allclose(got["cov"], want.cov[-1], rtol=1e-4, atol=1e-9)
     assert not np.allclose(track(t, z, r, config).cov[-1], want.cov[-1], rtol=1e-3)
+    assert want.novelty is not None  # the UE's score (the fused rule's) averaged over time
+    assert got["novelty"] == pytest.approx(want.novelty[-1], rel=1e-6)

@@ -46,6 +46,7 @@ def test_locate_with_ue_answers_the_filtered_track(client: TestClient) -> None:
     assert np.allclose([t0["x"], t0["y"]], pos[0], atol=1e-4) and t0["vx"] == 0.0
     assert np.allclose(t0["cov"], np.diag(sigma[0].astype(np.float64) ** 2), rtol=1e-4)
     assert t0["measurement_noise"] == "predicted" and not t0["gated"] and not t0["stale"]
+    assert t0["novelty"] is None and t0["in_site"] is None  # this site has no detector
     assert first["positions"][0]["x"] == pytest.approx(pos[0, 0], abs=1e-4)  # snapshot kept
 
     second = _locate(client, csi[1], ue="forklift-7", timestamp=100.5)["track"]

@@ -10,6 +10,7 @@ from training.tracking import (
     STATE_VERSION,
     TrackerConfig,
     TrackState,
+    average_novelty,
     chi2_2dof_quantile,
     predict,
     process_noise,
@@ -145,6 +146,15 @@ def test_state_round_trips_through_json_data() -> None:
     old = {"mean": [1, 2, 0, 0], "cov": np.eye(4).tolist(), "time": 5.0, "started": 5.0}
     with pytest.raises(ValueError, match="version None"):
         TrackState.from_dict({**old, "gated_run": 0, "updates": 1})
+    # the averaged out-of-site score travels too; records written before it have none
+    scored = step(None, 5.0, [1.0, 2.0], EYE2, TrackerConfig(), novelty=0.4).state
+    assert TrackState.from_dict(scored.to_dict()).novelty == 0.4
+    record = scored.to_dict()
+    del record["novelty"]
+    assert TrackState.from_dict(record).novelty is None
+    for bad in (-1.0, float("nan"), "far"):
+        with pytest.raises(ValueError, match="malformed"):
+            TrackState.from_dict({**record, "novelty": bad})
 
 
 @pytest.mark.parametrize(
@@ -173,6 +183,8 @@ def test_config_is_validated() -> None:
     assert TrackerConfig().gate == pytest.approx(9.2103, abs=1e-4)
     with pytest.raises(ValueError, match="error_length_spacings"):
         TrackerConfig(error_length_spacings=-1.0)
+    with pytest.raises(ValueError, match="novelty_time_s"):
+        TrackerConfig(novelty_time_s=-1.0)
 
 
 def test_a_sites_error_length_is_its_label_spacing_times_the_setting() -> None:
@@ -392,3 +404,51 @@ def test_false_alarms_no_longer_drag_the_track_behind_its_measurements() -> None
     assert float(np.linalg.norm(smoothed.position - truth, axis=1).mean()) < as_foreign
     with pytest.raises(ValueError, match="foreign"):
         track(t, meas, covs, config, flagged[:-1])
+
+
+def test_the_ues_out_of_site_score_is_a_geometric_average_over_time() -> None:
+    config = TrackerConfig(novelty_time_s=2.0)
+    s = step(None, 10.0, [1.0, 1.0], EYE2, config, novelty=0.5).state
+    assert s.novelty == 0.5  # a new track starts at its first score
+    s = step(s, 11.0, [1.0, 1.0], EYE2, config, novelty=3.0).state
+    a = np.exp(-1.0 / 2.0)
+    assert s.novelty == pytest.approx(np.exp(a * np.log(0.5) + (1 - a) * np.log(3.0)))
+    assert step(s, 10.5, [1.0, 1.0], EYE2, config, novelty=9.0).state.novelty == s.novelty
+    # a gated measurement still scores the UE (the gate judges the position, not the site)
+    gated = step(s, 11.1, [60.0, 1.0], EYE2, config, novelty=1.0)
+    assert gated.gated and gated.state.novelty == pytest.approx(
+        average_novelty(s.novelty, 0.1, 1.0, 2.0)
+    )
+    # no score (a site without detectors): no average; the next score starts afresh
+    assert step(s, 12.0, [1.0, 1.0], EYE2, config).state.novelty is None
+    latest = TrackerConfig(novelty_time_s=0.0)
+    assert step(s, 12.0, [1.0, 1.0], EYE2, latest, novelty=0.7).state.novelty == 0.7
+    # a score of 0 counts as the floor, so the average can still rise again
+    zero = average_novelty(None, 0.0, 0.0, 2.0)
+    assert zero is not None and zero > 0
+    assert (average_novelty(zero, 10.0, 5.0, 2.0) or 0.0) > 1.0
+    with pytest.raises(ValueError, match="novelty"):
+        average_novelty(0.5, 0.1, float("nan"), 2.0)
+
+
+def test_a_run_of_odd_fingerprints_does_not_flip_the_ue_but_a_foreign_ue_is_caught() -> None:
+    # 10 Hz for 12 s: in site (0.4), with 1.5 s of fingerprints scored 1.6 (an unusual
+    # spot) and one scored 50 (a corrupted frame); then a UE whose every fingerprint
+    # scores 1.3 (a similar room: each only a little over the line)
+    t = 0.1 * np.arange(120)
+    means, covs = np.zeros((120, 2)), np.tile(EYE2, (120, 1, 1))
+    own = np.full(120, 0.4)
+    own[30:45] = 1.6
+    own[80] = 50.0
+    config = TrackerConfig(novelty_time_s=10.0)
+    averaged = track(t, means, covs, config, novelty=own).novelty
+    assert averaged is not None and (averaged <= 1.0).all()
+    assert (own > 1.0).sum() == 16  # one fingerprint at a time: 16 alarms
+    away = track(t, means, covs, config, novelty=np.full(120, 1.3)).novelty
+    assert away is not None and (away > 1.0).all()
+    # the default judges the latest fingerprint alone, as the snapshot does
+    latest = track(t, means, covs, TrackerConfig(), novelty=own).novelty
+    assert latest is not None and np.array_equal(latest > 1.0, own > 1.0)
+    assert track(t, means, covs, TrackerConfig()).novelty is None
+    with pytest.raises(ValueError, match="novelty"):
+        track(t, means, covs, TrackerConfig(), novelty=own[:5])

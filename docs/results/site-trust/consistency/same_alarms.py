@@ -57,7 +57,7 @@ def main() -> None:
     t = min(float(np.quantile(own_median, 1.0 - alarms)), 1.0) if alarms > 0 else 1.0
     served_rate, median_rate = [], []
     for path in foreign:
-        for name, (scores, present, novelty) in est.foreign_scores(served, Path(path)).items():
+        for name, (scores, present, novelty, _) in est.foreign_scores(served, Path(path)).items():
             if name.partition(":")[2].strip("/") == group.strip("/"):
                 continue
             served_rate.append(100 * np.mean(novelty > 1.0))
