@@ -183,7 +183,7 @@ class Settings(BaseSettings):
     track_novelty_time_s: float = Field(default=_TRACKER.novelty_time_s, ge=0)
     """Tracking: time constant (s) of a tracked UE's averaged out-of-site score, which
     sets the answer's ``track.in_site`` (0, the default: the latest fingerprint's score
-    alone). 10 s lowered the false alarms on every held-out site measured
+    alone). 10 s lowered the false alarms on every held-out site-seed that had any
     (docs/results/site-trust/ue-average)."""
 
     track_gate_probability: float = Field(default=0.99, gt=0, lt=1)

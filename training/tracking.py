@@ -61,8 +61,9 @@ scores (an unusual spot, an antenna held high) that an arithmetic mean turns int
 longer alarms; in the log the runs count for less than a room that is steadily foreign
 (docs/results/site-trust/ue-average measures both). Off by default (T = 0: the latest
 score alone, so the track judges as the snapshot does): with T = 10 s the false alarms
-fell on 21 of 21 held-out site-seeds, but mean detection fell on one of the six the
-pre-registered check used, so it is a setting, not yet the default.
+fell on each of the 19 held-out site-seeds that had any (of 21), but mean detection fell
+on one of the six the pre-registered check used, so it is a setting, not yet the
+default.
 
 Time. A measurement at or before the track's time (a repeat or out of order) is
 *stale*: it is not applied and the state is returned unchanged. A measurement more than
@@ -255,17 +256,18 @@ def average_novelty(
 ) -> float | None:
     """The UE's averaged out-of-site score after a measurement scored ``score``, ``dt``
     seconds after the one that left ``prior``: ``exp(a log prior + (1 - a) log score)``
-    with ``a = exp(-dt / time_s)`` (scores floored at `NOVELTY_FLOOR`); ``score`` alone
-    when there is no prior (or ``time_s`` is 0), None without a score."""
+    with ``a = exp(-dt / time_s)`` (both floored at `NOVELTY_FLOOR` inside the log);
+    ``score`` alone when there is no prior (or ``time_s`` is 0), None without a score."""
     if score is None:
         return None
     if not math.isfinite(score) or score < 0:
         raise ValueError(f"novelty: expected a finite number >= 0, got {score}")
-    latest = max(float(score), NOVELTY_FLOOR)
     if prior is None or time_s == 0:
-        return latest
+        return float(score)
     a = math.exp(-max(dt, 0.0) / time_s)
-    return math.exp(a * math.log(max(prior, NOVELTY_FLOOR)) + (1.0 - a) * math.log(latest))
+    log_prior = math.log(max(prior, NOVELTY_FLOOR))
+    log_score = math.log(max(score, NOVELTY_FLOOR))
+    return math.exp(a * log_prior + (1.0 - a) * log_score)
 
 
 @dataclass(frozen=True)

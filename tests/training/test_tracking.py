@@ -423,10 +423,9 @@ def test_the_ues_out_of_site_score_is_a_geometric_average_over_time() -> None:
     assert step(s, 12.0, [1.0, 1.0], EYE2, config).state.novelty is None
     latest = TrackerConfig(novelty_time_s=0.0)
     assert step(s, 12.0, [1.0, 1.0], EYE2, latest, novelty=0.7).state.novelty == 0.7
-    # a score of 0 counts as the floor, so the average can still rise again
-    zero = average_novelty(None, 0.0, 0.0, 2.0)
-    assert zero is not None and zero > 0
-    assert (average_novelty(zero, 10.0, 5.0, 2.0) or 0.0) > 1.0
+    # a score of 0 counts as the floor in the log, so the average can still rise again
+    assert average_novelty(None, 0.0, 0.0, 2.0) == 0.0
+    assert (average_novelty(0.0, 10.0, 5.0, 2.0) or 0.0) > 1.0
     with pytest.raises(ValueError, match="novelty"):
         average_novelty(0.5, 0.1, float("nan"), 2.0)
 
