@@ -237,8 +237,8 @@ class TrackState:
 
 
 def _optional_score(value: Any) -> float | None:
-    """A stored average score: None, or a finite number >= 0 (records written before
-    the average existed have none)."""
+    """An out-of-site score as a float: None stays None (no detector; records written
+    before the average existed), else a finite number >= 0 or ValueError."""
     if value is None:
         return None
     score = float(value)
@@ -258,12 +258,11 @@ def average_novelty(
     seconds after the one that left ``prior``: ``exp(a log prior + (1 - a) log score)``
     with ``a = exp(-dt / time_s)`` (both floored at `NOVELTY_FLOOR` inside the log);
     ``score`` alone when there is no prior (or ``time_s`` is 0), None without a score."""
+    score = _optional_score(score)
     if score is None:
         return None
-    if not math.isfinite(score) or score < 0:
-        raise ValueError(f"novelty: expected a finite number >= 0, got {score}")
     if prior is None or time_s == 0:
-        return float(score)
+        return score
     a = math.exp(-max(dt, 0.0) / time_s)
     log_prior = math.log(max(prior, NOVELTY_FLOOR))
     log_score = math.log(max(score, NOVELTY_FLOOR))
