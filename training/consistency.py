@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from training.neighbours import k_nearest
 from training.novelty import conformal_threshold, spatial_statistics
 
 if TYPE_CHECKING:
@@ -175,12 +176,8 @@ def _heard(z: npt.ArrayLike) -> npt.NDArray[np.bool_]:
 def _kth(x: F64, ref: F64, k: int, *, leave_out: bool = False) -> tuple[F64, npt.NDArray[np.intp]]:
     """(distance of each row of ``x`` to its k-th nearest row of ``ref``, the indices of
     its k nearest); ``leave_out``: ``x`` is ``ref``, so each row skips itself."""
-    d2 = (x**2).sum(1)[:, None] - 2.0 * x @ ref.T + (ref**2).sum(1)[None]
-    if leave_out:
-        np.fill_diagonal(d2, np.inf)
-    nearest = np.argsort(d2, axis=1, kind="stable")[:, :k]
-    kth = np.take_along_axis(d2, nearest[:, -1:], axis=1)[:, 0]
-    return np.sqrt(np.maximum(kth, 0.0)), nearest
+    dist, index = k_nearest(x, ref, k, leave_out=leave_out)
+    return np.asarray(dist[:, -1], dtype=np.float64), index
 
 
 def fit_consistency(

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from training.neighbours import k_nearest
+
 Array = npt.NDArray[np.float64]
 
 MAX_POINTS = 2000
@@ -38,8 +40,6 @@ SPACING_MAX_POINTS = 20_000
 """`label_spacing` measures at most this many distinct positions (a seeded draw beyond,
 its spacing scaled back by sqrt(draw / N): in 2-D the distance to the nearest neighbour
 goes as one over the square root of the density)."""
-
-_SPACING_CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -79,13 +79,8 @@ def label_spacing(positions: npt.ArrayLike, seed: int = 0) -> float | None:
     if n > SPACING_MAX_POINTS:
         p = p[np.random.default_rng(seed).choice(n, SPACING_MAX_POINTS, replace=False)]
         factor = math.sqrt(SPACING_MAX_POINTS / n)
-    nearest = np.empty(len(p))
-    for i in range(0, len(p), _SPACING_CHUNK):
-        block = p[i : i + _SPACING_CHUNK]
-        d2 = np.square(block[:, None, :] - p[None, :, :]).sum(axis=2)
-        d2[np.arange(len(block)), np.arange(i, i + len(block))] = np.inf
-        nearest[i : i + len(block)] = np.sqrt(d2.min(axis=1))
-    return float(np.median(nearest)) * factor
+    dist, _ = k_nearest(p, p, 1, leave_out=True)
+    return float(np.median(dist[:, 0])) * factor
 
 
 def spacing_metrics(train_positions: npt.ArrayLike) -> dict[str, float]:

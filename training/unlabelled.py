@@ -32,12 +32,11 @@ import torch
 
 from training.config import TrainConfig
 from training.data.unlabelled import UnlabelledTracks
+from training.neighbours import k_nearest
 from training.novelty import spatial_statistics
 
 __all__ = ["TrackPairs", "found_pairs", "track_hinge", "track_pairs"]
 
-_CHUNK = 2048
-"""Rows of the distance matrix `found_pairs` holds at once (memory ~ chunk x samples)."""
 FOUND_MAX_SAMPLES = 20_000
 """Fingerprints without tracks that `TrackPairs.build` pairs at most (a seeded draw beyond):
 the search is quadratic (3.6 s measured at this size on 2 busy cores)."""
@@ -64,19 +63,14 @@ def found_pairs(
     csi: npt.NDArray[np.float32],
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """(a, b), a < b: mutual nearest neighbours of the samples' spatial statistics
-    (Euclidean), each pair once. Quadratic in time, linear in memory (chunks of rows)."""
+    (Euclidean), each pair once. Quadratic in time, linear in memory (`training.neighbours`)."""
     n = int(np.shape(csi)[0])
     if n < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     x = spatial_statistics(csi).astype(np.float32)  # float32: half the time of the matmul
-    sq = (x * x).sum(axis=1)
-    nearest = np.empty(n, dtype=np.int64)
-    for lo in range(0, n, _CHUNK):
-        d = sq[lo : lo + _CHUNK, None] - 2.0 * x[lo : lo + _CHUNK] @ x.T + sq[None]
-        d[np.arange(len(d)), np.arange(lo, lo + len(d))] = np.inf
-        nearest[lo : lo + len(d)] = np.argmin(d, axis=1)
-    a = np.flatnonzero((nearest[nearest] == np.arange(n)) & (np.arange(n) < nearest))
-    return a.astype(np.int64), nearest[a]
+    near = k_nearest(x, x, 1, leave_out=True)[1][:, 0].astype(np.int64)
+    a = np.flatnonzero((near[near] == np.arange(n)) & (np.arange(n) < near))
+    return a.astype(np.int64), near[a]
 
 
 def track_hinge(
