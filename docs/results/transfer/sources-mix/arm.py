@@ -3,9 +3,15 @@
 ../fresh-dense/pair.py), so every arm of a (target, seed) trains and is tested on the
 same samples: the held-out 20 % is the test set, LABELS of the rest are labelled, 0.2 of
 those validate; the product's default recipe (Gaussian NLL, sigma calibrated on
-validation), fine-tuning.
+validation), fine-tuning unless MODE says otherwise (every-budget/ runs `auto`, the
+default mode, beside it).
 
-    arm.py DATA ENV SEED ARM OUT.jsonl [LABELS]   # ARM: a model repository, or `scratch`
+    arm.py DATA ENV SEED ARM OUT.jsonl [LABELS] [MODE]
+
+ARM: a model repository, `scratch` (random initialisation on `raw` inputs, the
+`BackboneConfig` default and what every study here ran as scratch until 2026-12-06), or
+`scratch-pd` (on the backbone's `phase-delay` inputs: the fair baseline the issue asks
+for, ../every-budget/README.md).
 """
 
 from __future__ import annotations
@@ -15,28 +21,35 @@ import sys
 import time
 from pathlib import Path
 
+from training.config import TargetMode, check_mode
 from training.metrics import evaluate_model, finish_head
+from training.nets import BackboneConfig
 from training.repository import ModelRepository
 from training.transfer import starting_backbone, train_target
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fresh-dense"))
 from pair import target_split  # the same split as the fresh-dense pairs
 
+SCRATCH_INPUTS = {"scratch": "raw", "scratch-pd": "phase-delay"}
 
-def main(data: str, env: str, seed: int, arm: str, out: Path, labels: int) -> None:
+
+def main(
+    data: str, env: str, seed: int, arm: str, out: Path, labels: int, mode: TargetMode
+) -> None:
     train, val, test, cfg = target_split(data, env, seed, labels)
-    backbone = None
-    if arm != "scratch":
+    backbone, inputs = None, SCRATCH_INPUTS.get(arm)
+    if inputs is None:
         _, backbone, _ = starting_backbone(ModelRepository(Path(arm)), None)
     t0 = time.time()
-    r = train_target(backbone, train, val, cfg, mode="finetune", quiet=True)
+    config = None if inputs is None else BackboneConfig(inputs=inputs)
+    r = train_target(backbone, train, val, cfg, mode=mode, quiet=True, backbone_config=config)
     finish_head(r.model.backbone, r.model.head, val, cfg)
     t = evaluate_model(r.model.backbone, r.model.head, test)
     row = {
         "env": env,
         "seed": seed,
         "arm": arm,
-        "mode": "finetune",
+        "mode": mode,
         "chosen": r.chosen,
         "labels": len(train) + len(val),
         "n_test": len(test),
@@ -55,4 +68,12 @@ def main(data: str, env: str, seed: int, arm: str, out: Path, labels: int) -> No
 
 if __name__ == "__main__":
     a = sys.argv
-    main(a[1], a[2], int(a[3]), a[4], Path(a[5]), int(a[6]) if len(a) > 6 else 500)
+    main(
+        a[1],
+        a[2],
+        int(a[3]),
+        a[4],
+        Path(a[5]),
+        int(a[6]) if len(a) > 6 else 500,
+        check_mode(a[7]) if len(a) > 7 else "finetune",
+    )
