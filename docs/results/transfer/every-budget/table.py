@@ -25,6 +25,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hall-episodes"))
+from budgets import label_axis  # the same panels as ../hall-episodes
+
 BUDGETS = (50, 100, 200, 500, 1000, 3000)
 PAIRS = (
     ("corpus", "scratch-pd"),
@@ -100,12 +103,7 @@ def main(out: Path, paths: list[Path]) -> None:
         for (a, b), style in zip(PLOTTED, ("o-", "s-", "^--", "x:"), strict=True):
             med = [np.median(ratios(by, g, n, a, b, "me") or [np.nan]) for n in shown]
             ax.plot(shown, med, style, label=f"{a} / {b}")
-        ax.axhline(1.0, color="grey", lw=0.8)
-        ax.axhline(0.6, color="grey", lw=0.8, ls=":")
-        ax.set_xscale("log")
-        ax.set_xticks(shown, [str(n) for n in shown])
-        ax.set_title(g)
-        ax.set_xlabel("labels at the target")
+        label_axis(ax, shown, g)
     np.atleast_1d(axes)[0].set_ylabel("ME ratio (median over target-seeds)")
     np.atleast_1d(axes)[0].legend(fontsize=8)
     fig.tight_layout()

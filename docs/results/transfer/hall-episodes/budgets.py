@@ -44,6 +44,16 @@ def ratios(by: Rows, arm: str, base: str, env: str, n: int) -> list[float]:
     ]
 
 
+def label_axis(ax: Any, labels: list[int], title: str) -> None:
+    """A ratio-against-labels panel: log label axis, lines at 1 (scratch) and 0.6 (the goal)."""
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.axhline(0.6, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_xticks(labels, [str(n) for n in labels])
+    ax.set_title(title)
+    ax.set_xlabel("labels at the target")
+
+
 def cell(r: list[float]) -> str:
     return f"{np.median(r):.3f} ({sum(v < 1 for v in r)} of {len(r)} lower)" if r else ""
 
@@ -65,12 +75,7 @@ def main(path: Path, out: Path, named: list[str]) -> None:
         for label, arm in arms.items():
             med = [np.median(per[arm][n] or [np.nan]) for n in labels]
             ax.plot(labels, med, marker="o", label=label)
-        ax.axhline(1.0, color="grey", lw=0.8)
-        ax.axhline(0.6, color="grey", lw=0.8, ls=":")
-        ax.set_xscale("log")
-        ax.set_xticks(labels, [str(n) for n in labels])
-        ax.set_title(env)
-        ax.set_xlabel("labels at the target")
+        label_axis(ax, labels, env)
         for n in labels:
             scratch = [
                 runs["scratch"]["me"]

@@ -6,7 +6,11 @@ those validate; the product's default recipe (Gaussian NLL, sigma calibrated on
 validation), fine-tuning unless MODE says otherwise (every-budget/ runs `auto`, the
 default mode, beside it).
 
-    arm.py DATA ENV SEED ARM OUT.jsonl [LABELS] [MODE]
+    arm.py DATA ENV SEED ARM OUT.jsonl [LABELS] [MODE] [AUTO_SCRATCH_MIN]
+
+AUTO_SCRATCH_MIN: `auto`'s scratch and fresh-dense candidates from this many labelled
+samples (`TrainConfig.auto_scratch_min`; the product's is 2,000); the row's mode is then
+``auto@N``.
 
 ARM: a model repository, `scratch` (random initialisation on `raw` inputs, the
 `BackboneConfig` default and what every study here ran as scratch until 2026-12-06), or
@@ -34,9 +38,18 @@ SCRATCH_INPUTS = {"scratch": "raw", "scratch-pd": "phase-delay"}
 
 
 def main(
-    data: str, env: str, seed: int, arm: str, out: Path, labels: int, mode: TargetMode
+    data: str,
+    env: str,
+    seed: int,
+    arm: str,
+    out: Path,
+    labels: int,
+    mode: TargetMode,
+    scratch_min: int | None = None,
 ) -> None:
     train, val, test, cfg = target_split(data, env, seed, labels)
+    if scratch_min is not None:
+        cfg = cfg.replace(auto_scratch_min=scratch_min)
     backbone, inputs = None, SCRATCH_INPUTS.get(arm)
     if inputs is None:
         _, backbone, _ = starting_backbone(ModelRepository(Path(arm)), None)
@@ -49,7 +62,7 @@ def main(
         "env": env,
         "seed": seed,
         "arm": arm,
-        "mode": mode,
+        "mode": mode if scratch_min is None else f"{mode}@{scratch_min}",
         "chosen": r.chosen,
         "labels": len(train) + len(val),
         "n_test": len(test),
@@ -76,4 +89,5 @@ if __name__ == "__main__":
         Path(a[5]),
         int(a[6]) if len(a) > 6 else 500,
         check_mode(a[7]) if len(a) > 7 else "finetune",
+        int(a[8]) if len(a) > 8 else None,
     )
