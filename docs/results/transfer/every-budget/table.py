@@ -6,7 +6,7 @@
 Rows are `../sources-mix/arm.py`'s (arms `corpus`, `hall`, `scratch`, `scratch-pd`). The
 two labs are groups of their own; the procedural scenes (`proc/...`) are pooled as one group. Every
 ratio is paired on one (target, seed, labels) split; a cell is the median over the
-group's target-seeds with how many were below 1. A run's `labels` is what it got: a
+group's target-seeds, [their range], and how many were below 1. A run's `labels` is what it got: a
 scene smaller than the budget gives all of its pool, and is counted at the budget asked.
 """
 
@@ -73,7 +73,10 @@ def ratios(
 
 
 def cell(r: list[float]) -> str:
-    return f"{np.median(r):.3f} ({sum(v < 1 for v in r)}/{len(r)})" if r else ""
+    if not r:
+        return ""
+    spread = f"{min(r):.2f}-{max(r):.2f}"
+    return f"{np.median(r):.3f} [{spread}] ({sum(v < 1 for v in r)}/{len(r)})"
 
 
 def main(out: Path, paths: list[Path]) -> None:
