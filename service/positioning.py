@@ -27,7 +27,7 @@ from service.batching import Batcher
 from service.errors import InvalidInput, PayloadTooLarge
 from service.store import ModelStore, ServedSite
 from training import fusion
-from training.novelty import inflate_cov
+from training.novelty import inflate_cov, out_of_site
 
 CSI_SHAPE = (8, 103, 2)
 
@@ -47,7 +47,7 @@ class Prediction:
     @property
     def in_site(self) -> np.ndarray | None:
         """[B] bool, False where the fingerprint does not look like the site; None if unknown."""
-        return None if self.novelty is None else self.novelty <= 1.0
+        return None if self.novelty is None else ~out_of_site(self.novelty)
 
     def rows(self, start: int, stop: int) -> Prediction:
         """Rows `start:stop` of this batch (one caller's share of a batched call)."""
@@ -89,7 +89,7 @@ class FusedPrediction:
     def in_site(self) -> np.ndarray | None:
         """[B] bool: at least half of the BSs that heard the UE say it is in the site, and
         their views are consistent with one place of it (`training.consistency`)."""
-        return None if self.novelty is None else self.novelty <= 1.0
+        return None if self.novelty is None else ~out_of_site(self.novelty)
 
     @property
     def sigma(self) -> np.ndarray:
@@ -261,7 +261,7 @@ class Positioner:
         metrics.INFERENCE_BATCH.labels(label).observe(csi.shape[0])
         metrics.PREDICTIONS.labels(label).inc(csi.shape[0])
         if novelty is not None:
-            metrics.OUT_OF_SITE.labels(label).inc(int((novelty > 1.0).sum()))
+            metrics.OUT_OF_SITE.labels(label).inc(int(out_of_site(novelty).sum()))
         if sigma is not None:
             hx = metrics.PREDICTED_SIGMA.labels(label, "x")
             hy = metrics.PREDICTED_SIGMA.labels(label, "y")
@@ -331,7 +331,7 @@ class Positioner:
         metrics.INFERENCE_BATCH.labels(label).observe(rows)
         metrics.PREDICTIONS.labels(label).inc(rows)
         if fused.novelty is not None:
-            metrics.OUT_OF_SITE.labels(label).inc(int((fused.novelty > 1.0).sum()))
+            metrics.OUT_OF_SITE.labels(label).inc(int(out_of_site(fused.novelty).sum()))
         hx = metrics.PREDICTED_SIGMA.labels(label, "x")
         hy = metrics.PREDICTED_SIGMA.labels(label, "y")
         for sx, sy in fused.sigma.tolist():

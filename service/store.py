@@ -49,6 +49,7 @@ from training.novelty import (
     channel_statistics,
     combine_scores,
     inflate_sigma,
+    out_of_site,
     read_novelty,
     spatial_statistics,
 )
@@ -425,7 +426,7 @@ class ServedSite:
         if novelty is None:
             return position, sigma, None
         score = novelty.score(result[-1], csi, stats) / scale
-        if inflate and sigma is not None and novelty.inflates and (score > 1.0).any():
+        if inflate and sigma is not None and novelty.inflates and out_of_site(score).any():
             sigma = inflate_sigma(sigma, score, novelty.site_sigma)
         return position, sigma, score
 

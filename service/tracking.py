@@ -52,6 +52,7 @@ from service import metrics
 from service.config import Settings
 from service.errors import InvalidInput, Unavailable
 from service.positioning import Prediction
+from training.novelty import out_of_site
 from training.tracking import Step, TrackerConfig, TrackState, step
 
 log = logging.getLogger("csipos.service.tracking")
@@ -268,23 +269,23 @@ class Tracker:
         mean: np.ndarray,
         cov: np.ndarray,
         noise: str,
-        foreign: bool = False,
         label_spacing_m: float | None = None,
         novelty: float | None = None,
     ) -> dict[str, Any]:
         """Apply one measurement (`mean` [2], `cov` [2, 2], metres) to the UE's track.
 
         `timestamp` None: the server's clock. `noise` names where `cov` came from
-        (reported back). `foreign`: the site judged the fingerprint out of site (its
-        `cov` widened to the site's spread), taken as white noise alone
-        (`training.tracking.step`). `label_spacing_m`: the site version's label spacing,
-        which sets the error length (`TrackerConfig.for_site`; None: the setting).
-        `novelty`: the fingerprint's out-of-site score (None: the site has no detector),
-        averaged over the UE's track into the answer's `novelty` and `in_site`.
+        (reported back). `label_spacing_m`: the site version's label spacing, which sets
+        the error length (`TrackerConfig.for_site`; None: the setting). `novelty`: the
+        fingerprint's out-of-site score (None: the site has no detector), averaged over
+        the UE's track into the answer's `novelty` and `in_site`; a fingerprint the score
+        puts out of site (`training.novelty.out_of_site`: its `cov` was widened to the
+        site's spread) is taken as white noise alone (`training.tracking.step`).
         Returns the `track` object of the /locate answer.
         """
         config = self.config.for_site(label_spacing_m)
         received = time.time()
+        foreign = novelty is not None and bool(out_of_site(novelty))
         if novelty is not None and not math.isfinite(novelty):
             novelty = None  # no usable score: the average restarts at the next one
 
@@ -333,7 +334,7 @@ def track_json(ue: str, result: Step, noise: str) -> dict[str, Any]:
         "updates": s.updates,
         "measurement_noise": noise,
         "novelty": s.novelty,
-        "in_site": None if s.novelty is None else s.novelty <= 1.0,
+        "in_site": None if s.novelty is None else not out_of_site(s.novelty),
     }
 
 

@@ -69,7 +69,7 @@ from training.fusion import (
 from training.fusion import nll as fused_nll
 from training.metrics import evaluate, finish_head
 from training.nets import Backbone, BackboneConfig, Head, HeadConfig, JointBackbone, SiteModel
-from training.novelty import NoveltyModel, backbone_features, fit_site_novelty
+from training.novelty import NoveltyModel, backbone_features, fit_site_novelty, out_of_site
 from training.repository import ModelRepository
 from training.walk_alarm import fit_walk_scale
 
@@ -763,9 +763,9 @@ def adapt_multi_bs_site(
                 per_bs[bs]["test"] = evaluate(pos.numpy(), sig, d.pos)
                 if bs in novelty:
                     scores = novelty[bs].score(backbone_features(m.backbone, d.csi), d.csi)
-                    per_bs[bs]["novelty"]["test_false_alarm"] = float(np.mean(scores > 1.0))
+                    per_bs[bs]["novelty"]["test_false_alarm"] = float(np.mean(out_of_site(scores)))
         if consistency is not None:
-            fired = consistency.score(spatial_by_bs(test)) > 1.0
+            fired = out_of_site(consistency.score(spatial_by_bs(test)))
             metrics["consistency"]["test_false_alarm"] = float(np.mean(fired))
 
     chosen = ",".join(f"{bs}={s['chosen_mode']}" for bs, s in summaries.items())

@@ -691,13 +691,21 @@ def read_background(data: bytes, name: str = BACKGROUND_FILE) -> Background:
     return Background(parts, n, environments)
 
 
+def out_of_site(score: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+    """Where an out-of-site ``score`` (``d / threshold`` of any detector here: a head's
+    `NoveltyModel`, the cross-BS check, a track's average) says *not from this site*:
+    above 1, or not a number (no score is no evidence of the site). The one definition
+    the service's ``in_site``, its sigma inflation and its out-of-site counts share."""
+    return np.logical_not(np.asarray(score) <= 1.0)
+
+
 def inflate_sigma(
     sigma: npt.ArrayLike, score: npt.ArrayLike, site_sigma: npt.ArrayLike
 ) -> npt.NDArray[np.float32]:
     """``sigma`` [B, 2] with out-of-site rows (score > 1) raised to at least ``site_sigma``
     per axis: what the service answers."""
     out = np.array(sigma, dtype=np.float32)
-    far = np.asarray(score) > 1.0
+    far = out_of_site(score)
     out[far] = np.maximum(out[far], np.asarray(site_sigma, dtype=np.float32))
     return out
 
@@ -707,7 +715,7 @@ def inflate_cov(cov: npt.ArrayLike, score: npt.ArrayLike, site_sigma: npt.ArrayL
     sigma is at least ``site_sigma``: the fused answer of a multi-BS site for a UE that
     is out of site (the off-diagonal is kept)."""
     out = np.array(cov, dtype=np.float64)
-    far = np.asarray(score) > 1.0
+    far = out_of_site(score)
     floor = np.asarray(site_sigma, dtype=np.float64) ** 2
     diag = np.diagonal(out[far], axis1=1, axis2=2)
     out[far] += np.einsum("bi,ij->bij", np.maximum(floor - diag, 0.0), np.eye(2))
@@ -737,7 +745,7 @@ def evaluate_out_of_site(
         score = novelty.score(feats, data.csi)
         row: dict[str, Any] = {
             "n": len(data),
-            "out_of_site": float(np.mean(score > 1.0)),
+            "out_of_site": float(np.mean(out_of_site(score))),
             "novelty_median": float(np.median(score)),
             "model": evaluate(pos, sigma, data.pos),
         }

@@ -78,6 +78,7 @@ from training.novelty import (
     Background,
     backbone_features,
     fit_site_novelty,
+    out_of_site,
 )
 from training.repository import ModelRepository, check_name, parse_ref
 from training.unlabelled import TrackPairs
@@ -792,10 +793,11 @@ def adapt_site(
         if novelty is not None:
             feats = backbone_features(result.model.backbone, test_data.csi)
             scores = novelty.score(feats, test_data.csi)
-            metrics["novelty"]["test_false_alarm"] = float(np.mean(scores > 1.0))
+            metrics["novelty"]["test_false_alarm"] = float(np.mean(out_of_site(scores)))
             if "ue_novelty" in metrics:  # as served: over the walks' scale
                 scale = metrics["ue_novelty"]["scale"]
-                metrics["ue_novelty"]["test_false_alarm"] = float(np.mean(scores > scale))
+                fired = out_of_site(scores / scale)
+                metrics["ue_novelty"]["test_false_alarm"] = float(np.mean(fired))
     training: dict[str, Any] = {
         **cfg.to_dict(),
         **result.summary(),

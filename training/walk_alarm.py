@@ -43,6 +43,7 @@ from training.novelty import (
     channel_statistics,
     combine_scores,
     conformal_threshold,
+    out_of_site,
 )
 
 if TYPE_CHECKING:
@@ -170,6 +171,6 @@ def fit_walk_scale(
         "walk_instants": len(median),
         "walk_tracks": len(np.unique(track)),
         "walk_check_instants": int((check > 0.0).sum()),
-        "walk_false_alarm_unscaled": float(np.mean(np.maximum(median, check) > 1.0)),
-        "walk_false_alarm": float(np.mean(after > 1.0)),
+        "walk_false_alarm_unscaled": float(np.mean(out_of_site(np.maximum(median, check)))),
+        "walk_false_alarm": float(np.mean(out_of_site(after))),
     }

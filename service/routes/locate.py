@@ -133,10 +133,11 @@ def positions_json(pred: Prediction, confidence: float | None) -> dict[str, Any]
     pos = pred.position.tolist()
     sig = pred.sigma.tolist() if pred.sigma is not None else None
     novelty = pred.novelty.tolist() if pred.novelty is not None else None
+    in_site = pred.in_site.tolist() if pred.in_site is not None else None
     for i, (x, y) in enumerate(pos):
         item: dict[str, Any] = {"x": x, "y": y, "sigma_x": None, "sigma_y": None}
         # Out-of-site detection: null for site versions published without a novelty model.
-        item["in_site"] = None if novelty is None else novelty[i] <= 1.0
+        item["in_site"] = None if in_site is None else in_site[i]
         item["novelty"] = None if novelty is None else novelty[i]
         if sig is not None:
             item["sigma_x"], item["sigma_y"] = sig[i]
@@ -169,11 +170,13 @@ def fused_json(pred: FusedPrediction, confidence: float | None) -> dict[str, Any
             p.position.tolist(),
             p.sigma.tolist() if p.sigma is not None else None,
             p.novelty.tolist() if p.novelty is not None else None,
+            p.in_site.tolist() if p.in_site is not None else None,
         )
         for bs, p in pred.per_bs.items()
     }
     sigma = pred.sigma.tolist()
     novelty = pred.novelty.tolist() if pred.novelty is not None else None
+    in_site = pred.in_site.tolist() if pred.in_site is not None else None
     out: list[dict[str, Any]] = []
     for i, (x, y) in enumerate(pred.position.tolist()):
         cov = pred.cov[i]
@@ -181,12 +184,12 @@ def fused_json(pred: FusedPrediction, confidence: float | None) -> dict[str, Any
         item["cov"] = cov.tolist()
         item["ellipse"] = fusion.ellipse(cov, conf)
         # Out-of-site: the UE's score (`ServedSite.ue_novelty`; null without per-BS detectors).
-        item["in_site"] = None if novelty is None else novelty[i] <= 1.0
+        item["in_site"] = None if in_site is None else in_site[i]
         item["novelty"] = None if novelty is None else novelty[i]
         item["bs"] = {}
-        for bs, (pos, sig, nov) in per_bs.items():
+        for bs, (pos, sig, nov, ins) in per_bs.items():
             est = _estimate(pos[i][0], pos[i][1], None if sig is None else sig[i])
-            est["in_site"] = None if nov is None else nov[i] <= 1.0
+            est["in_site"] = None if ins is None else ins[i]
             est["novelty"] = None if nov is None else nov[i]
             item["bs"][bs] = est
         out.append(item)
@@ -303,7 +306,9 @@ async def locate(request: Request) -> Response:
         fused = await positioner.locate_bs(site, per_bs)
         fused_answer = fused_json(fused, confidence)
         if ue is not None:
-            fused_answer["track"] = await _track_fused(request, fused, ue, stamp)
+            noise = "predicted" if fused.sigma_source == "predicted" else "validation_me"
+            measured = (fused.position[0].astype(np.float64), fused.cov[0], noise)
+            fused_answer["track"] = await _track(request, fused, measured, ue, stamp)
         return Response(orjson.dumps(fused_answer), media_type="application/json")
     # Big batches are parsed off the event loop so other requests keep flowing.
     if len(body) > _INLINE_PARSE_BYTES:
@@ -318,45 +323,30 @@ async def locate(request: Request) -> Response:
     pred = await positioner.locate(site, csi)
     answer = positions_json(pred, confidence)
     if ue is not None:
-        answer["track"] = await _track(request, settings, pred, ue, stamp)
+        served = positioner.store.get(pred.site)
+        manifest = served.manifest if served.version == pred.version else {}
+        measured = measurement(pred, 0, manifest, settings.track_mse_sigma_m)
+        answer["track"] = await _track(request, pred, measured, ue, stamp)
     return Response(orjson.dumps(answer), media_type="application/json")
 
 
-async def _track_fused(
-    request: Request, fused: FusedPrediction, ue: str, stamp: float | None
-) -> dict[str, Any]:
-    """Feed the fused position and its full covariance (the measurement noise) to the
-    UE's track (multi-BS sites)."""
-    positioner: Positioner = request.app.state.positioner
-    tracker: Tracker = request.app.state.tracker
-    mean = fused.position[0].astype(np.float64)
-    noise = "predicted" if fused.sigma_source == "predicted" else "validation_me"
-    label = metrics.site_label(fused.site, positioner.store.knows)
-    foreign = fused.in_site is not None and not bool(fused.in_site[0])
-    cov = fused.cov[0]
-    spacing = _label_spacing(positioner, fused.site, fused.version)
-    score = None if fused.novelty is None else float(fused.novelty[0])
-    return await tracker.update(
-        fused.site, label, ue, stamp, mean, cov, noise, foreign, spacing, score
-    )
-
-
 async def _track(
-    request: Request, settings: Settings, pred: Prediction, ue: str, stamp: float | None
+    request: Request,
+    pred: Prediction | FusedPrediction,
+    measured: tuple[np.ndarray, np.ndarray, str],
+    ue: str,
+    stamp: float | None,
 ) -> dict[str, Any]:
-    """Feed the (only) position of `pred` to the UE's track; the answer's `track`."""
+    """Feed the (only) UE of `pred` to its track: `measured` is its position, the
+    covariance taken as measurement noise and where that came from (the fused covariance
+    of a multi-BS site; `tracking.measurement` of a single-BS one). The answer's `track`."""
     positioner: Positioner = request.app.state.positioner
     tracker: Tracker = request.app.state.tracker
-    served = positioner.store.get(pred.site)
-    manifest = served.manifest if served.version == pred.version else {}
-    mean, cov, noise = measurement(pred, 0, manifest, settings.track_mse_sigma_m)
+    mean, cov, noise = measured
     label = metrics.site_label(pred.site, positioner.store.knows)
-    foreign = pred.in_site is not None and not bool(pred.in_site[0])
-    spacing = served.label_spacing_m if served.version == pred.version else None
+    spacing = _label_spacing(positioner, pred.site, pred.version)
     score = None if pred.novelty is None else float(pred.novelty[0])
-    return await tracker.update(
-        pred.site, label, ue, stamp, mean, cov, noise, foreign, spacing, score
-    )
+    return await tracker.update(pred.site, label, ue, stamp, mean, cov, noise, spacing, score)
 
 
 def _label_spacing(positioner: Positioner, site: str, version: str) -> float | None:

@@ -34,6 +34,7 @@ from training.novelty import (
     inflate_sigma,
     ledoit_wolf,
     novelty_bytes,
+    out_of_site,
     read_background,
     read_novelty,
 )
@@ -338,6 +339,17 @@ def test_inflate_sigma_raises_only_out_of_site_rows() -> None:
     sigma = np.array([[0.2, 0.3], [0.2, 5.0]], dtype=np.float32)
     out = inflate_sigma(sigma, np.array([0.5, 3.0]), np.array([2.0, 1.0]))
     assert out.tolist() == [[pytest.approx(0.2), pytest.approx(0.3)], [2.0, 5.0]]
+
+
+def test_out_of_site_is_above_one_or_no_number() -> None:
+    # 1 itself is in site (a score is d / threshold); a NaN score is no evidence of the site
+    scores = np.array([0.0, 0.99, 1.0, 1.0001, 7.0, np.nan])
+    assert out_of_site(scores).tolist() == [False, False, False, True, True, True]
+    assert not out_of_site(1.0) and out_of_site(2.0)
+    # the sigma the service answers is raised on exactly those rows
+    sigma = np.full((len(scores), 2), 0.1)
+    raised = inflate_sigma(sigma, scores, np.array([3.0, 3.0]))[:, 0] > 1.0
+    assert raised.tolist() == out_of_site(scores).tolist()
 
 
 TARGET = toy_fingerprints(160, (5.0, -2.0), seed=7, size=(8.0, 6.0))
