@@ -56,7 +56,7 @@ def main(argv: list[str]) -> None:
         np.savez_compressed(
             pred_dir / f"{tag}.npz", vp=vp, vs=vs, vt=val.pos, tp=tp, ts=ts, tt=test.pos
         )
-    finish_head(r.model.backbone, r.model.head, val, cfg)
+    finish_head(r.model.backbone, r.model.head, val, cfg, reference=train)  # as train_target
     t = evaluate_model(r.model.backbone, r.model.head, test)
     row = {
         "env": env,

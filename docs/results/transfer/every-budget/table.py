@@ -54,21 +54,31 @@ def budget(labels: int) -> int:
 
 
 def read(paths: list[Path]) -> dict[Key, dict[str, dict[str, Any]]]:
+    """Runs by split and arm. A row with ``finished`` (the head finished once, by
+    `train_target`, with its neighbour terms) replaces one without: until then `arm.py`
+    finished the head a second time without them (README.md, "Neighbour terms")."""
     by: dict[Key, dict[str, dict[str, Any]]] = collections.defaultdict(dict)
     for path in paths:
         for line in path.open():
             r = json.loads(line)
-            by[(group(r["env"]), r["env"], r["seed"], budget(r["labels"]))][r["arm"]] = r
+            runs = by[(group(r["env"]), r["env"], r["seed"], budget(r["labels"]))]
+            if "finished" in r or "finished" not in runs.get(r["arm"], {}):
+                runs[r["arm"]] = r
     return by
 
 
 def ratios(
     by: dict[Key, dict[str, dict[str, Any]]], g: str, n: int, a: str, b: str, metric: str
 ) -> list[float]:
+    """Paired ratios a / b; a pair is only formed from rows finished alike."""
     return [
         runs[a][metric] / runs[b][metric]
         for (gg, _, _, nn), runs in sorted(by.items())
-        if gg == g and nn == n and a in runs and b in runs
+        if gg == g
+        and nn == n
+        and a in runs
+        and b in runs
+        and ("finished" in runs[a]) == ("finished" in runs[b])
     ]
 
 
@@ -85,9 +95,9 @@ def main(out: Path, paths: list[Path]) -> None:
     print(
         "| group | labels | scratch-pd ME (median) | degenerate | "
         + " | ".join(f"{a} / {b}" for a, b in PAIRS)
-        + " | CRPS: corpus / scratch-pd | CRPS: corpus / hall |"
+        + " | CRPS: corpus / scratch-pd | CRPS: corpus / hall | corpus in 1 / 2 sigma |"
     )
-    print("|---" * (6 + len(PAIRS)) + "|")
+    print("|---" * (7 + len(PAIRS)) + "|")
     fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), 3.6), sharey=True)
     for ax, g in zip(np.atleast_1d(axes), groups, strict=True):
         shown = [n for n in BUDGETS if any(k[0] == g and k[3] == n for k in by)]
@@ -100,8 +110,17 @@ def main(out: Path, paths: list[Path]) -> None:
                 cell(ratios(by, g, n, "corpus", b, "crps")) for b in ("scratch-pd", "hall")
             )
             me = f"{np.median(scratch):.3f} m" if scratch else ""
+            ours = [r for r in runs if r["arm"] == "corpus"]
+            cover = (
+                f"{100 * np.median([r['c1'] for r in ours]):.1f} / "
+                f"{100 * np.median([r['c2'] for r in ours]):.1f} %"
+                if ours
+                else ""
+            )
             print(
-                f"| {g} | {n} | {me} | {bad} of {len(runs)} | " + " | ".join(cells) + f" | {crps} |"
+                f"| {g} | {n} | {me} | {bad} of {len(runs)} | "
+                + " | ".join(cells)
+                + f" | {crps} | {cover} |"
             )
         for (a, b), style in zip(PLOTTED, ("o-", "s-", "^--", "x:"), strict=True):
             med = [np.median(ratios(by, g, n, a, b, "me") or [np.nan]) for n in shown]

@@ -72,7 +72,7 @@ def run(data: str, env: str, seed: int, out: Path, labels: int) -> None:
     wall = time.time() - t0
     tests = {}
     for name, (model, _) in runs.runs.items():
-        finish_head(model.backbone, model.head, val, cfg)  # sigma as `auto` ships it
+        finish_head(model.backbone, model.head, val, cfg, reference=train)  # as `auto` ships it
         tests[name] = evaluate_model(model.backbone, model.head, test)
     with_fd = choose_mode(runs.scores, runs.val_me, runs.folds)
     without = {k: v for k, v in runs.scores.items() if k != FRESH_DENSE_CANDIDATE}
