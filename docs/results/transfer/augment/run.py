@@ -13,7 +13,11 @@ The values are chosen a priori, not tuned. Validation and test stay clean; the h
 neighbour terms are fitted on the clean training fingerprints (the copies would be each
 other's nearest neighbours).
 
-    run.py DATA ENV SEED ARM OUT.jsonl LABELS [COPIES]     (ARM: a model repository or scratch-pd)
+    run.py DATA ENV SEED ARM OUT.jsonl LABELS [COPIES] [same]
+
+ARM: a model repository or scratch-pd. ``same``: the copies are exact (the control: the
+same training-set size, hence the same evaluation interval and patience in steps, with
+nothing perturbed).
 """
 
 # ruff: noqa: T201
@@ -41,8 +45,10 @@ GAIN_DB = 0.5
 PHASE_DEG = 5.0
 
 
-def augmented(train: Fingerprints, copies: int, seed: int) -> Fingerprints:
-    """``train`` followed by ``copies`` perturbed copies of every fingerprint."""
+def augmented(train: Fingerprints, copies: int, seed: int, perturb: bool = True) -> Fingerprints:
+    """``train`` followed by ``copies`` perturbed (or exact) copies of every fingerprint."""
+    if not perturb:
+        return Fingerprints.concat([train] * (copies + 1))
     rng = np.random.default_rng(seed + 7919)
     h = train.csi[..., 0].astype(np.float64) + 1j * train.csi[..., 1].astype(np.float64)
     parts = [train]
@@ -61,11 +67,13 @@ def augmented(train: Fingerprints, copies: int, seed: int) -> Fingerprints:
     return Fingerprints.concat(parts)
 
 
-def main(data: str, env: str, seed: int, arm: str, out: Path, labels: int, copies: int) -> None:
+def main(
+    data: str, env: str, seed: int, arm: str, out: Path, labels: int, copies: int, perturb: bool
+) -> None:
     torch.set_num_threads(1)
     train, val, test, cfg = target_split(data, env, seed, labels)
     plain = Fingerprints(csi=train.csi, pos=train.pos)
-    big = augmented(plain, copies, seed)
+    big = augmented(plain, copies, seed, perturb)
     backbone, config = None, None
     if arm == "scratch-pd":
         config = BackboneConfig(inputs="phase-delay")
@@ -80,7 +88,9 @@ def main(data: str, env: str, seed: int, arm: str, out: Path, labels: int, copie
         "seed": seed,
         "arm": arm,
         "mode": "finetune",
-        "augment": {"copies": copies, "snr_db": SNR_DB, "gain_db": GAIN_DB, "phase_deg": PHASE_DEG},
+        "augment": {"copies": copies, "snr_db": SNR_DB, "gain_db": GAIN_DB, "phase_deg": PHASE_DEG}
+        if perturb
+        else {"copies": copies, "same": True},
         "labels": len(train) + len(val),
         "n_test": len(test),
         "me": t["me"],
@@ -100,4 +110,5 @@ def main(data: str, env: str, seed: int, arm: str, out: Path, labels: int, copie
 
 if __name__ == "__main__":
     a = sys.argv[1:]
-    main(a[0], a[1], int(a[2]), a[3], Path(a[4]), int(a[5]), int(a[6]) if len(a) > 6 else 3)
+    copies = int(a[6]) if len(a) > 6 else 3
+    main(a[0], a[1], int(a[2]), a[3], Path(a[4]), int(a[5]), copies, a[7:8] != ["same"])
