@@ -52,6 +52,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from training.augment import augmented
 from training.calibration import nll_factor
 from training.checkpoint import load_backbone, load_background, save_site_model
 from training.config import (
@@ -297,7 +298,7 @@ def _scratch(
     device: torch.device | str,
     pairs: TrackPairs | None = None,
 ) -> TargetResult:
-    source = SourceData.in_memory(train, val)
+    source = SourceData.in_memory(augmented(train, config.augment_copies, config.seed), val)
     source.tracks = pairs
     result = train_sources(
         {"target": source},
@@ -310,10 +311,13 @@ def _scratch(
         target_recipe=True,
     )
     model = result.site_model("target").eval()
+    metrics = result.metrics["target"]
+    if config.augment_copies:  # the neighbour terms on the labelled fingerprints alone
+        metrics = _finish(model, result.report, train, val, config)
     return TargetResult(
         model,
         result.report,
-        result.metrics["target"],
+        metrics,
         "finetune",
         config,
         "finetune",
@@ -339,7 +343,9 @@ class _Trainer:
         head_init: Head | None = None,
         pairs: TrackPairs | None = None,
     ) -> None:
-        self.backbone, self.train, self.val, self.config = backbone, train, val, config
+        # `augment_copies`: the copies join each split's training part, never its validation
+        self.train = augmented(train, config.augment_copies, config.seed)
+        self.backbone, self.val, self.config = backbone, val, config
         self.tracks = pairs
         self.head_init = head_init
         self.head_config, self.quiet, self.device = head_config, quiet, device

@@ -54,6 +54,11 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("schedule", str, "Target training: learning-rate schedule, cosine or plateau."),
     _Option("anchor_weight", float, "Target training from a backbone: L2-SP weight (0: off)."),
     _Option(
+        "augment_copies",
+        int,
+        "Target training: perturbed copies of each labelled fingerprint (0: off).",
+    ),
+    _Option(
         "episode_weight",
         float,
         "Source training: weight of the episodic ridge-head term (0: off).",

@@ -28,9 +28,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from training.augment import GAIN_DB, PHASE_DEG, SNR_DB, augmented
 from training.data.fingerprints import Fingerprints
 from training.metrics import evaluate_model, finish_head
 from training.nets import BackboneConfig
@@ -40,31 +40,13 @@ from training.transfer import starting_backbone, train_target
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fresh-dense"))
 from pair import target_split  # the same split as every-budget's runs
 
-SNR_DB = (10.0, 30.0)
-GAIN_DB = 0.5
-PHASE_DEG = 5.0
 
-
-def augmented(train: Fingerprints, copies: int, seed: int, perturb: bool = True) -> Fingerprints:
-    """``train`` followed by ``copies`` perturbed (or exact) copies of every fingerprint."""
+def copies_of(train: Fingerprints, copies: int, seed: int, perturb: bool) -> Fingerprints:
+    """``train`` and ``copies`` perturbed copies (`training.augment.augmented`, which this
+    pilot's own copy of the code became: the same draws, the same result) or exact ones."""
     if not perturb:
         return Fingerprints.concat([train] * (copies + 1))
-    rng = np.random.default_rng(seed + 7919)
-    h = train.csi[..., 0].astype(np.float64) + 1j * train.csi[..., 1].astype(np.float64)
-    parts = [train]
-    power = np.mean(np.abs(h) ** 2, axis=(1, 2), keepdims=True)  # [n, 1, 1]
-    for _ in range(copies):
-        n = len(train)
-        snr = 10 ** (rng.uniform(*SNR_DB, size=(n, 1, 1)) / 10)
-        noise = (rng.standard_normal(h.shape) + 1j * rng.standard_normal(h.shape)) * np.sqrt(
-            power / snr / 2
-        )
-        gain = 10 ** (rng.normal(0.0, GAIN_DB, size=(n, h.shape[1], 1)) / 20)
-        phase = np.exp(1j * np.deg2rad(rng.normal(0.0, PHASE_DEG, size=(n, h.shape[1], 1))))
-        g = h * gain * phase + noise
-        csi = np.stack([g.real, g.imag], axis=-1).astype(np.float32)
-        parts.append(Fingerprints(csi=csi, pos=train.pos.copy()))
-    return Fingerprints.concat(parts)
+    return augmented(train, copies, seed)
 
 
 def main(
@@ -73,7 +55,7 @@ def main(
     torch.set_num_threads(1)
     train, val, test, cfg = target_split(data, env, seed, labels)
     plain = Fingerprints(csi=train.csi, pos=train.pos)
-    big = augmented(plain, copies, seed, perturb)
+    big = copies_of(plain, copies, seed, perturb)
     backbone, config = None, None
     if arm == "scratch-pd":
         config = BackboneConfig(inputs="phase-delay")
