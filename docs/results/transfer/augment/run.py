@@ -20,10 +20,8 @@ same training-set size, hence the same evaluation interval and patience in steps
 nothing perturbed).
 """
 
-# ruff: noqa: T201
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -32,12 +30,14 @@ import torch
 
 from training.augment import GAIN_DB, PHASE_DEG, SNR_DB, augmented
 from training.data.fingerprints import Fingerprints
-from training.metrics import evaluate_model, finish_head
+from training.metrics import finish_head
 from training.nets import BackboneConfig
 from training.repository import ModelRepository
 from training.transfer import starting_backbone, train_target
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fresh-dense"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sources-mix"))
+from arm import write_row  # the same rows as every-budget's
 from pair import target_split  # the same split as every-budget's runs
 
 
@@ -64,30 +64,13 @@ def main(
     t0 = time.time()
     r = train_target(backbone, big, val, cfg, mode="finetune", quiet=True, backbone_config=config)
     finish_head(r.model.backbone, r.model.head, val, cfg, reference=plain)
-    t = evaluate_model(r.model.backbone, r.model.head, test)
-    row = {
-        "env": env,
-        "seed": seed,
-        "arm": arm,
-        "mode": "finetune",
-        "augment": {"copies": copies, "snr_db": SNR_DB, "gain_db": GAIN_DB, "phase_deg": PHASE_DEG}
+    augment = (
+        {"copies": copies, "snr_db": SNR_DB, "gain_db": GAIN_DB, "phase_deg": PHASE_DEG}
         if perturb
-        else {"copies": copies, "same": True},
-        "labels": len(train) + len(val),
-        "n_test": len(test),
-        "me": t["me"],
-        "crps": t.get("crps"),
-        "c1": t.get("within_1sigma"),
-        "c2": t.get("within_2sigma"),
-        "degenerate": r.degenerate,
-        "finished": "train_target",
-        "neighbour_rows": int(r.model.head.ref_features.shape[0]),
-        "steps": r.report.steps,
-        "wall_s": round(time.time() - t0, 1),
-    }
-    with out.open("a") as f:
-        f.write(json.dumps(row) + "\n")
-    print(json.dumps(row))
+        else {"copies": copies, "same": True}
+    )
+    labels = len(train) + len(val)
+    write_row(out, env, seed, arm, "finetune", r, labels, test, t0, augment=augment)
 
 
 if __name__ == "__main__":

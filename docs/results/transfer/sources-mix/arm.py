@@ -24,12 +24,14 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from training.config import TargetMode, check_mode
+from training.data.fingerprints import Fingerprints
 from training.metrics import evaluate_model
 from training.nets import BackboneConfig
 from training.repository import ModelRepository
-from training.transfer import starting_backbone, train_target
+from training.transfer import TargetResult, starting_backbone, train_target
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fresh-dense"))
 from pair import target_split  # the same split as the fresh-dense pairs
@@ -59,14 +61,32 @@ def main(
     # neighbour terms fitted on `train`); finishing it again without `reference` dropped
     # the terms (rows without "finished" below: every-budget/README.md, "Neighbour terms")
     r = train_target(backbone, train, val, cfg, mode=mode, quiet=True, backbone_config=config)
+    mode_name = mode if scratch_min is None else f"{mode}@{scratch_min}"
+    write_row(out, env, seed, arm, mode_name, r, len(train) + len(val), test, t0)
+
+
+def write_row(
+    out: Path,
+    env: str,
+    seed: int,
+    arm: str,
+    mode: str,
+    r: TargetResult,
+    labels: int,
+    test: Fingerprints,
+    t0: float,
+    **extra: Any,
+) -> None:
+    """Test ``r``'s model on ``test`` and append its row to ``out`` (and print it)."""
     t = evaluate_model(r.model.backbone, r.model.head, test)
     row = {
         "env": env,
         "seed": seed,
         "arm": arm,
-        "mode": mode if scratch_min is None else f"{mode}@{scratch_min}",
+        "mode": mode,
+        **extra,
         "chosen": r.chosen,
-        "labels": len(train) + len(val),
+        "labels": labels,
         "n_test": len(test),
         "me": t["me"],
         "crps": t.get("crps"),
