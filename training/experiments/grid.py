@@ -341,6 +341,8 @@ _META_CONFIG_DEFAULTS = {
         "anchor_weight",
         # episodic ridge heads in source training: likewise
         "episode_weight",
+        # augmented labels in target training: likewise
+        "augment_copies",
     )
 }
 
