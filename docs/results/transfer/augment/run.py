@@ -15,9 +15,9 @@ other's nearest neighbours).
 
     run.py DATA ENV SEED ARM OUT.jsonl LABELS [COPIES] [same]
 
-ARM: a model repository or scratch-pd. ``same``: the copies are exact (the control: the
-same training-set size, hence the same evaluation interval and patience in steps, with
-nothing perturbed).
+ARM: a model repository, scratch or scratch-pd (../fresh-dense/pair.py, `arm_start`).
+``same``: the copies are exact (the control: the same training-set size, hence the same
+evaluation interval and patience in steps, with nothing perturbed).
 """
 
 from __future__ import annotations
@@ -31,14 +31,12 @@ import torch
 from training.augment import GAIN_DB, PHASE_DEG, SNR_DB, augmented
 from training.data.fingerprints import Fingerprints
 from training.metrics import finish_head
-from training.nets import BackboneConfig
-from training.repository import ModelRepository
-from training.transfer import starting_backbone, train_target
+from training.transfer import train_target
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fresh-dense"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sources-mix"))
 from arm import write_row  # the same rows as every-budget's
-from pair import target_split  # the same split as every-budget's runs
+from pair import arm_start, target_split  # the same split and arms as every-budget's
 
 
 def copies_of(train: Fingerprints, copies: int, seed: int, perturb: bool) -> Fingerprints:
@@ -56,11 +54,7 @@ def main(
     train, val, test, cfg = target_split(data, env, seed, labels)
     plain = Fingerprints(csi=train.csi, pos=train.pos)
     big = copies_of(plain, copies, seed, perturb)
-    backbone, config = None, None
-    if arm == "scratch-pd":
-        config = BackboneConfig(inputs="phase-delay")
-    else:
-        _, backbone, _ = starting_backbone(ModelRepository(Path(arm)), None)
+    backbone, config = arm_start(arm)
     t0 = time.time()
     r = train_target(backbone, big, val, cfg, mode="finetune", quiet=True, backbone_config=config)
     finish_head(r.model.backbone, r.model.head, val, cfg, reference=plain)

@@ -25,7 +25,7 @@ from training.config import TrainConfig
 from training.data.fingerprints import Fingerprints, read_environment
 from training.data.splits import split_train_val, train_val_test
 from training.metrics import evaluate_model, finish_head
-from training.nets import Backbone
+from training.nets import Backbone, BackboneConfig
 from training.repository import ModelRepository
 from training.transfer import (
     FRESH_DENSE_CANDIDATE,
@@ -46,6 +46,20 @@ def arm_backbone(arm: str) -> Backbone | None:
         return None
     _, backbone, _ = starting_backbone(ModelRepository(Path(arm)), None)
     return backbone
+
+
+SCRATCH_INPUTS = {"scratch": "raw", "scratch-pd": "phase-delay"}
+"""The scratch arms and their inputs: ``scratch`` as `BackboneConfig`'s default (what the
+studies before ../every-budget ran), ``scratch-pd`` as the backbones' (the fair baseline)."""
+
+
+def arm_start(arm: str) -> tuple[Backbone | None, BackboneConfig | None]:
+    """What arm ``arm`` trains from: (its repository's default backbone, None), or for a
+    scratch arm (None, a backbone config with its `SCRATCH_INPUTS`)."""
+    inputs = SCRATCH_INPUTS.get(arm)
+    if inputs is not None:
+        return None, BackboneConfig(inputs=inputs)
+    return arm_backbone(arm), None
 
 
 def target_split(

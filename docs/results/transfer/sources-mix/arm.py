@@ -29,14 +29,10 @@ from typing import Any
 from training.config import TargetMode, check_mode
 from training.data.fingerprints import Fingerprints
 from training.metrics import evaluate_model
-from training.nets import BackboneConfig
-from training.repository import ModelRepository
-from training.transfer import TargetResult, starting_backbone, train_target
+from training.transfer import TargetResult, train_target
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fresh-dense"))
-from pair import target_split  # the same split as the fresh-dense pairs
-
-SCRATCH_INPUTS = {"scratch": "raw", "scratch-pd": "phase-delay"}
+from pair import arm_start, target_split  # the same split and arms as the fresh-dense pairs
 
 
 def main(
@@ -52,11 +48,8 @@ def main(
     train, val, test, cfg = target_split(data, env, seed, labels)
     if scratch_min is not None:
         cfg = cfg.replace(auto_scratch_min=scratch_min)
-    backbone, inputs = None, SCRATCH_INPUTS.get(arm)
-    if inputs is None:
-        _, backbone, _ = starting_backbone(ModelRepository(Path(arm)), None)
+    backbone, config = arm_start(arm)
     t0 = time.time()
-    config = None if inputs is None else BackboneConfig(inputs=inputs)
     # `train_target` finishes the head as the product does (sigma calibrated, with the
     # neighbour terms fitted on `train`); finishing it again without `reference` dropped
     # the terms (rows without "finished" below: every-budget/README.md, "Neighbour terms")
