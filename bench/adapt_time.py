@@ -5,7 +5,9 @@ The training issue's target: `auto` adaptation of 600 labelled samples in under 
 so its cost is printed as a ratio to one `finetune` run on the same data in the same
 process (the baseline), alongside the absolute seconds, and `auto` with the
 error-selected cosine recipe (``select="me"``, ``schedule="cosine"``) against the
-default, so a loaded machine still tells what that recipe costs.
+default, so a loaded machine still tells what that recipe costs, and `auto` without the
+labelled CSI's augmented copies (``augment_copies=0``; the default trains every candidate
+on the labels and 3 perturbed copies of each, `training.augment`).
 Data: a ray-traced-like toy channel (the training tests' `toychannel`), so the run
 needs no simulator.
 
@@ -40,17 +42,20 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     data = toy_fingerprints(args.samples, (5.0, -2.0), seed=7, size=(12.0, 9.0))
-    times: dict[str, list[float]] = {"finetune": [], "auto": [], "auto-me": []}
-    by_me = TrainConfig(select="me", schedule="cosine")
+    times: dict[str, list[float]] = {"finetune": [], "auto": [], "auto-me": [], "auto-plain": []}
+    configs = {
+        "auto-me": TrainConfig(select="me", schedule="cosine"),
+        "auto-plain": TrainConfig(augment_copies=0),
+    }
     chosen: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         repo = ModelRepository(Path(tmp) / "models")
         save_backbone(repo, "meml", Backbone(seed=0), loss="nll")
         for r in range(args.rounds):
             # Alternate the two so load from other processes hits both alike.
-            for arm in ("finetune", "auto", "auto-me"):
+            for arm in times:
                 mode: TargetMode = "finetune" if arm == "finetune" else "auto"
-                config = by_me if arm == "auto-me" else TrainConfig()
+                config = configs.get(arm, TrainConfig())
                 t0 = time.perf_counter()
                 result = adapt_site(repo, f"{arm}-{r}", data, mode=mode, loss="nll", config=config)
                 times[arm].append(time.perf_counter() - t0)
@@ -60,14 +65,18 @@ def main() -> None:
     print(
         f"{args.samples} samples, {args.threads} threads, {args.rounds} rounds "
         f"(default TrainConfig: min {TrainConfig().min_steps} steps, patience "
-        f"{TrainConfig().patience} validations)"
+        f"{TrainConfig().patience} validations, {TrainConfig().augment_copies} augmented "
+        "copies of each label)"
     )
     print(f"finetune adaptation  median {ft:6.1f} s  (runs {times['finetune']})")
     print(f"auto adaptation      median {auto:6.1f} s  (chose {chosen})")
     me = statistics.median(times["auto-me"])
     print(f"auto, select me      median {me:6.1f} s  (cosine schedule)")
+    plain = statistics.median(times["auto-plain"])
+    print(f"auto, no copies      median {plain:6.1f} s  (augment_copies=0)")
     print(f"ratio auto / finetune       {auto / ft:6.2f}")
     print(f"ratio auto (me) / auto      {me / auto:6.2f}")
+    print(f"ratio auto / no copies      {auto / plain:6.2f}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,9 @@ control for the longer patience a larger set gets); scratch gained more (0.78x /
 so part of what augmentation gives, the backbone gave already
 (docs/results/transfer/augment). Validation stays clean, and the head's neighbour terms
 use the labelled fingerprints alone (copies would be each other's nearest neighbours).
+With many labels the noise costs more than it teaches (lab-los at 3,000 labels: 1.11-1.31x
+the error), so sites with `TrainConfig.augment_max_labels` (1,000) or more train on their
+labels alone (`site_copies`).
 """
 
 from __future__ import annotations
@@ -24,10 +27,10 @@ import dataclasses
 
 import numpy as np
 
-from training.config import AUGMENT_MAX_COPIES
+from training.config import AUGMENT_MAX_COPIES, TrainConfig
 from training.data.fingerprints import Fingerprints
 
-__all__ = ["GAIN_DB", "PHASE_DEG", "SNR_DB", "augmented"]
+__all__ = ["GAIN_DB", "PHASE_DEG", "SNR_DB", "augmented", "site_copies"]
 
 SNR_DB = (10.0, 30.0)
 """The added noise's SNR range (dB of each fingerprint's own mean power per entry)."""
@@ -62,3 +65,10 @@ def augmented(train: Fingerprints, copies: int, seed: int) -> Fingerprints:
         csi = np.stack([g.real, g.imag], axis=-1).astype(np.float32)
         parts.append(dataclasses.replace(train, csi=csi))
     return Fingerprints.concat(parts)
+
+
+def site_copies(config: TrainConfig, labelled: int) -> int:
+    """The copies a site with ``labelled`` fingerprints (training + validation) trains on:
+    ``config.augment_copies`` below ``config.augment_max_labels``, else none."""
+    cap = config.augment_max_labels
+    return config.augment_copies if cap is None or labelled < cap else 0

@@ -92,6 +92,9 @@ class SourceData:
     """The whole validation split, for the final metrics (main process only)."""
     tracks: TrackPairs | None = None
     """Unlabelled pairs of this environment (`training.unlabelled`; scratch on a site)."""
+    reference: Fingerprints | None = None
+    """What the head's neighbour terms are fitted on when not ``train``: the labelled
+    fingerprints of a site whose ``train`` holds augmented copies (`training.augment`)."""
 
     @classmethod
     def in_memory(
@@ -150,6 +153,16 @@ class SourceData:
                 fingerprint=data_fingerprint(lazy_env),
                 val_full=(val if world == 1 else lazy_env.read(val_idx)) if rank == 0 else None,
             )
+
+
+def _reference(src: SourceData) -> Fingerprints | None:
+    """The labelled fingerprints behind ``src``'s head (sigma's distance term needs every
+    one, so a rank's shard gives none)."""
+    if src.reference is not None:
+        return src.reference
+    if isinstance(src.train, Fingerprints) and len(src.train) == src.train_size:
+        return src.train
+    return None
 
 
 def combined_fingerprint(parts: Mapping[str, str]) -> str:
@@ -314,10 +327,7 @@ def _train_once(
             heads[name],
             src.val if src.val_full is None else src.val_full,
             config,
-            # sigma's distance term needs every training fingerprint (not a rank's shard)
-            reference=src.train
-            if isinstance(src.train, Fingerprints) and len(src.train) == src.train_size
-            else None,
+            reference=_reference(src),
         )
         for name, src in sources.items()
     }

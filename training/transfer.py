@@ -52,7 +52,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from training.augment import augmented
+from training.augment import augmented, site_copies
 from training.calibration import nll_factor
 from training.checkpoint import load_backbone, load_background, save_site_model
 from training.config import (
@@ -298,8 +298,10 @@ def _scratch(
     device: torch.device | str,
     pairs: TrackPairs | None = None,
 ) -> TargetResult:
-    source = SourceData.in_memory(augmented(train, config.augment_copies, config.seed), val)
+    copies = site_copies(config, len(train) + len(val))
+    source = SourceData.in_memory(augmented(train, copies, config.seed), val)
     source.tracks = pairs
+    source.reference = train  # the neighbour terms on the labelled fingerprints alone
     result = train_sources(
         {"target": source},
         config,
@@ -310,14 +312,10 @@ def _scratch(
         device=device,
         target_recipe=True,
     )
-    model = result.site_model("target").eval()
-    metrics = result.metrics["target"]
-    if config.augment_copies:  # the neighbour terms on the labelled fingerprints alone
-        metrics = _finish(model, result.report, train, val, config)
     return TargetResult(
-        model,
+        result.site_model("target").eval(),
         result.report,
-        metrics,
+        result.metrics["target"],
         "finetune",
         config,
         "finetune",
@@ -344,7 +342,8 @@ class _Trainer:
         pairs: TrackPairs | None = None,
     ) -> None:
         # `augment_copies`: the copies join each split's training part, never its validation
-        self.train = augmented(train, config.augment_copies, config.seed)
+        copies = site_copies(config, len(train) + len(val))
+        self.train = augmented(train, copies, config.seed)
         self.backbone, self.val, self.config = backbone, val, config
         self.tracks = pairs
         self.head_init = head_init

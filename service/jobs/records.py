@@ -63,6 +63,7 @@ class TrainBudget(BaseModel):
             val_fraction=options.val_fraction,
             seed=options.seed,
             calibrate_sigma=options.calibrate_sigma,
+            augment_copies=options.augment_copies,
         )
 
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 import training.calibration as calibration
+from tests.training.fast import FAST
 from tests.training.toychannel import toy_fingerprints
-from training.augment import SNR_DB, augmented
+from training.augment import SNR_DB, augmented, site_copies
 from training.config import AUGMENT_MAX_COPIES, TrainConfig
 from training.data.splits import split_train_val
 from training.nets import Backbone
@@ -68,11 +69,22 @@ def test_target_training_sees_the_copies_and_the_head_keeps_the_originals(
     train, val = split_train_val(TARGET, 0.45, 0)
     monkeypatch.setattr(calibration, "REF_MIN_VAL", 1)  # the neighbour terms on
     monkeypatch.setattr(calibration, "REF_BLENDS", (0.5,))
-    cfg = TrainConfig(
-        loss="nll", epochs=2, min_steps=0, patience=2, batch_size=32, lr=2e-3, augment_copies=2
-    )
+    cfg = FAST.replace(patience=2, augment_copies=2)
     for backbone in (Backbone(seed=0), None):  # a site's modes and scratch
         r = train_target(backbone, train, val, cfg, mode="finetune", quiet=True)
         # two passes over 3x the labelled set: the copies were trained on
         assert r.report.samples >= 2 * 3 * len(train)
         assert r.model.head.ref_features.shape[0] == len(train)  # the originals alone
+
+
+def test_sites_with_many_labels_train_without_copies() -> None:
+    cfg = TrainConfig(augment_copies=3, augment_max_labels=100)
+    assert site_copies(cfg, 99) == 3 and site_copies(cfg, 100) == 0
+    assert site_copies(cfg.replace(augment_max_labels=None), 10**6) == 3
+    with pytest.raises(ValueError, match="augment_max_labels"):
+        TrainConfig(augment_max_labels=0)
+    train, val = split_train_val(TARGET, 0.45, 0)
+    many = FAST.replace(patience=2, augment_copies=2, augment_max_labels=len(train) + len(val))
+    for backbone in (Backbone(seed=0), None):
+        r = train_target(backbone, train, val, many, mode="finetune", quiet=True)
+        assert r.report.samples < 2 * 3 * len(train)  # the labelled set alone

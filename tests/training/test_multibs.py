@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.training.fast import FAST
 from tests.training.toychannel import toy_site, toy_site_tracks
 from training.checkpoint import load_site_model, save_backbone
 from training.config import TrainConfig
@@ -34,16 +35,7 @@ from training.nets import Backbone, Head, HeadConfig, JointBackbone, SiteModel
 from training.repository import ModelRepository, RepositoryError
 from training.transfer import adapt_site
 
-CFG = TrainConfig(
-    loss="nll",
-    epochs=2,
-    min_steps=0,
-    patience=1,
-    batch_size=32,
-    lr=2e-3,
-    val_fraction=0.25,
-    head_warmup_steps=2,
-)
+CFG = FAST.replace(head_warmup_steps=2)
 
 
 @pytest.fixture(autouse=True)
@@ -433,7 +425,7 @@ def test_cli_train_site_on_a_group_adapts_every_bs(repo: ModelRepository, tmp_pa
         [
             "train", "site", "--data", str(data), "--env", "hall", "--site", "hall",
             "--out", str(repo.root), "--mode", "head", "--epochs", "2", "--min-steps", "0",
-            "--head-warmup-steps", "2", "--quiet",
+            "--head-warmup-steps", "2", "--augment-copies", "0", "--quiet",
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -468,7 +460,8 @@ def test_cli_train_site_reads_walks_per_bs(
         write_unlabelled(walks, f"day0/{bs}", tracks, EnvironmentMeta(description="walk"))
     args = ["train", "site", "--data", str(data), "--env", "hall", "--site", "hall",
             "--out", str(repo.root), "--mode", "head", "--epochs", "2", "--min-steps", "0",
-            "--head-warmup-steps", "2", "--quiet", "--unlabelled", str(walks)]  # fmt: skip
+            "--head-warmup-steps", "2", "--augment-copies", "0", "--quiet",
+            "--unlabelled", str(walks)]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert repo.manifest("site", "hall")["config"]["unlabelled_choice"]["kept"]

@@ -11,9 +11,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from tests.training.fast import FAST
 from tests.training.toychannel import toy_fingerprints
 from training.checkpoint import load_novelty, load_site_model, save_backbone
-from training.config import TrainConfig
 from training.nets import Backbone
 from training.novelty import (
     CHANNEL_PARTS,
@@ -353,9 +353,7 @@ def test_out_of_site_is_above_one_or_no_number() -> None:
 
 
 TARGET = toy_fingerprints(160, (5.0, -2.0), seed=7, size=(8.0, 6.0))
-CFG = TrainConfig(
-    loss="nll", epochs=3, min_steps=0, patience=2, batch_size=32, lr=2e-3, head_warmup_steps=4
-)
+CFG = FAST.replace(epochs=3, patience=2, head_warmup_steps=4, val_fraction=0.1)
 
 
 def test_adaptation_publishes_a_novelty_model_and_features(tmp_path: Path) -> None:
@@ -419,9 +417,7 @@ def test_a_multi_bs_adaptation_fits_one_detector_per_bs(tmp_path: Path) -> None:
     background = fit_background(corpus_rooms(4), per_env=40)
     save_backbone(repo, "meml", Backbone(seed=0), loss="mse", background=background)
     site = toy_site(200, seed=4, drop=0.0)
-    cfg = TrainConfig(
-        loss="nll", epochs=2, min_steps=0, patience=1, batch_size=32, val_fraction=0.25
-    )
+    cfg = FAST.replace(lr=1e-3)
     result = adapt_site(repo, "hall", site, mode="head", config=cfg, holdout=0.2)
     manifest = repo.manifest("site", "hall", result.version)
     models = load_novelty(repo, "hall", result.version)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.training.fast import FAST
 from tests.training.toychannel import toy_fingerprints
 from training.checkpoint import load_site_model, save_backbone
 from training.config import TrainConfig, check_mode
@@ -27,16 +28,7 @@ from training.transfer import (
 )
 
 TARGET = toy_fingerprints(160, (5.0, -2.0), seed=7, size=(8.0, 6.0))
-CFG = TrainConfig(
-    loss="nll",
-    epochs=3,
-    min_steps=0,
-    patience=2,
-    batch_size=32,
-    lr=2e-3,
-    val_fraction=0.25,
-    head_warmup_steps=4,
-)
+CFG = FAST.replace(epochs=3, patience=2, head_warmup_steps=4)
 
 
 @pytest.fixture(autouse=True)

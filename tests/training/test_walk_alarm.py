@@ -7,18 +7,16 @@ import pytest
 import torch
 
 from service.store import ServedSite
+from tests.training.fast import FAST
 from tests.training.toychannel import toy_fingerprints, toy_site, toy_site_tracks, toy_tracks
 from training.checkpoint import load_site_model, save_backbone
-from training.config import TrainConfig
 from training.nets import Backbone
 from training.novelty import conformal_threshold
 from training.repository import ModelRepository
 from training.transfer import adapt_site
 from training.walk_alarm import MIN_TRACKS, fit_walk_scale, walk_scale
 
-CFG = TrainConfig(
-    loss="nll", epochs=2, min_steps=0, patience=1, batch_size=32, lr=2e-3, val_fraction=0.25
-)
+CFG = FAST
 
 
 def _walks(tracks: int, per: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -59,6 +59,11 @@ _OPTIONS: tuple[_Option, ...] = (
         "Target training: perturbed copies of each labelled fingerprint (0: off).",
     ),
     _Option(
+        "augment_max_labels",
+        int,
+        "Target training: copies only below this many labelled fingerprints (0: always).",
+    ),
+    _Option(
         "episode_weight",
         float,
         "Source training: weight of the episodic ridge-head term (0: off).",
@@ -70,7 +75,7 @@ _SIGMA = _Option(
     "nll: scale sigma per axis to fit the validation errors after training.",
     "--calibrate-sigma/--no-calibrate-sigma",
 )
-_OPTIONAL_ZERO = {"max_steps", "eval_every"}
+_OPTIONAL_ZERO = {"max_steps", "eval_every", "augment_max_labels"}
 """`TrainConfig` fields that are None when automatic; 0 on the command line."""
 
 

@@ -18,6 +18,7 @@ from service.app import create_app
 from service.config import Settings
 from tests.service.conftest import ADMIN, LOCATE, csi_batch
 from tests.service.fake_trainer import FAIL_SEED
+from training.config import TrainConfig
 from training.data.fingerprints import EnvironmentMeta, Fingerprints, write_environment
 
 # Each app spawns a worker pool (fresh interpreters importing torch): bound a hung job.
@@ -64,6 +65,7 @@ def test_json_adapt_end_to_end(client: TestClient) -> None:
     assert job["progress"]["epoch"] == 3 and job["progress"]["best_val_me"] == pytest.approx(10 / 3)
     assert job["metrics"]["val_me"] == pytest.approx(10 / 3) and job["metrics"]["samples"] == 30
     assert job["options"]["mode"] == "head"
+    assert job["options"]["augment_copies"] == TrainConfig().augment_copies == 3  # the default
     # the new site answers near the centre of its training positions (the fake's bias)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
@@ -225,7 +227,7 @@ def test_training_budget_from_settings_reaches_the_trainer(
     make_settings: Callable[..., Settings],
 ) -> None:
     csi, pos = labelled(12)
-    options = {"seed": 5, "val_fraction": 0.3, "calibrate_sigma": False}
+    options = {"seed": 5, "val_fraction": 0.3, "calibrate_sigma": False, "augment_copies": 1}
     doc = {"csi": csi.tolist(), "pos": pos.tolist(), "options": options}
     settings = make_settings(
         adapt_max_epochs=7,
@@ -256,6 +258,7 @@ def test_training_budget_from_settings_reaches_the_trainer(
     # the request's options still decide seed and validation fraction
     assert m["config_seed"] == 5 and m["config_val_fraction"] == pytest.approx(0.3)
     assert m["config_calibrate_sigma"] is False
+    assert m["config_augment_copies"] == 1
 
 
 def test_backbone_option_takes_name_and_version_refs(

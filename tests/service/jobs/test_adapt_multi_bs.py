@@ -49,7 +49,7 @@ def _upload(c: TestClient, site: str, path: Path, **fields: str) -> Any:
     return c.post(
         f"/sites/{site}/adapt",
         files={"data": ("site.h5", path.read_bytes(), "application/x-hdf5")},
-        data={"mode": "head", "seed": "0", **fields},
+        data={"mode": "head", "seed": "0", "augment_copies": "0", **fields},
         headers=ADMIN,
     )
 

@@ -56,7 +56,8 @@ def real(repo: ModelRepository, make_settings: Callable[..., Settings]) -> Itera
 
 def _adapted(client: TestClient, site: str, body: bytes) -> dict[str, Any]:
     """Upload, wait for the job to succeed; the new version's `training` as the API shows it."""
-    r = client.post(f"/sites/{site}/adapt?mode=finetune", content=body, headers=H5)
+    # no augmented copies: small and fast (tests/training/test_augment.py covers them)
+    r = client.post(f"/sites/{site}/adapt?mode=finetune&augment_copies=0", content=body, headers=H5)
     assert r.status_code == 202, r.text
     job = wait_job(client, r.json()["job_id"], timeout=240)
     assert job["state"] == "succeeded", job

@@ -86,6 +86,12 @@ def test_meta_strategies_name_their_variant_and_loss() -> None:
     assert (
         dataclasses.replace(meta, source=meta.source.replace(**_recipe(me)))
     ).fingerprint() == "c9586681613c31ae"
+    # Nor augmented labels off (the paper's recipe, pinned by the presets; the product's
+    # default is 3 copies); sources ignore it.
+    augmented = dataclasses.replace(meta, target=meta.target.replace(augment_copies=3))
+    assert augmented.fingerprint() != "c9586681613c31ae"
+    unaugmented = dataclasses.replace(meta, source=meta.source.replace(augment_copies=0))
+    assert unaugmented.fingerprint() == "c9586681613c31ae"
     assert plain.fingerprint() != Preset(name="x", labels=(500,)).fingerprint()
     probed = Preset(
         name="x", probe_envs=("proc/s0012/*",), source_sets=(SourceSet("c", ("proc/*",)),)

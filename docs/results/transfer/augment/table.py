@@ -2,7 +2,10 @@
 """The augmentation pilot's table: augmented, exact copies (the control) and plain runs
 (`../every-budget`, the head as `train_target` finishes it) on the same splits.
 
-    table.py aug.jsonl same.jsonl ../every-budget/budgets.jsonl ../every-budget/scenes.jsonl
+    table.py aug.jsonl same.jsonl autoaug.jsonl ../every-budget/budgets.jsonl \
+        ../every-budget/scenes.jsonl
+
+autoaug.jsonl: the default mode `auto`, plain and augmented (``augment`` in the row).
 """
 
 # ruff: noqa: T201
@@ -18,11 +21,17 @@ import numpy as np
 Key = tuple[str, int, str]  # (env, seed, arm)
 
 
-def rows(path: Path, plain: bool = False) -> dict[Key, dict[str, Any]]:
+def rows(
+    path: Path, plain: bool = False, augmented: bool | None = None
+) -> dict[Key, dict[str, Any]]:
+    """``path``'s rows by (env, seed, arm): with ``plain`` fine-tuned at 500 labels and
+    finished by `train_target`; with ``augmented`` those with (or without) ``augment``."""
     out: dict[Key, dict[str, Any]] = {}
     for line in path.open():
         r = json.loads(line)
         if plain and (r["labels"] != 500 or r.get("mode") != "finetune" or "finished" not in r):
+            continue
+        if augmented is not None and ("augment" in r) != augmented:
             continue
         out[(r["env"], r["seed"], r["arm"])] = r
     return out
@@ -50,8 +59,9 @@ def cell(
     return f"{np.median(r):.3f} [{min(r):.2f}-{max(r):.2f}] ({sum(v < 1 for v in r)}/{len(r)})"
 
 
-def main(aug_path: Path, same_path: Path, plain_paths: list[Path]) -> None:
+def main(aug_path: Path, same_path: Path, auto_path: Path, plain_paths: list[Path]) -> None:
     aug, same = rows(aug_path), rows(same_path)
+    auto_aug, auto_plain = rows(auto_path, augmented=True), rows(auto_path, augmented=False)
     plain: dict[Key, dict[str, Any]] = {}
     for p in plain_paths:
         plain.update(rows(p, plain=True))
@@ -69,6 +79,9 @@ def main(aug_path: Path, same_path: Path, plain_paths: list[Path]) -> None:
             ("augmented: corpus / scratch-pd", aug, aug, "corpus", "scratch-pd"),
             ("exact copies: corpus / scratch-pd", same, same, "corpus", "scratch-pd"),
             ("plain: corpus / scratch-pd", plain, plain, "corpus", "scratch-pd"),
+            ("corpus, `auto`: augmented / plain", auto_aug, auto_plain, "corpus", None),
+            ("augmented: corpus `auto` / scratch-pd", auto_aug, aug, "corpus", "scratch-pd"),
+            ("plain: corpus `auto` / scratch-pd", auto_plain, plain, "corpus", "scratch-pd"),
         ]
         for name, num, den, arm, den_arm in lines:
             me = cell(num, den, arm, g, "me", den_arm)
@@ -95,7 +108,22 @@ def main(aug_path: Path, same_path: Path, plain_paths: list[Path]) -> None:
             ]
             steps.append(f"{np.median(rs):.0f}" if rs else "")
         print(f"| {g} | " + " | ".join(cov) + " | " + " / ".join(steps) + " |")
+    print()
+    print(
+        "| group | corpus `auto`, plain: in 1 / 2 sigma; wall s (median, max) "
+        "| augmented: the same |"
+    )
+    print("|---|---|---|")
+    for g in ("labs", "8 scenes"):
+        out = []
+        for d in (auto_plain, auto_aug):
+            rs = [r for k, r in d.items() if k[2] == "corpus" and group(k[0]) == g]
+            c1, c2 = (100 * np.median([r[c] for r in rs]) for c in ("c1", "c2"))
+            wall = [r["wall_s"] for r in rs]
+            out.append(f"{c1:.1f} / {c2:.1f} %; {np.median(wall):.0f}, {max(wall):.0f} s")
+        print(f"| {g} | " + " | ".join(out) + " |")
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]), [Path(p) for p in sys.argv[3:]])
+    a = [Path(p) for p in sys.argv[1:]]
+    main(a[0], a[1], a[2], a[3:])

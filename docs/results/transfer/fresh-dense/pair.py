@@ -71,7 +71,8 @@ def target_split(
     pool_n = len(train_val_test(len(fps), 0.0, HOLDOUT, seed).train)
     pool, test = holdout_split(fps, HOLDOUT, min(1.0, labels / pool_n), seed)
     assert test is not None
-    cfg = TrainConfig().replace(loss="nll", seed=seed, val_fraction=0.2)
+    # no augmented labels: the recipe these studies ran (callers add copies explicitly)
+    cfg = TrainConfig().replace(loss="nll", seed=seed, val_fraction=0.2, augment_copies=0)
     train, val = split_train_val(pool, cfg.val_fraction, cfg.seed)
     return train, val, test, cfg
 

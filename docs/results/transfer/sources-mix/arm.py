@@ -6,11 +6,12 @@ those validate; the product's default recipe (Gaussian NLL, sigma calibrated on
 validation), fine-tuning unless MODE says otherwise (every-budget/ runs `auto`, the
 default mode, beside it).
 
-    arm.py DATA ENV SEED ARM OUT.jsonl [LABELS] [MODE] [AUTO_SCRATCH_MIN]
+    arm.py DATA ENV SEED ARM OUT.jsonl [LABELS] [MODE] [AUTO_SCRATCH_MIN] [COPIES]
 
 AUTO_SCRATCH_MIN: `auto`'s scratch and fresh-dense candidates from this many labelled
-samples (`TrainConfig.auto_scratch_min`; the product's is 2,000); the row's mode is then
-``auto@N``.
+samples (`TrainConfig.auto_scratch_min`; the product's is 2,000, also ``-``); the row's
+mode is then ``auto@N``. COPIES: `TrainConfig.augment_copies` (the product's target
+loop, ../augment); the row then carries ``augment``.
 
 ARM: a model repository, `scratch` (random initialisation on `raw` inputs, the
 `BackboneConfig` default and what every study here ran as scratch until 2026-12-06), or
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from training.augment import GAIN_DB, PHASE_DEG, SNR_DB
 from training.config import TargetMode, check_mode
 from training.data.fingerprints import Fingerprints
 from training.metrics import evaluate_model
@@ -44,10 +46,20 @@ def main(
     labels: int,
     mode: TargetMode,
     scratch_min: int | None = None,
+    copies: int = 0,
 ) -> None:
     train, val, test, cfg = target_split(data, env, seed, labels)
     if scratch_min is not None:
         cfg = cfg.replace(auto_scratch_min=scratch_min)
+    extra: dict[str, Any] = {}
+    if copies:
+        cfg = cfg.replace(augment_copies=copies)
+        extra["augment"] = {
+            "copies": copies,
+            "snr_db": SNR_DB,
+            "gain_db": GAIN_DB,
+            "phase_deg": PHASE_DEG,
+        }
     backbone, config = arm_start(arm)
     t0 = time.time()
     # `train_target` finishes the head as the product does (sigma calibrated, with the
@@ -55,7 +67,7 @@ def main(
     # the terms (rows without "finished" below: every-budget/README.md, "Neighbour terms")
     r = train_target(backbone, train, val, cfg, mode=mode, quiet=True, backbone_config=config)
     mode_name = mode if scratch_min is None else f"{mode}@{scratch_min}"
-    write_row(out, env, seed, arm, mode_name, r, len(train) + len(val), test, t0)
+    write_row(out, env, seed, arm, mode_name, r, len(train) + len(val), test, t0, **extra)
 
 
 def write_row(
@@ -106,5 +118,6 @@ if __name__ == "__main__":
         Path(a[5]),
         int(a[6]) if len(a) > 6 else 500,
         check_mode(a[7]) if len(a) > 7 else "finetune",
-        int(a[8]) if len(a) > 8 else None,
+        int(a[8]) if len(a) > 8 and a[8] != "-" else None,
+        int(a[9]) if len(a) > 9 else 0,
     )
