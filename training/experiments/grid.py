@@ -185,8 +185,9 @@ class Preset:
     """Input representation of every backbone, scratch included (`training.inputs`)."""
     source: TrainConfig = field(default_factory=TrainConfig)
     """Source training's budget and recipe (loss and seed are set per source)."""
-    target: TrainConfig = field(default_factory=TrainConfig)
-    """Target training's budget and recipe (loss and seed are set per run)."""
+    target: TrainConfig = field(default_factory=lambda: TrainConfig(augment_copies=0))
+    """Target training's budget and recipe (loss and seed are set per run); the paper's,
+    without the product's augmented labels, unless a preset asks for them."""
     notes: str = ""
     """Shown in the report: how the preset departs from the paper and why."""
     labels: tuple[int, ...] = ()

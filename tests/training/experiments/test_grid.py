@@ -10,6 +10,7 @@ import pytest
 from training.config import TrainConfig
 from training.experiments.grid import (
     PAPER,
+    PRESETS,
     QUICK,
     Preset,
     Run,
@@ -92,6 +93,8 @@ def test_meta_strategies_name_their_variant_and_loss() -> None:
     assert augmented.fingerprint() != "c9586681613c31ae"
     unaugmented = dataclasses.replace(meta, source=meta.source.replace(augment_copies=0))
     assert unaugmented.fingerprint() == "c9586681613c31ae"
+    # every preset runs targets as their recorded results ran, without copies
+    assert all(p.target.augment_copies == 0 for p in [plain, *PRESETS.values()])
     assert plain.fingerprint() != Preset(name="x", labels=(500,)).fingerprint()
     probed = Preset(
         name="x", probe_envs=("proc/s0012/*",), source_sets=(SourceSet("c", ("proc/*",)),)
