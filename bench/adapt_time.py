@@ -52,7 +52,7 @@ def main() -> None:
         repo = ModelRepository(Path(tmp) / "models")
         save_backbone(repo, "meml", Backbone(seed=0), loss="nll")
         for r in range(args.rounds):
-            # Alternate the two so load from other processes hits both alike.
+            # Alternate the arms so load from other processes hits them alike.
             for arm in times:
                 mode: TargetMode = "finetune" if arm == "finetune" else "auto"
                 config = configs.get(arm, TrainConfig())

@@ -28,14 +28,14 @@ from pathlib import Path
 
 import torch
 
-from training.augment import GAIN_DB, PHASE_DEG, SNR_DB, augmented
+from training.augment import augmented
 from training.data.fingerprints import Fingerprints
 from training.metrics import finish_head
 from training.transfer import train_target
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fresh-dense"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sources-mix"))
-from arm import write_row  # the same rows as every-budget's
+from arm import augment_note, write_row  # the same rows as every-budget's
 from pair import arm_start, target_split  # the same split and arms as every-budget's
 
 
@@ -58,11 +58,7 @@ def main(
     t0 = time.time()
     r = train_target(backbone, big, val, cfg, mode="finetune", quiet=True, backbone_config=config)
     finish_head(r.model.backbone, r.model.head, val, cfg, reference=plain)
-    augment = (
-        {"copies": copies, "snr_db": SNR_DB, "gain_db": GAIN_DB, "phase_deg": PHASE_DEG}
-        if perturb
-        else {"copies": copies, "same": True}
-    )
+    augment = augment_note(copies) if perturb else {"copies": copies, "same": True}
     labels = len(train) + len(val)
     write_row(out, env, seed, arm, "finetune", r, labels, test, t0, augment=augment)
 

@@ -54,12 +54,7 @@ def main(
     extra: dict[str, Any] = {}
     if copies:
         cfg = cfg.replace(augment_copies=copies)
-        extra["augment"] = {
-            "copies": copies,
-            "snr_db": SNR_DB,
-            "gain_db": GAIN_DB,
-            "phase_deg": PHASE_DEG,
-        }
+        extra["augment"] = augment_note(copies)
     backbone, config = arm_start(arm)
     t0 = time.time()
     # `train_target` finishes the head as the product does (sigma calibrated, with the
@@ -68,6 +63,11 @@ def main(
     r = train_target(backbone, train, val, cfg, mode=mode, quiet=True, backbone_config=config)
     mode_name = mode if scratch_min is None else f"{mode}@{scratch_min}"
     write_row(out, env, seed, arm, mode_name, r, len(train) + len(val), test, t0, **extra)
+
+
+def augment_note(copies: int) -> dict[str, Any]:
+    """A row's ``augment``: the copies and the perturbation they were drawn with."""
+    return {"copies": copies, "snr_db": SNR_DB, "gain_db": GAIN_DB, "phase_deg": PHASE_DEG}
 
 
 def write_row(
