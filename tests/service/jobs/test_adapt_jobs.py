@@ -122,6 +122,9 @@ def test_validation_before_queueing(client: TestClient, tmp_path: Path) -> None:
     assert r.status_code == 422 and "lengths must match" in r.json()["error"]["message"]
     r = post_json({"csi": csi.tolist(), "pos": pos.tolist(), "options": {"mode": "magic"}})
     assert r.status_code == 422 and r.json()["error"]["detail"][0]["loc"] == ["mode"]
+    r = post_json({"csi": csi.tolist(), "pos": pos.tolist(), "options": {"augment_copies": 17}})
+    detail = r.json()["error"]["detail"][0]
+    assert r.status_code == 422 and detail["loc"] == ["augment_copies"] and "16" in detail["msg"]
     r = client.post("/sites/BAD!/adapt", json={"csi": [], "pos": []}, headers=ADMIN)
     assert r.status_code == 422
     r = client.post(
