@@ -110,7 +110,8 @@ class AdaptOptions(BaseModel):
     """Perturbed copies of each labelled training fingerprint trained on beside it
     (`training.augment`: noise, a gain and phase error per antenna); 0: off. Sites with
     1,000 labels or more train without them (`TrainConfig.augment_max_labels`); below,
-    3 lower the error at 500 labels ~12 % and take ~2.4x the training time."""
+    3 lower the error at 500 labels ~12 %, for about the same training time (the step
+    budget counts passes over the labels, not the copies)."""
 
 
 def parse_options(raw: dict[str, Any]) -> AdaptOptions:

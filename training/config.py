@@ -153,9 +153,10 @@ class TrainConfig:
     enters as this many perturbed copies (`training.augment`: noise at 10-30 dB SNR, a gain
     and phase error per antenna); 0: off, the paper's recipe. At 500 labels 3 copies cut the
     shipped backbone's error in the default mode `auto` to 0.88x on the labs and 0.89x on 8
-    held-out scenes (fine-tuning 0.86-0.87x; scratch gains more, 0.75-0.78x) and `auto`
-    then adapts 600 samples in ~55 s on 2 cores, 2.4x without
-    (docs/results/transfer/augment). Only below `augment_max_labels`."""
+    held-out scenes (fine-tuning 0.86-0.87x; scratch gains more, 0.75-0.78x). The step
+    budget counts passes over the labelled fingerprints, not the copies: counted over
+    the copies it took 3.3x the time for the same error (1.00x / 0.99x,
+    docs/results/transfer/augment). Only below `augment_max_labels`."""
     augment_max_labels: int | None = 1000
     """`augment_copies` apply only to sites with fewer labelled fingerprints (training +
     validation) than this; None: to every site. Fine-tuned with 3 copies, the error was

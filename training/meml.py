@@ -295,8 +295,11 @@ def _train_once(
         else:
             tasks.append(Task.from_fingerprints(name, head, src.train, src.val))
         tasks[-1].tracks = src.tracks
-    # This rank's rows set the epoch: under torchrun an epoch is over the shard.
-    n_train = max(len(src.train) for src in sources.values())
+    # This rank's rows set the epoch: under torchrun an epoch is over the shard; a site
+    # with augmented copies counts its labelled fingerprints, as its target modes do.
+    n_train = max(
+        len(src.train if src.reference is None else src.reference) for src in sources.values()
+    )
     report = fit(
         backbone,
         tasks,

@@ -344,6 +344,9 @@ class _Trainer:
         # `augment_copies`: the copies join each split's training part, never its validation
         copies = site_copies(config, len(train) + len(val))
         self.train = augmented(train, copies, config.seed)
+        # ... and the budget counts passes over the labelled fingerprints, not the copies:
+        # over the copies, the same error for 3.3x the time (docs/results/transfer/augment)
+        self.labelled = len(train)
         self.backbone, self.val, self.config = backbone, val, config
         self.tracks = pairs
         self.head_init = head_init
@@ -402,7 +405,7 @@ class _Trainer:
         self, mode: TargetMode, init_seed: int, label: str = ""
     ) -> tuple[SiteModel, FitReport]:
         """Train one mode from a fresh head; ``gradual`` and ``head`` reuse the warm-up."""
-        phases = target_phases(mode, self.config, len(self.train))
+        phases = target_phases(mode, self.config, self.labelled)
         if mode not in ("gradual", "head"):
             model = self.fresh(init_seed)
             return model, self._fit(model, phases, label=label or mode)
@@ -418,7 +421,7 @@ class _Trainer:
         """The head-only warm-up of ``gradual`` (also where ``head`` continues from), once."""
         if init_seed not in self._warm:
             model = self.fresh(init_seed)
-            warmup = target_phases("gradual", self.config, len(self.train))[0]
+            warmup = target_phases("gradual", self.config, self.labelled)[0]
             report = self._fit(model, [warmup], label="warmup")
             self._warm[init_seed] = (model, report)
         return self._warm[init_seed]
