@@ -306,7 +306,16 @@ def open_for_write(path: str | Path) -> h5py.File:
     """Open (or create) a file for writing and make sure its schema version is ours."""
     p = Path(path)
     is_new = not p.exists()
-    f = h5py.File(p, "a")
+    try:
+        f = h5py.File(p, "a")
+    except OSError as exc:  # h5py's own message names neither the cause nor the way out
+        raise SchemaError(
+            str(p),
+            "/",
+            "file",
+            f"not a readable HDF5 file ({exc}); a run killed while creating the file leaves "
+            "one like this: delete it, or write to another path",
+        ) from exc
     try:
         if is_new or ("schema_version" not in f.attrs and len(f.keys()) == 0):
             f.attrs["schema_version"] = SCHEMA_VERSION

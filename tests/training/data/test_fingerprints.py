@@ -102,6 +102,21 @@ def test_writer_removes_partial_group_on_error(tmp_path: Path, meta: Environment
     assert list_environments(path) == ["keep"]
 
 
+def test_a_file_cut_short_while_created_is_refused_clearly(
+    tmp_path: Path, meta: EnvironmentMeta
+) -> None:
+    """A run killed while creating its output leaves a few bytes of HDF5 header: writing
+    there again (a resumed `data simulate`) says what the file is and what to do, where
+    h5py alone raised a bare OSError."""
+    good = tmp_path / "good.h5"
+    write_environment(good, "keep", make_fingerprints(5), meta)
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(good.read_bytes()[:96])
+    with pytest.raises(SchemaError, match="not a readable HDF5 file.*delete it"):
+        write_environment(cut, "env", make_fingerprints(5), meta)
+    assert cut.stat().st_size == 96  # left as it was
+
+
 def test_writer_refuses_batches_with_different_fields(
     tmp_path: Path, meta: EnvironmentMeta
 ) -> None:
