@@ -112,7 +112,7 @@ def test_a_file_cut_short_while_created_is_refused_clearly(
     write_environment(good, "keep", make_fingerprints(5), meta)
     cut = tmp_path / "cut.h5"
     cut.write_bytes(good.read_bytes()[:96])
-    with pytest.raises(SchemaError, match="not a readable HDF5 file.*delete it"):
+    with pytest.raises(SchemaError, match=r"not a readable HDF5 file.*delete it"):
         write_environment(cut, "env", make_fingerprints(5), meta)
     assert cut.stat().st_size == 96  # left as it was
 
