@@ -5,6 +5,12 @@ budget counted over the labelled fingerprints"): ``copies``, as shipped when it 
 copies), and ``labelled`` (in passes over the labelled fingerprints alone; every step
 still draws from the copies). The split, arm and row are ../sources-mix/arm.py's.
 
+It ran on main at 0c2ed99, before the product took the ``labelled`` budget (fd84c7a):
+since then `training.transfer` passes the labelled count itself, so on later code the
+``copies`` arm is the product's budget and ``labelled`` would divide a second time;
+reproduce from a worktree at 0c2ed99 (``git worktree add ../study 0c2ed99``, PYTHONPATH
+there, this file and ../sources-mix copied in as they are).
+
     passes.py run DATA ENV SEED BUDGET OUT.jsonl [LABELS] [COPIES]   # one row
     passes.py time [SAMPLES] [ROUNDS]                               # bench/adapt_time.py's data
 """
