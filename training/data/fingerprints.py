@@ -309,12 +309,16 @@ def open_for_write(path: str | Path) -> h5py.File:
     try:
         f = h5py.File(p, "a")
     except OSError as exc:  # h5py's own message names neither the cause nor the way out
+        cut = "truncated" in str(exc) or "signature not found" in str(exc)
+        hint = (
+            "a run killed while creating the file leaves one like this: delete it, or "
+            "write to another path"
+            if cut
+            else "another process may be writing it (wait for it), or it is not ours to "
+            "open: write to another path"
+        )
         raise SchemaError(
-            str(p),
-            "/",
-            "file",
-            f"not a readable HDF5 file ({exc}); a run killed while creating the file leaves "
-            "one like this: delete it, or write to another path",
+            str(p), "/", "file", f"cannot be opened for writing as HDF5 ({exc}); {hint}"
         ) from exc
     try:
         if is_new or ("schema_version" not in f.attrs and len(f.keys()) == 0):

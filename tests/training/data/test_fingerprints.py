@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -112,9 +114,39 @@ def test_a_file_cut_short_while_created_is_refused_clearly(
     write_environment(good, "keep", make_fingerprints(5), meta)
     cut = tmp_path / "cut.h5"
     cut.write_bytes(good.read_bytes()[:96])
-    with pytest.raises(SchemaError, match=r"not a readable HDF5 file.*delete it"):
+    with pytest.raises(SchemaError, match=r"cannot be opened for writing.*killed.*delete it"):
         write_environment(cut, "env", make_fingerprints(5), meta)
     assert cut.stat().st_size == 96  # left as it was
+
+
+HOLD = """
+import sys, time, h5py
+f = h5py.File(sys.argv[1], "a")
+print("open", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_file_another_writer_holds_is_not_called_broken(
+    tmp_path: Path, meta: EnvironmentMeta
+) -> None:
+    """HDF5 locks a file open for writing: a second writer is told to wait, never to
+    delete a file that is fine."""
+    path = tmp_path / "busy.h5"
+    write_environment(path, "keep", make_fingerprints(5), meta)
+    holder = subprocess.Popen(  # one process shares its own handles: the lock needs two
+        [sys.executable, "-c", HOLD, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        with pytest.raises(SchemaError) as err:
+            write_environment(path, "env", make_fingerprints(5), meta)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert "another process may be writing it" in str(err.value)
+    assert "delete" not in str(err.value)
+    assert list_environments(path) == ["keep"]
 
 
 def test_writer_refuses_batches_with_different_fields(
