@@ -33,7 +33,7 @@ import numpy as np
 from training.config import AUGMENT_MAX_COPIES, TrainConfig
 from training.data.fingerprints import Fingerprints
 
-__all__ = ["GAIN_DB", "PHASE_DEG", "SNR_DB", "augmented", "site_copies"]
+__all__ = ["GAIN_DB", "PHASE_DEG", "SNR_DB", "augmented", "site_copies", "site_training_set"]
 
 SNR_DB = (10.0, 30.0)
 """The added noise's SNR range (dB of each fingerprint's own mean power per entry)."""
@@ -75,3 +75,9 @@ def site_copies(config: TrainConfig, labelled: int) -> int:
     ``config.augment_copies`` below ``config.augment_max_labels``, else none."""
     cap = config.augment_max_labels
     return config.augment_copies if cap is None or labelled < cap else 0
+
+
+def site_training_set(train: Fingerprints, val: Fingerprints, config: TrainConfig) -> Fingerprints:
+    """What a site with these splits trains on: ``train`` and the copies `site_copies`
+    gives it, drawn from ``config.seed`` (never ``val``: validation stays clean)."""
+    return augmented(train, site_copies(config, len(train) + len(val)), config.seed)

@@ -93,8 +93,9 @@ class SourceData:
     tracks: TrackPairs | None = None
     """Unlabelled pairs of this environment (`training.unlabelled`; scratch on a site)."""
     reference: Fingerprints | None = None
-    """What the head's neighbour terms are fitted on when not ``train``: the labelled
-    fingerprints of a site whose ``train`` holds augmented copies (`training.augment`)."""
+    """The labelled fingerprints of a site whose ``train`` holds augmented copies
+    (`training.augment`): the head's neighbour terms are fitted on them, and the step
+    budget counts passes over them, not over ``train``."""
 
     @classmethod
     def in_memory(

@@ -52,7 +52,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from training.augment import augmented, site_copies
+from training.augment import site_training_set
 from training.calibration import nll_factor
 from training.checkpoint import load_backbone, load_background, save_site_model
 from training.config import (
@@ -298,8 +298,7 @@ def _scratch(
     device: torch.device | str,
     pairs: TrackPairs | None = None,
 ) -> TargetResult:
-    copies = site_copies(config, len(train) + len(val))
-    source = SourceData.in_memory(augmented(train, copies, config.seed), val)
+    source = SourceData.in_memory(site_training_set(train, val, config), val)
     source.tracks = pairs
     source.reference = train  # the neighbour terms on the labelled fingerprints alone
     result = train_sources(
@@ -342,8 +341,7 @@ class _Trainer:
         pairs: TrackPairs | None = None,
     ) -> None:
         # `augment_copies`: the copies join each split's training part, never its validation
-        copies = site_copies(config, len(train) + len(val))
-        self.train = augmented(train, copies, config.seed)
+        self.train = site_training_set(train, val, config)
         # ... and the budget counts passes over the labelled fingerprints, not the copies:
         # over the copies, the same error for 3.3x the time (docs/results/transfer/augment)
         self.labelled = len(train)
