@@ -45,14 +45,22 @@ def remove_common_phase(csi: torch.Tensor) -> torch.Tensor:
     return torch.stack((re * c + im * d, im * c - re * d), dim=-1)
 
 
-def remove_delay_ramp(csi: torch.Tensor) -> torch.Tensor:
-    """Remove each sample's mean phase slope over subcarriers (a timing offset)."""
+def delay_slope(csi: torch.Tensor) -> torch.Tensor:
+    """Each sample's mean phase slope over subcarriers [B], radians per subcarrier: minus
+    2 pi times the subcarrier spacing times its power-weighted mean delay (the timing
+    offset where the receiver's clock is random, the time of arrival where it is not)."""
     re, im = csi[..., 0], csi[..., 1]
     # z = sum over antennas and subcarriers of H[k+1] * conj(H[k])
     a1, b1, a0, b0 = re[..., 1:], im[..., 1:], re[..., :-1], im[..., :-1]
     z_re = (a1 * a0 + b1 * b0).flatten(1).sum(dim=1)
     z_im = (b1 * a0 - a1 * b0).flatten(1).sum(dim=1)
-    slope = torch.atan2(z_im, z_re)  # radians per subcarrier
+    return torch.atan2(z_im, z_re)
+
+
+def remove_delay_ramp(csi: torch.Tensor) -> torch.Tensor:
+    """Remove each sample's mean phase slope over subcarriers (a timing offset)."""
+    re, im = csi[..., 0], csi[..., 1]
+    slope = delay_slope(csi)
     k = torch.arange(csi.shape[2], dtype=csi.dtype, device=csi.device) - (csi.shape[2] // 2)
     theta = -slope.reshape(-1, 1, 1) * k.reshape(1, 1, -1)
     cos, sin = torch.cos(theta), torch.sin(theta)

@@ -142,6 +142,32 @@ def test_dtl_and_scratch(trained: tuple[Path, Path, float]) -> None:
     assert manifest["metrics"]["test"]["n"] > 0
 
 
+def test_scratch_reads_the_default_backbone_s_inputs_unless_told(
+    tmp_path: Path, tiny_h5: Path
+) -> None:
+    """The fair baseline: scratch on the representation the transfer arm reads."""
+    from training.checkpoint import save_backbone
+    from training.nets import Backbone, BackboneConfig
+    from training.repository import ModelRepository
+
+    def scratch(repo: Path, site: str, *extra: str) -> str:
+        invoke(
+            "train", "scratch", "--data", str(tiny_h5), "--env", "lab-los", "--fraction", "0.3",
+            "--out", str(repo), "--site", site, "--epochs", "1", "--min-steps", "0",
+            "--augment-copies", "0", "--quiet", *extra,
+        )  # fmt: skip
+        manifest = json.loads((repo / f"sites/{site}/versions/v1/manifest.json").read_text())
+        return str(manifest["config"]["inputs"])
+
+    empty = tmp_path / "empty"
+    assert scratch(empty, "a") == "raw"  # no backbone to match
+    repo = tmp_path / "models"
+    backbone = Backbone(BackboneConfig(inputs="phase-delay"), seed=0)
+    save_backbone(ModelRepository(repo), "meml", backbone, loss="nll")
+    assert scratch(repo, "b") == "phase-delay"
+    assert scratch(repo, "c", "--inputs", "raw") == "raw"
+
+
 def test_site_defaults_to_auto_on_the_repository_default_backbone(
     trained: tuple[Path, Path, float],
 ) -> None:

@@ -12,7 +12,7 @@ import torch
 
 from tests.training.toychannel import toy_fingerprints
 from training.export import export_site_model
-from training.inputs import apply_inputs, remove_common_phase, remove_delay_ramp
+from training.inputs import apply_inputs, delay_slope, remove_common_phase, remove_delay_ramp
 from training.nets import Backbone, BackboneConfig, Head, SiteModel
 
 
@@ -83,3 +83,13 @@ def test_representation_is_part_of_the_exported_model(inputs: str, tmp_path: Pat
 def test_unknown_representation_is_refused() -> None:
     with pytest.raises(ValueError, match="invalid inputs 'delay'"):
         BackboneConfig(inputs="delay")  # type: ignore[arg-type]
+
+
+def test_delay_slope_reads_a_timing_offset_in_radians_per_subcarrier() -> None:
+    zero = torch.zeros(len(CSI), dtype=torch.float64)
+    delay = torch.linspace(-0.1, 0.1, len(CSI), dtype=torch.float64)
+    before = delay_slope(CSI).double()
+    after = delay_slope(nuisance(CSI, zero, delay)).double()
+    np.testing.assert_allclose((after - before).numpy(), delay.numpy(), atol=1e-5)
+    # and the ramp removal leaves none
+    assert delay_slope(remove_delay_ramp(CSI)).abs().max() < 1e-5

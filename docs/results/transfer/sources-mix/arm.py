@@ -6,12 +6,14 @@ those validate; the product's default recipe (Gaussian NLL, sigma calibrated on
 validation), fine-tuning unless MODE says otherwise (every-budget/ runs `auto`, the
 default mode, beside it).
 
-    arm.py DATA ENV SEED ARM OUT.jsonl [LABELS] [MODE] [AUTO_SCRATCH_MIN] [COPIES]
+    arm.py DATA ENV SEED ARM OUT.jsonl [LABELS] [MODE] [AUTO_SCRATCH_MIN] [COPIES] [SELECT]
 
 AUTO_SCRATCH_MIN: `auto`'s scratch and fresh-dense candidates from this many labelled
 samples (`TrainConfig.auto_scratch_min`; the product's is 2,000, also ``-``); the row's
 mode is then ``auto@N``. COPIES: `TrainConfig.augment_copies` (the product's target
-loop, ../augment); the row then carries ``augment``.
+loop, ../augment); the row then carries ``augment``. SELECT: `TrainConfig.select` (the
+checkpoint's score: ``loss``, the default, ``calibrated`` or ``me``; ../calibrated); the
+row then carries ``select``.
 
 ARM: a model repository, `scratch` (random initialisation on `raw` inputs, the
 `BackboneConfig` default and what every study here ran as scratch until 2026-12-06), or
@@ -47,6 +49,7 @@ def main(
     mode: TargetMode,
     scratch_min: int | None = None,
     copies: int = 0,
+    select: str = "loss",
 ) -> None:
     train, val, test, cfg = target_split(data, env, seed, labels)
     if scratch_min is not None:
@@ -55,6 +58,9 @@ def main(
     if copies:
         cfg = cfg.replace(augment_copies=copies)
         extra["augment"] = augment_note(copies)
+    if select != cfg.select:
+        cfg = cfg.replace(select=select)  # checked by TrainConfig
+        extra["select"] = select
     backbone, config = arm_start(arm)
     t0 = time.time()
     # `train_target` finishes the head as the product does (sigma calibrated, with the
@@ -120,4 +126,5 @@ if __name__ == "__main__":
         check_mode(a[7]) if len(a) > 7 else "finetune",
         int(a[8]) if len(a) > 8 and a[8] != "-" else None,
         int(a[9]) if len(a) > 9 else 0,
+        a[10] if len(a) > 10 else "loss",
     )
