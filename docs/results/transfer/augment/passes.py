@@ -5,11 +5,12 @@ budget counted over the labelled fingerprints"): ``copies``, as shipped when it 
 copies), and ``labelled`` (in passes over the labelled fingerprints alone; every step
 still draws from the copies). The split, arm and row are ../sources-mix/arm.py's.
 
-It ran on main at 0c2ed99, before the product took the ``labelled`` budget (fd84c7a):
-since then `training.transfer` passes the labelled count itself, so on later code the
-``copies`` arm is the product's budget and ``labelled`` would divide a second time;
-reproduce from a worktree at 0c2ed99 (``git worktree add ../study 0c2ed99``, PYTHONPATH
-there, this file and ../sources-mix copied in as they are).
+The 500-label rows ran on main at 0c2ed99, where the product counted the copies and
+this script divided for ``labelled``. Since fd84c7a the product counts the labelled
+fingerprints itself, so the script now patches the other way (``copies`` multiplies the
+count by 1 + copies, ``labelled`` is the product as it is): the same two budgets. The
+200-label rows ran that way, on main at 268be35 (preregistered.md, "The labelled budget at
+200 labels").
 
     passes.py run DATA ENV SEED BUDGET OUT.jsonl [LABELS] [COPIES]   # one row
     passes.py time [SAMPLES] [ROUNDS]                               # bench/adapt_time.py's data
@@ -44,10 +45,10 @@ def use_budget(budget: str, copies: int) -> None:
     if budget not in BUDGETS:
         raise SystemExit(f"budget {budget!r}: expected one of {BUDGETS}")
 
-    def labelled(mode: TargetMode, config: TrainConfig, n_train: int) -> list[Phase]:
-        return _SHIPPED(mode, config, n_train // (1 + copies))
+    def over_copies(mode: TargetMode, config: TrainConfig, n_train: int) -> list[Phase]:
+        return _SHIPPED(mode, config, n_train * (1 + copies))
 
-    transfer.target_phases = _SHIPPED if budget == "copies" else labelled  # type: ignore[assignment]
+    transfer.target_phases = over_copies if budget == "copies" else _SHIPPED  # type: ignore[assignment]
 
 
 def run(data: str, env: str, seed: int, budget: str, out: Path, labels: int, copies: int) -> None:

@@ -10,8 +10,8 @@ something (absolute timing) and to ignore it where it is noise (random offsets).
 
     run.py DATA ENV SEED ARM OUT.jsonl [LABELS] [MODE] [COPIES]
 
-ARM: ``corpus`` / ``scratch-pd`` (../sources-mix/arm.py's) or the same with ``+t`` (the
-timing feature). The split and row are arm.py's.
+ARM: ``corpus``, ``scratch-pd`` or ``scratch`` (raw inputs; ../sources-mix/arm.py's arms),
+or the first two with ``+t`` (the timing feature). The split and row are arm.py's.
 """
 
 from __future__ import annotations
