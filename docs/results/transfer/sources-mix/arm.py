@@ -6,14 +6,16 @@ those validate; the product's default recipe (Gaussian NLL, sigma calibrated on
 validation), fine-tuning unless MODE says otherwise (every-budget/ runs `auto`, the
 default mode, beside it).
 
-    arm.py DATA ENV SEED ARM OUT.jsonl [LABELS] [MODE] [AUTO_SCRATCH_MIN] [COPIES] [SELECT]
+    arm.py DATA ENV SEED ARM OUT.jsonl [LABELS] [MODE] [AUTO_SCRATCH_MIN] [COPIES] [SELECT] [EPOCHS]
 
 AUTO_SCRATCH_MIN: `auto`'s scratch and fresh-dense candidates from this many labelled
 samples (`TrainConfig.auto_scratch_min`; the product's is 2,000, also ``-``); the row's
 mode is then ``auto@N``. COPIES: `TrainConfig.augment_copies` (the product's target
 loop, ../augment); the row then carries ``augment``. SELECT: `TrainConfig.select` (the
 checkpoint's score: ``loss``, the default, ``calibrated`` or ``me``; ../calibrated); the
-row then carries ``select``.
+row then carries ``select``. EPOCHS: `TrainConfig.epochs` (the cap on passes over the
+labelled fingerprints per phase; ../augment, "The epoch cap"); the row then carries
+``epochs``.
 
 ARM: a model repository, `scratch` (random initialisation on `raw` inputs, the
 `BackboneConfig` default and what every study here ran as scratch until 2026-12-06), or
@@ -50,6 +52,7 @@ def main(
     scratch_min: int | None = None,
     copies: int = 0,
     select: str = "loss",
+    epochs: int | None = None,
 ) -> None:
     train, val, test, cfg = target_split(data, env, seed, labels)
     if scratch_min is not None:
@@ -61,6 +64,9 @@ def main(
     if select != cfg.select:
         cfg = cfg.replace(select=select)  # checked by TrainConfig
         extra["select"] = select
+    if epochs is not None and epochs != cfg.epochs:
+        cfg = cfg.replace(epochs=epochs)
+        extra["epochs"] = epochs
     backbone, config = arm_start(arm)
     t0 = time.time()
     # `train_target` finishes the head as the product does (sigma calibrated, with the
@@ -127,4 +133,5 @@ if __name__ == "__main__":
         int(a[8]) if len(a) > 8 and a[8] != "-" else None,
         int(a[9]) if len(a) > 9 else 0,
         a[10] if len(a) > 10 else "loss",
+        int(a[11]) if len(a) > 11 else None,
     )
