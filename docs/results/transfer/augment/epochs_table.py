@@ -13,26 +13,21 @@ epochs.jsonl.
 # ruff: noqa: T201
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import sys
-from pathlib import Path
 from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from passes_table import ratio_cell as cell
+from passes_table import rows
 
 Row = dict[str, Any]
 Key = tuple[str, int]
 BATCH = 64
-
-
-def rows(path: str) -> list[Row]:
-    with Path(path).open() as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def cap(labels: int, epochs: int) -> int:
@@ -46,16 +41,6 @@ def at_cap(r: Row, epochs: int) -> bool:
 
 def steps(r: Row) -> str:
     return "+".join(str(v) for v in r["steps"].values())
-
-
-def cell(values: list[float]) -> str:
-    if not values:
-        return "-"
-    lower = sum(v < 1 for v in values)
-    return (
-        f"{statistics.median(values):.3f} [{min(values):.2f}-{max(values):.2f}] "
-        f"({lower}/{len(values)} lower)"
-    )
 
 
 def groups(env: str) -> list[str]:
