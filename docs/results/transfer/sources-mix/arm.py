@@ -6,7 +6,8 @@ those validate; the product's default recipe (Gaussian NLL, sigma calibrated on
 validation), fine-tuning unless MODE says otherwise (every-budget/ runs `auto`, the
 default mode, beside it).
 
-    arm.py DATA ENV SEED ARM OUT.jsonl [LABELS] [MODE] [AUTO_SCRATCH_MIN] [COPIES] [SELECT] [EPOCHS]
+    arm.py DATA ENV SEED ARM OUT.jsonl [LABELS] [MODE] [AUTO_SCRATCH_MIN] [COPIES] [SELECT]
+           [EPOCHS] [PATIENCE]
 
 AUTO_SCRATCH_MIN: `auto`'s scratch and fresh-dense candidates from this many labelled
 samples (`TrainConfig.auto_scratch_min`; the product's is 2,000, also ``-``); the row's
@@ -15,7 +16,8 @@ loop, ../augment); the row then carries ``augment``. SELECT: `TrainConfig.select
 checkpoint's score: ``loss``, the default, ``calibrated`` or ``me``; ../calibrated); the
 row then carries ``select``. EPOCHS: `TrainConfig.epochs` (the cap on passes over the
 labelled fingerprints per phase; ../augment, "The epoch cap"); the row then carries
-``epochs``.
+``epochs``. PATIENCE: `TrainConfig.patience` (validations without a better score
+before a phase stops); the row then carries ``patience``.
 
 ARM: a model repository, `scratch` (random initialisation on `raw` inputs, the
 `BackboneConfig` default and what every study here ran as scratch until 2026-12-06), or
@@ -53,6 +55,7 @@ def main(
     copies: int = 0,
     select: str = "loss",
     epochs: int | None = None,
+    patience: int | None = None,
 ) -> None:
     train, val, test, cfg = target_split(data, env, seed, labels)
     if scratch_min is not None:
@@ -67,6 +70,9 @@ def main(
     if epochs is not None and epochs != cfg.epochs:
         cfg = cfg.replace(epochs=epochs)
         extra["epochs"] = epochs
+    if patience is not None and patience != cfg.patience:
+        cfg = cfg.replace(patience=patience)
+        extra["patience"] = patience
     backbone, config = arm_start(arm)
     t0 = time.time()
     # `train_target` finishes the head as the product does (sigma calibrated, with the
@@ -133,5 +139,6 @@ if __name__ == "__main__":
         int(a[8]) if len(a) > 8 and a[8] != "-" else None,
         int(a[9]) if len(a) > 9 else 0,
         a[10] if len(a) > 10 else "loss",
-        int(a[11]) if len(a) > 11 else None,
+        int(a[11]) if len(a) > 11 and a[11] != "-" else None,
+        int(a[12]) if len(a) > 12 else None,
     )
