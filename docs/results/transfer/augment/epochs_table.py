@@ -25,14 +25,15 @@ import matplotlib.pyplot as plt
 from passes_table import ratio_cell as cell
 from passes_table import rows
 
+from training.config import TrainConfig
+
 Row = dict[str, Any]
 Key = tuple[str, int]
-BATCH = 64
 
 
 def cap(labels: int, epochs: int) -> int:
-    """The step cap of a phase (`TrainConfig.budget`: 80 % of the labels train)."""
-    return max(500, epochs * math.ceil(round(labels * 0.8) / BATCH))
+    """The step cap of a phase: the product's budget over the 80 % of the labels that train."""
+    return TrainConfig(epochs=epochs).budget(round(labels * 0.8)).max_steps
 
 
 def at_cap(r: Row, epochs: int) -> bool:

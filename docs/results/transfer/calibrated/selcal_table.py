@@ -35,18 +35,13 @@ def main(selcal: str, passes: str, scratch: str) -> None:
     keys = sorted(k for k in cal if k in loss)
     print("| ratio | metric | labs | scenes |")
     print("|---|---|---|---|")
-    for what, num, den in (
-        ("`auto`: calibrated / loss", lambda k: cal[k], lambda k: loss[k]),
-        (
-            "fair scratch: calibrated / loss",
-            lambda k: cal[k],
-            lambda k: loss[k],
-        ),
+    for what, arm in (
+        ("`auto`: calibrated / loss", "corpus"),
+        ("fair scratch: calibrated / loss", "scratch-pd"),
     ):
-        arm = "corpus" if what.startswith("`auto`") else "scratch-pd"
         for metric in ("me", "crps"):
             cells = [
-                cell([num(k)[metric] / den(k)[metric] for k in keys if k[2] == arm and p in k[0]])
+                cell([cal[k][metric] / loss[k][metric] for k in keys if k[2] == arm and p in k[0]])
                 for _, p in GROUPS
             ]
             print(f"| {what} | {metric.upper()} | {cells[0]} | {cells[1]} |")
