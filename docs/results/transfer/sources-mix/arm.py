@@ -7,7 +7,7 @@ validation), fine-tuning unless MODE says otherwise (every-budget/ runs `auto`, 
 default mode, beside it).
 
     arm.py DATA ENV SEED ARM OUT.jsonl [LABELS] [MODE] [AUTO_SCRATCH_MIN] [COPIES] [SELECT]
-           [EPOCHS] [PATIENCE]
+           [EPOCHS] [PATIENCE] [LR_PATIENCE]
 
 AUTO_SCRATCH_MIN: `auto`'s scratch and fresh-dense candidates from this many labelled
 samples (`TrainConfig.auto_scratch_min`; the product's is 2,000, also ``-``); the row's
@@ -17,7 +17,9 @@ checkpoint's score: ``loss``, the default, ``calibrated`` or ``me``; ../calibrat
 row then carries ``select``. EPOCHS: `TrainConfig.epochs` (the cap on passes over the
 labelled fingerprints per phase; ../augment, "The epoch cap"); the row then carries
 ``epochs``. PATIENCE: `TrainConfig.patience` (validations without a better score
-before a phase stops); the row then carries ``patience``.
+before a phase stops); the row then carries ``patience``. LR_PATIENCE:
+`TrainConfig.lr_patience` (validations without improvement before the plateau schedule
+halves the rate); the row then carries ``lr_patience``.
 
 ARM: a model repository, `scratch` (random initialisation on `raw` inputs, the
 `BackboneConfig` default and what every study here ran as scratch until 2026-12-06), or
@@ -56,6 +58,7 @@ def main(
     select: str = "loss",
     epochs: int | None = None,
     patience: int | None = None,
+    lr_patience: int | None = None,
 ) -> None:
     train, val, test, cfg = target_split(data, env, seed, labels)
     if scratch_min is not None:
@@ -73,6 +76,9 @@ def main(
     if patience is not None and patience != cfg.patience:
         cfg = cfg.replace(patience=patience)
         extra["patience"] = patience
+    if lr_patience is not None and lr_patience != cfg.lr_patience:
+        cfg = cfg.replace(lr_patience=lr_patience)
+        extra["lr_patience"] = lr_patience
     backbone, config = arm_start(arm)
     t0 = time.time()
     # `train_target` finishes the head as the product does (sigma calibrated, with the
@@ -140,5 +146,6 @@ if __name__ == "__main__":
         int(a[9]) if len(a) > 9 else 0,
         a[10] if len(a) > 10 else "loss",
         int(a[11]) if len(a) > 11 and a[11] != "-" else None,
-        int(a[12]) if len(a) > 12 else None,
+        int(a[12]) if len(a) > 12 and a[12] != "-" else None,
+        int(a[13]) if len(a) > 13 else None,
     )
