@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """lab-los at 750 labels (preregistered.md, the last two sections): `auto` variants of the
-product's budget (``e200``: `epochs` 200; ``e200-p57``: that and patience 57) against
+product's budget (``e200``: `epochs` 200; ``e200-p57``: that and patience 57; ``-lr18``:
+`lr_patience` 18, the plateau schedule's) against
 passes750.jsonl's ``labelled`` (the product) and ``copies`` rows, per seed and at the
 median.
 
-    python3 epochs750_table.py passes750.jsonl epochs750.jsonl patience750.jsonl > epochs750.md
+    python3 epochs750_table.py passes750.jsonl epochs750.jsonl patience750.jsonl \
+        schedule750.jsonl > epochs750.md
 """
 
 # ruff: noqa: T201
@@ -20,7 +22,8 @@ def arm(r: dict[str, Any]) -> str:
     """The row's budget: passes.py's name, or the caps arm.py changed."""
     if "budget" in r:
         return str(r["budget"])
-    return f"e{r['epochs']}" + (f"-p{r['patience']}" if "patience" in r else "")
+    name = f"e{r['epochs']}" + (f"-p{r['patience']}" if "patience" in r else "")
+    return name + (f"-lr{r['lr_patience']}" if "lr_patience" in r else "")
 
 
 def main(passes: str, *variants: str) -> None:
