@@ -12,11 +12,13 @@ the product", check (e)).
 # ruff: noqa: T201
 from __future__ import annotations
 
+import functools
 import logging
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,31 +31,35 @@ from training.repository import ModelRepository
 from training.transfer import adapt_site
 
 
-def main(field: str, values: tuple[int, int], samples: int, rounds: int) -> None:
+def alternate(
+    arms: dict[str, Callable[[], TrainConfig]], samples: int, rounds: int
+) -> tuple[dict[str, list[float]], dict[str, list[str]]]:
+    """Seconds (and the chosen mode's steps) of `auto` on the toy site per arm, the arms
+    alternating each round; an arm's callable sets it up and returns its config."""
     torch.set_num_threads(2)
     logging.basicConfig(level=logging.ERROR)
     data = toy_fingerprints(samples, (5.0, -2.0), seed=7, size=(12.0, 9.0))
-    times: dict[int, list[float]] = {v: [] for v in values}
-    steps: dict[int, list[str]] = {v: [] for v in values}
+    times: dict[str, list[float]] = {a: [] for a in arms}
+    steps: dict[str, list[str]] = {a: [] for a in arms}
     with tempfile.TemporaryDirectory() as tmp:
         repo = ModelRepository(Path(tmp) / "models")
         save_backbone(repo, "meml", Backbone(seed=0), loss="nll")
         for r in range(rounds):
-            for v in values:
+            for i, (a, setup) in enumerate(arms.items()):
+                config = setup()
                 t0 = time.perf_counter()
-                res = adapt_site(
-                    repo,
-                    f"{field.replace('_', '-')}-{v}-{r}",
-                    data,
-                    mode="auto",
-                    loss="nll",
-                    config=TrainConfig().replace(**{field: v}),
-                )
-                times[v].append(round(time.perf_counter() - t0, 1))
-                steps[v].append(f"{res.chosen_mode} {res.steps}")
+                res = adapt_site(repo, f"arm{i}-{r}", data, mode="auto", loss="nll", config=config)
+                times[a].append(round(time.perf_counter() - t0, 1))
+                steps[a].append(f"{res.chosen_mode} {res.steps}")
+    return times, steps
+
+
+def main(field: str, values: tuple[int, int], samples: int, rounds: int) -> None:
+    arms = {str(v): functools.partial(TrainConfig().replace, **{field: v}) for v in values}
+    times, steps = alternate(arms, samples, rounds)
     for v, t in times.items():
         print(f"{field} {v}: median {statistics.median(t):.1f} s {t} {steps[v]}")
-    base, cand = values
+    base, cand = (str(v) for v in values)
     print(f"{cand} / {base}: {statistics.median(times[cand]) / statistics.median(times[base]):.2f}")
 
 

@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import statistics
 import sys
-import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-
-import torch
 
 import training.transfer as transfer
 from training.config import TargetMode, TrainConfig
@@ -75,23 +73,16 @@ def run(data: str, env: str, seed: int, budget: str, out: Path, labels: int, cop
 
 def time_both(samples: int, rounds: int) -> None:
     """`auto` on bench/adapt_time.py's toy site, both budgets alternating, 2 threads."""
-    from tests.training.toychannel import toy_fingerprints
-    from training.checkpoint import save_backbone
-    from training.nets import Backbone
-    from training.repository import ModelRepository
+    from config_time import alternate
 
-    torch.set_num_threads(2)
-    data = toy_fingerprints(samples, (5.0, -2.0), seed=7, size=(12.0, 9.0))
-    times: dict[str, list[float]] = {b: [] for b in BUDGETS}
-    with tempfile.TemporaryDirectory() as tmp:
-        repo = ModelRepository(Path(tmp) / "models")
-        save_backbone(repo, "meml", Backbone(seed=0), loss="nll")
-        for r in range(rounds):
-            for b in BUDGETS:
-                use_budget(b, TrainConfig().augment_copies)
-                t0 = time.perf_counter()
-                transfer.adapt_site(repo, f"{b}-{r}", data, mode="auto", loss="nll")
-                times[b].append(round(time.perf_counter() - t0, 1))
+    def arm(budget: str) -> Callable[[], TrainConfig]:
+        def setup() -> TrainConfig:
+            use_budget(budget, TrainConfig().augment_copies)
+            return TrainConfig()
+
+        return setup
+
+    times, _ = alternate({b: arm(b) for b in BUDGETS}, samples, rounds)
     med = {b: statistics.median(t) for b, t in times.items()}
     print(f"{samples} samples, 2 threads, {rounds} rounds: {times}")
     print(f"labelled / copies: {med['labelled'] / med['copies']:.2f}")
