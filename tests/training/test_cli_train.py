@@ -233,7 +233,7 @@ def test_bad_input_is_one_clear_line(tmp_path: Path, trained: tuple[Path, Path, 
     assert result.exit_code == 2 and "expected one of auto, finetune, gradual" in result.output
     site = ["train", "site", "--data", str(data), "--env", "lab-los", "--out", str(repo)]
     for option, expected in [
-        (["--lr-patience", "1"], "No such option"),
+        (["--lr-patience", "1"], "lr_patience=1, expected >= 3 validations"),
         (["--beta", "2"], "beta=2.0, expected in [0, 1]"),
         (["--select", "nll"], "select='nll', expected one of me, loss, calibrated"),
         (["--anchor-weight", "-1"], "anchor_weight=-1.0, expected a finite number"),

@@ -35,6 +35,11 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("loss", str, "Loss: mse (eq. 3) or nll (Gaussian NLL, eq. 4; trained as beta-NLL)."),
     _Option("epochs", int, "Most passes over the largest environment per phase."),
     _Option("patience", int, "Validations without improvement before a phase stops."),
+    _Option(
+        "lr_patience",
+        int,
+        "Validations without improvement before the plateau schedule halves the rate (>= 3).",
+    ),
     _Option("min_steps", int, "Fewest optimizer steps per phase before it may stop early."),
     _Option("max_steps", int, "Hard cap on optimizer steps per phase (0: none)."),
     _Option("eval_every", int, "Steps between validations (0: one epoch, within 10-500)."),

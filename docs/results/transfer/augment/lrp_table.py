@@ -19,6 +19,7 @@ from passes_table import group, ratio_cell, rows
 
 Row = dict[str, Any]
 Key = tuple[str, int, str, int]  # env, seed, arm, labels
+COLOURS = {"lab-los": "tab:blue", "lab-nlos": "tab:orange", "scene": "tab:green"}
 
 
 def key(r: Row) -> Key:
@@ -43,11 +44,13 @@ def main(new_paths: list[str], old: dict[Key, Row], png: str | None) -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     cells: dict[tuple[str, int, str], dict[str, list[float]]] = {}
+    envs: dict[tuple[str, int, str], list[str]] = {}  # the target of each ratio, to colour it
     for k in sorted(new):
         n, o = new[k], old.get(k)
         if o is None:
             continue
         c = cells.setdefault((k[2], k[3], group(k[0])), {m: [] for m in ("me", "crps", "wall")})
+        envs.setdefault((k[2], k[3], group(k[0])), []).append(k[0])
         c["me"].append(n["me"] / o["me"])
         c["crps"].append(n["crps"] / o["crps"])
         c["wall"].append(n["wall_s"] / o["wall_s"])
@@ -95,11 +98,15 @@ def main(new_paths: list[str], old: dict[Key, Row], png: str | None) -> None:
     print()
     print(f"Degenerate runs: {len(flagged)} {flagged if flagged else ''}".rstrip())
     if png:
-        plot(cells, png)
+        plot(cells, envs, png)
 
 
-def plot(cells: dict[tuple[str, int, str], dict[str, list[float]]], png: str) -> None:
-    """The per-target-seed ME ratios, one column per (arm, labels, group)."""
+def plot(
+    cells: dict[tuple[str, int, str], dict[str, list[float]]],
+    envs: dict[tuple[str, int, str], list[str]],
+    png: str,
+) -> None:
+    """The per-target-seed ME ratios, one column per (arm, labels, group), coloured by lab."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -109,9 +116,13 @@ def plot(cells: dict[tuple[str, int, str], dict[str, list[float]]], png: str) ->
     fig, ax = plt.subplots(figsize=(8, 3.6))
     for i, name in enumerate(names):
         values = cells[name]["me"]
-        ax.scatter([i] * len(values), values, s=18, alpha=0.7)
+        colours = [COLOURS.get(e, COLOURS["scene"]) for e in envs[name]]
+        ax.scatter([i] * len(values), values, s=18, alpha=0.7, c=colours)
         ax.hlines(statistics.median(values), i - 0.3, i + 0.3, color="black")
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    for label, colour in COLOURS.items():
+        ax.scatter([], [], c=colour, s=18, label=label)
+    ax.legend(fontsize=7, loc="upper right")
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels([f"{a}\n{n} labels, {g}" for a, n, g in names], fontsize=7)
     ax.set_ylabel("ME, lr_patience 9 / 4")
