@@ -114,8 +114,9 @@ class TrainConfig:
     patience: int = 15
     """Validations without a better validation score before a phase stops."""
     lr_patience: int = 4
-    """Validations without improvement before the plateau schedule halves the rate (>= 3, so
-    noise on a small validation set cannot collapse it)."""
+    """Validations without improvement the plateau schedule tolerates: it halves the rate on
+    the next (>= 3, so noise on a small validation set cannot collapse it). 9 helped a
+    clean LOS site and cost a cluttered one (docs/results/transfer/augment)."""
 
     # --- many environments (MEML over a corpus) ---
     envs_per_step: int = 0
