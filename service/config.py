@@ -186,6 +186,12 @@ class Settings(BaseSettings):
     alone). 10 s lowered the false alarms on every held-out site-seed that had any
     (docs/results/site-trust/ue-average)."""
 
+    track_noise_time_s: float = Field(default=_TRACKER.noise_time_s, ge=0)
+    """Tracking: time constant (s) of a track's adaptive noise scale, which inflates the
+    measurement covariances where the track's innovations say they understate its
+    fingerprints' errors (`training.tracking`; 0: off, the covariances as served;
+    docs/results/site-trust/noise-scale)."""
+
     track_gate_probability: float = Field(default=0.99, gt=0, lt=1)
     """Tracking: a measurement outside this chi-square (2 dof) probability mass of the
     predicted position is gated (not applied, reported)."""

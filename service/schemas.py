@@ -130,6 +130,12 @@ class Track(_Open):
     in_site: bool | None = Field(
         None, description="The averaged score at most 1: the UE, not one fingerprint, is in site."
     )
+    noise_scale: float = Field(
+        1.0,
+        description="What the track multiplies each measurement's covariance by, learnt from "
+        "its innovations (>= 1; 1 while CSIPOS_TRACK_NOISE_TIME_S is 0): above 1, this UE's "
+        "fingerprints err more than their covariance says.",
+    )
 
 
 class LocateResponse(_Open):

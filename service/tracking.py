@@ -335,6 +335,7 @@ def track_json(ue: str, result: Step, noise: str) -> dict[str, Any]:
         "measurement_noise": noise,
         "novelty": s.novelty,
         "in_site": None if s.novelty is None else not out_of_site(s.novelty),
+        "noise_scale": s.scale,
     }
 
 
@@ -350,6 +351,7 @@ def make_tracker(settings: Settings) -> Tracker:
         error_length_m=settings.track_error_length_m,
         error_length_spacings=settings.track_error_length_spacings,
         novelty_time_s=settings.track_novelty_time_s,
+        noise_time_s=settings.track_noise_time_s,
     )
     store: TrackStore
     if settings.redis_url:

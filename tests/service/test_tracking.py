@@ -163,6 +163,34 @@ def test_a_site_is_tracked_with_the_error_length_of_its_label_spacing(
             assert store.get("spaced").version == good
 
 
+def test_the_track_answers_its_adaptive_noise_scale(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """`CSIPOS_TRACK_NOISE_TIME_S` turns the scale on: the answer's ``noise_scale`` is the
+    offline filter's with the same settings (1 with the setting's default, 0)."""
+    csi = csi_batch(4, seed=7)
+    pos, sigma = expected(csi, seed=1, bias=(1.0, 2.0))
+    t = 100.0 + 0.1 * np.arange(4)
+    covs = np.stack([np.diag(s.astype(np.float64) ** 2) for s in sigma])
+    for time_s in (0.0, 0.5):
+        # the setting's noise scale 0.2 makes each measurement claim under half its sigma
+        # (not so little that a measurement is gated: the gated counter is shared)
+        settings = make_settings(track_noise_time_s=time_s, track_noise_scale=0.2)
+        with TestClient(create_app(settings)) as c:
+            config = c.app.state.tracker.config  # type: ignore[attr-defined]
+            assert config.noise_time_s == time_s
+            for i in range(4):
+                answer = _locate(c, csi[i], ue="u1", timestamp=float(t[i]))["track"]
+        want = track(t, pos.astype(np.float64), covs, config)
+        assert want.scale is not None and not want.gated.any()
+        assert answer["noise_scale"] == pytest.approx(want.scale[-1], rel=1e-6)
+        assert np.allclose(answer["cov"], want.cov[-1], rtol=1e-4)
+        if time_s == 0.0:
+            assert answer["noise_scale"] == 1.0
+        else:  # points a metre apart claiming ~0.5 m: the track learns they understate
+            assert answer["noise_scale"] > 1.0
+
+
 def test_gated_measurements_are_counted_by_site(client: TestClient) -> None:
     tracker: Tracker = client.app.state.tracker  # type: ignore[attr-defined]
     cov = 0.04 * np.eye(2)

@@ -10,6 +10,7 @@ from training.tracking import (
     STATE_VERSION,
     TrackerConfig,
     TrackState,
+    adapt_scale,
     average_novelty,
     chi2_2dof_quantile,
     predict,
@@ -155,6 +156,15 @@ def test_state_round_trips_through_json_data() -> None:
     for bad in (-1.0, float("nan"), "far"):
         with pytest.raises(ValueError, match="malformed"):
             TrackState.from_dict({**record, "novelty": bad})
+    # so does the adaptive noise scale; records written before it read as 1
+    scaled = TrackState.from_dict({**record, "scale": 2.5})
+    assert scaled.scale == 2.5 and TrackState.from_dict(scaled.to_dict()).scale == 2.5
+    assert TrackState.from_dict(record | {"scale": 1.0}).scale == 1.0
+    del record["scale"]
+    assert TrackState.from_dict(record).scale == 1.0
+    for bad in (0.5, float("inf"), "big"):
+        with pytest.raises(ValueError, match="malformed"):
+            TrackState.from_dict({**record, "scale": bad})
 
 
 @pytest.mark.parametrize(
@@ -185,6 +195,10 @@ def test_config_is_validated() -> None:
         TrackerConfig(error_length_spacings=-1.0)
     with pytest.raises(ValueError, match="novelty_time_s"):
         TrackerConfig(novelty_time_s=-1.0)
+    with pytest.raises(ValueError, match="noise_time_s"):
+        TrackerConfig(noise_time_s=-1.0)
+    with pytest.raises(ValueError, match="noise_scale_max"):
+        TrackerConfig(noise_scale_max=0.5)
 
 
 def test_a_sites_error_length_is_its_label_spacing_times_the_setting() -> None:
@@ -451,3 +465,53 @@ def test_a_run_of_odd_fingerprints_does_not_flip_the_ue_but_a_foreign_ue_is_caug
     assert track(t, means, covs, TrackerConfig()).novelty is None
     with pytest.raises(ValueError, match="novelty"):
         track(t, means, covs, TrackerConfig(), novelty=own[:5])
+
+
+def _understated_line(sigma: float, claimed: float, n: int = 600) -> tuple[np.ndarray, ...]:
+    """A UE walking a straight line at 1 m/s, 10 Hz, measured with white noise of
+    ``sigma`` per axis while each measurement claims ``claimed``."""
+    rng = np.random.default_rng(3)
+    t = np.arange(n) * 0.1
+    truth = np.c_[t, np.zeros(n)]
+    meas = truth + rng.normal(0.0, sigma, (n, 2))
+    return t, truth, meas, np.tile(claimed**2 * EYE2, (n, 1, 1))
+
+
+def _inside(out: object, truth: np.ndarray) -> tuple[float, float]:
+    err = out.position - truth  # type: ignore[attr-defined]
+    d2 = np.einsum("ni,nij,nj->n", err, np.linalg.inv(out.cov), err)[100:]  # type: ignore[attr-defined]
+    return float(np.mean(d2 <= 1.0)), float(np.mean(d2 <= 4.0))
+
+
+def test_the_adaptive_scale_learns_understated_noise_and_leaves_stated_noise_alone() -> None:
+    adaptive = TrackerConfig(error_share=0.0, noise_time_s=10.0)
+    t, truth, meas, covs = _understated_line(sigma=1.0, claimed=0.5)  # errors twice what they claim
+    plain, learnt = track(t, meas, covs, WHITE), track(t, meas, covs, adaptive)
+    assert plain.scale is not None and np.all(plain.scale == 1.0)  # off by default
+    assert learnt.scale is not None and learnt.scale[-1] > 2.0
+    assert _inside(learnt, truth)[1] > _inside(plain, truth)[1] + 0.3
+    assert (
+        np.linalg.norm(learnt.position - truth, axis=1).mean()
+        < np.linalg.norm(plain.position - truth, axis=1).mean()
+    )  # a track that trusts its measurements less also chases their noise less
+    t, truth, meas, covs = _understated_line(sigma=0.5, claimed=0.5)  # honest: it stays near 1
+    honest = track(t, meas, covs, adaptive)
+    assert honest.scale is not None and honest.scale.max() < 1.3
+    assert _inside(honest, truth) == pytest.approx(
+        _inside(track(t, meas, covs, WHITE), truth), abs=0.03
+    )
+
+
+def test_the_adaptive_scale_is_bounded_ignores_foreign_fixes_and_restarts_at_1() -> None:
+    config = TrackerConfig(error_share=0.0, noise_time_s=10.0, noise_scale_max=4.0)
+    assert adapt_scale(1.0, 0.1, 2.0, config) == pytest.approx(1.0)  # d2 as expected
+    assert adapt_scale(1.0, 0.1, 0.0, config) == 1.0  # never below the calibration
+    assert adapt_scale(3.9, 1e9, 1e9, config) == 4.0  # capped (and d2 at the gate)
+    assert adapt_scale(2.0, 0.1, 50.0, TrackerConfig()) == 2.0  # off: unchanged
+    state = TrackState(np.zeros(6), np.eye(6), 0.0, 0.0, scale=2.0)
+    foreign = step(state, 0.1, [0.1, 0.0], EYE2, config, foreign=True).state
+    assert foreign.scale == 2.0
+    far = state
+    for i in range(1, 6):  # a jump: gated max_gated times, then the track restarts
+        far = step(far, 0.1 * i, [60.0, 0.0], 0.01 * EYE2, config).state
+    assert far.scale == 1.0 and far.started == pytest.approx(0.4)  # restarted at the 4th
