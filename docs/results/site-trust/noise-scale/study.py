@@ -68,6 +68,9 @@ def tracked(s: Served) -> dict[str, Any]:
 def table(path: str, png: str | None) -> None:
     rows = [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
     sites = sorted({r["site"] for r in rows})
+    # the seeds every site has (preregistered.md: the same seeds on every site)
+    common = set.intersection(*({r["seed"] for r in rows if r["site"] == s} for s in sites))
+    rows = [r for r in rows if r["seed"] in common]
     print(
         "| site | seeds | arm | tracked / fused ME | in 1 sigma | in 2 sigma | gated "
         "| restarts | final scale (median, range) |"
@@ -122,13 +125,22 @@ def plot(sites: list[str], med: dict[tuple[str, str], tuple[float, float]], png:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.axvspan(100 * NOMINAL[0] - 5, 100 * NOMINAL[0] + 5, color="0.9")
-    ax.axhspan(100 * NOMINAL[1] - 5, 100 * NOMINAL[1] + 5, color="0.9")
+    band = plt.Rectangle(
+        (100 * NOMINAL[0] - 5, 100 * NOMINAL[1] - 5), 10, 10, color="0.9", label="within 5 points"
+    )
+    ax.add_patch(band)
     for site in sites:
         (s1, s2), (a1, a2) = med[(site, "shipped")], med[(site, "adaptive")]
+        ax.plot(100 * s1, 100 * s2, "o", color="tab:blue")
+        ax.plot(100 * a1, 100 * a2, "x", color="tab:orange")
         ax.annotate("", (100 * a1, 100 * a2), (100 * s1, 100 * s2), arrowprops={"arrowstyle": "->"})
         ax.text(100 * s1, 100 * s2, f" {site}", fontsize=8, va="top")
-    ax.plot(100 * NOMINAL[0], 100 * NOMINAL[1], "k+")
+    ax.plot(100 * NOMINAL[0], 100 * NOMINAL[1], "k+", label="nominal")
+    ax.plot([], [], "o", color="tab:blue", label="shipped")
+    ax.plot([], [], "x", color="tab:orange", label="adaptive scale")
+    ax.set_xlim(30, 50)
+    ax.set_ylim(70, 92)
+    ax.legend(fontsize=7, loc="lower right")
     ax.set_xlabel("tracked, inside 1 sigma (%)")
     ax.set_ylabel("tracked, inside 2 sigma (%)")
     ax.set_title("Adaptive noise scale: shipped -> adaptive (median over seeds)")
