@@ -170,17 +170,22 @@ def arms(s: Served, share: float) -> dict[str, TrackerConfig]:
     return out
 
 
-def tracked(s: Served, share: float) -> dict[str, Any]:
+def fused_summary(s: Served) -> dict[str, float]:
+    """The served fused estimate's ME and 1 / 2-sigma coverage on the trajectories."""
     fused_d2 = mahalanobis2(s.mean - s.pos, s.cov)
+    return {
+        "me_m": float(np.linalg.norm(s.mean - s.pos, axis=1).mean()),
+        "within_1sigma": float(np.mean(fused_d2 <= 1.0)),
+        "within_2sigma": float(np.mean(fused_d2 <= 4.0)),
+    }
+
+
+def tracked(s: Served, share: float) -> dict[str, Any]:
     out: dict[str, Any] = {
         "site": s.site,
         "seed": s.seed,
         "spacing_m": s.spacing,
-        "fused": {
-            "me_m": float(np.linalg.norm(s.mean - s.pos, axis=1).mean()),
-            "within_1sigma": float(np.mean(fused_d2 <= 1.0)),
-            "within_2sigma": float(np.mean(fused_d2 <= 4.0)),
-        },
+        "fused": fused_summary(s),
     }
     for name, config in arms(s, share).items():
         out[name] = filtered(s, config)

@@ -24,12 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from training.fusion import mahalanobis2
 from training.tracking import TrackerConfig, track
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "error-length"))
-from study import Served, filtered, served  # noqa: E402  (the error-length study's loader)
+from study import Served, filtered, fused_summary, served  # noqa: E402  (the error-length study's loader)
 
 CANDIDATE = {"noise_time_s": 10.0, "noise_scale_max": 4.0}
 """Fixed in preregistered.md before any run."""
@@ -51,15 +50,10 @@ def scales(s: Served, config: TrackerConfig) -> list[float]:
 def tracked(s: Served) -> dict[str, Any]:
     shipped = TrackerConfig().for_site(s.spacing)
     adaptive = dataclasses.replace(shipped, **CANDIDATE)
-    fused_d2 = mahalanobis2(s.mean - s.pos, s.cov)
     return {
         "site": s.site,
         "seed": s.seed,
-        "fused": {
-            "me_m": float(np.linalg.norm(s.mean - s.pos, axis=1).mean()),
-            "within_1sigma": float(np.mean(fused_d2 <= 1.0)),
-            "within_2sigma": float(np.mean(fused_d2 <= 4.0)),
-        },
+        "fused": fused_summary(s),
         "shipped": filtered(s, shipped),
         "adaptive": filtered(s, adaptive) | {"final_scales": scales(s, adaptive)},
     }
