@@ -485,6 +485,7 @@ def _filter_step(
         return Step(state, stale=True)
     if time - state.time > config.expiry_s:
         return Step(start(time, zz, rr, config, foreign), reset="expired")
+    served = rr  # what a restart starts from: a new track's scale is 1
     rr = rr * state.scale
     predicted, f = _predict(state, time, config, None if foreign else rr)
     white = rr if foreign else (1.0 - config.error_share) * rr
@@ -492,7 +493,7 @@ def _filter_step(
     scale = state.scale if foreign else adapt_scale(state.scale, time - state.time, d2, config)
     if d2 > config.gate:
         if predicted.gated_run >= config.max_gated:
-            restart = start(time, zz, rr / state.scale, config, foreign)
+            restart = start(time, zz, served, config, foreign)
             return Step(restart, gated=True, reset="gated", distance2=d2)
         held = TrackState(
             predicted.mean,

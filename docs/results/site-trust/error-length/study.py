@@ -129,6 +129,7 @@ def fit(s: Served) -> dict[str, Any]:
 def filtered(s: Served, config: TrackerConfig) -> dict[str, Any]:
     tpos, tcov = np.zeros_like(s.mean), np.zeros_like(s.cov)
     gated = restarts = 0
+    final_scales = []  # each trajectory's adaptive noise scale at its end, when it is on
     for t in np.unique(s.tracks):
         idx = np.flatnonzero(s.tracks == t)
         idx = idx[np.argsort(s.times[idx], kind="stable")]
@@ -136,6 +137,8 @@ def filtered(s: Served, config: TrackerConfig) -> dict[str, Any]:
         tpos[idx], tcov[idx] = r.position, r.cov
         gated += int(r.gated.sum())
         restarts += sum(x == "gated" for x in r.reset)
+        if r.scale is not None:
+            final_scales.append(float(r.scale[-1]))
     err = tpos - s.pos
     d2 = mahalanobis2(err, tcov)
     fused_me = float(np.linalg.norm(s.mean - s.pos, axis=1).mean())
@@ -148,7 +151,7 @@ def filtered(s: Served, config: TrackerConfig) -> dict[str, Any]:
         "within_2sigma": float(np.mean(d2 <= 4.0)),
         "gated": gated / len(err),
         "restarts": restarts,
-    }
+    } | ({"final_scales": final_scales} if config.noise_time_s > 0 else {})
 
 
 def arms(s: Served, share: float) -> dict[str, TrackerConfig]:

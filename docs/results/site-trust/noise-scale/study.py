@@ -22,9 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from training.tracking import TrackerConfig, track
+from training.tracking import TrackerConfig
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "error-length"))
@@ -36,17 +34,6 @@ ARMS = ("shipped", "adaptive")
 NOMINAL = (0.393, 0.865)
 
 
-def scales(s: Served, config: TrackerConfig) -> list[float]:
-    """Each trajectory's adaptive scale after its last measurement."""
-    out = []
-    for t in np.unique(s.tracks):
-        idx = np.flatnonzero(s.tracks == t)
-        idx = idx[np.argsort(s.times[idx], kind="stable")]
-        r = track(s.times[idx], s.mean[idx], s.cov[idx], config, s.foreign[idx])
-        out.append(float(r.scale[-1]) if r.scale is not None else 1.0)
-    return out
-
-
 def tracked(s: Served) -> dict[str, Any]:
     shipped = TrackerConfig().for_site(s.spacing)
     adaptive = dataclasses.replace(shipped, **CANDIDATE)
@@ -55,7 +42,7 @@ def tracked(s: Served) -> dict[str, Any]:
         "seed": s.seed,
         "fused": fused_summary(s),
         "shipped": filtered(s, shipped),
-        "adaptive": filtered(s, adaptive) | {"final_scales": scales(s, adaptive)},
+        "adaptive": filtered(s, adaptive),
     }
 
 
