@@ -94,9 +94,10 @@ class AdaptOptions(BaseModel):
     """What the adaptation should do (the request's options); validated here only."""
 
     mode: TargetMode = "auto"
-    """auto (trains finetune, gradual and head, and from 2,000 labels scratch and
-    fresh-dense, a fresh `dense` layer, too; keeps the best on validation; at a multi-BS
-    site one mode for every BS, the best fused), finetune, gradual, gradual-paper or head
+    """auto (trains finetune and head, below 500 labels gradual, and from 2,000 labels
+    scratch and fresh-dense, a fresh `dense` layer, too; keeps the best on validation; at
+    a multi-BS site finetune, gradual and head for every BS, one mode for all, the best
+    fused), finetune, gradual, gradual-paper or head
     (see `training.transfer`, `training.multibs`)."""
     loss: Literal["nll", "mse"] = "nll"
     val_fraction: float = Field(0.2, gt=0.0, lt=0.9)

@@ -169,6 +169,16 @@ class TrainConfig:
     """``auto``: validation splits the choice is judged on when the validation set is small."""
     auto_min_val: int = 100
     """``auto``: below this many validation samples the choice uses ``auto_folds`` splits."""
+    auto_gradual_max: int | None = 500
+    """``auto`` trains its ``gradual`` candidate only at sites with fewer labelled samples
+    (train + validation) than this; None: at every size. ``gradual`` costs as much as
+    ``finetune`` and was rarely kept from 500 labels up: without it the error was 0.997x
+    / 1.000x at 500 labels and 1.000x / 1.000x at 1,000 (labs x 5 seeds / 8 held-out
+    scenes; no target-seed above 1.03x) for 0.51-0.53x the candidates' time, and a
+    500-label adaptation of a ray-traced lab took 44-48 s instead of 92-96 s on 2 cores
+    (both with `training.allocator`; pre-registered, docs/results/transfer/candidates).
+    Below 500 labels it was kept more often and was not measured without it. Single-BS
+    sites; a multi-BS site's `auto` keeps every mode (chosen by the fused score)."""
     auto_scratch_min: int | None = 2000
     """``auto``: from this many labelled samples (train + validation) it also trains a
     candidate from random initialisation (``scratch``) and one with the backbone's
@@ -257,6 +267,8 @@ class TrainConfig:
             raise ValueError(f"augment_max_labels={self.augment_max_labels}, expected >= 1 or None")
         if self.auto_scratch_min is not None and self.auto_scratch_min < 2:
             raise ValueError(f"auto_scratch_min={self.auto_scratch_min}, expected >= 2 or None")
+        if self.auto_gradual_max is not None and self.auto_gradual_max < 2:
+            raise ValueError(f"auto_gradual_max={self.auto_gradual_max}, expected >= 2 or None")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps={self.max_steps}, expected >= 1 or None")
         if self.eval_every is not None and self.eval_every < 1:

@@ -11,7 +11,8 @@ The modes are phase lists for the one loop in `training.fit`:
   head only until the validation loss stops improving, then everything at
   ``lr * 0.1``;
 - ``head``: head only throughout (backbone bit-identical);
-- ``auto`` (the default): trains ``finetune``, ``gradual`` and ``head`` (and, from
+- ``auto`` (the default): trains ``finetune``, ``head`` and, below
+  ``auto_gradual_max`` labelled samples (500), ``gradual`` (and, from
   ``auto_scratch_min`` labelled samples, ``scratch``: every layer from random
   initialisation, and ``fresh-dense``: fine-tuning with the backbone's ``dense`` layer
   drawn afresh, so a site with thousands of labels is not held back by a backbone, or
@@ -95,6 +96,7 @@ __all__ = [
     "TargetResult",
     "adapt_site",
     "auto_candidates",
+    "auto_modes",
     "check_mode",
     "choose_mode",
     "holdout_split",
@@ -489,10 +491,11 @@ def auto_candidates(
     head_init: Head | None = None,
     pairs: TrackPairs | None = None,
 ) -> AutoRuns:
-    """Train what ``auto`` chooses between (`AUTO_CANDIDATES` on every split, and the
+    """Train what ``auto`` chooses between (`auto_modes` on every split, and the
     `large_site_candidates` on the one split they run on) and score each on validation."""
     splits = _auto_splits(train, val, config)
-    losses: dict[str, list[npt.NDArray[np.float64]]] = {m: [] for m in AUTO_CANDIDATES}
+    modes = auto_modes(len(train) + len(val), config)
+    losses: dict[str, list[npt.NDArray[np.float64]]] = {m: [] for m in modes}
     val_me: dict[str, list[float]] = {}
     runs: dict[str, tuple[SiteModel, FitReport]] = {}
 
@@ -513,7 +516,7 @@ def auto_candidates(
         trainer = _Trainer(
             backbone, tr, va, config, head_config, quiet, progress, device, head_init, pairs
         )
-        for mode in AUTO_CANDIDATES:
+        for mode in modes:
             label = mode if len(splits) == 1 else f"{mode}[{k + 1}/{len(splits)}]"
             keep(mode, *trainer.mode(mode, config.seed, label), va)
     if FRESH_DENSE_CANDIDATE in large:
@@ -534,6 +537,14 @@ def auto_candidates(
         keep(FRESH_DENSE_CANDIDATE, model, report, val)
     scores = {m: np.concatenate(v) for m, v in losses.items()}
     return AutoRuns(scores, val_me, runs, len(splits))
+
+
+def auto_modes(labelled: int, config: TrainConfig) -> tuple[TargetMode, ...]:
+    """The modes ``auto`` trains on every split: `AUTO_CANDIDATES`, without ``gradual``
+    from ``config.auto_gradual_max`` labelled samples (train + validation) on."""
+    if config.auto_gradual_max is not None and labelled >= config.auto_gradual_max:
+        return tuple(m for m in AUTO_CANDIDATES if m != "gradual")
+    return AUTO_CANDIDATES
 
 
 def large_site_candidates(labelled: int, splits: int, config: TrainConfig) -> tuple[str, ...]:

@@ -103,11 +103,13 @@ def run_adapt_job(job_dir: str, job_id: str, model_dir: str, entrypoint: str) ->
         adapt = resolve_entrypoint(entrypoint)
         import torch
 
+        from training.allocator import keep_freed_memory
         from training.repository import ModelRepository
 
         # Explicit threads: torch's default (all cores) per job oversubscribes the CPU
         # when jobs run side by side, and was ~3x slower even alone on 2 busy cores.
         torch.set_num_threads(record.train.threads)
+        keep_freed_memory()
         data = load_job_data(store.data_path(job_id))
         tracks = load_job_unlabelled(store.data_path(job_id))
         # Only with tracks: custom entrypoints without the argument keep working.

@@ -216,6 +216,23 @@ def test_auto_weighs_a_fresh_dense_candidate_from_enough_labels() -> None:
     assert set(fewer.scores) == {"finetune", "gradual", "head"}
 
 
+def test_auto_leaves_gradual_out_from_auto_gradual_max_labels() -> None:
+    """From `auto_gradual_max` labelled samples `auto` spends nothing on `gradual`; the
+    other candidates are the same runs, so only the choice among fewer can change."""
+    train, val = split_train_val(TARGET, 0.25, 0)
+    cfg = CFG.replace(epochs=8, auto_min_val=1, auto_gradual_max=len(TARGET))
+    fewer = auto_candidates(Backbone(seed=0), train, val, cfg)
+    every = auto_candidates(
+        Backbone(seed=0), train, val, cfg.replace(auto_gradual_max=len(TARGET) + 1)
+    )
+    assert set(fewer.scores) == {"finetune", "head"}
+    assert set(every.scores) == {"finetune", "gradual", "head"}
+    for mode in fewer.scores:
+        np.testing.assert_array_equal(fewer.scores[mode], every.scores[mode])
+    with pytest.raises(ValueError, match="auto_gradual_max"):
+        CFG.replace(auto_gradual_max=1)
+
+
 def test_the_anchor_weight_holds_a_finetuned_backbone_near_the_pretrained_one() -> None:
     backbone = Backbone(seed=0)
     original = state(backbone)

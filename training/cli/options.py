@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from training.allocator import keep_freed_memory
 from training.config import TrainConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -126,6 +127,7 @@ def train_options(
                 config = TrainConfig(**values)
             except ValueError as exc:
                 raise typer.BadParameter(str(exc)) from exc
+            keep_freed_memory()  # every command with these options trains
             return command(config=config, **kwargs)
 
         params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in own] + added

@@ -753,10 +753,10 @@ def site_cmd(
     mode: Annotated[
         str,
         typer.Option(
-            help="auto (default: trains finetune, gradual and head, and from 2,000 labels "
-            "scratch and fresh-dense (a fresh dense layer) too; keeps the best on "
-            "validation; at a multi-BS site one mode for "
-            "every BS, the best fused) | finetune | gradual (short head "
+            help="auto (default: trains finetune and head, below 500 labels gradual, and "
+            "from 2,000 labels scratch and fresh-dense (a fresh dense layer) too; keeps the "
+            "best on validation; at a multi-BS site finetune, gradual and head for "
+            "every BS, one mode for all, the best fused) | finetune | gradual (short head "
             "warm-up, then all layers) | "
             "gradual-paper (head until plateau, then all at lr x 0.1) | head."
         ),

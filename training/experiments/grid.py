@@ -169,7 +169,7 @@ class Preset:
     `tbmaml-<loss>` (`training.meta`, budget from `source`)."""
     meta_modes: tuple[str, ...] | None = None
     """Target modes of the meta-learned strategies (None: ``modes``); the quick grid runs
-    only ``auto`` (which trains finetune, gradual and head) to stay fast."""
+    only ``auto`` (which trains several of them, `training.transfer.auto_modes`) to stay fast."""
     modes: tuple[str, ...] = MODES
     fractions: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)
     k: int = 5

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import torch
 
+from training.allocator import keep_freed_memory
 from training.cluster import ExecutorConfig, map_unordered, open_executor
 from training.experiments import jobs, sources
 from training.experiments.grid import Preset, Run
@@ -108,6 +109,7 @@ def check_state(out_dir: Path, state: dict[str, Any]) -> None:
 def _init_worker(threads: int) -> None:
     # Each worker has its own cores: torch's default (every core) would fight the others.
     torch.set_num_threads(threads)
+    keep_freed_memory()
     with contextlib.suppress(RuntimeError):  # only settable before the first parallel op
         torch.set_num_interop_threads(1)
     logging.getLogger("training").setLevel(logging.WARNING)

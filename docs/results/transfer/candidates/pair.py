@@ -16,19 +16,21 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from training.config import TrainConfig
-from training.metrics import evaluate_model, finish_head
-from training.repository import ModelRepository
-from training.transfer import auto_candidates, choose_mode, starting_backbone
+from training.transfer import choose_mode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fresh-dense"))
-from pair import KEPT, MODELS, gmean, target_split  # the same split as the fresh-dense pairs
+from pair import (  # the same split as the fresh-dense pairs
+    KEPT,
+    gmean,
+    target_split,
+    tested_candidates,
+)
 
 DROPPED = "gradual"
 
@@ -36,15 +38,7 @@ DROPPED = "gradual"
 def run(data: str, env: str, seed: int, out: Path, labels: int) -> None:
     train, val, test, cfg = target_split(data, env, seed, labels)
     cfg = cfg.replace(augment_copies=TrainConfig().augment_copies)  # the product's default
-    _, backbone, _ = starting_backbone(ModelRepository(MODELS), None)
-    assert backbone is not None
-    t0 = time.time()
-    runs = auto_candidates(backbone, train, val, cfg)
-    wall = time.time() - t0
-    tests = {}
-    for name, (model, _) in runs.runs.items():
-        finish_head(model.backbone, model.head, val, cfg, reference=train)  # as `auto` ships it
-        tests[name] = evaluate_model(model.backbone, model.head, test)
+    runs, tests, wall = tested_candidates(train, val, test, cfg)
     every = choose_mode(runs.scores, runs.val_me, runs.folds)
     without = choose_mode(
         {k: v for k, v in runs.scores.items() if k != DROPPED}, runs.val_me, runs.folds

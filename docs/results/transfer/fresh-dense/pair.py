@@ -29,6 +29,7 @@ from training.nets import Backbone, BackboneConfig
 from training.repository import ModelRepository
 from training.transfer import (
     FRESH_DENSE_CANDIDATE,
+    AutoRuns,
     auto_candidates,
     choose_mode,
     holdout_split,
@@ -77,9 +78,11 @@ def target_split(
     return train, val, test, cfg
 
 
-def run(data: str, env: str, seed: int, out: Path, labels: int) -> None:
-    train, val, test, cfg = target_split(data, env, seed, labels)
-    pool_size = len(train) + len(val)
+def tested_candidates(
+    train: Fingerprints, val: Fingerprints, test: Fingerprints, cfg: TrainConfig
+) -> tuple[AutoRuns, dict[str, dict[str, float]], float]:
+    """Every candidate of `auto` from the default backbone, each finished as `auto` ships
+    it and tested on ``test``; and the candidates' training time in seconds."""
     _, backbone, _ = starting_backbone(ModelRepository(MODELS), None)
     assert backbone is not None
     t0 = time.time()
@@ -87,8 +90,15 @@ def run(data: str, env: str, seed: int, out: Path, labels: int) -> None:
     wall = time.time() - t0
     tests = {}
     for name, (model, _) in runs.runs.items():
-        finish_head(model.backbone, model.head, val, cfg, reference=train)  # as `auto` ships it
+        finish_head(model.backbone, model.head, val, cfg, reference=train)
         tests[name] = evaluate_model(model.backbone, model.head, test)
+    return runs, tests, wall
+
+
+def run(data: str, env: str, seed: int, out: Path, labels: int) -> None:
+    train, val, test, cfg = target_split(data, env, seed, labels)
+    pool_size = len(train) + len(val)
+    runs, tests, wall = tested_candidates(train, val, test, cfg)
     with_fd = choose_mode(runs.scores, runs.val_me, runs.folds)
     without = {k: v for k, v in runs.scores.items() if k != FRESH_DENSE_CANDIDATE}
     without_fd = choose_mode(without, runs.val_me, runs.folds)
