@@ -111,8 +111,9 @@ log = logging.getLogger(__name__)
 PAPER_UNFREEZE_LR_FACTOR = 0.1
 """``gradual-paper``: the paper lowers the rate tenfold when the backbone unfreezes."""
 AUTO_CANDIDATES: tuple[TargetMode, ...] = ("finetune", "gradual", "head")
-"""What ``auto`` trains at every data size: ``head`` costs almost nothing on cached
-features, and which of the three wins depends on the site, not only on its size."""
+"""What ``auto`` trains on every split (`auto_modes` leaves ``gradual`` out from
+``TrainConfig.auto_gradual_max`` labels): ``head`` costs almost nothing on cached
+features, and which one wins depends on the site, not only on its size."""
 SCRATCH_CANDIDATE = "scratch"
 """``auto``'s candidate from random initialisation, from ``TrainConfig.auto_scratch_min``
 labelled samples on."""

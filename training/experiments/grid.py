@@ -185,9 +185,12 @@ class Preset:
     """Input representation of every backbone, scratch included (`training.inputs`)."""
     source: TrainConfig = field(default_factory=TrainConfig)
     """Source training's budget and recipe (loss and seed are set per source)."""
-    target: TrainConfig = field(default_factory=lambda: TrainConfig(augment_copies=0))
+    target: TrainConfig = field(
+        default_factory=lambda: TrainConfig(augment_copies=0, auto_gradual_max=None)
+    )
     """Target training's budget and recipe (loss and seed are set per run); the paper's,
-    without the product's augmented labels, unless a preset asks for them."""
+    without the product's augmented labels and with `auto`'s ``gradual`` candidate at every
+    size (as the grid's results were made), unless a preset asks otherwise."""
     notes: str = ""
     """Shown in the report: how the preset departs from the paper and why."""
     labels: tuple[int, ...] = ()
@@ -348,7 +351,12 @@ _META_CONFIG_DEFAULTS = {
 }
 
 
-_TARGET_RECIPE_BEFORE = {"select": "loss", "schedule": "plateau", "augment_copies": 0}
+_TARGET_RECIPE_BEFORE = {
+    "select": "loss",
+    "schedule": "plateau",
+    "augment_copies": 0,
+    "auto_gradual_max": None,
+}
 
 
 def derive_seed(base: int, *parts: object) -> int:
@@ -380,6 +388,7 @@ QUICK = Preset(
         head_warmup_steps=10,
         auto_min_val=1,
         augment_copies=0,
+        auto_gradual_max=None,
     ),
     notes="Machinery check only: tiny data, a slim backbone, ~60 steps. The numbers mean nothing.",
 )
@@ -401,7 +410,14 @@ PAPER = Preset(
     meta_losses=("mse", "nll"),
     source=TrainConfig(batch_size=64, epochs=40, patience=8),
     # the paper's recipe: no augmented labels (`TrainConfig.augment_copies`)
-    target=TrainConfig(batch_size=64, min_steps=400, epochs=60, patience=15, augment_copies=0),
+    target=TrainConfig(
+        batch_size=64,
+        min_steps=400,
+        epochs=60,
+        patience=15,
+        augment_copies=0,
+        auto_gradual_max=None,
+    ),
     notes=(
         "Differs from the paper to fit 2 CPU cores: an 800-sample labelled pool per target "
         "(20 % = 128 training samples, not thousands), test set capped at 1,000, 3,000 "
@@ -496,7 +512,14 @@ TRANSFER = Preset(
     source=TrainConfig(batch_size=64, epochs=40, patience=8, envs_per_step=16),
     # as its recorded results ran: the product's augmented labels were measured after them,
     # beside the same splits (docs/results/transfer/augment)
-    target=TrainConfig(batch_size=64, min_steps=400, epochs=60, patience=15, augment_copies=0),
+    target=TrainConfig(
+        batch_size=64,
+        min_steps=400,
+        epochs=60,
+        patience=15,
+        augment_copies=0,
+        auto_gradual_max=None,
+    ),
     notes=(
         "The product question: a site never seen, a given number of labels. Targets: 8 "
         "procedural scenes never used as sources (BS 0 of each) and the two labs; folds are "
